@@ -1,0 +1,46 @@
+"""The seams a task handler sees: ``Handler`` and the ``DBManager`` it is given.
+
+Handlers written for the original system keep their signature
+``handler(data, db_manager) -> bool``. ``db_manager`` is bound to the delivery
+being processed: its ``insert`` gives a document without ``_id`` an id derived
+from the event id, so a redelivered task inserts nothing twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+
+class DBManager(Protocol):
+    """The original system's database helper, over the read-model database."""
+
+    def find_one(self, collection: str, filter: Mapping[str, Any]) -> dict[str, Any] | None: ...
+
+    def find_many(self, collection: str, filter: Mapping[str, Any] | None = None,
+                  limit: int = 100) -> list[dict[str, Any]]: ...
+
+    def insert(self, collection: str, document: Mapping[str, Any]) -> str:
+        """Insert one document and return its ``_id`` (idempotent per delivery)."""
+        ...
+
+    def update(self, collection: str, filter: Mapping[str, Any],
+               data: Mapping[str, Any]) -> int:
+        """``$set`` the fields of ``data`` on the first match; returns the match count."""
+        ...
+
+    def delete(self, collection: str, filter: Mapping[str, Any]) -> int:
+        """Delete the first match; returns the number deleted."""
+        ...
+
+
+class BoundDBManager(Protocol):
+    """A factory of per-delivery DB managers (what the worker holds)."""
+
+    def for_event(self, event_id: str) -> DBManager: ...
+
+
+class Handler(Protocol):
+    """``handler(data, db_manager) -> bool``: False or an exception means retry."""
+
+    def __call__(self, data: Mapping[str, Any], db_manager: DBManager) -> bool: ...
