@@ -10,7 +10,9 @@ input, the offending ``field``; the HTTP edge maps the classes to status codes.
     ├── Conflict
     │   ├── DuplicateUser            user_id          -> 409
     │   ├── InsufficientCredits      balance          -> 409 "insufficient_credits"
-    │   └── IdempotencyKeyReused     key              -> 409 / 422
+    │   ├── IdempotencyKeyReused     key              -> 409 / 422
+    │   ├── TransactionReused        transaction_id   -> 409
+    │   └── LimitExceeded                             -> 409
     └── IntegrityError
         ├── VersionGap               user_id, expected, got
         └── ChainBroken              user_id, version
@@ -114,3 +116,15 @@ class ChainBroken(IntegrityError):
         super().__init__(f"user {user_id!r} version {version}: {detail}")
         self.user_id = user_id
         self.version = version
+
+
+class TransactionReused(Conflict):
+    """A purchase's transaction id came back with a different amount or currency."""
+
+    code = "transaction_id_reused"
+
+    def __init__(self, transaction_id: str) -> None:
+        super().__init__(
+            f"transaction_id {transaction_id!r} was already recorded for a different purchase"
+        )
+        self.transaction_id = transaction_id

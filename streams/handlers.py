@@ -44,3 +44,13 @@ class Handler(Protocol):
     """``handler(data, db_manager) -> bool``: False or an exception means retry."""
 
     def __call__(self, data: Mapping[str, Any], db_manager: DBManager) -> bool: ...
+
+
+class _NoDatabase:
+    """Given to handlers when the worker runs without a database: fails on use."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(f"db_manager.{name}: this worker has no database configured")
+
+
+NO_DATABASE: Any = _NoDatabase()

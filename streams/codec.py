@@ -1,0 +1,130 @@
+"""Stream entries <-> domain values: the only module that imports msgpack.
+
+A ledger event is stored as flat fields written by ``append.lua`` (so the
+script can build it without a serialiser); a task stores its data as msgpack.
+
+    event fields  k u v t a b p x tx r ph h q [eid]
+    task fields   k=task id q ty d t [eid]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from ledger.events import (
+    EVENT_TYPES,
+    CreditsAdjusted,
+    CreditsPurchased,
+    CreditsUsed,
+    Event,
+    Totals,
+    UserRegistered,
+)
+
+from .errors import DecodeError
+
+TASK_KIND = "task"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskMessage:
+    task_id: str
+    queue_name: str
+    task_type: str
+    data: Mapping[str, Any]
+    enqueued_at_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventMessage:
+    event: Event
+    queue_name: str
+
+
+Message = TaskMessage | EventMessage
+
+
+def pack(data: Mapping[str, Any]) -> bytes:
+    return msgpack.packb(data, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def unpack(raw: bytes) -> Any:
+    return msgpack.unpackb(raw, raw=False, strict_map_key=True)
+
+
+def event_id_of(entry_id: str, fields: Mapping[bytes, bytes]) -> str:
+    """An entry's event id: its stream id, or the original one if it was requeued."""
+    eid = fields.get(b"eid")
+    return eid.decode() if eid else entry_id
+
+
+def decode(fields: Mapping[bytes, bytes]) -> Message:
+    """The message in a stream entry; DecodeError for anything else."""
+    try:
+        kind = fields[b"k"].decode()
+        if kind == TASK_KIND:
+            data = unpack(fields[b"d"])
+            if not isinstance(data, dict):
+                raise ValueError("task data is not a map")
+            return TaskMessage(
+                task_id=fields[b"id"].decode(), queue_name=fields[b"q"].decode(),
+                task_type=fields[b"ty"].decode(), data=data,
+                enqueued_at_ms=int(fields[b"t"]),
+            )
+        return EventMessage(event=decode_event(fields), queue_name=fields[b"q"].decode())
+    except DecodeError:
+        raise
+    except (KeyError, ValueError, TypeError, UnicodeDecodeError,
+            msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise DecodeError(f"undecodable entry: {exc!r}", fields) from None
+
+
+def decode_event(fields: Mapping[bytes, bytes]) -> Event:
+    """A ledger event from the fields append.lua wrote."""
+    def s(name: bytes) -> str:
+        return fields[name].decode()
+
+    def n(name: bytes) -> int:
+        return int(fields[name])
+
+    kind = s(b"k")
+    if kind not in EVENT_TYPES:
+        raise DecodeError(f"unknown event kind {kind!r}", fields)
+    common: dict[str, Any] = dict(
+        user_id=s(b"u"), version=n(b"v"), at_ms=n(b"t"), prev_hash=s(b"ph"), hash=s(b"h"),
+        after=Totals(balance=n(b"b"), purchased=n(b"p"), used=n(b"x")),
+    )
+    amount, text = n(b"a"), s(b"tx")
+    if kind == UserRegistered.kind:
+        return UserRegistered(email=text, **common)
+    if kind == CreditsPurchased.kind:
+        return CreditsPurchased(credits=amount, currency=text, transaction_id=s(b"r"), **common)
+    if kind == CreditsUsed.kind:
+        return CreditsUsed(credits=-amount, reason=text, **common)
+    return CreditsAdjusted(delta=amount, reason=text, **common)
+
+
+def event_fields(event: Event, queue_name: str) -> dict[str, str]:
+    """The stream fields of an event, exactly as append.lua writes them."""
+    a = event.after
+    return {
+        "k": event.kind, "u": event.user_id, "v": str(event.version), "t": str(event.at_ms),
+        "a": str(event.amount), "b": str(a.balance), "p": str(a.purchased), "x": str(a.used),
+        "tx": event.text, "r": event.ref, "ph": event.prev_hash, "h": event.hash,
+        "q": queue_name,
+    }
+
+
+def event_data(event_id: str, event: Event) -> dict[str, Any]:
+    """The ``data`` a task handler receives for a ledger event."""
+    a = event.after
+    return {
+        "event_id": event_id, "kind": event.kind, "user_id": event.user_id,
+        "version": event.version, "at_ms": event.at_ms, "amount": event.amount,
+        "text": event.text, "ref": event.ref, "balance_after": a.balance,
+        "purchased_total": a.purchased, "used_total": a.used, "hash": event.hash,
+    }

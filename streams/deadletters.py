@@ -1,0 +1,83 @@
+"""Dead letters: list them across partitions, and requeue one.
+
+A dead letter keeps the entry's own fields plus ``_stream``, ``_id`` (original
+position), ``_group``, ``_error``, ``_attempts``, ``_at`` and ``_queue``. Its public
+id is ``p<partition>:<entry id>``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from . import keys
+from .connection import RedisClient, translate
+from .errors import UnknownDeadLetter
+from .scripts import Scripts
+
+DEAD_ID_RE = re.compile(r"^p(\d{1,4}):(\d{1,20}-\d{1,20})$")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeadLetter:
+    id: str
+    stream: str
+    original_id: str
+    group: str
+    error: str
+    attempts: int
+    at_ms: int
+    queue_name: str
+    kind: str
+    task_id: str | None
+    task_type: str | None
+    user_id: str | None
+
+
+def _letter(p: int, entry_id: str, raw: dict[bytes, bytes]) -> DeadLetter:
+    f = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
+    kind = f.get("k", "?")
+    return DeadLetter(
+        id=f"p{p}:{entry_id}", stream=f.get("_stream", ""), original_id=f.get("_id", ""),
+        group=f.get("_group", ""), error=f.get("_error", ""),
+        attempts=int(f.get("_attempts") or 0), at_ms=int(f.get("_at") or 0),
+        queue_name=f.get("_queue", ""), kind=kind,
+        task_id=f.get("id") if kind == "task" else None,
+        task_type=f.get("ty") if kind == "task" else None,
+        user_id=f.get("u") if kind != "task" else None,
+    )
+
+
+def list_dead(client: RedisClient, partitions: int, limit: int = 100) -> list[DeadLetter]:
+    """The newest ``limit`` dead letters of all partitions, newest first."""
+    with translate():
+        pipe = client.pipeline(transaction=False)
+        for p in range(partitions):
+            pipe.xrevrange(keys.dead(p), count=limit)
+        replies = pipe.execute()
+    letters = [_letter(p, eid.decode(), raw)
+               for p, entries in enumerate(replies) for eid, raw in entries]
+    letters.sort(key=lambda d: (d.at_ms, d.id), reverse=True)
+    return letters[:limit]
+
+
+def count_dead(client: RedisClient, partitions: int) -> int:
+    with translate():
+        pipe = client.pipeline(transaction=False)
+        for p in range(partitions):
+            pipe.xlen(keys.dead(p))
+        return sum(pipe.execute())
+
+
+def requeue(client: RedisClient, scripts: Scripts, partitions: int, dead_id: str) -> str:
+    """Put a dead letter back on its stream; returns the new entry id."""
+    m = DEAD_ID_RE.match(dead_id) if isinstance(dead_id, str) else None
+    if not m or int(m.group(1)) >= partitions:
+        raise UnknownDeadLetter(f"no dead letter {dead_id!r}")
+    p, entry_id = int(m.group(1)), m.group(2)
+    with translate():
+        reply = scripts.requeue(keys=[keys.dead(p), keys.attempts(p)],
+                                args=[entry_id, keys.tag(p) + ":task:"], client=client)
+    if reply[0] != b"ok":
+        raise UnknownDeadLetter(f"no dead letter {dead_id!r}")
+    return str(reply[1].decode())

@@ -1,0 +1,107 @@
+"""Every Redis key the ledger uses, in one place.
+
+Keys are partitioned by a hash tag, ``ledger:{pN}:…``, so everything one script
+touches lives in one Cluster slot: an account's state, its idempotency records,
+its partition's priority streams, retry and schedule sets, dead letters and
+task status hashes.
+
+    ledger:meta                          hash  partitions (fixed for a deployment)
+    ledger:{pN}:<level>                  stream  events and tasks of one priority (critical|high|normal|low)
+    ledger:{pN}:acct:<user_id>           hash  version balance purchased used head email
+    ledger:{pN}:idem:<user_id>:<key>     hash  e v b f   (first response of an Idempotency-Key; TTL)
+    ledger:{pN}:txn:<user_id>            hash  <transaction_id> -> "e|v|b|f" (purchases, kept forever)
+    ledger:{pN}:task:<task_id>           hash  status attempts queue_name task_type … (TTL once finished)
+    ledger:{pN}:attempts                 hash  <group>|<entry id> -> deliveries so far
+    ledger:{pN}:retry:<group>            zset  <level>|<entry id> by due time (ms)
+    ledger:{pN}:scheduled                zset  <task_id> by due time (ms)
+    ledger:{pN}:dead                     stream  dead letters of this partition
+    ledger:{pN}:stats                    hash  <counter>:<queue> -> int
+    ledger:{pN}:cursor                   hash  <group>|<level> -> XAUTOCLAIM cursor
+    ledger:{pN}:lat:<queue>              list  latest 512 latencies (ms) of processed entries
+    ledger:{pN}:tput:<queue>             hash  10-second bucket -> entries processed
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from ledger.tasks import Priority
+
+PREFIX = "ledger"
+META = f"{PREFIX}:meta"
+
+LEVEL_NAMES: dict[Priority, str] = {
+    Priority.CRITICAL: "critical",
+    Priority.HIGH: "high",
+    Priority.NORMAL: "normal",
+    Priority.LOW: "low",
+}
+LEVEL_BY_NAME = {name: level for level, name in LEVEL_NAMES.items()}
+LEVELS_DESC: tuple[Priority, ...] = tuple(sorted(Priority, reverse=True))
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The partition an account or task lives in (stable across processes)."""
+    return zlib.crc32(key.encode("utf-8")) % partitions
+
+
+def tag(p: int) -> str:
+    return f"{PREFIX}:{{p{p}}}"
+
+
+def stream(p: int, level: Priority) -> str:
+    return f"{tag(p)}:{LEVEL_NAMES[level]}"
+
+
+def account(p: int, user_id: str) -> str:
+    return f"{tag(p)}:acct:{user_id}"
+
+
+def idempotency(p: int, user_id: str, key: str) -> str:
+    return f"{tag(p)}:idem:{user_id}:{key}"
+
+
+def transactions(p: int, user_id: str) -> str:
+    return f"{tag(p)}:txn:{user_id}"
+
+
+def task(p: int, task_id: str) -> str:
+    return f"{tag(p)}:task:{task_id}"
+
+
+def attempts(p: int) -> str:
+    return f"{tag(p)}:attempts"
+
+
+def retry(p: int, group: str) -> str:
+    return f"{tag(p)}:retry:{group}"
+
+
+def scheduled(p: int) -> str:
+    return f"{tag(p)}:scheduled"
+
+
+def dead(p: int) -> str:
+    return f"{tag(p)}:dead"
+
+
+def stats(p: int) -> str:
+    return f"{tag(p)}:stats"
+
+
+def cursor(p: int) -> str:
+    return f"{tag(p)}:cursor"
+
+
+def parse_stream(key: str) -> tuple[int, Priority]:
+    """(partition, level) of a stream key made by ``stream``."""
+    _, tagged, level = key.split(":")
+    return int(tagged[2:-1]), LEVEL_BY_NAME[level]
+
+
+def latencies(p: int, queue: str) -> str:
+    return f"{tag(p)}:lat:{queue}"
+
+
+def throughput(p: int, queue: str) -> str:
+    return f"{tag(p)}:tput:{queue}"

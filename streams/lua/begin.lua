@@ -1,0 +1,26 @@
+--[[ begin.lua: count a delivery attempt for each entry about to be processed.
+
+Counting at the start (not at failure) means a worker killed mid-handler still
+used up an attempt, so a task that crashes every worker ends in the dead letters.
+
+KEYS[1]    ledger:{pN}:attempts        <group>|<entry id> -> attempts
+KEYS[1+i]  ledger:{pN}:task:<id>       status hash of entry i (KEYS[1] when not a task)
+ARGV[1]    group      ARGV[1+i] entry id of entry i
+Returns attempts per entry, or -1 for a task already completed (ack it, skip it).
+]]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for i = 2, #ARGV do
+  local tkey = KEYS[i]
+  if tkey ~= KEYS[1] and redis.call('HGET', tkey, 'status') == 'completed' then
+    out[#out + 1] = -1
+  else
+    local n = redis.call('HINCRBY', KEYS[1], ARGV[1] .. '|' .. ARGV[i], 1)
+    if tkey ~= KEYS[1] then
+      redis.call('HSET', tkey, 'status', 'processing', 'attempts', n, 'started_at', now)
+    end
+    out[#out + 1] = n
+  end
+end
+return out

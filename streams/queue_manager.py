@@ -1,0 +1,219 @@
+"""``QueueManager``: the original system's Python API over the stream engine.
+
+    qm = QueueManager()                        # REDIS_URL, LEDGER_PARTITIONS from env
+    task_id = qm.enqueue(queue_name="high_priority", task_type="credit_purchase",
+                         task_data={...}, priority=QueuePriority.HIGH, delay=0)
+    qm.register_handler("credit_calculation", handler)
+    qm.get_task_status(task_id); qm.get_queue_stats(); qm.get_queue_stats("default")
+
+plus the ledger's own calls (``register_user``, ``purchase``, ``use``, ``adjust``),
+which go through the atomic append.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ledger.commands import Adjust, Command, Purchase, RegisterUser, Use, check
+from ledger.errors import LedgerError, ValidationError
+from ledger.tasks import (
+    MAX_TASK_BYTES,
+    PayloadTooLarge,
+    Priority,
+    allowed_collections,
+    check_db_task,
+    check_task,
+)
+
+from . import keys
+from .appender import Appended, Appender, check_idempotency_key
+from .codec import pack
+from .config import StreamsConfig
+from .connection import RedisClient, connect, ensure_partitions, translate
+from .deadletters import DeadLetter, list_dead, requeue
+from .handlers import BoundDBManager, Handler
+from .registry import HandlerRegistry, default_registry
+from .scripts import load
+from .status import queue_stats, task_status
+from .worker import Worker, WorkerConfig
+
+TASK_ID_NAMESPACE = uuid.UUID("6f1c3a52-8d0e-4d3b-9a57-3c2e1f0b7a10")
+
+
+class QueueManager:
+    """Producer, registry and reader of the queue; ``worker()`` makes consumers."""
+
+    def __init__(self, redis_url: str | None = None, *, config: StreamsConfig | None = None,
+                 client: RedisClient | None = None, db: BoundDBManager | None = None,
+                 registry: HandlerRegistry = default_registry) -> None:
+        self.config = config or StreamsConfig.from_env()
+        if redis_url is not None:
+            self.config = StreamsConfig(**{**_fields(self.config), "redis_url": redis_url})
+        self.redis = client if client is not None else connect(self.config.redis_url)
+        self.db = db
+        self.registry = registry
+        self.allowed = allowed_collections(self.config.extra_collections)
+        self.scripts = load(self.redis)
+        self.appender = Appender(self.redis, self.config, self.scripts)
+        self._checked = False
+        self._workers: list[tuple[Worker, threading.Thread]] = []
+
+    def _ready(self) -> None:
+        if not self._checked:
+            ensure_partitions(self.redis, self.config.partitions)
+            self._checked = True
+
+    # -- the original API ---------------------------------------------------------
+    def enqueue(self, queue_name: str, task_type: str, task_data: Mapping[str, Any],
+                priority: Priority | int | None = None, delay: float = 0,
+                idempotency_key: str | None = None) -> str:
+        """Queue a task; returns its id. ``priority`` defaults to the queue's."""
+        spec = self.config.queue(queue_name) if isinstance(queue_name, str) else None
+        if spec is None:
+            known = ", ".join(q.name for q in self.config.queues)
+            raise ValidationError("queue_name", f"unknown queue {queue_name!r} (known: {known})")
+        task = check_task(queue_name, task_type, task_data,
+                          spec.priority if priority is None else priority, delay)
+        if "operation" in task.data and "collection" in task.data \
+                and self.registry.get(task.task_type) is None:
+            check_db_task(task.data, self.allowed)
+        data = pack(task.data)
+        if len(data) > MAX_TASK_BYTES:
+            raise PayloadTooLarge("task_data", f"task_data is larger than {MAX_TASK_BYTES} bytes")
+        if idempotency_key is not None:
+            check_idempotency_key(idempotency_key)
+            task_id = str(uuid.uuid5(TASK_ID_NAMESPACE, idempotency_key))
+        else:
+            task_id = str(uuid.uuid4())
+        fp = hashlib.sha1(b"\x1f".join([
+            task.queue_name.encode(), task.task_type.encode(), data,
+            str(int(task.priority)).encode(), str(task.delay_ms).encode()])).hexdigest()
+        p = keys.partition_of(task_id, self.config.partitions)
+        self._ready()
+        with translate():
+            reply = self.scripts.enqueue(
+                keys=[keys.stream(p, task.priority), keys.task(p, task_id), keys.scheduled(p)],
+                args=[task_id, task.queue_name, task.task_type, data, int(task.priority),
+                      task.delay_ms, fp, "1" if idempotency_key else "0",
+                      self.config.idempotency_ttl_s],
+            )
+        status = reply[0].decode()
+        if status == "reused":
+            from ledger.errors import IdempotencyKeyReused
+            raise IdempotencyKeyReused(idempotency_key or "")
+        if status == "exists":  # a uuid4 collision: practically never
+            return self.enqueue(queue_name, task_type, task_data, priority, delay)
+        return task_id
+
+    def register_handler(self, task_type: str, handler: Handler) -> None:
+        """``handler(data, db_manager) -> bool`` runs tasks of ``task_type``."""
+        self.registry.register(task_type, handler)
+
+    def get_task_status(self, task_id: str) -> dict[str, Any] | None:
+        return task_status(self.redis, self.config.partitions, task_id)
+
+    def get_queue_stats(self, queue_name: str | None = None) -> dict[str, Any]:
+        """Stats of every queue, or of one (``{}``-free: unknown name -> ValidationError)."""
+        if queue_name is not None and self.config.queue(queue_name) is None:
+            raise ValidationError("queue_name", f"unknown queue {queue_name!r}")
+        stats = queue_stats(self.redis, self.config, queue_name=queue_name)
+        return stats[queue_name] if queue_name is not None else stats
+
+    # -- ledger calls -------------------------------------------------------------
+    def register_user(self, user_id: str, email: str, *, priority: Priority = Priority.NORMAL,
+                      idempotency_key: str | None = None) -> Appended:
+        return self.append(RegisterUser(user_id=user_id, email=email), priority=priority,
+                           idempotency_key=idempotency_key)
+
+    def purchase(self, user_id: str, amount: int, transaction_id: str, currency: str = "USD",
+                 *, priority: Priority = Priority.NORMAL,
+                 idempotency_key: str | None = None) -> Appended:
+        return self.append(Purchase(user_id=user_id, amount=amount, currency=currency,
+                                    transaction_id=transaction_id),
+                           priority=priority, idempotency_key=idempotency_key)
+
+    def use(self, user_id: str, amount: int, reason: str = "", *,
+            priority: Priority = Priority.NORMAL, idempotency_key: str | None = None) -> Appended:
+        return self.append(Use(user_id=user_id, amount=amount, reason=reason),
+                           priority=priority, idempotency_key=idempotency_key)
+
+    def adjust(self, user_id: str, delta: int, reason: str, *,
+               priority: Priority = Priority.NORMAL,
+               idempotency_key: str | None = None) -> Appended:
+        return self.append(Adjust(user_id=user_id, delta=delta, reason=reason),
+                           priority=priority, idempotency_key=idempotency_key)
+
+    def append(self, command: Command, *, priority: Priority = Priority.NORMAL,
+               idempotency_key: str | None = None) -> Appended:
+        """Append one checked command atomically (raises the domain error if refused)."""
+        result = self.append_batch([(command, priority, idempotency_key)])[0]
+        if isinstance(result, LedgerError):
+            raise result
+        return result
+
+    def append_batch(self, items: Sequence[tuple[Command, Priority | int, str | None]]
+                     ) -> list[Appended | LedgerError]:
+        """Many appends in one round trip; each is atomic on its own."""
+        from ledger.tasks import check_priority
+        checked = [(check(cmd), check_priority(prio), key) for cmd, prio, key in items]
+        self._ready()
+        return self.appender.append_many(checked)
+
+    def balance(self, user_id: str) -> dict[str, Any] | None:
+        """The authoritative account state in Redis (the read models may lag)."""
+        p = keys.partition_of(user_id, self.config.partitions)
+        with translate():
+            raw = self.redis.hgetall(keys.account(p, user_id))
+        if not raw:
+            return None
+        f = {k.decode(): v.decode() for k, v in raw.items()}
+        return {"user_id": user_id, "version": int(f["version"]), "balance": int(f["balance"]),
+                "purchased_total": int(f["purchased"]), "used_total": int(f["used"]),
+                "head": f["head"]}
+
+    # -- operators ------------------------------------------------------------------
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        return list_dead(self.redis, self.config.partitions, limit)
+
+    def requeue(self, dead_id: str) -> str:
+        return requeue(self.redis, self.scripts, self.config.partitions, dead_id)
+
+    # -- consumers --------------------------------------------------------------------
+    def worker(self, config: WorkerConfig | None = None, **overrides: Any) -> Worker:
+        """A consumer in the ``workers`` group over the selected priority levels."""
+        base = config or WorkerConfig(allowed_collections=self.allowed)
+        if overrides:
+            base = WorkerConfig(**{**_fields(base), **overrides})
+        self._ready()
+        return Worker(self.redis, self.config.partitions, db=self.db, registry=self.registry,
+                      config=base, scripts=self.scripts)
+
+    def start_workers(self, count: int | None = None, **overrides: Any) -> None:
+        """Run ``count`` consumer threads (default: the queues' configured workers)."""
+        n = count if count is not None else sum(q.workers for q in self.config.queues)
+        for i in range(n):
+            w = self.worker(**overrides)
+            w.consumer = f"{w.consumer}-{i}"
+            t = threading.Thread(target=w.run, name=f"ledger-worker-{i}", daemon=True)
+            t.start()
+            self._workers.append((w, t))
+
+    def stop_workers(self, timeout: float = 30.0) -> None:
+        """Let each worker finish its round, then join it."""
+        for w, _ in self._workers:
+            w.stop()
+        for _, t in self._workers:
+            t.join(timeout)
+        self._workers.clear()
+
+    def close(self) -> None:
+        self.stop_workers()
+        self.redis.close()
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in obj.__dataclass_fields__}

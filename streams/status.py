@@ -1,0 +1,119 @@
+"""Task status and queue statistics, read back from Redis.
+
+Stream-level figures (length, pending, lag, consumers) belong to the queue's
+priority level: queues that share a priority share its streams. Counters,
+rate and latency are per queue name.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from ledger.tasks import Priority
+
+from . import keys
+from .config import StreamsConfig
+from .connection import RedisClient, translate
+
+STATUS_FIELDS = ("status", "attempts", "queue_name", "task_type", "enqueued_at", "started_at",
+                 "finished_at", "last_error", "due_at", "retry_at")
+TIME_FIELDS = {"enqueued_at", "started_at", "finished_at", "due_at", "retry_at"}
+
+
+def iso_utc(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def task_status(client: RedisClient, partitions: int, task_id: str) -> dict[str, Any] | None:
+    """The original status record of a task, or None if unknown (or expired)."""
+    if not isinstance(task_id, str) or not 0 < len(task_id) <= 128:
+        return None
+    p = keys.partition_of(task_id, partitions)
+    with translate():
+        values = client.hmget(keys.task(p, task_id), STATUS_FIELDS)
+    if values[0] is None:
+        return None
+    out: dict[str, Any] = {"task_id": task_id}
+    for name, raw in zip(STATUS_FIELDS, values, strict=True):
+        text = raw.decode() if raw is not None else None
+        if name in TIME_FIELDS:
+            out[name] = iso_utc(int(text)) if text else None
+        elif name == "attempts":
+            out[name] = int(text or 0)
+        else:
+            out[name] = text or None
+    return out
+
+
+def _percentile(sorted_values: list[int], q: float) -> int | None:
+    if not sorted_values:
+        return None
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def queue_stats(client: RedisClient, config: StreamsConfig, group: str = "workers",
+                queue_name: str | None = None) -> dict[str, dict[str, Any]]:
+    """Per queue: length, pending, lag, consumers, counters, rate and latency."""
+    specs = [q for q in config.queues if queue_name in (None, q.name)]
+    bucket = int(time.time() * 1000) // 10000
+    out: dict[str, dict[str, Any]] = {}
+    with translate():
+        for spec in specs:
+            pipe = client.pipeline(transaction=False)
+            for p in range(config.partitions):
+                stream = keys.stream(p, spec.priority)
+                pipe.xlen(stream)
+                pipe.hgetall(keys.stats(p))
+                pipe.lrange(keys.latencies(p, spec.name), 0, -1)
+                pipe.hgetall(keys.throughput(p, spec.name))
+            replies = pipe.execute()
+            groups = [_group_info(client, keys.stream(p, spec.priority), group)
+                      for p in range(config.partitions)]
+            out[spec.name] = _summarise(spec.name, spec.priority, replies, groups, bucket)
+    return out
+
+
+def _group_info(client: RedisClient, stream: str, group: str) -> dict[str, Any]:
+    try:
+        infos = client.xinfo_groups(stream)
+    except Exception:  # stream not created yet
+        return {}
+    for info in infos:
+        name = info.get("name")
+        if (name.decode() if isinstance(name, bytes) else name) == group:
+            return dict(info)
+    return {}
+
+
+def _summarise(name: str, priority: Priority, replies: list[Any],
+               groups: list[dict[str, Any]], bucket: int) -> dict[str, Any]:
+    length = 0
+    counters = {"processed": 0, "failed": 0, "retried": 0, "dead": 0}
+    latencies: list[int] = []
+    recent = 0
+    for i in range(0, len(replies), 4):
+        xlen, stats, lat, tput = replies[i:i + 4]
+        length += int(xlen)
+        for counter in counters:
+            counters[counter] += int(stats.get(f"{counter}:{name}".encode(), 0))
+        latencies.extend(int(v) for v in lat)
+        recent += sum(int(v) for k, v in tput.items() if bucket - 6 <= int(k) < bucket)
+    latencies.sort()
+    lags = [g.get("lag") for g in groups]
+    return {
+        "queue_name": name,
+        "priority": priority.name,
+        "length": length,
+        "pending": sum(int(g.get("pending", 0)) for g in groups),
+        "lag": None if any(lag is None for lag in lags) else sum(int(x) for x in lags),
+        "consumers": max((int(g.get("consumers", 0)) for g in groups), default=0),
+        **counters,
+        "rate_per_s": round(recent / 60, 2),
+        "latency_ms": {"p50": _percentile(latencies, 0.5), "p95": _percentile(latencies, 0.95),
+                       "p99": _percentile(latencies, 0.99)},
+    }
