@@ -39,6 +39,7 @@ IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Appended:
     event_id: str
+    """"<user_id>:<version>"."""
     user_id: str
     version: int
     balance: int

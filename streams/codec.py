@@ -3,8 +3,10 @@
 A ledger event is stored as flat fields written by ``append.lua`` (so the
 script can build it without a serialiser); a task stores its data as msgpack.
 
-    event fields  k u v t a b p x tx r ph h q [eid]
-    task fields   k=task id q ty d t [eid]
+    event fields  k u v t a b p x tx r ph h q [rq]
+    task fields   k=task id q ty d t [rq]
+
+``rq`` marks a requeued copy of a dead letter (its original "<stream>/<id>").
 """
 
 from __future__ import annotations
@@ -56,10 +58,16 @@ def unpack(raw: bytes) -> Any:
     return msgpack.unpackb(raw, raw=False, strict_map_key=True)
 
 
-def event_id_of(entry_id: str, fields: Mapping[bytes, bytes]) -> str:
-    """An entry's event id: its stream id, or the original one if it was requeued."""
-    eid = fields.get(b"eid")
-    return eid.decode() if eid else entry_id
+def event_id(user_id: str, version: int) -> str:
+    """A ledger event's id: unique (stream ids are unique only within a stream)."""
+    return f"{user_id}:{version}"
+
+
+def message_id(message: Message) -> str:
+    """What a handler keys its side effects on: the event id or the task id."""
+    if isinstance(message, TaskMessage):
+        return message.task_id
+    return event_id(message.event.user_id, message.event.version)
 
 
 def decode(fields: Mapping[bytes, bytes]) -> Message:
@@ -119,11 +127,11 @@ def event_fields(event: Event, queue_name: str) -> dict[str, str]:
     }
 
 
-def event_data(event_id: str, event: Event) -> dict[str, Any]:
+def event_data(event: Event) -> dict[str, Any]:
     """The ``data`` a task handler receives for a ledger event."""
     a = event.after
     return {
-        "event_id": event_id, "kind": event.kind, "user_id": event.user_id,
+        "event_id": event_id(event.user_id, event.version), "kind": event.kind, "user_id": event.user_id,
         "version": event.version, "at_ms": event.at_ms, "amount": event.amount,
         "text": event.text, "ref": event.ref, "balance_after": a.balance,
         "purchased_total": a.purchased, "used_total": a.used, "hash": event.hash,

@@ -27,7 +27,7 @@ from typing import Any
 from ledger.tasks import Priority
 
 from . import keys
-from .codec import EventMessage, Message, TaskMessage, decode, event_data, event_id_of
+from .codec import EventMessage, Message, TaskMessage, decode, event_data, message_id
 from .connection import RedisClient, ensure_groups, is_cluster, translate
 from .errors import DecodeError, Retry
 from .handlers import NO_DATABASE, BoundDBManager, Handler
@@ -247,11 +247,11 @@ class Worker:
         if d.attempts > self.config.retry.max_attempts:
             return Outcome("dead", d.attempts,
                            f"gave up after {d.attempts - 1} attempts (worker crashed or timed out)")
-        event_id = event_id_of(d.entry_id, d.fields)
+        key = message_id(message)
         started_ms = int(self.clock() * 1000)
         try:
-            handler, data = self._handler_for(message, event_id)
-            db = self.db.for_event(event_id) if self.db is not None else NO_DATABASE
+            handler, data = self._handler_for(message)
+            db = self.db.for_event(key) if self.db is not None else NO_DATABASE
             ok = handler(data, db)
             if ok is False:
                 raise RuntimeError("handler returned False")
@@ -263,10 +263,9 @@ class Worker:
                 else message.event.at_ms)
         return Outcome("ok", max(0, int(self.clock() * 1000) - min(born, started_ms)))
 
-    def _handler_for(self, message: Message, event_id: str) -> tuple[Handler, Mapping[str, Any]]:
+    def _handler_for(self, message: Message) -> tuple[Handler, Mapping[str, Any]]:
         if isinstance(message, EventMessage):
-            return (self.registry.resolve_event(message.event.kind),
-                    event_data(event_id, message.event))
+            return self.registry.resolve_event(message.event.kind), event_data(message.event)
         found = self.registry.resolve_task(message.task_type, message.data,
                                            self.config.allowed_collections)
         if found is None:

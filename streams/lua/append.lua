@@ -20,7 +20,9 @@ ARGV[8] idem_ttl    seconds to keep an idempotency record
 ARGV[9] queue       queue name recorded on the entry (stats)
 ARGV[10] max        largest total the ledger holds exactly (2^53-1)
 
-Returns {"ok", event_id, version, balance, at_ms, hash}
+An event's id is "<user_id>:<version>": unique by construction (stream entry
+ids are only unique within one stream) and stable if the entry is requeued.
+Returns {"ok", event_id, version, balance, at_ms, hash, stream entry id}
      or {"dup", event_id, version, balance}              (a repeat: nothing appended)
      or {"reused", "key"|"transaction"} | {"duplicate_user"} | {"unknown_account"}
      or {"insufficient", balance} | {"limit"}
@@ -75,6 +77,7 @@ local parts = {}
 for i, v in ipairs(fields) do parts[i] = string.len(v) .. ':' .. v end
 local hash = redis.sha1hex(table.concat(parts))
 
+local event_id = user .. ':' .. fmt(version)
 local id = redis.call('XADD', KEYS[2], '*',
   'k', kind, 'u', user, 'v', fmt(version), 't', fmt(at_ms), 'a', fmt(amount),
   'b', fmt(balance), 'p', fmt(purchased), 'x', fmt(used), 'tx', text, 'r', ref,
@@ -84,10 +87,10 @@ redis.call('HSET', KEYS[1], 'version', fmt(version), 'balance', fmt(balance),
   'purchased', fmt(purchased), 'used', fmt(used), 'head', hash)
 if kind == 'user_registered' then redis.call('HSET', KEYS[1], 'email', text) end
 if ARGV[6] == '1' then
-  redis.call('HSET', KEYS[3], 'e', id, 'v', fmt(version), 'b', fmt(balance), 'f', ARGV[7])
+  redis.call('HSET', KEYS[3], 'e', event_id, 'v', fmt(version), 'b', fmt(balance), 'f', ARGV[7])
   redis.call('EXPIRE', KEYS[3], tonumber(ARGV[8]))
 end
 if ref ~= '' then
-  redis.call('HSET', KEYS[4], ref, id .. '|' .. fmt(version) .. '|' .. fmt(balance) .. '|' .. ARGV[7])
+  redis.call('HSET', KEYS[4], ref, event_id .. '|' .. fmt(version) .. '|' .. fmt(balance) .. '|' .. ARGV[7])
 end
-return {'ok', id, fmt(version), fmt(balance), fmt(at_ms), hash}
+return {'ok', event_id, fmt(version), fmt(balance), fmt(at_ms), hash, id}

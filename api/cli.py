@@ -1,0 +1,212 @@
+"""The ``ledger`` console script: ``main(argv) -> int`` with named exit codes.
+
+Each subcommand is a thin call into the library; heavy imports happen inside it.
+Every option also reads its environment variable (REDIS_URL, MONGO_URL, …).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from .settings import Settings
+
+RET_OK = 0
+RET_ERROR = 1
+RET_USAGE = 2
+RET_IMPORT = 3
+RET_CONNECT = 4
+
+log = logging.getLogger("ledger")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    env = Settings.from_env()
+    p.add_argument("--redis-url", default=env.redis_url, help="redis:// or redis+cluster:// "
+                   "URL (env REDIS_URL)")
+    p.add_argument("--mongo-url", default=env.mongo_url, help="MongoDB URL (env MONGO_URL)")
+    p.add_argument("--mongo-db", default=env.mongo_db, help="database name (env MONGO_DB)")
+    p.add_argument("--partitions", type=int, default=env.partitions,
+                   help="stream partitions; fixed for a deployment (env LEDGER_PARTITIONS)")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings(redis_url=args.redis_url, mongo_url=args.mongo_url, mongo_db=args.mongo_db,
+                    partitions=args.partitions,
+                    extra_collections=Settings.from_env().extra_collections)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ledger", description="Credit ledger on Redis Streams")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run everything embedded with a synthetic load")
+    _common(demo)
+    demo.add_argument("--users", type=int, default=200, help="synthetic accounts")
+    demo.add_argument("--events", type=int, default=5000, help="synthetic credit events")
+    demo.add_argument("--workers", type=int, default=2, help="worker processes")
+    demo.add_argument("--keep", action="store_true", help="keep the data directory")
+
+    worker = sub.add_parser("worker", help="run task handlers (the `workers` group)")
+    _common(worker)
+    worker.add_argument("--import", dest="imports", action="append", default=[],
+                        metavar="MODULE", help="import a module that registers handlers "
+                        "(repeatable)")
+    worker.add_argument("--concurrency", type=int, default=None,
+                        help="consumer threads (default: the queues' configured workers)")
+    worker.add_argument("--queues", default=None,
+                        help="comma-separated queue names to serve (default: all)")
+    worker.add_argument("--burst", action="store_true", help="exit once nothing is left")
+    worker.add_argument("--max-attempts", type=int, default=5)
+    worker.add_argument("--backoff-ms", type=int, default=1000, help="first retry delay")
+    worker.add_argument("--claim-idle-ms", type=int, default=60_000,
+                        help="take over entries of a consumer silent this long")
+
+    sched = sub.add_parser("scheduler", help="move delayed tasks onto their streams when due")
+    _common(sched)
+
+    stats = sub.add_parser("stats", help="print queue statistics as JSON")
+    _common(stats)
+    stats.add_argument("queue", nargs="?", default=None)
+
+    dlq = sub.add_parser("dlq", help="list or requeue dead letters")
+    _common(dlq)
+    dsub = dlq.add_subparsers(dest="dlq_command", required=True)
+    dlist = dsub.add_parser("list", help="newest dead letters first")
+    dlist.add_argument("--limit", type=int, default=50)
+    dreq = dsub.add_parser("requeue", help="put dead letters back on their streams")
+    dreq.add_argument("ids", nargs="+", metavar="ID", help="dead-letter id, e.g. p3:1700-0")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from streams.errors import ConfigError, Unavailable
+
+    try:
+        if args.command == "demo":
+            from .demo import run_demo
+            return run_demo(args, _settings(args))
+        if args.command == "worker":
+            return _worker(args, _settings(args))
+        if args.command == "scheduler":
+            return _scheduler(_settings(args))
+        if args.command == "stats":
+            return _stats(args, _settings(args))
+        return _dlq(args, _settings(args))
+    except ConfigError as exc:
+        print(f"ledger: {exc}", file=sys.stderr)
+        return RET_USAGE
+    except Unavailable as exc:
+        print(f"ledger: {exc}", file=sys.stderr)
+        return RET_CONNECT
+
+
+def _on_term(stop: Any) -> None:
+    """SIGTERM and SIGINT finish the current round, then exit."""
+    def handler(signum: int, frame: object) -> None:
+        log.info("signal %d: draining", signum)
+        stop()
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def queue_manager(settings: Settings) -> Any:
+    from streams import QueueManager
+    db = None
+    if settings.mongo_url:
+        from projections.store import MongoDBManager, connect
+        from ledger.tasks import allowed_collections
+        client = connect(settings.mongo_url)
+        db = MongoDBManager(client[settings.mongo_db],
+                            allowed_collections(settings.extra_collections))
+    return QueueManager(config=settings.streams(), db=db)
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    for name in args.imports:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            print(f"ledger worker: cannot import {name!r}: {exc}", file=sys.stderr)
+            return RET_IMPORT
+    from ledger.tasks import Priority
+    from streams import RetryPolicy
+    qm = queue_manager(settings)
+    queues = qm.config.queues
+    if args.queues:
+        wanted = {q.strip() for q in args.queues.split(",") if q.strip()}
+        unknown = wanted - {q.name for q in queues}
+        if unknown:
+            print(f"ledger worker: unknown queue(s): {', '.join(sorted(unknown))}",
+                  file=sys.stderr)
+            return RET_USAGE
+        queues = tuple(q for q in queues if q.name in wanted)
+    levels: tuple[Priority, ...] = tuple(sorted({q.priority for q in queues}, reverse=True))
+    concurrency = args.concurrency or sum(q.workers for q in queues)
+    overrides = dict(levels=levels, claim_idle_ms=args.claim_idle_ms,
+                     retry=RetryPolicy(max_attempts=args.max_attempts, base_ms=args.backoff_ms,
+                                       max_ms=max(args.backoff_ms, 300_000)),
+                     allowed_collections=qm.allowed)
+    if args.burst:
+        processed = qm.worker(**overrides).run_until_idle(timeout=3600)
+        print(f"processed {processed} entries")
+        return RET_OK
+    done = threading.Event()
+    _on_term(done.set)
+    qm.start_workers(concurrency, **overrides)
+    log.info("worker up: %d consumers on %s", concurrency,
+             ", ".join(lv.name for lv in levels))
+    done.wait()
+    qm.stop_workers()
+    log.info("worker stopped cleanly")
+    return RET_OK
+
+
+def _scheduler(settings: Settings) -> int:
+    from streams import Scheduler
+    from streams.connection import connect, ensure_partitions
+    client = connect(settings.streams().redis_url)
+    ensure_partitions(client, settings.partitions)
+    scheduler = Scheduler(client, settings.partitions)
+    _on_term(scheduler.stop)
+    log.info("scheduler up")
+    scheduler.run()
+    return RET_OK
+
+
+def _stats(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+    from streams import QueueManager
+    qm = QueueManager(config=settings.streams())
+    print(json.dumps(qm.get_queue_stats(args.queue), indent=2))
+    return RET_OK
+
+
+def _dlq(args: argparse.Namespace, settings: Settings) -> int:
+    from streams import QueueManager
+    from streams.errors import UnknownDeadLetter
+    qm = QueueManager(config=settings.streams())
+    if args.dlq_command == "list":
+        for d in qm.dead_letters(args.limit):
+            what = f"task {d.task_type} {d.task_id}" if d.kind == "task" else \
+                f"{d.kind} of {d.user_id}"
+            print(f"{d.id}\t{d.queue_name}\t{what}\tattempts={d.attempts}\t{d.error}")
+        return RET_OK
+    status = RET_OK
+    for dead_id in args.ids:
+        try:
+            print(f"{dead_id} -> {qm.requeue(dead_id)}")
+        except UnknownDeadLetter as exc:
+            print(f"ledger dlq requeue: {exc}", file=sys.stderr)
+            status = RET_ERROR
+    return status
