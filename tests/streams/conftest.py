@@ -1,0 +1,48 @@
+"""Fixtures for the stream engine: a QueueManager on the session's real Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis as redis_py
+from pymongo.database import Database
+
+from ledger.tasks import DEFAULT_COLLECTIONS
+from projections.store import MongoDBManager
+from streams import HandlerRegistry, QueueManager, RetryPolicy, StreamsConfig, Worker
+
+PARTITIONS = 4
+
+
+@pytest.fixture
+def config(redis_url: str) -> StreamsConfig:
+    return StreamsConfig(redis_url=redis_url, partitions=PARTITIONS)
+
+
+@pytest.fixture
+def registry() -> HandlerRegistry:
+    return HandlerRegistry()
+
+
+@pytest.fixture
+def qm(redis: redis_py.Redis, config: StreamsConfig, registry: HandlerRegistry,
+       mongo_db: Database[Any]) -> Iterator[QueueManager]:
+    manager = QueueManager(config=config, client=redis_py.Redis.from_url(config.redis_url),
+                           db=MongoDBManager(mongo_db, DEFAULT_COLLECTIONS), registry=registry)
+    try:
+        yield manager
+    finally:
+        manager.close()
+
+
+@pytest.fixture
+def make_worker(qm: QueueManager) -> Callable[..., Worker]:
+    """Workers with quick retries; tests override what they need."""
+    def make(**overrides: Any) -> Worker:
+        opts: dict[str, Any] = dict(retry=RetryPolicy(max_attempts=3, base_ms=20, max_ms=200),
+                                    claim_idle_ms=1000, reclaim_every_ms=10, block_ms=50)
+        opts.update(overrides)
+        return qm.worker(**opts)
+    return make
