@@ -128,11 +128,21 @@ def event_fields(event: Event, queue_name: str) -> dict[str, str]:
 
 
 def event_data(event: Event) -> dict[str, Any]:
-    """The ``data`` a task handler receives for a ledger event."""
+    """The ``data`` a task handler receives for a ledger event (the original field names)."""
     a = event.after
-    return {
-        "event_id": event_id(event.user_id, event.version), "kind": event.kind, "user_id": event.user_id,
-        "version": event.version, "at_ms": event.at_ms, "amount": event.amount,
-        "text": event.text, "ref": event.ref, "balance_after": a.balance,
-        "purchased_total": a.purchased, "used_total": a.used, "hash": event.hash,
+    data: dict[str, Any] = {
+        "event_id": event_id(event.user_id, event.version), "kind": event.kind,
+        "user_id": event.user_id, "version": event.version, "at_ms": event.at_ms,
     }
+    if isinstance(event, UserRegistered):
+        data["email"] = event.email
+    elif isinstance(event, CreditsPurchased):
+        data.update(amount=event.credits, currency=event.currency,
+                    transaction_id=event.transaction_id)
+    elif isinstance(event, CreditsUsed):
+        data.update(amount=event.credits, reason=event.reason)
+    elif isinstance(event, CreditsAdjusted):
+        data.update(delta=event.delta, reason=event.reason)
+    data.update(balance_after=a.balance, purchased_total=a.purchased, used_total=a.used,
+                hash=event.hash)
+    return data
