@@ -151,7 +151,10 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
                   file=sys.stderr)
             return RET_USAGE
         queues = tuple(q for q in queues if q.name in wanted)
-    levels: tuple[Priority, ...] = tuple(sorted({q.priority for q in queues}, reverse=True))
+    # Without --queues every level is served, CRITICAL included (no queue names it,
+    # but events and tasks may be appended at CRITICAL priority).
+    levels: tuple[Priority, ...] = tuple(sorted(
+        {q.priority for q in queues} if args.queues else set(Priority), reverse=True))
     concurrency = args.concurrency or sum(q.workers for q in queues)
     overrides = dict(levels=levels, claim_idle_ms=args.claim_idle_ms,
                      retry=RetryPolicy(max_attempts=args.max_attempts, base_ms=args.backoff_ms,
