@@ -1,0 +1,262 @@
+"""The MongoDB side: connecting, read-model collection names, and ``MongoDBManager``.
+
+``MongoDBManager`` is what a task handler receives as ``db_manager`` (it
+implements ``streams.handlers.DBManager`` and ``BoundDBManager``). Task data is
+untrusted, so every call is checked before it reaches the driver:
+
+- only collections in the allow-list, and never a read model or ``system.*``;
+- no key (nor dotted path part, like ``items.$``) starting with ``$`` anywhere
+  in a filter, document or update: no operator injection, and ``update``
+  always means ``$set`` of plain fields;
+- ``update`` and ``delete`` touch one document and need a non-empty filter;
+- ``find_many`` returns at most ``MAX_FIND_LIMIT`` documents.
+
+Exactly-once effect: a manager bound to a delivery (``for_event``) gives the
+n-th id-less document of that delivery the id ``event_id`` (n = 1) or
+``f"{event_id}:{n}"``, so a redelivered handler finds its inserts already done.
+Writes ask for the journal (``j: true``) because the worker acknowledges the
+delivery once the handler returns: an unjournaled write can vanish if the
+server is killed right after it answered.
+
+Driver connection errors become ``StoreUnavailable`` (without the driver's
+exception chained, so no topology details leak to callers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import pymongo
+from bson.errors import InvalidDocument
+from bson.objectid import ObjectId
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import ConnectionFailure, DuplicateKeyError
+from pymongo.write_concern import WriteConcern
+
+from ledger.errors import Conflict, ValidationError
+
+__all__ = [
+    "BALANCES",
+    "CHECKPOINTS",
+    "CREDIT_SCORES",
+    "EVENTS",
+    "MAX_FIND_LIMIT",
+    "READ_MODELS",
+    "DuplicateDocument",
+    "EventDBManager",
+    "MongoDBManager",
+    "StoreUnavailable",
+    "connect",
+]
+
+BALANCES = "balances"
+CREDIT_SCORES = "credit_scores"
+EVENTS = "events"
+CHECKPOINTS = "checkpoints"
+READ_MODELS = frozenset({BALANCES, CREDIT_SCORES, EVENTS, CHECKPOINTS})
+
+MAX_FIND_LIMIT = 1000
+_INT64 = (-(2**63), 2**63 - 1)
+
+Document = dict[str, Any]
+
+
+class StoreUnavailable(Exception):
+    """The Mongo server could not be reached in time; the caller may retry later."""
+
+
+class DuplicateDocument(Conflict):
+    """An insert named an ``_id`` (or other unique key) that is already taken."""
+
+    code = "duplicate_document"
+
+    def __init__(self, collection: str, doc_id: object) -> None:
+        super().__init__(f"a document with _id {doc_id!r} already exists in {collection!r}")
+        self.collection = collection
+        self.doc_id = doc_id
+
+
+def connect(url: str, **kw: Any) -> pymongo.MongoClient[Document]:
+    """Open a client with bounded timeouts and ``retryWrites=false`` whatever the URL says.
+
+    Retryable writes are off because the embedded Mongo-wire server slows down
+    with every write when they are on. ``journal=True`` is the default so an
+    acknowledged write survives a server crash; pass ``journal=False`` to trade
+    that for speed. Other keyword arguments go to ``MongoClient``.
+    """
+    options: dict[str, Any] = {
+        "serverSelectionTimeoutMS": 5_000,
+        "connectTimeoutMS": 5_000,
+        "socketTimeoutMS": 30_000,
+        "journal": True,
+        **kw,
+        "retryWrites": False,
+    }
+    return pymongo.MongoClient(url, **options)
+
+
+class MongoDBManager:
+    """The original system's ``db_manager`` over one database, limited to ``allowed``."""
+
+    def __init__(self, db: Database[Any], allowed: frozenset[str]) -> None:
+        self._db = db
+        self._allowed = frozenset(allowed)
+        # Keep the caller's w (e.g. "majority") and add the journal.
+        concern = {**db.write_concern.document, "j": True}
+        concern.pop("fsync", None)  # j and fsync are mutually exclusive
+        self._write_concern = WriteConcern(**concern)
+
+    @property
+    def allowed(self) -> frozenset[str]:
+        """The collections this manager may touch (read models and system.* never)."""
+        return frozenset(c for c in self._allowed if _permitted(c))
+
+    def for_event(self, event_id: str) -> EventDBManager:
+        """A manager for one delivery of ``event_id``, whose inserts are idempotent."""
+        if not isinstance(event_id, str) or not event_id:
+            raise ValidationError("event_id", "event_id must be a non-empty string")
+        return EventDBManager(self._db, self._allowed, event_id)
+
+    def find_one(self, collection: str, filter: Mapping[str, Any]) -> Document | None:
+        coll = self._collection(collection)
+        query = _checked("filter", filter)
+        with _translated():
+            found = coll.find_one(query)
+        return None if found is None else dict(found)
+
+    def find_many(
+        self, collection: str, filter: Mapping[str, Any] | None = None, limit: int = 100
+    ) -> list[Document]:
+        coll = self._collection(collection)
+        query = _checked("filter", {} if filter is None else filter)
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise ValidationError("limit", "limit must be an integer")
+        if not 1 <= limit <= MAX_FIND_LIMIT:
+            raise ValidationError("limit", f"limit must be between 1 and {MAX_FIND_LIMIT}")
+        with _translated():
+            # Sorted by _id so that a limit gives the same page every time.
+            return [dict(doc) for doc in coll.find(query).sort("_id", 1).limit(limit)]
+
+    def insert(self, collection: str, document: Mapping[str, Any]) -> str:
+        """Insert one document and return its ``_id`` as a string."""
+        coll = self._collection(collection, write=True)
+        doc = _checked("document", document)
+        generated = "_id" not in doc
+        if generated:
+            doc["_id"] = self._next_id()
+        try:
+            with _translated("document"):
+                coll.insert_one(doc)
+        except DuplicateKeyError:
+            if generated and self._already_done(coll, doc["_id"]):
+                return str(doc["_id"])
+            raise DuplicateDocument(collection, doc["_id"]) from None
+        return str(doc["_id"])
+
+    def update(self, collection: str, filter: Mapping[str, Any], data: Mapping[str, Any]) -> int:
+        """``$set`` the fields of ``data`` on the first match; returns the match count."""
+        coll = self._collection(collection, write=True)
+        query = _checked("filter", filter, non_empty=True)
+        fields = _checked("data", data, non_empty=True)
+        for key in fields:
+            if key == "_id" or key.startswith("_id."):
+                raise ValidationError("data", "update data must not change _id")
+        try:
+            with _translated("data"):
+                result = coll.update_one(query, {"$set": fields})
+        except DuplicateKeyError:
+            raise DuplicateDocument(collection, query.get("_id")) from None
+        return result.matched_count
+
+    def delete(self, collection: str, filter: Mapping[str, Any]) -> int:
+        """Delete the first match; returns the number deleted (0 or 1)."""
+        coll = self._collection(collection, write=True)
+        query = _checked("filter", filter, non_empty=True)
+        with _translated():
+            return coll.delete_one(query).deleted_count
+
+    # -- internals --------------------------------------------------------------
+
+    def _next_id(self) -> object:
+        return ObjectId()
+
+    def _already_done(self, coll: Collection[Any], doc_id: object) -> bool:
+        return False
+
+    def _collection(self, name: object, *, write: bool = False) -> Collection[Any]:
+        if not isinstance(name, str) or not name:
+            raise ValidationError("collection", "collection must be a non-empty string")
+        if name in READ_MODELS:
+            raise ValidationError("collection", f"{name!r} is a read model: tasks cannot touch it")
+        if name.startswith("system."):
+            raise ValidationError("collection", f"{name!r} is a system collection")
+        if name not in self._allowed:
+            raise ValidationError("collection", f"collection {name!r} is not in the allow-list")
+        if write:
+            return self._db.get_collection(name, write_concern=self._write_concern)
+        return self._db.get_collection(name)
+
+
+class EventDBManager(MongoDBManager):
+    """A ``MongoDBManager`` bound to one delivery: id-less inserts get ids from the event id."""
+
+    def __init__(self, db: Database[Any], allowed: frozenset[str], event_id: str) -> None:
+        super().__init__(db, allowed)
+        self.event_id = event_id
+        self._inserted = 0
+
+    def _next_id(self) -> object:
+        self._inserted += 1
+        return self.event_id if self._inserted == 1 else f"{self.event_id}:{self._inserted}"
+
+    def _already_done(self, coll: Collection[Any], doc_id: object) -> bool:
+        # The duplicate may be another unique index; only our own _id means "done".
+        with _translated():
+            return coll.find_one({"_id": doc_id}, projection={"_id": 1}) is not None
+
+
+def _permitted(name: str) -> bool:
+    return name not in READ_MODELS and not name.startswith("system.")
+
+
+def _checked(field: str, value: object, *, non_empty: bool = False) -> Document:
+    """A plain-dict copy of ``value`` after refusing ``$``-keys at any depth."""
+    if not isinstance(value, Mapping):
+        raise ValidationError(field, f"{field} must be an object")
+    if non_empty and not value:
+        raise ValidationError(field, f"{field} must not be empty")
+    _refuse_operators(field, value, field)
+    return dict(value)
+
+
+def _refuse_operators(field: str, value: object, path: str) -> None:
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValidationError(field, f"{path}: keys must be strings, got {key!r}")
+            if any(part.startswith("$") for part in key.split(".")):
+                raise ValidationError(
+                    field, f"{path}.{key}: keys starting with '$' (Mongo operators) are not allowed"
+                )
+            if "\x00" in key:
+                raise ValidationError(field, f"{path}: keys must not contain NUL")
+            _refuse_operators(field, item, f"{path}.{key}")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _refuse_operators(field, item, f"{path}[{index}]")
+    elif isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
+        raise ValidationError(field, f"{path}: integer out of the int64 range")
+
+
+@contextmanager
+def _translated(field: str | None = None) -> Iterator[None]:
+    """Driver errors -> our errors, unchained so no driver internals leak."""
+    try:
+        yield
+    except ConnectionFailure as exc:
+        raise StoreUnavailable(f"MongoDB is unavailable ({type(exc).__name__})") from None
+    except InvalidDocument as exc:
+        raise ValidationError(field, f"cannot be stored: {exc}") from None
