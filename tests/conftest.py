@@ -1,0 +1,106 @@
+"""Shared fixtures: one real redis-server and one Mongo-wire server per test session.
+
+The servers come from ``api.embedded``, the same code ``ledger demo`` runs. If
+one cannot start, every test that needs it errors: nothing is skipped. Each
+test gets a flushed Redis and a database of its own, and factory fixtures stop
+whatever they started.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import pymongo
+import pytest
+import redis as redis_py
+from pymongo.database import Database
+
+from api.embedded import EmbeddedMongo, EmbeddedRedis
+from projections.store import connect
+
+MakeRedisServer = Callable[..., EmbeddedRedis]
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), appendfsync="everysec")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedMongo]:
+    server = EmbeddedMongo(tmp_path_factory.mktemp("mongo"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: EmbeddedRedis) -> str:
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def mongo_url(mongo_server: EmbeddedMongo) -> str:
+    return mongo_server.url
+
+
+@pytest.fixture
+def redis(redis_url: str) -> Iterator[redis_py.Redis]:
+    """A client on the session server, flushed before the test and closed after."""
+    client = redis_py.Redis.from_url(redis_url)
+    client.flushall()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def mongo_client(mongo_url: str) -> Iterator[pymongo.MongoClient[dict[str, Any]]]:
+    client = connect(mongo_url)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def mongo_db(mongo_client: pymongo.MongoClient[dict[str, Any]]) -> Iterator[Database[Any]]:
+    """A database no other test uses, dropped afterwards."""
+    name = f"t_{uuid4().hex[:12]}"
+    try:
+        yield mongo_client[name]
+    finally:
+        mongo_client.drop_database(name)
+
+
+@pytest.fixture
+def fresh_redis_server(tmp_path: Path) -> Iterator[MakeRedisServer]:
+    """Start private redis-servers (for tests that kill one); all are stopped at teardown.
+
+    ``fresh_redis_server(appendfsync="always")`` returns a started ``EmbeddedRedis``;
+    keyword arguments go to its constructor.
+    """
+    started: list[EmbeddedRedis] = []
+
+    def make(**kw: Any) -> EmbeddedRedis:
+        server = EmbeddedRedis(tmp_path / f"redis-{len(started)}", **kw)
+        started.append(server)
+        server.start()
+        return server
+
+    try:
+        yield make
+    finally:
+        for server in started:
+            server.stop()
