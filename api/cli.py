@@ -124,8 +124,8 @@ def queue_manager(settings: Settings) -> Any:
     from streams import QueueManager
     db = None
     if settings.mongo_url:
-        from projections.store import MongoDBManager, connect
         from ledger.tasks import allowed_collections
+        from projections.store import MongoDBManager, connect
         client = connect(settings.mongo_url)
         db = MongoDBManager(client[settings.mongo_db],
                             allowed_collections(settings.extra_collections))
@@ -189,6 +189,7 @@ def _scheduler(settings: Settings) -> int:
 
 def _stats(args: argparse.Namespace, settings: Settings) -> int:
     import json
+
     from streams import QueueManager
     qm = QueueManager(config=settings.streams())
     print(json.dumps(qm.get_queue_stats(args.queue), indent=2))

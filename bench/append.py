@@ -12,6 +12,7 @@ bench/results/append.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 import time
@@ -38,7 +39,8 @@ def timed(fn: Callable[[], int]) -> tuple[int, float]:
 
 
 def raw_xadd(client: redis.Redis, n: int, batch: int) -> int:
-    fields = {"k": "credits_used", "u": "user-00001", "v": "7", "a": "-50", "b": "950"}
+    fields: dict[Any, Any] = {"k": "credits_used", "u": "user-00001", "v": "7", "a": "-50",
+                              "b": "950"}
     if batch <= 1:
         for _ in range(n):
             client.xadd("bench:raw", fields)
@@ -54,10 +56,8 @@ def raw_xadd(client: redis.Redis, n: int, batch: int) -> int:
 def ledger_appends(qm: QueueManager, cmds: list[Command], batch: int) -> int:
     if batch <= 1:
         for cmd in cmds:
-            try:
+            with contextlib.suppress(LedgerError):
                 qm.append(cmd)
-            except LedgerError:
-                pass
         return len(cmds)
     for i in range(0, len(cmds), batch):
         qm.append_batch([(c, Priority.NORMAL, None) for c in cmds[i:i + batch]])

@@ -122,7 +122,8 @@ class Appender:
                         f"appended, but only {acked} of {self._config.wait_replicas} replicas "
                         "confirmed in time; retry with the same Idempotency-Key"
                     )
-        return [_result(cmd, idem, reply) for (cmd, idem), reply in zip(calls, replies, strict=True)]
+        return [_result(cmd, idem, reply)
+                for (cmd, idem), reply in zip(calls, replies, strict=True)]
 
 
 def _result(command: Command, idem: str | None, reply: list[bytes]) -> Appended | LedgerError:

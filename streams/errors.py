@@ -32,7 +32,7 @@ class ConfigError(StreamsError):
     """Settings that would corrupt data if used (refused at start-up)."""
 
 
-class Retry(Exception):  # noqa: N818 - control flow, named like arq's and dramatiq's
+class Retry(Exception):
     """Raised by a handler: try again, after ``delay_ms`` if given."""
 
     def __init__(self, delay_ms: int | None = None) -> None:

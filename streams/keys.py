@@ -6,11 +6,11 @@ its partition's priority streams, retry and schedule sets, dead letters and
 task status hashes.
 
     ledger:meta                          hash  partitions (fixed for a deployment)
-    ledger:{pN}:<level>                  stream  events and tasks of one priority (critical|high|normal|low)
+    ledger:{pN}:<level>                stream  events and tasks of a level: critical|high|normal|low
     ledger:{pN}:acct:<user_id>           hash  version balance purchased used head email
     ledger:{pN}:idem:<user_id>:<key>     hash  e v b f   (first response of an Idempotency-Key; TTL)
-    ledger:{pN}:txn:<user_id>            hash  <transaction_id> -> "e|v|b|f" (purchases, kept forever)
-    ledger:{pN}:task:<task_id>           hash  status attempts queue_name task_type … (TTL once finished)
+    ledger:{pN}:txn:<user_id>            hash  <transaction_id> -> "e|v|b|f" (kept forever)
+    ledger:{pN}:task:<task_id>           hash  status attempts queue_name task_type … (TTL)
     ledger:{pN}:attempts                 hash  <group>|<entry id> -> deliveries so far
     ledger:{pN}:retry:<group>            zset  <level>|<entry id> by due time (ms)
     ledger:{pN}:scheduled                zset  <task_id> by due time (ms)

@@ -27,7 +27,7 @@ class RetryPolicy:
 
     def backoff_ms(self, attempt: int, rand: random.Random | None = None) -> int:
         """Delay before attempt ``attempt + 1``, given ``attempt`` (>= 1) has failed."""
-        ceiling = min(self.max_ms, self.base_ms * 2 ** min(attempt - 1, 40))
+        ceiling = min(self.max_ms, self.base_ms << min(attempt - 1, 40))
         half = ceiling // 2
-        r = (rand or random).random()
+        r = rand.random() if rand is not None else random.random()
         return ceiling - half + int(half * r)

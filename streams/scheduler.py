@@ -36,7 +36,7 @@ class Scheduler:
                     keys=[keys.scheduled(p), *(keys.stream(p, lv) for lv in keys.LEVELS_DESC)],
                     args=[keys.tag(p) + ":task:", self.batch], client=pipe)
             with translate():
-                counts = pipe.execute()
+                counts: list[int] = pipe.execute()
             moved += sum(counts)
             if max(counts, default=0) < self.batch:
                 return moved
@@ -47,7 +47,7 @@ class Scheduler:
             pipe = self.redis.pipeline(transaction=False)
             for p in range(self.partitions):
                 pipe.zcard(keys.scheduled(p))
-            return sum(pipe.execute())
+            return int(sum(pipe.execute()))
 
     def stop(self) -> None:
         self._stopping.set()

@@ -110,10 +110,16 @@ def _summarise(name: str, priority: Priority, replies: list[Any],
         "priority": priority.name,
         "length": length,
         "pending": sum(int(g.get("pending", 0)) for g in groups),
-        "lag": None if any(lag is None for lag in lags) else sum(int(x) for x in lags),
+        "lag": _total_lag(lags),
         "consumers": max((int(g.get("consumers", 0)) for g in groups), default=0),
         **counters,
         "rate_per_s": round(recent / 60, 2),
         "latency_ms": {"p50": _percentile(latencies, 0.5), "p95": _percentile(latencies, 0.95),
                        "p99": _percentile(latencies, 0.99)},
     }
+
+
+def _total_lag(lags: list[Any]) -> int | None:
+    """Entries not yet delivered to the group; None where Redis (6.2) can't tell."""
+    known = [int(lag) for lag in lags if lag is not None]
+    return sum(known) if len(known) == len(lags) else None

@@ -64,9 +64,10 @@ def test_sigkilled_worker_is_taken_over_and_effects_happen_once(
     from .crash_handlers import slow_insert
     monkeypatch.setenv("REDIS_URL", redis_url)
     n = 150
-    ids = [qm.enqueue("default", "slow_insert", {"i": i, "ms": 5}) for i in range(n)]
+    ids = [qm.enqueue("default", "slow_insert", {"i": i, "ms": 15}) for i in range(n)]
     proc = spawn_worker()
-    wait_for(lambda: qm.redis.llen("test:ran") >= 40)
+    # a round reads 32 entries and settles them together: kill inside the second round
+    wait_for(lambda: qm.redis.llen("test:ran") >= 40 and pending(qm) > 0)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     in_flight = pending(qm)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -73,7 +74,7 @@ def test_failing_handler_backs_off_then_dead_letters(qm: QueueManager, registry:
     worker = make_worker(retry=RetryPolicy(max_attempts=4, base_ms=100, max_ms=10_000))
     worker.run_until_idle(timeout=20)
     assert len(calls) == 4
-    gaps = [b - a for a, b in zip(calls, calls[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
     # equal-jitter backoff: attempt n waits between base*2^(n-1)/2 and base*2^(n-1)
     for n, gap in enumerate(gaps, start=1):
         assert gap >= 0.1 * 2 ** (n - 1) / 2 - 0.005, gaps
