@@ -161,8 +161,9 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
                                        max_ms=max(args.backoff_ms, 300_000)),
                      allowed_collections=qm.allowed)
     if args.burst:
-        processed = qm.worker(**overrides).run_until_idle(timeout=3600)
-        print(f"processed {processed} entries")
+        worker = qm.worker(**overrides)
+        handled = worker.run_until_idle(timeout=3600)
+        print(f"handled {handled} deliveries, {worker.processed} succeeded")
         return RET_OK
     done = threading.Event()
     _on_term(done.set)
