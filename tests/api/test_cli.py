@@ -13,7 +13,7 @@ import redis as redis_py
 from pymongo.database import Database
 
 from api.cli import RET_CONNECT, RET_IMPORT, RET_OK, RET_USAGE
-from streams import HandlerRegistry, QueueManager, RetryPolicy, StreamsConfig
+from streams import HandlerRegistry, QueueManager, StreamsConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
