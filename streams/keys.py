@@ -11,7 +11,7 @@ task status hashes.
     ledger:{pN}:idem:<user_id>:<key>     hash  e v b f   (first response of an Idempotency-Key; TTL)
     ledger:{pN}:txn:<user_id>            hash  <transaction_id> -> "e|v|b|f" (kept forever)
     ledger:{pN}:task:<task_id>           hash  status attempts queue_name task_type … (TTL)
-    ledger:{pN}:attempts                 hash  <group>|<entry id> -> deliveries so far
+    ledger:{pN}:attempts                 hash  <group>|<level>|<entry id> -> deliveries so far
     ledger:{pN}:retry:<group>            zset  <level>|<entry id> by due time (ms)
     ledger:{pN}:scheduled                zset  <task_id> by due time (ms)
     ledger:{pN}:dead                     stream  dead letters of this partition

@@ -22,7 +22,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ledger.tasks import Priority
 
@@ -52,15 +52,8 @@ class WorkerConfig:
     status_ttl_s: int = 7 * 24 * 3600
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     allowed_collections: frozenset[str] = frozenset()
-
-
-@dataclass(slots=True)
-class Delivery:
-    partition: int
-    level: Priority
-    entry_id: str
-    fields: Mapping[bytes, bytes]
-    attempts: int = 0
+    track: bool = True
+    """Keep task status and queue stats (the ``workers`` group); projectors don't."""
 
 
 @dataclass(slots=True)
@@ -68,6 +61,33 @@ class Outcome:
     op: str  # ok | retry | dead | ack
     number: int = 0  # latency ms | delay ms | attempts
     error: str = ""
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One entry being processed; a ``Processor`` sets ``done`` or ``error``."""
+
+    partition: int
+    level: Priority
+    entry_id: str
+    fields: Mapping[bytes, bytes]
+    attempts: int = 0
+    message: Message | DecodeError | None = None
+    done: bool = False
+    error: str | None = None
+    retry_delay_ms: int | None = None
+    outcome: Outcome | None = None
+
+
+class Processor(Protocol):
+    """What a consumer does with a round's entries (in priority order).
+
+    Set ``d.done = True`` for each entry handled, or ``d.error`` (and optionally
+    ``d.retry_delay_ms``) for each that failed; raising fails every entry not
+    yet done. Entries are never handed over undecodable or over their attempts.
+    """
+
+    def process(self, deliveries: Sequence[Delivery]) -> None: ...
 
 
 def consumer_name() -> str:
@@ -81,13 +101,13 @@ class Worker:
                  db: BoundDBManager | None = None,
                  registry: HandlerRegistry = default_registry,
                  config: WorkerConfig | None = None, consumer: str | None = None,
-                 scripts: Scripts | None = None,
+                 scripts: Scripts | None = None, processor: Processor | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.redis = client
         self.partitions = partitions
-        self.db = db
-        self.registry = registry
         self.config = config or WorkerConfig()
+        self.processor = processor or TaskProcessor(registry, db,
+                                                    self.config.allowed_collections)
         self.consumer = consumer or consumer_name()
         self.scripts = scripts or load(client)
         self.clock = clock
@@ -207,70 +227,60 @@ class Worker:
         by_partition: dict[int, list[Delivery]] = defaultdict(list)
         for d in deliveries:
             by_partition[d.partition].append(d)
-        decoded: dict[int, Message | DecodeError] = {}
-        for d in deliveries:
             try:
-                decoded[id(d)] = decode(d.fields)
+                d.message = decode(d.fields)
             except DecodeError as exc:
-                decoded[id(d)] = exc
-        self._begin(by_partition, decoded)
-        outcomes: dict[int, Outcome] = {}
-        for d in sorted(deliveries, key=lambda d: (-int(d.level), d.entry_id)):
-            outcomes[id(d)] = self._run_one(d, decoded[id(d)])
-        self._settle(by_partition, decoded, outcomes)
-        self.processed += sum(1 for o in outcomes.values() if o.op == "ok")
+                d.message = exc
+        self._begin(by_partition)
+        runnable = []
+        for d in deliveries:
+            if d.attempts < 0:
+                d.outcome = Outcome("ack")
+            elif isinstance(d.message, DecodeError):
+                d.outcome = Outcome("dead", d.attempts, f"poison entry: {d.message}")
+            elif d.attempts > self.config.retry.max_attempts:
+                d.outcome = Outcome("dead", d.attempts, f"gave up after {d.attempts - 1} "
+                                    "attempts (consumer crashed or timed out)")
+            else:
+                runnable.append(d)
+        runnable.sort(key=lambda d: (-int(d.level), d.entry_id))
+        started_ms = int(self.clock() * 1000)
+        try:
+            self.processor.process(runnable)
+        except Exception as exc:  # the whole batch failed (e.g. the database is down)
+            error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+            for d in runnable:
+                if not d.done:
+                    d.error = d.error or error
+        now_ms = int(self.clock() * 1000)
+        for d in runnable:
+            if d.done:
+                born = min(_born_ms(d.message), started_ms)
+                d.outcome = Outcome("ok" if self.config.track else "ack", max(0, now_ms - born))
+            else:
+                d.outcome = self._failed(d, d.error or "not processed", d.retry_delay_ms)
+        self._settle(by_partition)
+        self.processed += sum(1 for d in runnable if d.done)
 
-    def _task_key(self, p: int, message: Message | DecodeError) -> str:
-        if isinstance(message, TaskMessage):
-            return keys.task(p, message.task_id)
+    def _task_key(self, p: int, d: Delivery) -> str:
+        """The status hash begin/settle keep for a task (the attempts hash: none)."""
+        if self.config.track and isinstance(d.message, TaskMessage):
+            return keys.task(p, d.message.task_id)
         return keys.attempts(p)
 
-    def _begin(self, by_partition: Mapping[int, Sequence[Delivery]],
-               decoded: Mapping[int, Message | DecodeError]) -> None:
+    def _begin(self, by_partition: Mapping[int, Sequence[Delivery]]) -> None:
         pipe = self.redis.pipeline(transaction=False)
         order = list(by_partition.items())
         for p, ds in order:
             self.scripts.begin(
-                keys=[keys.attempts(p), *(self._task_key(p, decoded[id(d)]) for d in ds)],
-                args=[self.config.group, *(d.entry_id for d in ds)], client=pipe)
+                keys=[keys.attempts(p), *(self._task_key(p, d) for d in ds)],
+                args=[self.config.group,
+                      *(f"{self._rank_key(d.level)}|{d.entry_id}" for d in ds)], client=pipe)
         with translate():
             replies = pipe.execute()
         for (_, ds), counts in zip(order, replies, strict=True):
             for d, n in zip(ds, counts, strict=True):
                 d.attempts = int(n)
-
-    def _run_one(self, d: Delivery, message: Message | DecodeError) -> Outcome:
-        if d.attempts < 0:
-            return Outcome("ack")
-        if isinstance(message, DecodeError):
-            return Outcome("dead", d.attempts, f"poison entry: {message}")
-        if d.attempts > self.config.retry.max_attempts:
-            return Outcome("dead", d.attempts,
-                           f"gave up after {d.attempts - 1} attempts (worker crashed or timed out)")
-        key = message_id(message)
-        started_ms = int(self.clock() * 1000)
-        try:
-            handler, data = self._handler_for(message)
-            db = self.db.for_event(key) if self.db is not None else NO_DATABASE
-            ok = handler(data, db)
-            if ok is False:
-                raise RuntimeError("handler returned False")
-        except Retry as exc:
-            return self._failed(d, str(exc), exc.delay_ms)
-        except Exception as exc:
-            return self._failed(d, f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS], None)
-        born = (message.enqueued_at_ms if isinstance(message, TaskMessage)
-                else message.event.at_ms)
-        return Outcome("ok", max(0, int(self.clock() * 1000) - min(born, started_ms)))
-
-    def _handler_for(self, message: Message) -> tuple[Handler, Mapping[str, Any]]:
-        if isinstance(message, EventMessage):
-            return self.registry.resolve_event(message.event.kind), event_data(message.event)
-        found = self.registry.resolve_task(message.task_type, message.data,
-                                           self.config.allowed_collections)
-        if found is None:
-            raise LookupError(f"no handler registered for task type {message.task_type!r}")
-        return found, message.data
 
     def _failed(self, d: Delivery, error: str, delay_ms: int | None) -> Outcome:
         policy = self.config.retry
@@ -281,23 +291,63 @@ class Worker:
                  d.entry_id, d.attempts, delay, error)
         return Outcome("retry", delay, error)
 
-    def _settle(self, by_partition: Mapping[int, Sequence[Delivery]],
-                decoded: Mapping[int, Message | DecodeError],
-                outcomes: Mapping[int, Outcome]) -> None:
+    def _settle(self, by_partition: Mapping[int, Sequence[Delivery]]) -> None:
         pipe = self.redis.pipeline(transaction=False)
         for p, ds in by_partition.items():
             args: list[Any] = [self.config.group, self.config.status_ttl_s, keys.tag(p) + ":"]
             for d in ds:
-                o, message = outcomes[id(d)], decoded[id(d)]
-                queue = "unknown" if isinstance(message, DecodeError) else message.queue_name
+                o = d.outcome or Outcome("retry", 0, "no outcome")
+                queue = "unknown" if isinstance(d.message, DecodeError | None) \
+                    else d.message.queue_name
                 args += [o.op, self._rank_key(d.level), d.entry_id, queue, o.number, o.error]
             self.scripts.settle(
                 keys=[keys.attempts(p), keys.stats(p), keys.retry(p, self.config.group),
                       keys.dead(p), *(keys.stream(p, lv) for lv in keys.LEVELS_DESC),
-                      *(self._task_key(p, decoded[id(d)]) for d in ds)],
+                      *(self._task_key(p, d) for d in ds)],
                 args=args, client=pipe)
         with translate():
             pipe.execute()
+
+
+class TaskProcessor:
+    """Runs each entry's handler: registered ones, else the built-ins."""
+
+    def __init__(self, registry: HandlerRegistry, db: BoundDBManager | None,
+                 allowed: frozenset[str]) -> None:
+        self.registry = registry
+        self.db = db
+        self.allowed = allowed
+
+    def process(self, deliveries: Sequence[Delivery]) -> None:
+        for d in deliveries:
+            message = d.message
+            assert message is not None and not isinstance(message, DecodeError)
+            try:
+                handler, data = self._handler_for(message)
+                db = self.db.for_event(message_id(message)) if self.db else NO_DATABASE
+                if handler(data, db) is False:
+                    raise RuntimeError("handler returned False")
+                d.done = True
+            except Retry as exc:
+                d.error, d.retry_delay_ms = str(exc), exc.delay_ms
+            except Exception as exc:
+                d.error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+
+    def _handler_for(self, message: Message) -> tuple[Handler, Mapping[str, Any]]:
+        if isinstance(message, EventMessage):
+            return self.registry.resolve_event(message.event.kind), event_data(message.event)
+        found = self.registry.resolve_task(message.task_type, message.data, self.allowed)
+        if found is None:
+            raise LookupError(f"no handler registered for task type {message.task_type!r}")
+        return found, message.data
+
+
+def _born_ms(message: Message | DecodeError | None) -> int:
+    if isinstance(message, TaskMessage):
+        return message.enqueued_at_ms
+    if isinstance(message, EventMessage):
+        return message.event.at_ms
+    return 0
 
 
 def _pairs(flat: Sequence[bytes]) -> dict[bytes, bytes]:

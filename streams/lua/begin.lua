@@ -3,9 +3,10 @@
 Counting at the start (not at failure) means a worker killed mid-handler still
 used up an attempt, so a task that crashes every worker ends in the dead letters.
 
-KEYS[1]    ledger:{pN}:attempts        <group>|<entry id> -> attempts
+KEYS[1]    ledger:{pN}:attempts        <group>|<level>|<entry id> -> attempts
 KEYS[1+i]  ledger:{pN}:task:<id>       status hash of entry i (KEYS[1] when not a task)
-ARGV[1]    group      ARGV[1+i] entry id of entry i
+ARGV[1]    group      ARGV[1+i] "<level>|<entry id>" of entry i (entry ids repeat
+           across streams, so the level is part of the name)
 Returns attempts per entry, or -1 for a task already completed (ack it, skip it).
 ]]
 local t = redis.call('TIME')

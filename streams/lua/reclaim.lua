@@ -18,9 +18,9 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
 
-local function drop(stream, id)
-  redis.call('XACK', stream, group, id)
-  redis.call('HDEL', KEYS[2], group .. '|' .. id)
+local function drop(level, id)
+  redis.call('XACK', KEYS[3 + tonumber(level)], group, id)
+  redis.call('HDEL', KEYS[2], group .. '|' .. level .. '|' .. id)
 end
 
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, count)
@@ -32,7 +32,7 @@ for _, member in ipairs(due) do
   if claimed[1] and claimed[1][2] then
     out[#out + 1] = level; out[#out + 1] = id; out[#out + 1] = claimed[1][2]
   else
-    drop(stream, id)
+    drop(level, id)
   end
 end
 
@@ -54,12 +54,12 @@ for level in string.gmatch(ARGV[5], '%d') do
         missing = true
       end
     end
-    for _, id in ipairs(res[3] or {}) do redis.call('HDEL', KEYS[2], group .. '|' .. id) end
+    for _, id in ipairs(res[3] or {}) do redis.call('HDEL', KEYS[2], field .. '|' .. id) end
     if missing then
       -- Redis 6.2: find the vanished entries among this consumer's pending ones.
       local pend = redis.call('XPENDING', stream, group, '-', '+', count, consumer)
       for _, p in ipairs(pend) do
-        if not redis.call('XRANGE', stream, p[1], p[1])[1] then drop(stream, p[1]) end
+        if not redis.call('XRANGE', stream, p[1], p[1])[1] then drop(level, p[1]) end
       end
     end
   end

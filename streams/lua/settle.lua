@@ -26,7 +26,7 @@ for i = 1, n do
   local is_task = tkey ~= KEYS[1]
   if op == 'ok' then
     redis.call('XACK', stream, group, id)
-    redis.call('HDEL', KEYS[1], group .. '|' .. id)
+    redis.call('HDEL', KEYS[1], group .. '|' .. level .. '|' .. id)
     redis.call('HINCRBY', KEYS[2], 'processed:' .. queue, 1)
     -- recent latencies (percentiles) and 10-second throughput buckets (rate)
     local lat, tput = prefix .. 'lat:' .. queue, prefix .. 'tput:' .. queue
@@ -41,7 +41,7 @@ for i = 1, n do
     end
   elseif op == 'ack' then
     redis.call('XACK', stream, group, id)
-    redis.call('HDEL', KEYS[1], group .. '|' .. id)
+    redis.call('HDEL', KEYS[1], group .. '|' .. level .. '|' .. id)
   elseif op == 'retry' then
     redis.call('ZADD', KEYS[3], now + num, level .. '|' .. id)
     redis.call('HINCRBY', KEYS[2], 'failed:' .. queue, 1)
@@ -61,7 +61,7 @@ for i = 1, n do
     end
     redis.call('XADD', KEYS[4], '*', unpack(fields))
     redis.call('XACK', stream, group, id)
-    redis.call('HDEL', KEYS[1], group .. '|' .. id)
+    redis.call('HDEL', KEYS[1], group .. '|' .. level .. '|' .. id)
     redis.call('ZREM', KEYS[3], level .. '|' .. id)
     redis.call('HINCRBY', KEYS[2], 'failed:' .. queue, 1)
     redis.call('HINCRBY', KEYS[2], 'dead:' .. queue, 1)

@@ -213,3 +213,21 @@ def test_completed_task_is_not_run_again(qm: QueueManager, registry: HandlerRegi
     qm.redis.xadd(keys.stream(p, Priority.NORMAL), entry)
     make_worker().run_until_idle()
     assert runs == [1]
+
+
+def test_same_entry_id_in_two_streams_counts_attempts_apart(
+        qm: QueueManager, registry: HandlerRegistry, make_worker: MakeWorker) -> None:
+    from streams.codec import pack
+    runs: list[str] = []
+    registry.register("job", lambda data, db: runs.append(data["name"]) or True)
+    make_worker()  # creates the groups
+    for name, level in (("a", Priority.CRITICAL), ("b", Priority.LOW)):
+        p = keys.partition_of(f"task-{name}", PARTITIONS)
+        qm.redis.xadd(keys.stream(p, level), {"k": "task", "id": f"task-{name}", "q": "default",
+                                              "ty": "job", "d": pack({"name": name}), "t": 1},
+                      id="5-0")
+    make_worker().run_until_idle()
+    assert sorted(runs) == ["a", "b"]
+    for name in "ab":
+        status = qm.get_task_status(f"task-{name}")
+        assert status is not None and (status["status"], status["attempts"]) == ("completed", 1)
