@@ -85,13 +85,15 @@ def connect(url: str, **kw: Any) -> pymongo.MongoClient[Document]:
     Retryable writes are off because the embedded Mongo-wire server slows down
     with every write when they are on. ``journal=True`` is the default so an
     acknowledged write survives a server crash; pass ``journal=False`` to trade
-    that for speed. Other keyword arguments go to ``MongoClient``.
+    that for speed. Dates come back timezone-aware (UTC). Other keyword
+    arguments go to ``MongoClient``.
     """
     options: dict[str, Any] = {
         "serverSelectionTimeoutMS": 5_000,
         "connectTimeoutMS": 5_000,
         "socketTimeoutMS": 30_000,
         "journal": True,
+        "tz_aware": True,
         **kw,
         "retryWrites": False,
     }
