@@ -69,6 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--claim-idle-ms", type=int, default=60_000,
                         help="take over entries of a consumer silent this long")
 
+    project = sub.add_parser("project", help="build the MongoDB read models from the log")
+    _common(project)
+    project.add_argument("--only", default=None,
+                         help="comma-separated projections (balances,credit_scores,events)")
+    project.add_argument("--batch", type=int, default=500, help="entries per bulk write")
+    project.add_argument("--burst", action="store_true", help="exit once nothing is left")
+    project.add_argument("--claim-idle-ms", type=int, default=30_000,
+                         help="take over entries of a projector silent this long")
+    project.add_argument("--trim-after-ms", type=int, default=0,
+                         help="trim stream entries every group has acknowledged and that "
+                         "are older than this (0: never trim)")
+
     sched = sub.add_parser("scheduler", help="move delayed tasks onto their streams when due")
     _common(sched)
 
@@ -98,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo(args, _settings(args))
         if args.command == "worker":
             return _worker(args, _settings(args))
+        if args.command == "project":
+            return _project(args, _settings(args))
         if args.command == "scheduler":
             return _scheduler(_settings(args))
         if args.command == "stats":
@@ -173,6 +187,54 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     done.wait()
     qm.stop_workers()
     log.info("worker stopped cleanly")
+    return RET_OK
+
+
+def _project(args: argparse.Namespace, settings: Settings) -> int:
+    from projections.runner import all_projections, projector
+    from projections.store import connect as mongo
+    from streams.connection import connect, ensure_partitions
+    from streams.retention import trim
+
+    if not settings.mongo_url:
+        print("ledger project: MONGO_URL is not set", file=sys.stderr)
+        return RET_USAGE
+    chosen = all_projections()
+    if args.only:
+        wanted = {n.strip() for n in args.only.split(",") if n.strip()}
+        unknown = wanted - {p.name for p in chosen}
+        if unknown:
+            print(f"ledger project: unknown projection(s): {', '.join(sorted(unknown))}",
+                  file=sys.stderr)
+            return RET_USAGE
+        chosen = [p for p in chosen if p.name in wanted]
+    client = connect(settings.streams().redis_url)
+    ensure_partitions(client, settings.partitions)
+    db = mongo(settings.mongo_url)[settings.mongo_db]
+    workers = [projector(client, settings.partitions, db, p, batch=args.batch,
+                         claim_idle_ms=args.claim_idle_ms) for p in chosen]
+    if args.burst:
+        for w in workers:
+            w.run_until_idle(timeout=3600)
+        print(f"projected {sum(w.processed for w in workers)} deliveries")
+        return RET_OK
+    done = threading.Event()
+    _on_term(done.set)
+    threads = [threading.Thread(target=w.run, name=f"projector-{p.name}", daemon=True)
+               for w, p in zip(workers, chosen, strict=True)]
+    for t in threads:
+        t.start()
+    log.info("projectors up: %s", ", ".join(p.name for p in chosen))
+    while not done.wait(5.0):
+        if args.trim_after_ms > 0:
+            removed = trim(client, settings.partitions, keep_ms=args.trim_after_ms)
+            if removed:
+                log.info("trimmed %d stream entries", removed)
+    for w in workers:
+        w.stop()
+    for t in threads:
+        t.join(30)
+    log.info("projectors stopped cleanly")
     return RET_OK
 
 
