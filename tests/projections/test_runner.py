@@ -24,7 +24,7 @@ from projections.balances import Balances
 from projections.projection import Recorded, coalesce
 from projections.runner import ProjectionProcessor, all_projections, project_until_idle, projector
 from projections.store import connect
-from streams import QueueManager, StreamsConfig, keys
+from streams import HandlerRegistry, QueueManager, StreamsConfig, keys
 from streams.codec import decode
 from streams.log import account_histories, iter_entries
 from streams.worker import Delivery
@@ -35,7 +35,7 @@ PARTITIONS = 4
 @pytest.fixture
 def ledger(redis: redis_py.Redis, redis_url: str) -> Iterator[QueueManager]:
     qm = QueueManager(config=StreamsConfig(redis_url=redis_url, partitions=PARTITIONS),
-                      client=redis_py.Redis.from_url(redis_url))
+                      client=redis_py.Redis.from_url(redis_url), registry=HandlerRegistry())
     try:
         yield qm
     finally:
