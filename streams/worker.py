@@ -112,7 +112,7 @@ class Worker:
         self.scripts = scripts or load(client)
         self.clock = clock
         self.processed = 0
-        self._stopping = threading.Event()
+        self.stopping = threading.Event()
         self._next_reclaim = 0.0
         self._rand = random.Random()
         self._levels = tuple(sorted(self.config.levels, reverse=True))
@@ -127,15 +127,15 @@ class Worker:
     # -- lifecycle -----------------------------------------------------------
     def stop(self) -> None:
         """Finish the current round, then return from ``run``."""
-        self._stopping.set()
+        self.stopping.set()
 
     def run(self) -> None:
-        while not self._stopping.is_set():
+        while not self.stopping.is_set():
             try:
                 self.step(block=True)
             except Exception:  # keep consuming through Redis outages
                 log.exception("worker round failed; retrying")
-                self._stopping.wait(0.5)
+                self.stopping.wait(0.5)
 
     def run_until_idle(self, timeout: float = 30.0) -> int:
         """Process until nothing is left to do now or later (tests, ``--burst``)."""
@@ -213,7 +213,7 @@ class Worker:
         """Block until anything arrives (single node), or nap (Cluster)."""
         wait_ms = min(self.config.block_ms, self.config.reclaim_every_ms)
         if is_cluster(self.redis):
-            self._stopping.wait(wait_ms / 1000)
+            self.stopping.wait(wait_ms / 1000)
             return []
         streams = {keys.stream(p, lv): ">" for lv in self._levels
                    for p in range(self.partitions)}
