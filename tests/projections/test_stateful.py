@@ -1,0 +1,176 @@
+"""A hypothesis state machine over the real servers: random appends (with
+repeats), projector rounds, projector crashes mid-round and rebuilds from the
+log, checked against a plain model after every step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pymongo
+import redis as redis_py
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from ledger.errors import LedgerError
+from ledger.events import Totals
+from ledger.scores import credit_score
+from projections.runner import all_projections, group_of, projector
+from projections.store import connect
+from streams import HandlerRegistry, QueueManager, StreamsConfig, keys
+from streams.connection import ensure_groups
+
+PARTITIONS = 2
+USERS = ("ann", "ben", "cat")
+PROJECTIONS = [p.name for p in all_projections()]
+
+
+class LedgerMachine(RuleBasedStateMachine):
+    redis_url: str
+    mongo_url: str
+
+    @initialize()
+    def start(self) -> None:
+        self.redis = redis_py.Redis.from_url(self.redis_url)
+        self.redis.flushall()
+        self.mongo: pymongo.MongoClient[dict[str, Any]] = connect(self.mongo_url)
+        self.db = self.mongo["stateful"]
+        for name in ("balances", "credit_scores", "events", "checkpoints"):
+            self.db[name].delete_many({})
+        self.qm = QueueManager(config=StreamsConfig(redis_url=self.redis_url,
+                                                    partitions=PARTITIONS),
+                               client=self.redis, registry=HandlerRegistry())
+        # model: every account's (balance, purchased, used) after each version
+        self.history: dict[str, list[tuple[int, int, int]]] = {}
+        self.crashes = 0
+
+    def teardown(self) -> None:
+        if hasattr(self, "qm"):
+            try:
+                self.drain()
+                self.check_everything_projected()
+            finally:
+                self.qm.close()
+                self.mongo.close()
+
+    # -- appends -------------------------------------------------------------------
+    def _append(self, call: Any, user: str, change: tuple[int, int, int] | None) -> None:
+        before = self.history.get(user)
+        try:
+            appended = call()
+        except LedgerError:
+            return
+        if appended.duplicate:
+            return
+        assert before is not None or change is None
+        if change is None:
+            self.history[user] = [(0, 0, 0)]
+        else:
+            b, p, u = before[-1]  # type: ignore[index]
+            self.history[user].append((b + change[0], p + change[1], u + change[2]))
+        assert appended.version == len(self.history[user])
+        assert appended.balance == self.history[user][-1][0]
+
+    @rule(user=st.sampled_from(USERS))
+    def register(self, user: str) -> None:
+        self._append(lambda: self.qm.register_user(user, f"{user}@example.com"), user, None)
+
+    @rule(user=st.sampled_from(USERS), amount=st.integers(1, 500), tx=st.sampled_from("abcde"))
+    def purchase(self, user: str, amount: int, tx: str) -> None:
+        # a repeated transaction id is a duplicate (same amount) or refused (another amount)
+        self._append(lambda: self.qm.purchase(user, amount, f"{tx}-{amount % 3}"), user,
+                     (amount, amount, 0))
+
+    @rule(user=st.sampled_from(USERS), amount=st.integers(1, 400), key=st.sampled_from("xyz"))
+    def use(self, user: str, amount: int, key: str) -> None:
+        self._append(lambda: self.qm.use(user, amount, idempotency_key=f"{key}{amount}"),
+                     user, (-amount, 0, amount))
+
+    @rule(user=st.sampled_from(USERS), delta=st.integers(-300, 300).filter(bool))
+    def adjust(self, user: str, delta: int) -> None:
+        self._append(lambda: self.qm.adjust(user, delta, "ops"), user, (delta, 0, 0))
+
+    # -- projectors ------------------------------------------------------------------
+    def _projector(self, name: str, batch: int = 5) -> Any:
+        [projection] = [p for p in all_projections() if p.name == name]
+        return projector(self.redis, PARTITIONS, self.db, projection, batch=batch,
+                         claim_idle_ms=0, reclaim_every_ms=0)
+
+    @rule(name=st.sampled_from(PROJECTIONS), batch=st.integers(1, 8))
+    def project_a_round(self, name: str, batch: int) -> None:
+        self._projector(name, batch).step()
+
+    @rule(name=st.sampled_from(PROJECTIONS))
+    def crash_a_projector_mid_round(self, name: str) -> None:
+        # a consumer reads a round (the entries become pending to it) and dies
+        self.crashes += 1
+        streams = {keys.stream(p, lv): ">" for p in range(PARTITIONS)
+                   for lv in keys.LEVELS_DESC}
+        ensure_groups(self.redis, PARTITIONS, f"proj:{name}")
+        self.redis.xreadgroup(f"proj:{name}", f"crashed-{self.crashes}", streams, count=3)
+
+    @precondition(lambda self: bool(self.history))
+    @rule(name=st.sampled_from(["balances", "credit_scores"]))
+    def rebuild_from_the_log(self, name: str) -> None:
+        self.db[name].delete_many({})
+        for p in range(PARTITIONS):
+            for lv in keys.LEVELS_DESC:
+                if self.redis.exists(keys.stream(p, lv)):
+                    self.redis.xgroup_destroy(keys.stream(p, lv), f"proj:{name}")
+        self._projector(name, 50).run_until_idle(timeout=30)
+
+    def drain(self) -> None:
+        for name in PROJECTIONS:
+            self._projector(name, 50).run_until_idle(timeout=30)
+
+    # -- invariants ----------------------------------------------------------------------
+    @invariant()
+    def redis_state_is_the_model(self) -> None:
+        for user, states in self.history.items():
+            state = self.qm.balance(user)
+            assert state is not None
+            assert state["version"] == len(states)
+            assert (state["balance"], state["purchased_total"], state["used_total"]) == \
+                states[-1]
+            assert state["balance"] >= 0
+
+    @invariant()
+    def views_show_a_state_the_account_really_had(self) -> None:
+        for doc in self.db.balances.find({}):
+            states = self.history[doc["_id"]]
+            assert 1 <= doc["version"] <= len(states)
+            assert (doc["balance"], doc["purchased_total"], doc["used_total"]) == \
+                states[doc["version"] - 1]
+        for doc in self.db.credit_scores.find({}):
+            states = self.history[doc["_id"]]
+            b, p, u = states[doc["version"] - 1]
+            assert doc["score"] == credit_score(Totals(balance=b, purchased=p, used=u),
+                                                doc["version"])
+        for doc in self.db.events.find({}, {"user_id": 1, "version": 1, "balance_after": 1}):
+            assert doc["balance_after"] == self.history[doc["user_id"]][doc["version"] - 1][0]
+
+    def check_everything_projected(self) -> None:
+        for user, states in self.history.items():
+            doc = self.db.balances.find_one({"_id": user})
+            assert doc is not None and doc["version"] == len(states)
+            assert self.db.credit_scores.find_one({"_id": user})["version"] == len(states)
+            assert self.db.events.count_documents({"user_id": user}) == len(states)
+        pending = sum(self.redis.xpending(keys.stream(p, lv), group_of(proj))["pending"]
+                      for p in range(PARTITIONS) for lv in keys.LEVELS_DESC
+                      for proj in all_projections())
+        assert pending == 0
+
+
+def test_ledger_state_machine(redis_url: str, mongo_url: str) -> None:
+    LedgerMachine.redis_url = redis_url
+    LedgerMachine.mongo_url = mongo_url
+    machine = LedgerMachine.TestCase
+    machine.settings = settings(max_examples=12, stateful_step_count=30, deadline=None,
+                                suppress_health_check=list(HealthCheck))
+    machine().runTest()
