@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(project)
     project.add_argument("--only", default=None,
                          help="comma-separated projections (balances,credit_scores,events)")
-    project.add_argument("--batch", type=int, default=500, help="entries per bulk write")
+    project.add_argument("--batch", type=int, default=2000,
+                         help="entries per round: more coalesce into fewer writes")
     project.add_argument("--burst", action="store_true", help="exit once nothing is left")
     project.add_argument("--claim-idle-ms", type=int, default=30_000,
                          help="take over entries of a projector silent this long")

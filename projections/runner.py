@@ -130,7 +130,7 @@ class ProjectionProcessor:
 
 
 def projector(client: RedisClient, partitions: int, db: Database[Any], projection: Projection,
-              *, batch: int = 500, claim_idle_ms: int = 30_000, block_ms: int = 500,
+              *, batch: int = 2000, claim_idle_ms: int = 30_000, block_ms: int = 500,
               reclaim_every_ms: int = 100) -> Worker:
     """A consumer in ``proj:<name>`` that applies ``projection`` to ``db``."""
     processor = ProjectionProcessor(projection, db)
