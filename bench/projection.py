@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
 
         db = mongo.bench_all
         t0 = time.perf_counter()
-        for projection in all_projections():
-            projector(client, PARTITIONS, db, projection, batch=args.batch).run_until_idle(3600)
+        for each in all_projections():
+            projector(client, PARTITIONS, db, each, batch=args.batch).run_until_idle(3600)
         row("all three projectors (balances, scores, archive)", n_events,
             time.perf_counter() - t0)
         mongo.close()
