@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Final
 
 from .accounts import Account, apply
@@ -201,7 +201,8 @@ def kind_of(command: Command) -> str:
 
 def check(command: Command) -> Command:
     """Re-check a command built in code (not parsed) by the rules of ``parse``."""
-    return parse(kind_of(command), asdict(command))
+    # fields() + getattr, not asdict(): no deep copy on the append hot path
+    return parse(kind_of(command), {f.name: getattr(command, f.name) for f in fields(command)})
 
 
 # --- decide ---------------------------------------------------------------------
