@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from .settings import Settings
@@ -38,9 +39,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return Settings(redis_url=args.redis_url, mongo_url=args.mongo_url, mongo_db=args.mongo_db,
-                    partitions=args.partitions,
-                    extra_collections=Settings.from_env().extra_collections)
+    """The environment's settings, overridden by the command line."""
+    return replace(Settings.from_env(), redis_url=args.redis_url, mongo_url=args.mongo_url,
+                   mongo_db=args.mongo_db, partitions=args.partitions)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,10 +4,27 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from streams.config import DEFAULT_PARTITIONS, StreamsConfig
 from streams.errors import ConfigError
+
+ROLES = ("reader", "producer", "admin")
+
+
+def parse_api_keys(text: str) -> dict[str, str]:
+    """``key:role,key:role`` -> {key: role}; refuses unknown roles and short keys."""
+    keys: dict[str, str] = {}
+    for item in (i.strip() for i in text.split(",")):
+        if not item:
+            continue
+        key, sep, role = item.rpartition(":")
+        if not sep or role not in ROLES:
+            raise ConfigError(f"LEDGER_API_KEYS: {item!r} is not key:role with role in {ROLES}")
+        if len(key) < 16:
+            raise ConfigError("LEDGER_API_KEYS: keys must be at least 16 characters")
+        keys[key] = role
+    return keys
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -19,6 +36,12 @@ class Settings:
     mongo_db: str = "ledger"
     partitions: int = DEFAULT_PARTITIONS
     extra_collections: tuple[str, ...] = ()
+    api_keys: Mapping[str, str] = field(default_factory=dict)
+    """bearer key -> role (producer | reader | admin); empty: no auth (loopback only)."""
+    rate_per_s: float = 200.0
+    """Per-key token bucket: sustained requests per second …"""
+    rate_burst: int = 400
+    """… and the burst it allows."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -31,7 +54,7 @@ class Settings:
                       if c.strip())
         return cls(redis_url=env.get("REDIS_URL") or None, mongo_url=env.get("MONGO_URL") or None,
                    mongo_db=env.get("MONGO_DB") or "ledger", partitions=partitions,
-                   extra_collections=extra)
+                   extra_collections=extra, api_keys=parse_api_keys(env.get("LEDGER_API_KEYS", "")))
 
     def streams(self) -> StreamsConfig:
         if self.redis_url is None:
