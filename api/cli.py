@@ -127,6 +127,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return RET_CONNECT
 
 
+def _pick(csv: str, known: list[str], prog: str, what: str) -> set[str] | None:
+    """The names in a comma-separated option; None (after saying why) if any is unknown."""
+    wanted = {n.strip() for n in csv.split(",") if n.strip()}
+    unknown = wanted - set(known)
+    if unknown:
+        print(f"{prog}: unknown {what}(s): {', '.join(sorted(unknown))} "
+              f"(known: {', '.join(known)})", file=sys.stderr)
+        return None
+    return wanted
+
+
 def _on_term(stop: Any) -> None:
     """SIGTERM and SIGINT finish the current round, then exit."""
     def handler(signum: int, frame: object) -> None:
@@ -160,11 +171,8 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     qm = queue_manager(settings)
     queues = qm.config.queues
     if args.queues:
-        wanted = {q.strip() for q in args.queues.split(",") if q.strip()}
-        unknown = wanted - {q.name for q in queues}
-        if unknown:
-            print(f"ledger worker: unknown queue(s): {', '.join(sorted(unknown))}",
-                  file=sys.stderr)
+        wanted = _pick(args.queues, [q.name for q in queues], "ledger worker", "queue")
+        if wanted is None:
             return RET_USAGE
         queues = tuple(q for q in queues if q.name in wanted)
     # Without --queues every level is served, CRITICAL included (no queue names it,
@@ -203,11 +211,8 @@ def _project(args: argparse.Namespace, settings: Settings) -> int:
         return RET_USAGE
     chosen = all_projections()
     if args.only:
-        wanted = {n.strip() for n in args.only.split(",") if n.strip()}
-        unknown = wanted - {p.name for p in chosen}
-        if unknown:
-            print(f"ledger project: unknown projection(s): {', '.join(sorted(unknown))}",
-                  file=sys.stderr)
+        wanted = _pick(args.only, [p.name for p in chosen], "ledger project", "projection")
+        if wanted is None:
             return RET_USAGE
         chosen = [p for p in chosen if p.name in wanted]
     client = connect(settings.streams().redis_url)

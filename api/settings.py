@@ -46,15 +46,11 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
-        try:
-            partitions = int(env.get("LEDGER_PARTITIONS", DEFAULT_PARTITIONS))
-        except ValueError:
-            raise ConfigError("LEDGER_PARTITIONS must be an integer") from None
-        extra = tuple(c.strip() for c in env.get("LEDGER_COLLECTIONS", "").split(",")
-                      if c.strip())
+        shared = StreamsConfig.from_env(env)  # partitions and collections, parsed once
         return cls(redis_url=env.get("REDIS_URL") or None, mongo_url=env.get("MONGO_URL") or None,
-                   mongo_db=env.get("MONGO_DB") or "ledger", partitions=partitions,
-                   extra_collections=extra, api_keys=parse_api_keys(env.get("LEDGER_API_KEYS", "")))
+                   mongo_db=env.get("MONGO_DB") or "ledger", partitions=shared.partitions,
+                   extra_collections=shared.extra_collections,
+                   api_keys=parse_api_keys(env.get("LEDGER_API_KEYS", "")))
 
     def streams(self) -> StreamsConfig:
         if self.redis_url is None:

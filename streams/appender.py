@@ -82,14 +82,6 @@ class Appender:
         self._config = config
         self._scripts = scripts or load(client)
 
-    def append(self, command: Command, *, priority: Priority = Priority.NORMAL,
-               idempotency_key: str | None = None) -> Appended:
-        """Append one event; raises the domain error when it is refused."""
-        result = self.append_many([(command, priority, idempotency_key)])[0]
-        if isinstance(result, LedgerError):
-            raise result
-        return result
-
     def append_many(
         self, items: Sequence[tuple[Command, Priority, str | None]]
     ) -> list[Appended | LedgerError]:
