@@ -24,6 +24,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.append
+	$(BIN)/python -m bench.projection
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .hypothesis
