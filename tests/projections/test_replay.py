@@ -1,0 +1,247 @@
+"""Replay rebuilds the read models from the log, document for document, while live
+projectors and producers keep going."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from typing import Any
+
+import pytest
+import redis as redis_py
+from pymongo import MongoClient
+from pymongo.database import Database
+
+from ledger.accounts import fold
+from ledger.scores import credit_score
+from projections.log import read_log
+from projections.replay import Progress, replay
+from projections.runner import all_projections, projector
+from streams import QueueManager
+from streams.log import account_histories
+
+from .conftest import PARTITIONS, collection, project, traffic, trim_half
+
+VIEWS = ("balances", "credit_scores")
+
+
+def snapshot(db: Database[Any], names: tuple[str, ...] = (*VIEWS, "events")
+             ) -> dict[str, list[dict[str, Any]]]:
+    return {name: collection(db, name) for name in names}
+
+
+@pytest.fixture
+def other_db(mongo_db: Database[Any]) -> Any:
+    client: MongoClient[dict[str, Any]] = mongo_db.client
+    name = mongo_db.name + "_into"
+    try:
+        yield client[name]
+    finally:
+        client.drop_database(name)
+
+
+def assert_views_are_the_fold(qm: QueueManager, db: Database[Any]) -> None:
+    """Independent of the projections: each account's documents hold its fold."""
+    histories = account_histories(qm.redis, PARTITIONS)
+    assert histories
+    assert sorted(d["_id"] for d in db.balances.find()) == sorted(histories)
+    for user, events in histories.items():
+        account = fold(events)
+        assert account is not None
+        doc = db.balances.find_one({"_id": user})
+        assert doc is not None
+        assert (doc["version"], doc["balance"], doc["purchased_total"], doc["used_total"]) == (
+            account.version, account.totals.balance, account.totals.purchased,
+            account.totals.used), user
+        score = db.credit_scores.find_one({"_id": user})
+        assert score is not None
+        assert (score["version"], score["score"]) == (
+            account.version, credit_score(account.totals, account.version)), user
+
+
+def test_replay_reproduces_the_live_views(qm: QueueManager, mongo_db: Database[Any]) -> None:
+    traffic(qm, users=6, events=60)
+    project(qm, mongo_db)
+    live = snapshot(mongo_db)
+    assert len(live["balances"]) == 6 and len(live["events"]) > 50
+    # damage the live views: replay must rebuild them, not keep them
+    mongo_db.balances.update_one({"_id": "u1"}, {"$set": {"balance": 10**9}})
+    mongo_db.balances.delete_one({"_id": "u2"})
+    mongo_db.credit_scores.update_one({"_id": "u3"}, {"$set": {"score": 1}})
+    mongo_db.credit_scores.insert_one({"_id": "ghost", "score": 500, "version": 1})
+    result = replay(qm.redis, PARTITIONS, mongo_db)
+    assert snapshot(mongo_db) == live
+    assert result.swapped == list(VIEWS)
+    assert (result.events, result.accounts) == (len(live["events"]), 6)
+    assert result.archived == 0 and result.caught_up == 0 and result.gaps == []
+    assert not [c for c in mongo_db.list_collection_names() if "__replay_" in c]
+    assert result.summary().startswith(f"replayed {result.events} events of 6 accounts in ")
+    assert result.summary().endswith(" events/s)")
+
+
+def test_replay_only_one_view(qm: QueueManager, mongo_db: Database[Any]) -> None:
+    traffic(qm, users=3, events=20)
+    project(qm, mongo_db)
+    live = snapshot(mongo_db)
+    mongo_db.balances.update_one({"_id": "u0"}, {"$set": {"balance": -1}})
+    mongo_db.credit_scores.update_one({"_id": "u0"}, {"$set": {"score": -1}})
+    result = replay(qm.redis, PARTITIONS, mongo_db, only=["credit_scores"])
+    assert result.swapped == ["credit_scores"]
+    assert collection(mongo_db, "credit_scores") == live["credit_scores"]
+    assert mongo_db.balances.find_one({"_id": "u0"})["balance"] == -1  # not chosen: untouched
+    with pytest.raises(ValueError, match="unknown read model"):
+        replay(qm.redis, PARTITIONS, mongo_db, only=["balances", "users"])
+
+
+def test_replay_into_another_database(qm: QueueManager, mongo_db: Database[Any],
+                                      other_db: Database[Any]) -> None:
+    traffic(qm, users=4, events=40)
+    project(qm, mongo_db)
+    live = snapshot(mongo_db)
+    mongo_db.balances.update_one({"_id": "u1"}, {"$set": {"balance": 7}})
+    other_db.balances.insert_one({"_id": "stale", "balance": 1})  # replaced, not merged
+    result = replay(qm.redis, PARTITIONS, mongo_db, into=other_db)
+    assert result.database == other_db.name
+    assert snapshot(other_db) == live
+    assert mongo_db.balances.find_one({"_id": "u1"})["balance"] == 7  # the live db untouched
+    assert sorted(other_db.list_collection_names()) == ["balances", "credit_scores", "events"]
+
+
+def test_catch_up_applies_what_live_projectors_wrote_to_the_old_collections(
+        qm: QueueManager, mongo_db: Database[Any]) -> None:
+    traffic(qm, users=3, events=20)
+    project(qm, mongo_db)
+    done: list[str] = []
+
+    def meanwhile(phase: str) -> None:
+        # between reading the log and the first swap: new events arrive and the live
+        # projectors apply (and acknowledge) them in the collections about to be replaced
+        if phase == "swap" and not done:
+            done.append(phase)
+            qm.purchase("u0", 1000, "during-1")
+            qm.register_user("newcomer", "n@example.com")
+            qm.purchase("newcomer", 50, "during-2")
+            project(qm, mongo_db)
+
+    result = replay(qm.redis, PARTITIONS, mongo_db, observer=meanwhile)
+    assert done
+    assert result.caught_up == 2
+    assert_views_are_the_fold(qm, mongo_db)
+    assert mongo_db.balances.find_one({"_id": "newcomer"})["balance"] == 50
+
+
+def test_replay_while_producers_and_projectors_run(qm: QueueManager, redis_url: str,
+                                                   mongo_db: Database[Any],
+                                                   other_db: Database[Any]) -> None:
+    traffic(qm, users=5, events=30)
+    project(qm, mongo_db)
+    stop = threading.Event()
+    appended = [0]
+    producer_client = redis_py.Redis.from_url(redis_url)
+    producer = QueueManager(config=qm.config, client=producer_client, registry=qm.registry)
+
+    def produce() -> None:
+        i = 0
+        while not stop.is_set():
+            user = f"u{i % 5}" if i % 7 else f"live{i}"
+            if user.startswith("live"):
+                producer.register_user(user, f"{user}@example.com")
+            else:
+                producer.purchase(user, 1 + i % 9, f"live-{i}")
+            appended[0] += 1
+            i += 1
+            time.sleep(0.005)
+
+    workers = [projector(qm.redis, PARTITIONS, mongo_db, p, block_ms=50)
+               for p in all_projections()]
+    threads = [threading.Thread(target=w.run, daemon=True) for w in workers]
+    threads.append(threading.Thread(target=produce, daemon=True))
+    for t in threads:
+        t.start()
+    during: dict[str, int] = {}
+
+    def watch(phase: str) -> None:
+        if phase == "rebuild" and "rebuild" not in during:
+            start = appended[0]
+            deadline = time.monotonic() + 10
+            while appended[0] < start + 20 and time.monotonic() < deadline:
+                time.sleep(0.01)  # let producers and projectors move on mid-replay
+            during["rebuild"] = appended[0] - start
+
+    try:
+        result = replay(qm.redis, PARTITIONS, mongo_db, observer=watch)
+    finally:
+        stop.set()
+        threads[-1].join(10)
+        for w in workers:
+            w.stop()
+        for t in threads[:-1]:
+            t.join(10)
+        producer.close()
+    assert during["rebuild"] >= 20
+    project(qm, mongo_db)  # drain what the live projectors had not reached yet
+    assert result.swapped == list(VIEWS)
+    assert_views_are_the_fold(qm, mongo_db)
+    replay(qm.redis, PARTITIONS, mongo_db, into=other_db)
+    assert snapshot(other_db) == snapshot(mongo_db)
+
+
+def test_replay_after_trimming(qm: QueueManager, mongo_db: Database[Any],
+                               other_db: Database[Any]) -> None:
+    traffic(qm, users=4, events=40)
+    project(qm, mongo_db)
+    live = snapshot(mongo_db)
+    assert trim_half(qm.redis) > 10
+    replay(qm.redis, PARTITIONS, mongo_db, into=other_db)
+    assert snapshot(other_db) == live
+    mongo_db.balances.delete_many({})
+    replay(qm.redis, PARTITIONS, mongo_db)
+    assert snapshot(mongo_db) == live
+
+
+def test_archive_replay_inserts_what_is_missing_and_drops_nothing(
+        qm: QueueManager, mongo_db: Database[Any]) -> None:
+    traffic(qm, users=3, events=30)
+    project(qm, mongo_db)
+    live = collection(mongo_db, "events")
+    trim_half(qm.redis)  # the archive alone now holds the trimmed events
+    kept = {e.id for v in read_log(qm.redis, PARTITIONS, mongo_db).values() for e in v
+            if e.stream is not None}
+    lost = sorted(kept)[:5]
+    mongo_db.events.delete_many({"_id": {"$in": lost}})
+    result = replay(qm.redis, PARTITIONS, mongo_db, only=["events"])
+    assert result.archived == 5 and result.swapped == []
+    assert collection(mongo_db, "events") == live
+
+
+def test_replay_keeps_the_live_indexes(qm: QueueManager, mongo_db: Database[Any]) -> None:
+    traffic(qm, users=2, events=10)
+    project(qm, mongo_db)
+    mongo_db.balances.create_index("balance", name="by_balance")
+    replay(qm.redis, PARTITIONS, mongo_db, only=["balances"])
+    assert "by_balance" in mongo_db.balances.index_information()
+
+
+def test_replay_of_an_empty_log_empties_the_views(qm: QueueManager,
+                                                  mongo_db: Database[Any]) -> None:
+    mongo_db.balances.insert_one({"_id": "nobody", "balance": 3, "version": 1})
+    result = replay(qm.redis, PARTITIONS, mongo_db)
+    assert (result.events, result.accounts) == (0, 0)
+    assert collection(mongo_db, "balances") == []
+
+
+def test_progress_is_plain_text_and_optional() -> None:
+    out = io.StringIO()
+    shown = Progress(out, interval=0)
+    shown.show("replay: balances", 5, 10)
+    shown.show("replay: balances", 10, 10)
+    shown.end()
+    text = out.getvalue()
+    assert text.startswith("\rreplay: balances [###############...............] 5/10")
+    assert "[##############################] 10/10" in text
+    quiet = io.StringIO()
+    hidden = Progress(quiet, enabled=False)
+    hidden.show("x", 1, 2)
+    hidden.end()
+    assert quiet.getvalue() == ""
