@@ -13,6 +13,7 @@ from typing import Any
 
 from anyio import CapacityLimiter
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
 from ledger.tasks import allowed_collections
@@ -20,6 +21,7 @@ from streams import QueueManager
 from streams.connection import connect
 
 from .errors import HANDLERS
+from .ratelimit import RateLimit
 from .settings import Settings
 from .state import THREADS, AppState
 
@@ -39,8 +41,9 @@ def build_state(settings: Settings) -> AppState:
 
 
 def routes() -> list[BaseRoute]:
-    from .routes import ops
-    return [*ops.routes()]
+    from .openapi import routes as openapi_routes
+    from .routes import ledger, ops, queue
+    return [*ops.routes(), *queue.routes(), *ledger.routes(), *openapi_routes()]
 
 
 def create_app(settings: Settings, state: AppState | None = None) -> Starlette:
@@ -57,4 +60,5 @@ def create_app(settings: Settings, state: AppState | None = None) -> Starlette:
                     s.db.client.close()
 
     handlers: dict[Any, Any] = dict(HANDLERS)
-    return Starlette(routes=routes(), lifespan=lifespan, exception_handlers=handlers)
+    return Starlette(routes=routes(), lifespan=lifespan, exception_handlers=handlers,
+                     middleware=[Middleware(RateLimit)])

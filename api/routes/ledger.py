@@ -1,0 +1,276 @@
+"""Ledger endpoints: appends (atomic, idempotent) and read-model reads.
+
+    POST /api/users                               producer  201 | 409 duplicate_user
+    POST /api/accounts/{user_id}/purchases        producer  201 | 404 | 409
+    POST /api/accounts/{user_id}/usage            producer  201 | 404 | 409 insufficient_credits
+    POST /api/accounts/{user_id}/adjustments      admin     201 | 404 | 409
+    POST /api/events:batch                        producer  200 with one result per item
+    GET  /api/accounts/{user_id}/balance          reader    200 | 404 | 409 not_yet_projected
+    GET  /api/accounts/{user_id}/credit-score     reader    200 | 404 | 409 not_yet_projected
+    GET  /api/accounts/{user_id}/events           reader    200 (paged by version) | 404
+
+A repeated ``Idempotency-Key`` (or purchase ``transaction_id``) returns the
+first response with ``Idempotent-Replayed: true``; a refused append is not
+remembered, so repeating it decides again. ``?min_version=N`` on the balance
+waits up to ``wait_ms`` (default 2000, at most 5000) for the projection to
+reach N; a version the account has not reached in Redis is answered at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Final, TypeVar
+
+import pymongo
+from pymongo.errors import ConnectionFailure, PyMongoError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from ledger.commands import Adjust, Command, parse
+from ledger.errors import LedgerError, UnknownAccount, ValidationError
+from ledger.money import MAX_CREDITS
+from ledger.tasks import Priority
+from projections.progress import wait_for_version
+from projections.store import BALANCES, CREDIT_SCORES, EVENTS, StoreUnavailable
+from streams.appender import IDEMPOTENCY_KEY_RE, Appended
+
+from ..auth import RANK, require, role_of
+from ..errors import error_response, ledger_error_body, status_of
+from ..schemas import MAX_BATCH, idempotency_key, json_object, only_fields, path_user, query_int
+from ..state import AppState
+
+T = TypeVar("T")
+
+READ_TIMEOUT_S: Final = 2.0
+"""Bound on one read-model query (an unreachable MongoDB answers 503 after it)."""
+MAX_WAIT_MS: Final = 5000
+DEFAULT_WAIT_MS: Final = 2000
+MAX_PAGE: Final = 1000
+DEFAULT_PAGE: Final = 100
+REPLAYED: Final = "Idempotent-Replayed"
+EVENT_FIELDS: Final = ("kind", "version", "at_ms", "amount", "text", "ref", "balance_after",
+                       "purchased_total", "used_total", "prev_hash", "hash")
+
+
+def _state(request: Request) -> AppState:
+    state: AppState = request.app.state.ledger
+    return state
+
+
+def appended_body(a: Appended) -> dict[str, Any]:
+    return {"event_id": a.event_id, "user_id": a.user_id, "version": a.version,
+            "balance": a.balance}
+
+
+async def _append(request: Request, command: Command, key: str | None) -> Response:
+    state = _state(request)
+    done = await state.blocking(state.qm.append, command, idempotency_key=key)
+    headers = {REPLAYED: "true"} if done.duplicate else None
+    return JSONResponse(appended_body(done), status_code=201, headers=headers)
+
+
+async def _path_command(request: Request, kind: str) -> tuple[Command, str | None]:
+    user = path_user(request)
+    key = idempotency_key(request)
+    body = await json_object(request)
+    if "user_id" in body:
+        raise ValidationError("user_id", "unknown field 'user_id' (the account is in the path)")
+    return parse(kind, {**body, "user_id": user}), key
+
+
+async def register_user(request: Request) -> Response:
+    require(request, "producer")
+    key = idempotency_key(request)
+    body = await json_object(request)
+    return await _append(request, parse("register_user", body), key)
+
+
+async def purchase(request: Request) -> Response:
+    require(request, "producer")
+    return await _append(request, *await _path_command(request, "purchase"))
+
+
+async def usage(request: Request) -> Response:
+    require(request, "producer")
+    return await _append(request, *await _path_command(request, "use"))
+
+
+async def adjustment(request: Request) -> Response:
+    require(request, "admin")
+    return await _append(request, *await _path_command(request, "adjust"))
+
+
+# --- batch ----------------------------------------------------------------------------
+
+def _item(raw: object, is_admin: bool) -> tuple[Command, str | None]:
+    """One batch item -> (command, idempotency key); errors name the item's field."""
+    if not isinstance(raw, dict):
+        raise ValidationError(None, "each event must be a JSON object")
+    fields = dict(raw)
+    kind = fields.pop("kind", None)
+    key = fields.pop("idempotency_key", None)
+    if key is not None and (not isinstance(key, str) or not IDEMPOTENCY_KEY_RE.match(key)):
+        raise ValidationError("idempotency_key",
+                              "idempotency_key must be 1-255 visible ASCII characters")
+    if kind is None:
+        raise ValidationError("kind", "kind is required")
+    command = parse(kind, fields) if isinstance(kind, str) else parse("", fields)
+    if isinstance(command, Adjust) and not is_admin:
+        raise PermissionError("adjust events need the admin role")
+    return command, key
+
+
+async def batch(request: Request) -> Response:
+    """Many appends in one request; each is atomic on its own, results in order."""
+    require(request, "producer")
+    state = _state(request)
+    is_admin = RANK[role_of(request, state)[1]] >= RANK["admin"]
+    body = await json_object(request)
+    only_fields(body, ("events",))
+    events = body["events"]
+    if not isinstance(events, list) or not events:
+        raise ValidationError("events", "events must be a non-empty array")
+    if len(events) > MAX_BATCH:
+        raise ValidationError("events", f"events holds at most {MAX_BATCH} items")
+    results: list[dict[str, Any] | None] = [None] * len(events)
+    todo: list[tuple[int, Command, str | None]] = []
+    for index, raw in enumerate(events):
+        try:
+            command, key = _item(raw, is_admin)
+        except LedgerError as exc:
+            results[index] = {"index": index, "status": status_of(exc), **ledger_error_body(exc)}
+            continue
+        except PermissionError as exc:
+            results[index] = {"index": index, "status": 403, "error": "forbidden",
+                              "message": str(exc)}
+            continue
+        todo.append((index, command, key))
+    if todo:
+        outcomes = await state.blocking(
+            state.qm.append_batch, [(cmd, Priority.NORMAL, key) for _, cmd, key in todo])
+        for (index, _, _), outcome in zip(todo, outcomes, strict=True):
+            if isinstance(outcome, LedgerError):
+                results[index] = {"index": index, "status": status_of(outcome),
+                                  **ledger_error_body(outcome)}
+            else:
+                results[index] = {"index": index, "status": 201, **appended_body(outcome),
+                                  "replayed": outcome.duplicate}
+    accepted = sum(1 for r in results if r is not None and r["status"] == 201)
+    return JSONResponse({"accepted": accepted, "refused": len(events) - accepted,
+                         "results": results})
+
+
+# --- reads ----------------------------------------------------------------------------
+
+def _bounded(fn: Callable[[], T], timeout: float = READ_TIMEOUT_S) -> T:
+    """Run a read-model query with a deadline; an unreachable server -> StoreUnavailable."""
+    try:
+        with pymongo.timeout(timeout):
+            return fn()
+    except PyMongoError as exc:
+        if isinstance(exc, ConnectionFailure) or getattr(exc, "timeout", False):
+            raise StoreUnavailable(f"MongoDB is unavailable ({type(exc).__name__})") from None
+        raise
+
+
+def _db(state: AppState) -> Any:
+    if state.db is None:
+        raise StoreUnavailable("no MongoDB is configured for the read models")
+    return state.db
+
+
+def _iso(value: object) -> object:
+    return value.isoformat().replace("+00:00", "Z") if isinstance(value, datetime) else value
+
+
+async def _missing(state: AppState, user: str, projected: int = 0,
+                   wanted: int | None = None) -> Response:
+    """No (new enough) read-model document: 404 if Redis has no such account, else 409."""
+    account = await state.blocking(state.qm.balance, user)
+    if account is None:
+        return JSONResponse(ledger_error_body(UnknownAccount(user)), status_code=404)
+    current = int(account["version"])
+    if wanted is not None and wanted > current:
+        message = f"account {user!r} is at version {current}; {wanted} has not been appended"
+    else:
+        message = (f"the read model of {user!r} is at version {projected}; "
+                   f"retry, or ask with ?min_version={current}")
+    return error_response(409, "not_yet_projected", message, version=projected,
+                          current_version=current)
+
+
+async def balance(request: Request) -> Response:
+    require(request, "reader")
+    user = path_user(request)
+    min_version = query_int(request, "min_version", None, 1, MAX_CREDITS)
+    wait_ms = query_int(request, "wait_ms", DEFAULT_WAIT_MS, 0, MAX_WAIT_MS)
+    state = _state(request)
+    db = _db(state)
+    doc = await state.blocking(_bounded, lambda: db[BALANCES].find_one({"_id": user}))
+    wanted = min_version or 1
+    if doc is None or doc.get("version", 0) < wanted:
+        account = await state.blocking(state.qm.balance, user)
+        if min_version is not None and account is not None \
+                and int(account["version"]) >= min_version and wait_ms:
+            timeout = (wait_ms or 0) / 1000
+            doc = await state.blocking(
+                _bounded, lambda: wait_for_version(db, user, min_version, timeout=timeout),
+                timeout + READ_TIMEOUT_S)
+        if doc is None or doc.get("version", 0) < wanted:
+            projected = 0 if doc is None else int(doc.get("version", 0))
+            return await _missing(state, user, projected, min_version)
+    return JSONResponse({"user_id": user, "balance": doc["balance"], "version": doc["version"],
+                         "purchased_total": doc["purchased_total"],
+                         "used_total": doc["used_total"], "updated_at": _iso(doc["updated_at"])})
+
+
+async def credit_score(request: Request) -> Response:
+    require(request, "reader")
+    user = path_user(request)
+    state = _state(request)
+    db = _db(state)
+    doc = await state.blocking(_bounded, lambda: db[CREDIT_SCORES].find_one({"_id": user}))
+    if doc is None:
+        return await _missing(state, user)
+    return JSONResponse({"user_id": user, "score": doc["score"], "version": doc["version"],
+                         "purchased_total": doc["purchased_total"],
+                         "used_total": doc["used_total"], "updated_at": _iso(doc["updated_at"])})
+
+
+async def events(request: Request) -> Response:
+    """The archive of an account, oldest first, ``limit`` events after ``after_version``."""
+    require(request, "reader")
+    user = path_user(request)
+    after = query_int(request, "after_version", 0, 0, MAX_CREDITS)
+    limit = query_int(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
+    assert after is not None and limit is not None
+    state = _state(request)
+    db = _db(state)
+
+    def page() -> list[dict[str, Any]]:
+        cursor = db[EVENTS].find({"user_id": user, "version": {"$gt": after}})
+        return list(cursor.sort("version", 1).limit(limit))
+
+    docs = await state.blocking(_bounded, page)
+    if not docs and after == 0:
+        missing = await _missing(state, user)
+        if missing.status_code == 404:
+            return missing
+    items = [{"event_id": d["_id"], **{f: d.get(f) for f in EVENT_FIELDS}} for d in docs]
+    next_after = items[-1]["version"] if len(items) == limit else None
+    return JSONResponse({"user_id": user, "events": items, "next_after_version": next_after})
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/api/users", register_user, methods=["POST"]),
+        Route("/api/accounts/{user_id}/purchases", purchase, methods=["POST"]),
+        Route("/api/accounts/{user_id}/usage", usage, methods=["POST"]),
+        Route("/api/accounts/{user_id}/adjustments", adjustment, methods=["POST"]),
+        Route("/api/events:batch", batch, methods=["POST"]),
+        Route("/api/accounts/{user_id}/balance", balance, methods=["GET"]),
+        Route("/api/accounts/{user_id}/credit-score", credit_score, methods=["GET"]),
+        Route("/api/accounts/{user_id}/events", events, methods=["GET"]),
+    ]
