@@ -1,0 +1,480 @@
+"""``ledger audit``: re-check every account against its log and every copy of it.
+
+For each account the audit reads, in this order (so that a live system, still
+appending and projecting, is not mistaken for a broken one):
+
+1. the consumer groups of its streams: below which entry each group has
+   acknowledged everything (``log.acknowledged``);
+2. its ``balances`` and ``credit_scores`` documents;
+3. its Redis account state (hash ``ledger:{pN}:acct:<user>``);
+4. the log: its streams, then the ``events`` archive (``log.read_sources``).
+
+and then checks:
+
+- the log itself: versions run 1, 2, 3 … and every event links to the previous
+  one's hash and hashes to its own fields (``ledger.chain.verify``: SHA-1 over
+  ``<len>:<value>`` pieces, ``prev_hash`` included, so a changed, missing,
+  inserted or reordered event breaks the chain); then the fold
+  (``ledger.accounts.apply``): totals follow from amounts, no overdraft;
+- the two copies of each event: the archive document against the stream entry,
+  field by field (position included); an archive document whose ``_id`` is not
+  its content's id; an event in two stream entries; an entry that does not
+  decode; an archived event missing from the middle of its stream (``XDEL``:
+  trimming only ever removes a stream's oldest entries); a stream entry the
+  archive projector has acknowledged but the archive lacks;
+- the Redis account state against the event of its version (version, balance,
+  purchased, used, head hash, email); a state newer than the log means events
+  are missing from the log;
+- each view document against what its projection writes for the event of the
+  document's version (every field, no more, no less). A document at an older
+  version than the log is *lagging* (a note, not a mismatch) as long as its
+  projector has not acknowledged the newer events; once it has, the document is
+  stale: a mismatch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pymongo.database import Database
+
+from ledger.accounts import Account, apply
+from ledger.chain import verify
+from ledger.errors import ChainBroken, IntegrityError, VersionGap
+from ledger.events import Event, UserRegistered
+from streams import keys
+from streams.codec import event_id
+from streams.connection import RedisClient, translate
+
+from .archive import archive_document
+from .balances import balance_fields
+from .log import (
+    PAGE,
+    EntryId,
+    LoggedEvent,
+    LogSources,
+    Progress,
+    acknowledged,
+    parse_id,
+    read_sources,
+    streams_of,
+)
+from .projection import Recorded
+from .scores import score_fields
+from .store import BALANCES, CREDIT_SCORES, EVENTS
+
+# what a Mismatch is about
+UNDECODABLE = "undecodable"
+DUPLICATE = "duplicate_entry"
+ARCHIVE_ID = "archive_id"
+ARCHIVE_DIFFERS = "archive_differs"
+DELETED = "deleted_from_stream"
+NOT_ARCHIVED = "not_archived"
+VERSION_GAP = "version_gap"
+CHAIN_BROKEN = "chain_broken"
+INTEGRITY = "integrity"
+STATE = "account_state"
+NO_STATE = "no_account_state"
+MISSING_EVENTS = "missing_events"
+VIEW_WITHOUT_EVENTS = "view_without_events"
+LAGGING = "lagging"
+
+ViewFields = Callable[[Event], dict[str, Any]]
+VIEWS: dict[str, ViewFields] = {BALANCES: balance_fields, CREDIT_SCORES: score_fields}
+"""Each view and the fields its projection writes for an event."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Mismatch:
+    """Something that differs: ``where`` it was found, what was ``expected`` there."""
+
+    user_id: str
+    what: str
+    where: str
+    expected: Any = None
+    found: Any = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"user_id": self.user_id, "what": self.what, "where": self.where,
+                "expected": _plain(self.expected), "found": _plain(self.found)}
+
+    def __str__(self) -> str:
+        return (f"{self.user_id}: {self.what} at {self.where}: expected {_show(self.expected)}, "
+                f"found {_show(self.found)}")
+
+
+@dataclass(slots=True, kw_only=True)
+class AuditReport:
+    accounts: int = 0
+    events: int = 0
+    mismatches: list[Mismatch] = field(default_factory=list)
+    lagging: list[Mismatch] = field(default_factory=list)
+    """Views behind the log whose projector has not yet acknowledged the newer events."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches
+
+    def users(self) -> list[str]:
+        """The accounts with a mismatch."""
+        return sorted({m.user_id for m in self.mismatches})
+
+    def summary(self) -> str:
+        text = (f"audited {self.accounts} accounts, {self.events} events: "
+                f"{len(self.mismatches)} mismatches")
+        if self.lagging:
+            text += f" ({len(self.lagging)} views still catching up)"
+        return text
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "accounts": self.accounts, "events": self.events,
+                "mismatched_accounts": self.users(),
+                "mismatches": [m.as_dict() for m in self.mismatches],
+                "lagging": [m.as_dict() for m in self.lagging]}
+
+
+def audit(client: RedisClient, partitions: int, db: Database[Any], *, user: str | None = None,
+          page: int = PAGE, progress: Progress | None = None) -> AuditReport:
+    """Audit every account (or ``user``'s); see the module doc for what is checked."""
+    streams = streams_of(partitions, user)
+    marks = acknowledged(client, streams)
+    views = {name: _documents(db, name, user, page) for name in VIEWS}
+    states = _states(client, partitions, user)
+    sources = read_sources(client, partitions, db, user=user, page=page, progress=progress)
+    log = sources.log()
+
+    report = AuditReport(events=sum(len(e) for e in log.values()))
+    out = report.mismatches
+    _check_sources(sources, log, marks, out)
+    users = set(log) | set(states) | {u for docs in views.values() for u in docs}
+    if user is not None:
+        users &= {user}
+    report.accounts = len(users)
+    for name in sorted(users):
+        events = log.get(name, [])
+        _check_chain(name, events, out)
+        _check_state(name, partitions, events, states.get(name), out)
+        for view, fields in VIEWS.items():
+            _check_view(view, fields, name, events, views[view].get(name), marks, report)
+    return report
+
+
+# -- the log and its copies -----------------------------------------------------
+
+
+def _check_sources(sources: LogSources, log: Mapping[str, Sequence[LoggedEvent]],
+                   marks: Mapping[str, Mapping[str, EntryId]], out: list[Mismatch]) -> None:
+    for bad in sources.undecodable:
+        out.append(Mismatch(user_id=bad.user_id, what=UNDECODABLE, where=bad.where,
+                            expected="a valid event", found=bad.error))
+    for doc in sources.archive.values():
+        if doc.event is None:
+            continue
+        content = event_id(doc.event.user_id, doc.event.version)
+        if doc.doc_id != content:
+            out.append(Mismatch(user_id=doc.event.user_id, what=ARCHIVE_ID, where=doc.where,
+                                expected=content, found=doc.doc_id))
+    for eid, copies in sources.stream_copies.items():
+        if len(copies) > 1:
+            out.append(Mismatch(user_id=copies[0].event.user_id, what=DUPLICATE,
+                                where=", ".join(c.where for c in copies),
+                                expected=f"one entry for event {eid}",
+                                found=f"{len(copies)} entries"))
+    archive_group = "proj:" + EVENTS
+    for events in log.values():
+        for logged in events:
+            arch, copy = logged.archived, logged.stream
+            if arch is not None and copy is not None:
+                requeued = sources.requeued.get(logged.id, set())
+                _compare_archive(logged, arch.document, copy.stream, copy.entry_id, requeued,
+                                 out)
+            elif arch is not None:
+                _check_archived_only(logged, sources, out)
+            elif copy is not None:
+                mark = marks.get(copy.stream, {}).get(archive_group)
+                if mark is not None and parse_id(copy.entry_id) < mark:
+                    out.append(Mismatch(user_id=logged.event.user_id, what=NOT_ARCHIVED,
+                                        where=f"{EVENTS}/{logged.id}",
+                                        expected=f"the event of {copy.where}", found=None))
+
+
+def _compare_archive(logged: LoggedEvent, doc: Mapping[str, Any], stream: str, entry_id: str,
+                     requeued: set[tuple[str, str]], out: list[Mismatch]) -> None:
+    assert logged.stream is not None
+    expected = archive_document(Recorded(stream=stream, entry_id=entry_id,
+                                         event=logged.stream.event))
+    position = (doc.get("stream"), doc.get("entry_id"))
+    if position in requeued:  # archived from a requeued copy: that position is right too
+        expected.update(stream=position[0], entry_id=position[1])
+    expected["_id"] = doc.get("_id")  # a wrong _id is reported as ARCHIVE_ID
+    for key in sorted(set(expected) | set(doc), key=_field_order(expected)):
+        want, got = expected.get(key, _ABSENT), doc.get(key, _ABSENT)
+        if not _same(want, got):
+            out.append(Mismatch(user_id=logged.event.user_id, what=ARCHIVE_DIFFERS,
+                                where=f"{EVENTS}/{doc.get('_id')}.{key} vs "
+                                      f"{stream} {entry_id}",
+                                expected=_opt(want), found=_opt(got)))
+
+
+def _check_archived_only(logged: LoggedEvent, sources: LogSources,
+                         out: list[Mismatch]) -> None:
+    arch = logged.archived
+    assert arch is not None
+    user = logged.event.user_id
+    position = arch.position
+    extent = sources.streams.get(position[0]) if position is not None else None
+    if position is None or extent is None:
+        out.append(Mismatch(user_id=user, what=ARCHIVE_DIFFERS, where=f"{arch.where}.stream",
+                            expected="a stream position of the account's partition",
+                            found=f"{arch.document.get('stream')!r} "
+                                  f"{arch.document.get('entry_id')!r}"))
+        return
+    stream, entry_id = position
+    if extent.deleted(entry_id):
+        out.append(Mismatch(user_id=user, what=DELETED, where=f"{stream} {entry_id}",
+                            expected=f"the entry of {logged.id} (archived, not trimmed: "
+                                     f"the stream starts at {extent.first_id})",
+                            found=None))
+    elif entry_id in extent.present and (stream, entry_id) not in sources.requeued.get(
+            logged.id, set()):
+        out.append(Mismatch(user_id=user, what=ARCHIVE_DIFFERS, where=f"{arch.where}.entry_id",
+                            expected=f"the position of {logged.id}",
+                            found=f"{stream} {entry_id}, which holds another entry"))
+
+
+def _check_chain(user: str, events: Sequence[LoggedEvent], out: list[Mismatch]) -> None:
+    if not events:
+        return
+    by_version = {e.event.version: e for e in events}
+    broken: IntegrityError | None = verify(e.event for e in events)
+    if broken is None:
+        account: Account | None = None
+        for logged in events:
+            try:
+                account = apply(account, logged.event)
+            except IntegrityError as exc:
+                broken = exc
+                break
+    if broken is None:
+        return
+    if isinstance(broken, VersionGap):
+        out.append(Mismatch(user_id=user, what=VERSION_GAP, where=f"log of {user}",
+                            expected=f"version {broken.expected}",
+                            found=f"version {broken.got}"))
+        return
+    version = broken.version if isinstance(broken, ChainBroken) else 0
+    at = by_version.get(version)
+    where = _where(at) if at is not None else f"log of {user}"
+    what = CHAIN_BROKEN if isinstance(broken, ChainBroken) else INTEGRITY
+    out.append(Mismatch(user_id=user, what=what, where=where,
+                        expected="an event that verifies", found=broken.message))
+
+
+# -- Redis account state ------------------------------------------------------------
+
+
+def _states(client: RedisClient, partitions: int, user: str | None) -> dict[str, dict[str, str]]:
+    """Decoded account hashes by user id."""
+    if user is not None:
+        names = [keys.account(keys.partition_of(user, partitions), user)]
+    else:
+        names = []
+        with translate():
+            for p in range(partitions):
+                prefix = keys.account(p, "")
+                names.extend(k.decode() if isinstance(k, bytes) else k
+                             for k in client.scan_iter(match=_glob_escape(prefix) + "*",
+                                                       count=1000))
+    out: dict[str, dict[str, str]] = {}
+    for start in range(0, len(names), PAGE):
+        chunk = names[start:start + PAGE]
+        with translate():
+            pipe = client.pipeline(transaction=False)
+            for name in chunk:
+                pipe.hgetall(name)
+            replies = pipe.execute()
+        for name, raw in zip(chunk, replies, strict=True):
+            if raw:
+                owner = name.split(":acct:", 1)[1]
+                out[owner] = {k.decode(errors="replace"): v.decode(errors="replace")
+                              for k, v in raw.items()}
+    return out
+
+
+def _check_state(user: str, partitions: int, events: Sequence[LoggedEvent],
+                 state: Mapping[str, str] | None, out: list[Mismatch]) -> None:
+    where = keys.account(keys.partition_of(user, partitions), user)
+    newest = events[-1].event.version if events else 0
+    if state is None:
+        if events:
+            out.append(Mismatch(user_id=user, what=NO_STATE, where=where,
+                                expected=f"version {newest}", found=None))
+        return
+    try:
+        version = int(state.get("version", ""))
+    except ValueError:
+        out.append(Mismatch(user_id=user, what=STATE, where=f"{where}.version",
+                            expected=f"an integer (log: {newest})",
+                            found=state.get("version")))
+        return
+    if version > newest:
+        out.append(Mismatch(user_id=user, what=MISSING_EVENTS, where=where,
+                            expected=f"events up to version {version}",
+                            found=f"the log ends at version {newest}"))
+        return
+    # the state was read before the log: the log may have newer events
+    event = next((e.event for e in events if e.event.version == version), None)
+    if event is None:
+        out.append(Mismatch(user_id=user, what=STATE, where=f"{where}.version",
+                            expected="a version the log holds", found=version))
+        return
+    first = events[0].event
+    email = first.email if isinstance(first, UserRegistered) and first.version == 1 \
+        else state.get("email", "")  # (a history without registration: the chain check)
+    found = _state_differences(event, email, state)
+    if found and version < newest:
+        # all but the version as of the newest event: the version was changed
+        against_newest = _state_differences(events[-1].event, email, state)
+        if set(against_newest) == {"version"}:
+            found = against_newest
+    for key, (want, got) in found.items():
+        out.append(Mismatch(user_id=user, what=STATE, where=f"{where}.{key}",
+                            expected=want, found=got))
+
+
+def _state_differences(event: Event, email: str, state: Mapping[str, str]
+                       ) -> dict[str, tuple[str | None, str | None]]:
+    a = event.after
+    expected = {"version": str(event.version), "balance": str(a.balance),
+                "purchased": str(a.purchased), "used": str(a.used), "head": event.hash,
+                "email": email}
+    return {key: (expected.get(key), state.get(key))
+            for key in sorted(set(expected) | set(state))
+            if expected.get(key) != state.get(key)}
+
+
+# -- views --------------------------------------------------------------------------
+
+
+def _documents(db: Database[Any], name: str, user: str | None,
+               page: int) -> dict[str, dict[str, Any]]:
+    query: dict[str, Any] = {} if user is None else {"_id": user}
+    return {str(doc["_id"]): dict(doc) for doc in db[name].find(query, batch_size=page)}
+
+
+def _acked_version(events: Sequence[LoggedEvent], group: str,
+                   marks: Mapping[str, Mapping[str, EntryId]]) -> int:
+    """The newest version ``group`` acknowledged (before the views were read)."""
+    acked = 0
+    for logged in events:
+        position = logged.position
+        if position is None:
+            continue
+        mark = marks.get(position[0], {}).get(group)
+        if mark is not None and parse_id(position[1]) < mark:
+            acked = max(acked, logged.event.version)
+    return acked
+
+
+def _check_view(view: str, fields: ViewFields, user: str, events: Sequence[LoggedEvent],
+                doc: Mapping[str, Any] | None, marks: Mapping[str, Mapping[str, EntryId]],
+                report: AuditReport) -> None:
+    out = report.mismatches
+    where = f"{view}/{user}"
+    if not events:
+        if doc is not None:
+            out.append(Mismatch(user_id=user, what=VIEW_WITHOUT_EVENTS, where=where,
+                                expected=None, found=f"version {doc.get('version')}"))
+        return
+    newest = events[-1].event.version
+    acked = _acked_version(events, "proj:" + view, marks)
+    if doc is None:
+        note = Mismatch(user_id=user, what=view if acked else LAGGING, where=where,
+                        expected=f"version {acked or newest}", found=None)
+        (out if acked else report.lagging).append(note)
+        return
+    raw_version = doc.get("version")
+    version = raw_version if isinstance(raw_version, int) \
+        and not isinstance(raw_version, bool) else -1
+    logged = next((e for e in events if e.event.version == version), None)
+    if logged is None:
+        out.append(Mismatch(user_id=user, what=view, where=f"{where}.version",
+                            expected=f"a version the log holds (newest {newest})",
+                            found=raw_version))
+        return
+    expected = {"_id": user, **fields(logged.event)}
+    differs = False
+    for key in sorted(set(expected) | set(doc), key=_field_order(expected)):
+        want, got = expected.get(key, _ABSENT), doc.get(key, _ABSENT)
+        if not _same(want, got):
+            differs = True
+            out.append(Mismatch(user_id=user, what=view, where=f"{where}.{key}",
+                                expected=_opt(want), found=_opt(got)))
+    if differs or version == newest:
+        return
+    if version < acked:
+        out.append(Mismatch(user_id=user, what=view, where=f"{where}.version",
+                            expected=f"at least {acked} (its projector acknowledged it)",
+                            found=version))
+    else:
+        report.lagging.append(Mismatch(user_id=user, what=LAGGING, where=where,
+                                       expected=f"version {newest}", found=version))
+
+
+# -- helpers ------------------------------------------------------------------------
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "<absent>"
+
+
+_ABSENT = _Absent()
+
+
+def _opt(value: Any) -> Any:
+    return None if value is _ABSENT else value
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, and of the same kind: True is not 1 and 1.0 is not 1 (but an ``Int64``
+    from the driver is an int)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, int) and isinstance(b, int):
+        return a == b
+    return type(a) is type(b) and a == b
+
+
+def _field_order(expected: Mapping[str, Any]) -> Callable[[str], tuple[int, str]]:
+    order = {k: i for i, k in enumerate(expected)}
+    return lambda k: (order.get(k, len(order)), k)
+
+
+def _where(logged: LoggedEvent) -> str:
+    if logged.stream is not None:
+        return logged.stream.where
+    assert logged.archived is not None
+    return logged.archived.where
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def _show(value: Any) -> str:
+    return "nothing" if value is None else repr(_plain(value))
+
+
+__all__ = ["AuditReport", "Mismatch", "audit"]
