@@ -7,6 +7,7 @@ tamper with Redis and MongoDB the way an operator (or an attacker) could.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import random
 from collections.abc import Callable, Iterator
@@ -16,6 +17,8 @@ import pytest
 import redis as redis_py
 from pymongo.database import Database
 
+from api.cli_audit import add_parsers, run
+from api.settings import Settings
 from ledger.errors import InsufficientCredits
 from ledger.tasks import Priority
 from projections.runner import project_until_idle
@@ -120,3 +123,38 @@ def trim_half(r: redis_py.Redis) -> int:
         if len(ids) >= 2:
             removed += r.xtrim(stream, minid=ids[len(ids) // 2].decode(), approximate=False)
     return removed
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    """Like ``api.cli._common``: connection options on every subcommand."""
+    p.add_argument("--redis-url", default=None)
+    p.add_argument("--mongo-url", default=None)
+    p.add_argument("--mongo-db", default="ledger")
+    p.add_argument("--partitions", type=int, default=PARTITIONS)
+    p.add_argument("--log-level", default="INFO")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ledger")
+    sub = p.add_subparsers(dest="command", required=True)
+    add_parsers(sub, _common)
+    return p
+
+
+Cli = Callable[..., int]
+
+
+@pytest.fixture
+def cli(redis_url: str, mongo_url: str, mongo_db: Database[Any]) -> Cli:
+    """``cli("audit", "--json")`` runs a command against the test servers and database."""
+    def call(*argv: str) -> int:
+        conn = ["--redis-url", redis_url, "--mongo-url", mongo_url, "--mongo-db", mongo_db.name]
+        args = list(argv)
+        # the connection options go right after the subcommand (`audit export` included)
+        at = 2 if args[:2] == ["audit", "export"] else 1
+        args[at:at] = conn
+        ns = parser().parse_args(args)
+        settings = Settings(redis_url=ns.redis_url, mongo_url=ns.mongo_url,
+                            mongo_db=ns.mongo_db, partitions=ns.partitions)
+        return run(ns, settings)
+    return call

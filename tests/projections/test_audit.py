@@ -16,8 +16,10 @@ from streams import QueueManager, keys
 
 from .conftest import (
     PARTITIONS,
+    Cli,
     entries_of,
     not_first,
+    parser,
     project,
     rewrite_stream,
     traffic,
@@ -374,3 +376,67 @@ def test_report_as_json(ledger: QueueManager, mongo_db: Database[Any]) -> None:
     assert doc["mismatches"] == [{"user_id": "u1", "what": "balances",
                                   "where": "balances/u1.balance",
                                   "expected": before["balance"], "found": -5}]
+
+
+# -- the command line --------------------------------------------------------------------
+
+
+def test_cli_audit_clean_and_dirty(ledger: QueueManager, mongo_db: Database[Any], cli: Cli,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli("audit") == 0
+    out = capsys.readouterr().out
+    events = mongo_db.events.count_documents({})
+    assert out.splitlines() == [f"audited 5 accounts, {events} events: 0 mismatches"]
+    ledger.redis.hset(keys.account(keys.partition_of("u3", PARTITIONS), "u3"), "balance", "1")
+    assert cli("audit") == 1
+    out = capsys.readouterr().out
+    assert "1 mismatches" in out
+    assert "MISMATCH u3: account_state at ledger:{p" in out
+    assert cli("audit", "--user", "u2") == 0
+    assert capsys.readouterr().out.startswith("audited 1 accounts, ")
+    assert cli("audit", "--user", "u3", "--json") == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["ok"], doc["accounts"], doc["mismatched_accounts"]) == (False, 1, ["u3"])
+
+
+def test_cli_audit_unknown_user(ledger: QueueManager, cli: Cli,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli("audit", "--user", "no-such-user") == 5
+    assert "no account for user 'no-such-user'" in capsys.readouterr().err
+    assert cli("audit", "--user", "*") == 5  # not a pattern
+
+
+def test_cli_settings_and_usage_errors(redis_url: str, mongo_url: str,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from api.cli_audit import run
+    from api.settings import Settings
+    args = parser().parse_args(["audit"])
+    assert run(args, Settings(redis_url=redis_url, mongo_url=None)) == 2
+    assert "MONGO_URL is not set" in capsys.readouterr().err
+    assert run(args, Settings(redis_url=None, mongo_url=mongo_url)) == 2
+    assert "REDIS_URL is not set" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        parser().parse_args(["audit", "--bogus"])
+    assert exc.value.code == 2
+
+
+def test_cli_refuses_another_partition_count(ledger: QueueManager, redis_url: str,
+                                             mongo_url: str, mongo_db: Database[Any],
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from api.cli_audit import run
+    from api.settings import Settings
+    args = parser().parse_args(["audit"])
+    settings = Settings(redis_url=redis_url, mongo_url=mongo_url, mongo_db=mongo_db.name,
+                        partitions=PARTITIONS + 1)
+    assert run(args, settings) == 2
+    assert f"holds a ledger with {PARTITIONS} partitions" in capsys.readouterr().err
+
+
+def test_cli_unreachable_mongo(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from api.cli_audit import run
+    from api.embedded import free_port
+    from api.settings import Settings
+    url = f"mongodb://127.0.0.1:{free_port()}/?serverSelectionTimeoutMS=300"
+    args = parser().parse_args(["audit"])
+    assert run(args, Settings(redis_url=redis_url, mongo_url=url)) == 4
+    assert "MongoDB is unavailable" in capsys.readouterr().err

@@ -21,7 +21,7 @@ from projections.runner import all_projections, projector
 from streams import QueueManager
 from streams.log import account_histories
 
-from .conftest import PARTITIONS, collection, project, traffic, trim_half
+from .conftest import PARTITIONS, Cli, collection, project, traffic, trim_half
 
 VIEWS = ("balances", "credit_scores")
 
@@ -245,3 +245,25 @@ def test_progress_is_plain_text_and_optional() -> None:
     hidden.show("x", 1, 2)
     hidden.end()
     assert quiet.getvalue() == ""
+
+
+def test_cli_replay(qm: QueueManager, mongo_db: Database[Any], other_db: Database[Any],
+                    cli: Cli, capsys: pytest.CaptureFixture[str]) -> None:
+    traffic(qm, users=3, events=20)
+    project(qm, mongo_db)
+    live = snapshot(mongo_db)
+    mongo_db.balances.update_one({"_id": "u0"}, {"$set": {"balance": 1}})
+    assert cli("replay", "--progress") == 0
+    out, err = capsys.readouterr()
+    n = len(live["events"])
+    assert f"replayed {n} events of 3 accounts in " in out
+    assert "balances: rebuilt and swapped into" in out
+    assert "\rreplay" in err
+    assert snapshot(mongo_db) == live
+    assert cli("replay", "--into", other_db.name, "--only", "balances,credit_scores") == 0
+    assert "built in database" in capsys.readouterr().out
+    assert snapshot(other_db, VIEWS) == snapshot(mongo_db, VIEWS)
+    assert cli("replay", "--only", "balances,users") == 2
+    assert "unknown read model(s): users" in capsys.readouterr().err
+    assert cli("replay", "--into", "bad.name") == 2
+    assert cli("replay", "--into", "admin") == 2

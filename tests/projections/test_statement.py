@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from ledger.errors import ChainBroken, UnknownAccount
 from projections.statement import COLUMNS, iso_utc, statement, write
 from streams import QueueManager
 
-from .conftest import PARTITIONS, all_streams, project, traffic, trim_half
+from .conftest import PARTITIONS, Cli, all_streams, parser, project, traffic, trim_half
 
 
 def check_adds_up(rows: list[dict[str, Any]], qm: QueueManager, user: str) -> None:
@@ -104,3 +105,55 @@ def test_unknown_account_and_broken_history(qm: QueueManager,
                                                          "purchased_total": 1000}})
     with pytest.raises(ChainBroken):
         statement(qm.redis, PARTITIONS, mongo_db, "b")
+
+
+# -- the command line --------------------------------------------------------------------
+
+
+def test_cli_export(qm: QueueManager, mongo_db: Database[Any], cli: Cli, tmp_path: Path,
+                    capsys: pytest.CaptureFixture[str]) -> None:
+    traffic(qm, users=2, events=20)
+    expected = statement(qm.redis, PARTITIONS, mongo_db, "u1")
+    assert cli("audit", "export", "--user", "u1", "--format", "csv") == 0
+    table = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [int(t["balance"]) for t in table] == [r["balance"] for r in expected]
+    out = tmp_path / "u1.jsonl"
+    assert cli("audit", "export", "--user", "u1", "--format", "jsonl", "--out", str(out)) == 0
+    assert f"wrote {len(expected)} rows to {out}" in capsys.readouterr().err
+    assert [json.loads(line) for line in out.read_text().splitlines()] == expected
+    assert cli("audit", "export", "--user", "u1", "--out", str(tmp_path / "no" / "x.csv")) == 2
+    assert "cannot write" in capsys.readouterr().err
+
+
+def test_cli_export_hostile_input(qm: QueueManager, mongo_db: Database[Any], cli: Cli,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    qm.register_user("h", "h@example.com")
+    assert cli("audit", "export", "--user", "ghost") == 5
+    assert "no account for user 'ghost'" in capsys.readouterr().err
+    assert cli("audit", "export", "--user", "'; db.dropDatabase(); '") == 5
+    for bad in (["--format", "xlsx"], ["--format", ""], []):
+        with pytest.raises(SystemExit) as exc:
+            parser().parse_args(["audit", "export", *(["--user", "h"] if bad else []), *bad])
+        assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'xlsx'" in err and "--user" in err
+    # a history that does not verify is not exported
+    project(qm, mongo_db)
+    mongo_db.events.update_one({"_id": "h:1"}, {"$set": {"text": "x@example.com"}})
+    for stream in all_streams():
+        last = qm.redis.xrevrange(stream, count=1)
+        if last:
+            ms, seq = last[0][0].decode().split("-")
+            qm.redis.xtrim(stream, minid=f"{ms}-{int(seq) + 1}", approximate=False)
+    assert cli("audit", "export", "--user", "h") == 1
+    assert "does not verify" in capsys.readouterr().err
+
+
+def test_cli_options_before_export_are_kept(mongo_url: str, redis_url: str,
+                                            mongo_db: Database[Any]) -> None:
+    args = parser().parse_args(["audit", "--mongo-db", mongo_db.name, "--redis-url", redis_url,
+                                "export", "--user", "x", "--format", "jsonl"])
+    assert (args.mongo_db, args.redis_url, args.user, args.format) == (
+        mongo_db.name, redis_url, "x", "jsonl")
+    args = parser().parse_args(["audit", "export", "--mongo-db", "other", "--user", "x"])
+    assert (args.mongo_db, args.format, args.out) == ("other", "csv", None)
