@@ -18,7 +18,7 @@ Read order matters when the system is live: the streams are read first, then
 the archive. An entry trimmed before its stream was read had been archived
 before it was trimmed, so the archive read that follows holds it; nothing that
 existed when reading started is missed. Both sources are read in pages
-(``XRANGE … COUNT``; archive documents by ``_id`` ranges).
+(``XRANGE … COUNT``; the archive through one cursor, a batch per reply).
 """
 
 from __future__ import annotations
@@ -294,24 +294,19 @@ def read_tail(client: RedisClient, partitions: int, db: Database[Any], after: Lo
 
 def iter_archive(db: Database[Any], *, user: str | None = None, page: int = PAGE,
                  query: Mapping[str, Any] | None = None) -> Iterator[dict[str, Any]]:
-    """Archive documents in ``_id`` order, a page per query.
+    """Archive documents in ``_id`` order, ``page`` documents per server reply.
 
-    Pages by ``_id`` ranges rather than keeping a cursor open; documents with
-    a non-string ``_id`` (which the projector never writes) come last.
+    One cursor, continued with ``getMore``: the server keeps its place, where
+    paging by ``_id`` ranges would make it find its place again for every page
+    (measured: ~0.2 s a page on the Mongo-wire server at 10k documents, against
+    ~0.3 s for all of them through one cursor). Archive documents are only ever
+    inserted, so every document that exists when the read starts is returned.
     """
     base: dict[str, Any] = dict(query or {})
     if user is not None:
         base["user_id"] = user
-    coll = db[EVENTS]
-    last: str | None = None
-    while True:
-        cond = {"$type": "string"} if last is None else {"$type": "string", "$gt": last}
-        docs = list(coll.find({**base, "_id": cond}).sort("_id", 1).limit(page))
-        yield from docs
-        if len(docs) < page:
-            break
-        last = docs[-1]["_id"]
-    yield from coll.find({**base, "_id": {"$not": {"$type": "string"}}})
+    with db[EVENTS].find(base, batch_size=page).sort("_id", 1) as cursor:
+        yield from cursor
 
 
 # -- internals ----------------------------------------------------------------
