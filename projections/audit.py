@@ -123,8 +123,9 @@ class AuditReport:
         return sorted({m.user_id for m in self.mismatches})
 
     def summary(self) -> str:
+        n = len(self.mismatches)
         text = (f"audited {self.accounts} accounts, {self.events} events: "
-                f"{len(self.mismatches)} mismatches")
+                f"{n} {'mismatch' if n == 1 else 'mismatches'}")
         if self.lagging:
             text += f" ({len(self.lagging)} views still catching up)"
         return text

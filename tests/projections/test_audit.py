@@ -390,7 +390,7 @@ def test_cli_audit_clean_and_dirty(ledger: QueueManager, mongo_db: Database[Any]
     ledger.redis.hset(keys.account(keys.partition_of("u3", PARTITIONS), "u3"), "balance", "1")
     assert cli("audit") == 1
     out = capsys.readouterr().out
-    assert "1 mismatches" in out
+    assert "events: 1 mismatch\n" in out
     assert "MISMATCH u3: account_state at ledger:{p" in out
     assert cli("audit", "--user", "u2") == 0
     assert capsys.readouterr().out.startswith("audited 1 accounts, ")
