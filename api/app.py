@@ -60,5 +60,7 @@ def create_app(settings: Settings, state: AppState | None = None) -> Starlette:
                     s.db.client.close()
 
     handlers: dict[Any, Any] = dict(HANDLERS)
-    return Starlette(routes=routes(), lifespan=lifespan, exception_handlers=handlers,
-                     middleware=[Middleware(RateLimit)])
+    app = Starlette(routes=routes(), lifespan=lifespan, exception_handlers=handlers,
+                    middleware=[Middleware(RateLimit)])
+    app.router.redirect_slashes = False  # an API answers 404, not a redirect, for "/x/"
+    return app

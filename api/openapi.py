@@ -260,11 +260,19 @@ PATHS: Final[dict[str, dict[str, Schema]]] = {
             _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE,
                                       "default": DEFAULT_PAGE})))},
     # operators' endpoints (api/routes/ops.py): listed when mounted
-    "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {
-        "200": {"description": "text exposition", "content": {"text/plain": {}}}}}},
+    "/metrics": {"get": {"summary": "Prometheus metrics (admin when keys are configured)",
+                         "security": [{"bearer": []}], "responses": {
+        "200": {"description": "text exposition", "content": {"text/plain": {}}},
+        "401": _response("Error", ERRORS[401]), "403": _response("Error", ERRORS[403])}}},
     "/dashboard": {"get": {"summary": "HTML dashboard", "security": [], "responses": {
         "200": {"description": "a page", "content": {"text/html": {}}}}}},
-    "/api/dlq": {"get": op("dead letters", "admin", {200: "Any"})},
+    "/dashboard/app.js": {"get": {"summary": "the dashboard's script", "security": [],
+                                  "responses": {"200": {"description": "JavaScript",
+                                                        "content": {"text/javascript": {}}}}}},
+    "/api/dlq": {"get": op("dead letters", "admin", {200: "Any"}, errors=(422,))},
+    "/api/projections": {"get": op("projector groups: pending, lag, checkpoint", "reader",
+                                   {200: "Any"})},
+    "/api/ops/overview": {"get": op("what the dashboard polls", "admin", {200: "Any"})},
     "/api/dlq/{entry_id}/requeue": {"post": op(
         "requeue a dead letter", "admin", {200: "Any"}, errors=(404,),
         params=(_param("entry_id", "path", {"type": "string"}),))},
