@@ -1,0 +1,108 @@
+"""``ledger serve --host H --port P [--workers N] [--insecure]``: the HTTP API under uvicorn.
+
+``api.cli`` wires it in with ``add_parsers(sub, _common)`` and
+``run(args, settings)`` for ``args.command == "serve"``. uvicorn's worker
+processes build their own app with ``app_from_env`` (an importable factory), so
+``run`` hands the settings to them through the environment.
+
+With no API keys configured every request is admin: ``serve`` then refuses a
+host that is not loopback unless told ``--insecure`` (exit code 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from .settings import Settings
+
+RET_OK = 0
+RET_USAGE = 2
+FACTORY = "api.cli_serve:app_from_env"
+RATE_ENV = "LEDGER_RATE_PER_S"
+BURST_ENV = "LEDGER_RATE_BURST"
+
+
+def add_parsers(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+                common: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Add ``serve`` to ``ledger``'s subcommands."""
+    serve = sub.add_parser(
+        "serve", help="serve the HTTP API (uvicorn)",
+        description="Serve the HTTP API with uvicorn. API keys come from LEDGER_API_KEYS "
+        "(key:role,...). Without keys every request is admin, so only a loopback host is "
+        "allowed unless --insecure is given.")
+    common(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    serve.add_argument("--insecure", action="store_true",
+                       help="allow a non-loopback host without API keys (everyone is admin)")
+    defaults = Settings()
+    serve.add_argument("--rate-per-s", type=float,
+                       default=float(os.environ.get(RATE_ENV, defaults.rate_per_s)),
+                       help=f"per-key requests per second, 0 = no limit (env {RATE_ENV})")
+    serve.add_argument("--rate-burst", type=int,
+                       default=int(os.environ.get(BURST_ENV, defaults.rate_burst)),
+                       help=f"per-key burst (env {BURST_ENV})")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes ``Settings.from_env`` (and ``app_from_env``) give ``settings``."""
+    env = {"MONGO_DB": settings.mongo_db, "LEDGER_PARTITIONS": str(settings.partitions),
+           "LEDGER_COLLECTIONS": ",".join(settings.extra_collections),
+           "LEDGER_API_KEYS": ",".join(f"{k}:{r}" for k, r in settings.api_keys.items()),
+           RATE_ENV: repr(settings.rate_per_s), BURST_ENV: str(settings.rate_burst)}
+    if settings.redis_url:
+        env["REDIS_URL"] = settings.redis_url
+    if settings.mongo_url:
+        env["MONGO_URL"] = settings.mongo_url
+    return env
+
+
+def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+    base = Settings.from_env(env)
+    return replace(base, rate_per_s=float(env.get(RATE_ENV, base.rate_per_s)),
+                   rate_burst=int(env.get(BURST_ENV, base.rate_burst)))
+
+
+def app_from_env() -> Any:
+    """uvicorn's factory: the instrumented app, configured from the environment."""
+    from . import metrics
+    from .app import create_app
+    return metrics.instrument(create_app(settings_from_env()))
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    settings = replace(settings, rate_per_s=args.rate_per_s, rate_burst=args.rate_burst)
+    if not settings.api_keys and not is_loopback(args.host) and not args.insecure:
+        print(f"ledger serve: refusing to listen on {args.host} without API keys: every "
+              "request would be admin. Set LEDGER_API_KEYS (key:role,...), bind a loopback "
+              "address, or pass --insecure.", file=sys.stderr)
+        return RET_USAGE
+    if not settings.redis_url:
+        print("ledger serve: REDIS_URL is not set", file=sys.stderr)
+        return RET_USAGE
+    if args.workers < 1 or not 0 < args.port < 65536:
+        print("ledger serve: --workers must be >= 1 and --port in 1..65535", file=sys.stderr)
+        return RET_USAGE
+    import uvicorn
+    os.environ.update(settings_env(settings))
+    uvicorn.run(FACTORY, factory=True, host=args.host, port=args.port, workers=args.workers,
+                log_level=str(getattr(args, "log_level", "info")).lower(),
+                proxy_headers=False, server_header=False)
+    return RET_OK

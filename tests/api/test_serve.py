@@ -1,0 +1,122 @@
+"""``ledger serve`` (api.cli_serve) through a local parser: refusal, options, a real uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis as redis_py
+from pymongo.database import Database
+
+from api import cli_serve
+from api.settings import Settings
+
+from .conftest import KEYS, PARTITIONS, auth
+
+ROOT = Path(__file__).resolve().parents[2]
+KEYS_ENV = ",".join(f"{k}:{r}" for k, r in KEYS.items())
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="ledger")
+    sub = parser.add_subparsers(dest="command", required=True)
+    cli_serve.add_parsers(sub, lambda p: p.add_argument("--log-level", default="INFO"))
+    return parser.parse_args(["serve", *argv])
+
+
+def test_refuses_a_public_host_without_keys(capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[Any] = []
+    monkeypatch.setattr("uvicorn.run", lambda *a, **kw: calls.append((a, kw)))
+    settings = Settings(redis_url="redis://127.0.0.1:1/0")
+    assert cli_serve.run(parse("--host", "0.0.0.0"), settings) == cli_serve.RET_USAGE
+    assert "without API keys" in capsys.readouterr().err and not calls
+
+
+def test_insecure_keys_or_loopback_start_uvicorn_with_the_factory(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr("uvicorn.run", lambda *a, **kw: calls.append({"target": a[0], **kw}))
+    monkeypatch.setattr(os, "environ", dict(os.environ))
+    bare = Settings(redis_url="redis://127.0.0.1:1/0")
+    keyed = Settings(redis_url="redis://127.0.0.1:1/0", api_keys=dict(KEYS))
+    for argv, settings in ((("--host", "0.0.0.0", "--insecure"), bare),
+                           (("--host", "10.1.2.3", "--port", "9001", "--workers", "3"), keyed),
+                           (("--host", "::1"), bare), (("--host", "localhost"), bare)):
+        assert cli_serve.run(parse(*argv), settings) == cli_serve.RET_OK, argv
+    assert [c["host"] for c in calls] == ["0.0.0.0", "10.1.2.3", "::1", "localhost"]
+    assert calls[1]["port"] == 9001 and calls[1]["workers"] == 3
+    assert all(c["target"] == cli_serve.FACTORY and c["factory"] for c in calls)
+    # what the worker processes will read back
+    assert cli_serve.settings_from_env().api_keys == {}
+    os.environ.update(cli_serve.settings_env(keyed))
+    assert cli_serve.settings_from_env() == keyed
+
+
+def test_bad_options_are_usage_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("uvicorn.run", lambda *a, **kw: pytest.fail("must not start"))
+    settings = Settings(redis_url="redis://127.0.0.1:1/0")
+    assert cli_serve.run(parse("--workers", "0"), settings) == cli_serve.RET_USAGE
+    assert cli_serve.run(parse("--port", "70000"), settings) == cli_serve.RET_USAGE
+    assert cli_serve.run(parse(), Settings()) == cli_serve.RET_USAGE  # no REDIS_URL
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+SERVE = """
+import sys
+from api.cli_serve import run, settings_from_env
+from tests.api.test_serve import parse
+sys.exit(run(parse(*sys.argv[1:]), settings_from_env()))
+"""
+
+
+def test_serves_with_two_workers_and_stops_on_sigterm(redis: redis_py.Redis, redis_url: str,
+                                                      mongo_url: str,
+                                                      mongo_db: Database[Any]) -> None:
+    port = free_port()
+    env = {**os.environ, "REDIS_URL": redis_url, "MONGO_URL": mongo_url,
+           "MONGO_DB": mongo_db.name, "LEDGER_PARTITIONS": str(PARTITIONS),
+           "LEDGER_API_KEYS": KEYS_ENV}
+    proc = subprocess.Popen([sys.executable, "-c", SERVE, "--port", str(port), "--workers", "2",
+                             "--log-level", "WARNING"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # poll until it listens, bounded
+            assert proc.poll() is None, proc.communicate()
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.1)
+        with httpx.Client(base_url=base, timeout=10) as client:
+            assert client.get("/api/queue/stats").status_code == 401
+            created = client.post("/api/users", json={"user_id": "srv", "email": "s@x"},
+                                  headers=auth("producer"))
+            assert created.status_code == 201 and created.json()["version"] == 1
+            assert client.get("/openapi.json").json()["openapi"] == "3.1.0"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+    assert proc.returncode == 0, err
