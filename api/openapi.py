@@ -202,7 +202,7 @@ def op(summary: str, role: str | None, ok: dict[int, str], *, body: str | None =
 
 def _example(kind: str) -> Schema:
     o = op(f"enqueue a sample {kind} task", "producer", {202: "TaskAccepted"},
-           body=f"Example{kind}", errors=(404,))
+           body=f"Example{kind}")
     o["requestBody"]["required"] = False
     return {"post": o}
 

@@ -24,10 +24,13 @@ from ledger.commands import check_user_id
 from ledger.errors import ValidationError
 
 from .errors import ApiError
+from .state import AppState
 
 MAX_BODY_BYTES: Final = 1024 * 1024
 MAX_JSON_DEPTH: Final = 32
 """Deepest nesting of arrays/objects in any request body (the top value is depth 1)."""
+INLINE_DECODE_BYTES: Final = 64 * 1024
+"""Bodies up to this size are parsed on the event loop; bigger ones on the thread pool."""
 MAX_BATCH: Final = 1000
 """Most events in one ``POST /api/events:batch``."""
 
@@ -127,7 +130,11 @@ async def json_object(request: Request, *, optional: bool = False) -> dict[str, 
     raw = await read_body(request)
     if optional and not raw.strip():
         return {}
-    body = decode_json(raw)
+    if len(raw) > INLINE_DECODE_BYTES:  # big bodies are parsed off the event loop
+        state: AppState = request.app.state.ledger
+        body = await state.blocking(decode_json, raw)
+    else:
+        body = decode_json(raw)
     if not isinstance(body, dict):
         raise ValidationError(None, "the body must be a JSON object")
     return body

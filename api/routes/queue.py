@@ -19,7 +19,7 @@ from starlette.routing import BaseRoute, Route
 
 from ledger.commands import check_email, check_user_id
 from ledger.money import check_amount, check_delta
-from ledger.tasks import Priority
+from ledger.tasks import Priority, check_priority
 
 from ..auth import require
 from ..errors import error_response
@@ -37,7 +37,8 @@ def _state(request: Request) -> AppState:
 
 
 def accepted(task_id: str, queue_name: str, delay: object) -> Response:
-    status = "scheduled" if isinstance(delay, int | float) and delay > 0 else "queued"
+    later = isinstance(delay, int | float) and round(delay * 1000) > 0  # as the queue rounds
+    status = "scheduled" if later else "queued"
     return JSONResponse({"task_id": task_id, "queue_name": queue_name, "status": status},
                         status_code=202)
 
@@ -50,9 +51,11 @@ async def enqueue(request: Request) -> Response:
     only_fields(body, ENQUEUE_REQUIRED, ENQUEUE_OPTIONAL)
     state = _state(request)
     delay = body.get("delay", 0)
+    # absent: the queue's own priority; present, it must be 1..4 (null is refused)
+    priority = check_priority(body["priority"]) if "priority" in body else None
     task_id = await state.blocking(
         state.qm.enqueue, body["queue_name"], body["task_type"], body["task_data"],
-        body.get("priority"), delay, idempotency_key=key)
+        priority, delay, idempotency_key=key)
     return accepted(task_id, body["queue_name"], delay)
 
 

@@ -64,6 +64,8 @@ def test_priority_and_delay_are_optional(make_client: MakeClient) -> None:
     client = make_client()
     base = {"queue_name": "default", "task_type": "t", "task_data": {"n": 1}}
     assert client.post("/api/queue/enqueue", json=base, headers=PRODUCER).status_code == 202
+    now = client.post("/api/queue/enqueue", json={**base, "delay": 0.0001}, headers=PRODUCER)
+    assert now.json()["status"] == "queued"  # under a millisecond: no delay at all
     later = client.post("/api/queue/enqueue", json={**base, "delay": 60}, headers=PRODUCER)
     assert later.status_code == 202 and later.json()["status"] == "scheduled"
     status = client.get(f"/api/queue/status/{later.json()['task_id']}", headers=READER).json()
@@ -95,6 +97,7 @@ def test_enqueue_idempotency_key(make_client: MakeClient, redis: redis_py.Redis)
     ({"task_type": "bad type"}, 422, "task_type"),
     ({"priority": 5}, 422, "priority"),
     ({"priority": "high"}, 422, "priority"),
+    ({"priority": None}, 422, "priority"),
     ({"delay": -1}, 422, "delay"),
     ({"delay": True}, 422, "delay"),
     ({"extra": 1}, 422, "extra"),
