@@ -88,6 +88,7 @@ def configure(level: str | int = "INFO", stream: IO[str] | None = None) -> loggi
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+        logger.setLevel(logging.NOTSET)  # the root's level rules
     # our access line (api.access) carries the request id; uvicorn's would repeat it
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     return handler

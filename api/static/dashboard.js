@@ -8,11 +8,14 @@
   window.ledgerDashboard = dash;
 
   // A key from "#key=..." is moved into sessionStorage and out of the address bar.
-  const m = location.hash.match(/[#&]key=([^&]*)/);
-  if (m) {
+  function keyFromFragment() {
+    const m = location.hash.match(/[#&]key=([^&]*)/);
+    if (!m) return false;
     sessionStorage.setItem(KEY, decodeURIComponent(m[1]));
     history.replaceState(null, "", location.pathname + location.search);
+    return true;
   }
+  keyFromFragment();
   const $ = (id) => document.getElementById(id);
   const apiKey = () => sessionStorage.getItem(KEY) || "";
 
@@ -66,9 +69,16 @@
     g.setTransform(dpr, 0, 0, dpr, 0, 0);
     g.clearRect(0, 0, w, h);
     const left = 48, right = 10, top = 22, bottom = 22, pw = w - left - right, ph = h - top - bottom;
-    const now = Date.now(), span = POLL_MS * MAX_POINTS / 1000 * 1000;
-    let max = 0;
-    for (const s of series) for (const [, v] of s.points) if (v !== null) max = Math.max(max, v);
+    // the window grows with the history kept: 30 s at first, up to MAX_POINTS polls
+    const now = Date.now();
+    let max = 0, first = now;
+    for (const s of series) {
+      for (const [t, v] of s.points) {
+        first = Math.min(first, t);
+        if (v !== null) max = Math.max(max, v);
+      }
+    }
+    const span = Math.min(POLL_MS * MAX_POINTS, Math.max(30000, now - first + POLL_MS));
     const ymax = niceMax(max * 1.05);
     g.font = "11px system-ui, sans-serif"; g.strokeStyle = "#e2e5eb"; g.fillStyle = "#6b7385";
     g.lineWidth = 1; g.textAlign = "right"; g.textBaseline = "middle";
@@ -93,6 +103,11 @@
         if (started) g.lineTo(xOf(t), yOf(v)); else { g.moveTo(xOf(t), yOf(v)); started = true; }
       }
       g.stroke();
+      const last = s.points.length ? s.points[s.points.length - 1] : null;
+      if (last && last[1] !== null) {  // the newest value as a dot, so one sample shows too
+        g.fillStyle = s.color; g.beginPath();
+        g.arc(xOf(last[0]), yOf(last[1]), 3, 0, 2 * Math.PI); g.fill();
+      }
       g.fillStyle = s.color; g.fillRect(lx, 6, 10, 10);
       g.fillStyle = "#1d2330"; g.textAlign = "left"; g.textBaseline = "middle";
       g.fillText(s.name, lx + 14, 11);
@@ -197,6 +212,7 @@
     const s = $("status");
     s.className = ok ? "ok" : "bad";
     s.textContent = text;
+    $("keystate").textContent = apiKey() ? "key set" : "no key";
   }
 
   async function poll() {
@@ -240,6 +256,7 @@
     poll();
   });
   $("forget").addEventListener("click", () => { sessionStorage.removeItem(KEY); poll(); });
+  window.addEventListener("hashchange", () => { if (keyFromFragment()) poll(); });
   dash.pollNow = poll;
   loop();
 })();

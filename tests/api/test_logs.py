@@ -97,6 +97,12 @@ def test_formatter_writes_one_json_object_with_context_and_extras() -> None:
 def test_configure_sends_json_lines_from_every_logger() -> None:
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
+    uvicorn_loggers = [logging.getLogger(n) for n in ("uvicorn", "uvicorn.error",
+                                                      "uvicorn.access")]
+    uvicorn_saved = [(lg.level, lg.propagate, list(lg.handlers)) for lg in uvicorn_loggers]
+    for lg in uvicorn_loggers:  # as uvicorn.run leaves them
+        lg.setLevel(logging.WARNING)
+        lg.propagate = False
     stream = io.StringIO()
     try:
         logs.configure("DEBUG", stream=stream)
@@ -106,6 +112,11 @@ def test_configure_sends_json_lines_from_every_logger() -> None:
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
+        for lg, (level, propagate, handlers) in zip(uvicorn_loggers, uvicorn_saved,
+                                                    strict=True):
+            lg.setLevel(level)
+            lg.propagate = propagate
+            lg.handlers[:] = handlers
     lines = [json.loads(x) for x in stream.getvalue().splitlines()]
     assert [(x["logger"], x["msg"]) for x in lines] == [("streams.worker", "round done"),
                                                         ("uvicorn.error", "started")]
