@@ -116,7 +116,7 @@ def _item(raw: object, is_admin: bool) -> tuple[Command, str | None]:
                               "idempotency_key must be 1-255 visible ASCII characters")
     if kind is None:
         raise ValidationError("kind", "kind is required")
-    command = parse(kind, fields) if isinstance(kind, str) else parse("", fields)
+    command = parse(kind if isinstance(kind, str) else "", fields)
     if isinstance(command, Adjust) and not is_admin:
         raise PermissionError("adjust events need the admin role")
     return command, key

@@ -170,7 +170,12 @@ def requests(draw: Any) -> tuple[str, str, str, dict[str, Any], dict[str, str], 
 
 
 def accounts(redis: redis_py.Redis, users: set[str]) -> dict[str, Any]:
-    return {u: redis.hgetall(keys.account(keys.partition_of(u, PARTITIONS), u)) for u in users}
+    """Every account's state, and the length of every priority stream (events and tasks)."""
+    state: dict[str, Any] = {
+        u: redis.hgetall(keys.account(keys.partition_of(u, PARTITIONS), u)) for u in users}
+    state["streams"] = [redis.xlen(keys.stream(p, level)) for p in range(PARTITIONS)
+                        for level in keys.LEVELS_DESC]
+    return state
 
 
 @settings(max_examples=250, deadline=None, derandomize=True,
