@@ -32,6 +32,7 @@ caught up.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import threading
@@ -46,6 +47,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from streams import keys
 from streams.config import StreamsConfig
 from streams.connection import RedisClient, translate
+
+log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -336,10 +339,15 @@ def projections_status(client: RedisClient, partitions: int, db: Any,
     status = group_status(client, partitions, list(names.values()))
     checkpoints: dict[str, Any] = {}
     if db is not None:
+        from pymongo.errors import PyMongoError
+
         from projections.store import CHECKPOINTS
-        for doc in db[CHECKPOINTS].find({"_id": {"$in": list(names)}},
-                                        {"updated_at": 1}):
-            checkpoints[doc["_id"]] = doc.get("updated_at")
+        try:
+            for doc in db[CHECKPOINTS].find({"_id": {"$in": list(names)}},
+                                            {"updated_at": 1}):
+                checkpoints[doc["_id"]] = doc.get("updated_at")
+        except PyMongoError as exc:  # Redis still tells the lag; the time is unknown
+            log.warning("checkpoints unavailable: %s", exc)
     out = []
     for name, group in names.items():
         at = checkpoints.get(name)

@@ -212,6 +212,15 @@ def test_record_append_counts_by_result_and_reason(make_client: MakeClient) -> N
     assert delta(result="refused", reason="insufficient_credits") == 1
 
 
+def test_redis_series_are_served_while_mongo_is_down(make_client: MakeClient) -> None:
+    client = make_client(mongo_url="mongodb://127.0.0.1:1/")
+    state_of(client).qm.enqueue("default", "work", {"n": 1})
+    samples = scrape(client)
+    assert value(samples, "ledger_queue_lag", queue="default") == 1
+    assert value(samples, "ledger_projection_lag", projection="balances") == 1
+    assert not any(n == "ledger_projection_checkpoint_timestamp_seconds" for n, _ in samples)
+
+
 def test_metrics_need_admin_when_keys_are_configured(make_client: MakeClient) -> None:
     client = make_client()
     assert client.get("/metrics").status_code == 401
