@@ -126,6 +126,16 @@ def test_429_with_retry_after(make_client: MakeClient) -> None:
         assert client.get("/health").status_code == 200
 
 
+def test_buckets_live_in_redis_and_cover_every_api_route(make_client: MakeClient,
+                                                        redis: redis_py.Redis) -> None:
+    one, two = (make_client(rate_per_s=0.01, rate_burst=3) for _ in range(2))
+    assert one.get("/api/queue/status/x", headers=READER).status_code == 404
+    assert two.get("/api/accounts/u/balance", headers=READER).status_code == 404
+    assert one.get("/api/no/such/route", headers=READER).status_code == 404
+    error_of(two.get("/api/queue/status/x", headers=READER), 429)  # one bucket, two apps
+    assert len(redis.keys("ledger:rl:*")) == 1
+
+
 def test_429_changes_nothing(make_client: MakeClient, redis: redis_py.Redis) -> None:
     client = make_client(rate_per_s=0.01, rate_burst=1)
     assert client.post("/api/users", json={"user_id": "r1", "email": "a@b"},
