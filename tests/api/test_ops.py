@@ -178,11 +178,12 @@ def test_projections_count_delivered_but_unacknowledged_entries_as_pending(
     state.qm.register_user("bob", "bob@example.com")
     state.qm.register_user("cy", "cy@example.com")
     assert state.db is not None
-    # a projector that reads but dies before acknowledging: its entries stay pending
-    crashed = projector(state.redis, 4, state.db, CreditScores())
-    crashed._read()
-    ids = sorted(e[0].decode() for p in range(4)
-                 for e in state.redis.xrange(keys.stream(p, keys.LEVEL_BY_NAME["normal"])))
+    # a projector consumer that reads and dies before acknowledging: its entries stay pending
+    projector(state.redis, 4, state.db, CreditScores())  # creates the group
+    normal = [keys.stream(p, keys.LEVEL_BY_NAME["normal"]) for p in range(4)]
+    read = state.redis.xreadgroup("proj:credit_scores", "crashed", dict.fromkeys(normal, ">"))
+    ids = sorted(entry_id.decode() for _, entries in read for entry_id, _ in entries)
+    assert len(ids) == 2
     scores = projections_by_name(client)["credit_scores"]
     assert (scores["pending"], scores["lag"]) == (2, 0)
     oldest = min(int(i.split("-")[0]) for i in ids)
