@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2 as httpx  # what starlette.testclient uses; in the dev extras
 import pytest
 import redis as redis_py
 from pymongo.database import Database
