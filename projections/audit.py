@@ -4,7 +4,8 @@ For each account the audit reads, in this order (so that a live system, still
 appending and projecting, is not mistaken for a broken one):
 
 1. the consumer groups of its streams: below which entry each group has
-   acknowledged everything (``log.acknowledged``);
+   acknowledged everything (``log.acknowledged``), and where each stream starts
+   (``log.stream_heads``);
 2. its ``balances`` and ``credit_scores`` documents;
 3. its Redis account state (hash ``ledger:{pN}:acct:<user>``);
 4. the log: its streams, then the ``events`` archive (``log.read_sources``).
@@ -28,8 +29,9 @@ and then checks:
 - each view document against what its projection writes for the event of the
   document's version (every field, no more, no less). A document at an older
   version than the log is *lagging* (a note, not a mismatch) as long as its
-  projector has not acknowledged the newer events; once it has, the document is
-  stale: a mismatch.
+  projector has not acknowledged the newer events and can still read them; once
+  it has acknowledged them, or they were trimmed from their stream before it read
+  them (so it never will), the document is stale: a mismatch.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from .log import (
     acknowledged,
     parse_id,
     read_sources,
+    stream_heads,
     streams_of,
 )
 from .projection import Recorded
@@ -142,6 +145,7 @@ def audit(client: RedisClient, partitions: int, db: Database[Any], *, user: str 
     """Audit every account (or ``user``'s); see the module doc for what is checked."""
     streams = streams_of(partitions, user)
     marks = acknowledged(client, streams)
+    heads = stream_heads(client, streams)
     views = {name: _documents(db, name, user, page) for name in VIEWS}
     states = _states(client, partitions, user)
     sources = read_sources(client, partitions, db, user=user, page=page, progress=progress)
@@ -159,7 +163,8 @@ def audit(client: RedisClient, partitions: int, db: Database[Any], *, user: str 
         _check_chain(name, events, out)
         _check_state(name, partitions, events, states.get(name), out)
         for view, fields in VIEWS.items():
-            _check_view(view, fields, name, events, views[view].get(name), marks, report)
+            owed = _owed_version(events, "proj:" + view, marks, heads)
+            _check_view(view, fields, name, events, views[view].get(name), owed, report)
     return report
 
 
@@ -366,23 +371,30 @@ def _documents(db: Database[Any], name: str, user: str | None,
     return {str(doc["_id"]): dict(doc) for doc in db[name].find(query, batch_size=page)}
 
 
-def _acked_version(events: Sequence[LoggedEvent], group: str,
-                   marks: Mapping[str, Mapping[str, EntryId]]) -> int:
-    """The newest version ``group`` acknowledged (before the views were read)."""
-    acked = 0
+def _owed_version(events: Sequence[LoggedEvent], group: str,
+                  marks: Mapping[str, Mapping[str, EntryId]],
+                  heads: Mapping[str, tuple[EntryId | None, EntryId | None]]) -> int:
+    """The newest version a view must already show: of the events its projector
+    acknowledged, and of those gone from their stream before the views were read
+    (a projector can never be given those any more)."""
+    owed = 0
     for logged in events:
         position = logged.position
         if position is None:
             continue
-        mark = marks.get(position[0], {}).get(group)
-        if mark is not None and parse_id(position[1]) < mark:
-            acked = max(acked, logged.event.version)
-    return acked
+        stream, entry = position
+        eid = parse_id(entry)
+        mark = marks.get(stream, {}).get(group)
+        first, generated = heads.get(stream, (None, None))
+        acked = mark is not None and eid < mark
+        gone = generated is not None and eid <= generated and (first is None or eid < first)
+        if acked or gone:
+            owed = max(owed, logged.event.version)
+    return owed
 
 
 def _check_view(view: str, fields: ViewFields, user: str, events: Sequence[LoggedEvent],
-                doc: Mapping[str, Any] | None, marks: Mapping[str, Mapping[str, EntryId]],
-                report: AuditReport) -> None:
+                doc: Mapping[str, Any] | None, owed: int, report: AuditReport) -> None:
     out = report.mismatches
     where = f"{view}/{user}"
     if not events:
@@ -391,11 +403,10 @@ def _check_view(view: str, fields: ViewFields, user: str, events: Sequence[Logge
                                 expected=None, found=f"version {doc.get('version')}"))
         return
     newest = events[-1].event.version
-    acked = _acked_version(events, "proj:" + view, marks)
     if doc is None:
-        note = Mismatch(user_id=user, what=view if acked else LAGGING, where=where,
-                        expected=f"version {acked or newest}", found=None)
-        (out if acked else report.lagging).append(note)
+        note = Mismatch(user_id=user, what=view if owed else LAGGING, where=where,
+                        expected=f"version {owed or newest}", found=None)
+        (out if owed else report.lagging).append(note)
         return
     raw_version = doc.get("version")
     version = raw_version if isinstance(raw_version, int) \
@@ -416,9 +427,10 @@ def _check_view(view: str, fields: ViewFields, user: str, events: Sequence[Logge
                                 expected=_opt(want), found=_opt(got)))
     if differs or version == newest:
         return
-    if version < acked:
+    if version < owed:
         out.append(Mismatch(user_id=user, what=view, where=f"{where}.version",
-                            expected=f"at least {acked} (its projector acknowledged it)",
+                            expected=f"at least {owed} (acknowledged by its projector, or "
+                                     "gone from the stream before it could read it)",
                             found=version))
     else:
         report.lagging.append(Mismatch(user_id=user, what=LAGGING, where=where,

@@ -398,6 +398,21 @@ def _add_archived(sources: LogSources, doc: Mapping[str, Any]) -> None:
                                                error="archive document does not decode"))
 
 
+def stream_heads(client: RedisClient, streams: Iterable[str]
+                 ) -> dict[str, tuple[EntryId | None, EntryId | None]]:
+    """Per stream: (its first entry's id, None when empty; its last-generated id, None
+    when there is no stream). An entry at or below the last-generated id but older
+    than the first entry is gone from the stream (trimmed or deleted)."""
+    out: dict[str, tuple[EntryId | None, EntryId | None]] = {}
+    for stream in streams:
+        generated = _last_generated(client, stream)
+        with translate():
+            head = client.xrange(stream, count=1)
+        out[stream] = (parse_id(head[0][0]) if head else None,
+                       parse_id(generated) if generated is not None else None)
+    return out
+
+
 def acknowledged(client: RedisClient, streams: Iterable[str]) -> dict[str, dict[str, EntryId]]:
     """Per stream, per consumer group: the entry id below which the group has
     acknowledged every entry it was given (its oldest pending entry, else the
@@ -438,5 +453,6 @@ __all__ = [
     "read_log",
     "read_sources",
     "read_tail",
+    "stream_heads",
     "streams_of",
 ]
