@@ -20,6 +20,7 @@ from ledger.tasks import allowed_collections
 from streams import QueueManager
 from streams.connection import connect
 
+from . import metrics
 from .errors import HANDLERS
 from .ratelimit import RateLimit
 from .settings import Settings
@@ -61,6 +62,6 @@ def create_app(settings: Settings, state: AppState | None = None) -> Starlette:
 
     handlers: dict[Any, Any] = dict(HANDLERS)
     app = Starlette(routes=routes(), lifespan=lifespan, exception_handlers=handlers,
-                    middleware=[Middleware(RateLimit)])
+                    middleware=[*metrics.middleware(), Middleware(RateLimit)])
     app.router.redirect_slashes = False  # an API answers 404, not a redirect, for "/x/"
     return app

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from . import cli_audit, cli_serve
 from .settings import Settings
 
 RET_OK = 0
@@ -97,16 +98,24 @@ def build_parser() -> argparse.ArgumentParser:
     dlist.add_argument("--limit", type=int, default=50)
     dreq = dsub.add_parser("requeue", help="put dead letters back on their streams")
     dreq.add_argument("ids", nargs="+", metavar="ID", help="dead-letter id, e.g. p3:1700-0")
+    cli_audit.add_parsers(sub, _common)
+    cli_serve.add_parsers(sub, _common)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from .logs import configure
+    configure(args.log_level)  # one JSON object per line
+    from pymongo.errors import ConnectionFailure
+
     from streams.errors import ConfigError, Unavailable
 
     try:
+        if args.command == "serve":
+            return cli_serve.run(args, _settings(args))
+        if args.command in cli_audit.COMMANDS:
+            return cli_audit.run(args, _settings(args))
         if args.command == "demo":
             from .demo import run_demo
             return run_demo(args, _settings(args))
@@ -124,6 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return RET_USAGE
     except Unavailable as exc:
         print(f"ledger: {exc}", file=sys.stderr)
+        return RET_CONNECT
+    except ConnectionFailure as exc:
+        print(f"ledger: MongoDB is unavailable: {exc}", file=sys.stderr)
         return RET_CONNECT
 
 
@@ -201,7 +213,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _project(args: argparse.Namespace, settings: Settings) -> int:
-    from projections.runner import all_projections, projector
+    from projections.runner import all_projections, group_of, projector
     from projections.store import connect as mongo
     from streams.connection import connect, ensure_partitions
     from streams.retention import trim
@@ -234,7 +246,8 @@ def _project(args: argparse.Namespace, settings: Settings) -> int:
     log.info("projectors up: %s", ", ".join(p.name for p in chosen))
     while not done.wait(5.0):
         if args.trim_after_ms > 0:
-            removed = trim(client, settings.partitions, keep_ms=args.trim_after_ms)
+            removed = trim(client, settings.partitions, keep_ms=args.trim_after_ms,
+                           required=("workers", *(group_of(p) for p in all_projections())))
             if removed:
                 log.info("trimmed %d stream entries", removed)
     for w in workers:

@@ -104,5 +104,5 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     os.environ.update(settings_env(settings))
     uvicorn.run(FACTORY, factory=True, host=args.host, port=args.port, workers=args.workers,
                 log_level=str(getattr(args, "log_level", "info")).lower(),
-                proxy_headers=False, server_header=False)
+                proxy_headers=False, server_header=False, log_config=None)
     return RET_OK

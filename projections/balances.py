@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ledger.events import Event
@@ -14,9 +14,12 @@ from ledger.events import Event
 from .projection import Recorded, Upsert, Write, coalesce
 from .store import BALANCES
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
 
 def utc(at_ms: int) -> datetime:
-    return datetime.fromtimestamp(at_ms / 1000, tz=UTC)
+    """An event time (ms since the epoch) as a UTC datetime, in integer arithmetic."""
+    return EPOCH + timedelta(milliseconds=at_ms)
 
 
 def balance_fields(event: Event) -> dict[str, Any]:

@@ -1,11 +1,13 @@
 """Stream retention: trim what every consumer group is done with.
 
-An entry may go once every group on its stream has acknowledged it (the
-``proj:events`` archive group included, so it is in the archive) and it is
-older than the retention window. The point is computed per stream from the
-groups themselves: a group's oldest pending entry, or the entry after the last
-one it was given. Groups only move forward, so a point that was safe stays
-safe while XTRIM runs. Trimming is exact (``MINID``, not ``~``).
+An entry may go once every group on its stream has acknowledged it and it is
+older than the retention window. The groups that must exist first are named
+by the caller (by default the workers and every projector, the ``proj:events``
+archive included), so nothing is trimmed before a group that needs it saw it.
+The point is computed per stream from the groups themselves: a group's oldest
+pending entry, or the entry after the last one it was given. Groups only
+move forward, so a point that was safe stays safe while XTRIM runs. Trimming
+is exact (``MINID``, not ``~``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from . import keys
 from .connection import RedisClient, translate
 
 ARCHIVE_GROUP = "proj:events"
+REQUIRED_GROUPS = ("workers", "proj:balances", "proj:credit_scores", ARCHIVE_GROUP)
 
 
 def _id(entry_id: bytes | str) -> tuple[int, int]:
@@ -27,7 +30,7 @@ def _id(entry_id: bytes | str) -> tuple[int, int]:
 
 
 def trim_point(client: RedisClient, stream: str,
-               required: Iterable[str] = (ARCHIVE_GROUP,)) -> tuple[int, int] | None:
+               required: Iterable[str] = REQUIRED_GROUPS) -> tuple[int, int] | None:
     """The smallest entry id some group still needs; None if a required group is missing."""
     with translate():
         try:
@@ -51,7 +54,7 @@ def trim_point(client: RedisClient, stream: str,
 
 
 def trim(client: RedisClient, partitions: int, *, keep_ms: int,
-         required: Iterable[str] = (ARCHIVE_GROUP,), now_ms: int | None = None) -> int:
+         required: Iterable[str] = REQUIRED_GROUPS, now_ms: int | None = None) -> int:
     """Trim every stream; returns the number of entries removed."""
     horizon = ((now_ms if now_ms is not None else int(time.time() * 1000)) - keep_ms, 0)
     removed = 0

@@ -36,6 +36,7 @@ from projections.progress import wait_for_version
 from projections.store import BALANCES, CREDIT_SCORES, EVENTS, StoreUnavailable
 from streams.appender import IDEMPOTENCY_KEY_RE, Appended
 
+from .. import metrics
 from ..auth import RANK, require, role_of
 from ..errors import error_response, ledger_error_body, status_of
 from ..schemas import MAX_BATCH, idempotency_key, json_object, only_fields, path_user, query_int
@@ -66,7 +67,12 @@ def appended_body(a: Appended) -> dict[str, Any]:
 
 async def _append(request: Request, command: Command, key: str | None) -> Response:
     state = _state(request)
-    done = await state.blocking(state.qm.append, command, idempotency_key=key)
+    try:
+        done = await state.blocking(state.qm.append, command, idempotency_key=key)
+    except LedgerError as exc:
+        metrics.record_append(exc.code)
+        raise
+    metrics.record_append("duplicate" if done.duplicate else "accepted")
     headers = {REPLAYED: "true"} if done.duplicate else None
     return JSONResponse(appended_body(done), status_code=201, headers=headers)
 
@@ -151,6 +157,8 @@ async def batch(request: Request) -> Response:
         outcomes = await state.blocking(
             state.qm.append_batch, [(cmd, Priority.NORMAL, key) for _, cmd, key in todo])
         for (index, _, _), outcome in zip(todo, outcomes, strict=True):
+            metrics.record_append(outcome.code if isinstance(outcome, LedgerError)
+                                  else "duplicate" if outcome.duplicate else "accepted")
             if isinstance(outcome, LedgerError):
                 results[index] = {"index": index, "status": status_of(outcome),
                                   **ledger_error_body(outcome)}

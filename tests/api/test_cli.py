@@ -25,7 +25,8 @@ def ledger(*args: str, env: dict[str, str] | None = None, timeout: float = 120
 
 
 def test_every_command_has_help() -> None:
-    for command in ("demo", "worker", "scheduler", "stats", "dlq"):
+    for command in ("demo", "serve", "worker", "project", "scheduler", "stats", "dlq",
+                    "replay", "audit"):
         result = ledger(command, "--help")
         assert result.returncode == RET_OK and "usage: ledger" in result.stdout
 
