@@ -26,7 +26,7 @@ from ledger.errors import (
 )
 from ledger.tasks import PayloadTooLarge
 from projections.store import StoreUnavailable
-from streams.errors import StreamsError, Unavailable, UnknownDeadLetter
+from streams.errors import ConfigError, StreamsError, Unavailable, UnknownDeadLetter
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,9 @@ async def on_unavailable(request: Request, exc: Exception) -> Response:
 async def on_streams_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, UnknownDeadLetter):
         return error_response(404, "unknown_dead_letter", str(exc))
+    if isinstance(exc, ConfigError):  # e.g. this Redis holds another partition count
+        log.error("misconfigured: %s", exc)
+        return error_response(503, "misconfigured", str(exc))
     return await on_unexpected(request, exc)
 
 

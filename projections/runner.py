@@ -32,7 +32,7 @@ from .archive import Archive
 from .balances import Balances
 from .projection import Insert, Projection, Recorded, Upsert, Write
 from .scores import CreditScores
-from .store import CHECKPOINTS, StoreUnavailable
+from .store import CHECKPOINTS, EVENTS, StoreUnavailable, ensure_indexes
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,8 @@ def projector(client: RedisClient, partitions: int, db: Database[Any], projectio
               *, batch: int = 2000, claim_idle_ms: int = 30_000, block_ms: int = 500,
               reclaim_every_ms: int = 100) -> Worker:
     """A consumer in ``proj:<name>`` that applies ``projection`` to ``db``."""
+    if projection.collection == EVENTS:
+        ensure_indexes(db)
     processor = ProjectionProcessor(projection, db)
     worker = Worker(client, partitions, processor=processor,
                     config=WorkerConfig(group=group_of(projection), batch=batch, track=False,

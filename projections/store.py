@@ -82,16 +82,18 @@ class DuplicateDocument(Conflict):
 def connect(url: str, **kw: Any) -> pymongo.MongoClient[Document]:
     """Open a client with bounded timeouts and ``retryWrites=false`` whatever the URL says.
 
-    Retryable writes are off because the embedded Mongo-wire server slows down
+    Timeouts default to bounded values unless the URL sets them. Retryable
+    writes are off because the embedded Mongo-wire server slows down
     with every write when they are on. ``journal=True`` is the default so an
     acknowledged write survives a server crash; pass ``journal=False`` to trade
     that for speed. Dates come back timezone-aware (UTC). Other keyword
     arguments go to ``MongoClient``.
     """
+    in_url = url.lower()
+    defaults = {"serverSelectionTimeoutMS": 5_000, "connectTimeoutMS": 5_000,
+                "socketTimeoutMS": 30_000}
     options: dict[str, Any] = {
-        "serverSelectionTimeoutMS": 5_000,
-        "connectTimeoutMS": 5_000,
-        "socketTimeoutMS": 30_000,
+        **{k: v for k, v in defaults.items() if k.lower() + "=" not in in_url},
         "journal": True,
         "tz_aware": True,
         **kw,
@@ -262,3 +264,8 @@ def _translated(field: str | None = None) -> Iterator[None]:
         raise StoreUnavailable(f"MongoDB is unavailable ({type(exc).__name__})") from None
     except InvalidDocument as exc:
         raise ValidationError(field, f"cannot be stored: {exc}") from None
+
+
+def ensure_indexes(db: Database[Any]) -> None:
+    """Indexes the readers need: an account's archived events by version."""
+    db[EVENTS].create_index([("user_id", 1), ("version", 1)], name="user_version")
