@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--events", type=int, default=5000, help="synthetic credit events")
     demo.add_argument("--workers", type=int, default=2, help="worker processes")
     demo.add_argument("--keep", action="store_true", help="keep the data directory")
+    demo.add_argument("--once", action="store_true",
+                      help="exit after the first load and its proof (no continuous traffic)")
 
     worker = sub.add_parser("worker", help="run task handlers (the `workers` group)")
     _common(worker)
@@ -246,8 +248,12 @@ def _project(args: argparse.Namespace, settings: Settings) -> int:
     log.info("projectors up: %s", ", ".join(p.name for p in chosen))
     while not done.wait(5.0):
         if args.trim_after_ms > 0:
-            removed = trim(client, settings.partitions, keep_ms=args.trim_after_ms,
-                           required=("workers", *(group_of(p) for p in all_projections())))
+            try:
+                removed = trim(client, settings.partitions, keep_ms=args.trim_after_ms,
+                               required=("workers", *(group_of(p) for p in all_projections())))
+            except Exception:  # trimming is housekeeping: never stop projecting for it
+                log.exception("trimming failed; will try again")
+                continue
             if removed:
                 log.info("trimmed %d stream entries", removed)
     for w in workers:

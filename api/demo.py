@@ -1,16 +1,20 @@
 """``ledger demo``: the whole system on embedded defaults, under a synthetic load.
 
 Starts a private redis-server (AOF, appendfsync always) and Mongo-wire server
-unless REDIS_URL / MONGO_URL are given, runs worker processes and a scheduler
-as real child processes, pushes synthetic credit traffic and original-style
-tasks through them, waits for the queues to drain, then proves the result: each
-account's state in Redis equals a pure re-fold of its events in the log, and
-every accepted event reached the original collections exactly once.
+unless REDIS_URL / MONGO_URL are given, and as real child processes the HTTP
+API, worker processes, the projectors and the scheduler. It pushes synthetic
+credit traffic and original-style tasks through them, waits for everything to
+drain, then proves the result with the audit (every account re-folded from the
+log equals its Redis state and its read models) and checks that every event
+reached the original collections exactly once. Then, unless ``--once``, traffic
+keeps flowing through the HTTP API until Ctrl-C, for the dashboard to show.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 import os
 import shutil
 import signal
@@ -18,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -32,7 +38,7 @@ def _say(text: str) -> None:
 
 
 def run_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from .embedded import EmbeddedMongo, EmbeddedRedis
+    from .embedded import EmbeddedMongo, EmbeddedRedis, free_port
 
     with ExitStack() as stack:
         data_dir = Path(tempfile.mkdtemp(prefix="ledger-demo-"))
@@ -50,12 +56,25 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
         settings = Settings(redis_url=redis_url, mongo_url=mongo_url, mongo_db=settings.mongo_db,
                             partitions=settings.partitions,
                             extra_collections=settings.extra_collections)
-        procs = _start_processes(stack, settings, args.workers)
-        return _drive(settings, args, procs)
+        port = free_port()
+        procs = _start_processes(stack, settings, args.workers, port)
+        base_url = f"http://127.0.0.1:{port}"
+        _wait_for_api(base_url, procs)
+        _say(f"\nAPI and dashboard: {base_url}/dashboard   (OpenAPI: {base_url}/openapi.json)")
+        _say("try:\n"
+             f"  curl -s {base_url}/api/accounts/user-00001/balance\n"
+             f"  curl -s -X POST {base_url}/api/accounts/user-00001/purchases "
+             "-H 'Content-Type: application/json' -H 'Idempotency-Key: demo-1' "
+             "-d '{\"amount\": 500, \"currency\": \"USD\", \"transaction_id\": \"demo-1\"}'\n"
+             f"  curl -s {base_url}/api/queue/stats\n")
+        code = _drive(settings, args, procs)
+        if code != RET_OK or args.once:
+            return code
+        return _keep_traffic_flowing(base_url, args.users, procs)
     return RET_OK  # pragma: no cover - ExitStack never swallows
 
 
-def _start_processes(stack: ExitStack, settings: Settings, workers: int
+def _start_processes(stack: ExitStack, settings: Settings, workers: int, port: int
                      ) -> list[subprocess.Popen[bytes]]:
     env = {**os.environ, "REDIS_URL": settings.redis_url or "",
            "MONGO_URL": settings.mongo_url or "", "MONGO_DB": settings.mongo_db,
@@ -65,7 +84,9 @@ def _start_processes(stack: ExitStack, settings: Settings, workers: int
                  "--backoff-ms", "200", "--max-attempts", "3", "--log-level", "WARNING"]
                 for _ in range(workers)]
     commands.append([*base, "scheduler", "--log-level", "WARNING"])
-    commands.append([*base, "project", "--trim-after-ms", "600000", "--log-level", "WARNING"])
+    commands.append([*base, "project", "--trim-after-ms", "60000", "--log-level", "WARNING"])
+    commands.append([*base, "serve", "--host", "127.0.0.1", "--port", str(port),
+                     "--log-level", "WARNING"])
     procs = [subprocess.Popen(cmd, env=env) for cmd in commands]
 
     def stop() -> None:
@@ -78,7 +99,7 @@ def _start_processes(stack: ExitStack, settings: Settings, workers: int
             except subprocess.TimeoutExpired:
                 p.kill()
     stack.callback(stop)
-    _say(f"started {workers} worker processes, a scheduler and the projectors "
+    _say(f"started the API, {workers} worker processes, the projectors and a scheduler "
          f"(pids {', '.join(str(p.pid) for p in procs)})")
     return procs
 
@@ -172,9 +193,8 @@ def _backlog(qm: Any) -> int:
 
 
 def _report(qm: Any, settings: Settings, tasks: list[str], outcome: dict[str, int]) -> int:
-    from ledger.accounts import fold
+    from projections.audit import audit
     from projections.store import connect
-    from streams.log import account_histories
 
     _say("\nqueue       processed failed retried dead  p50ms p99ms")
     for name, s in qm.get_queue_stats().items():
@@ -189,32 +209,70 @@ def _report(qm: Any, settings: Settings, tasks: list[str], outcome: dict[str, in
     for d in qm.dead_letters(5):
         _say(f"dead letter {d.id}: {d.task_type or d.kind} after {d.attempts} attempts: {d.error}")
 
-    histories = account_histories(qm.redis, qm.config.partitions)
-    mismatches = 0
-    for user, events in histories.items():
-        account = fold(events)
-        state = qm.balance(user)
-        if account is None or state is None or account.totals.balance != state["balance"] \
-                or account.version != state["version"] or account.head != state["head"]:
-            mismatches += 1
-    n_events = sum(len(e) for e in histories.values())
-    _say(f"log: {n_events} events in {len(histories)} accounts; re-fold vs Redis state: "
-         f"{mismatches} mismatches; no balance below zero: "
-         f"{all(qm.balance(u)['balance'] >= 0 for u in histories)}")
     db = connect(settings.mongo_url or "")[settings.mongo_db]
+    report = audit(qm.redis, qm.config.partitions, db)
+    _say(f"audit: {report.summary()}")
+    for m in report.mismatches[:10]:
+        _say(f"  {m}")
     recorded = sum(db[c].count_documents({}) for c in
                    ("users", "credit_purchases", "credit_usage", "credit_updates"))
-    _say(f"original collections hold {recorded} event records for {n_events} events "
+    _say(f"original collections hold {recorded} event records for {report.events} events "
          f"(each exactly once)")
-    stale = 0
-    for user in histories:
-        doc = db.balances.find_one({"_id": user})
-        state = qm.balance(user)
-        if doc is None or state is None or (doc["balance"], doc["version"]) != (
-                state["balance"], state["version"]):
-            stale += 1
-    _say(f"read models: balances of {len(histories)} accounts match Redis: "
-         f"{stale} mismatches; archive holds {db.events.count_documents({})} events")
-    ok = mismatches == 0 and recorded == n_events and stale == 0
+    ok = report.ok and not report.lagging and recorded == report.events
     _say("\ndemo OK" if ok else "\ndemo FOUND MISMATCHES")
     return RET_OK if ok else RET_MISMATCH
+
+
+def _wait_for_api(base_url: str, procs: list[subprocess.Popen[bytes]]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            raise SystemExit("a demo process exited early; see its output above")
+        try:
+            with urllib.request.urlopen(f"{base_url}/health", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit("the API did not come up in 30 s")
+
+
+def _post(url: str, body: Any) -> Any:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return json.loads(exc.read() or b"{}")
+
+
+def _keep_traffic_flowing(base_url: str, users: int, procs: list[subprocess.Popen[bytes]]
+                          ) -> int:
+    """Credit traffic through the HTTP API until Ctrl-C (the dashboard moves)."""
+    from .loadgen import as_batch_item, credit_traffic, user_ids
+
+    names = user_ids(users)
+    sent = accepted = 0
+    _say(f"traffic keeps flowing through {base_url}/api/events:batch; press Ctrl-C to stop")
+    try:
+        for round_no in itertools.count():
+            if any(p.poll() is not None for p in procs):
+                raise SystemExit("a demo process exited; see its output above")
+            items = [as_batch_item(c) for c in
+                     credit_traffic(names, 20, seed=1000 + round_no)]
+            result = _post(f"{base_url}/api/events:batch", {"events": items})
+            sent += len(items)
+            accepted += int(result.get("accepted", 0))
+            if round_no % 10 == 0:
+                _post(f"{base_url}/api/queue/enqueue", {
+                    "queue_name": "low_priority", "task_type": "credit_calculation",
+                    "task_data": {"user_id": names[round_no % len(names)]},
+                    "priority": 1, "delay": 0})
+            if round_no % 20 == 0:
+                _say(f"  sent {sent} events over HTTP, {accepted} accepted")
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the drain
+        _say("\nstopping: draining the processes and the servers")
+    return RET_OK

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from dataclasses import asdict
 
 from ledger.commands import Adjust, Command, Purchase, RegisterUser, Use
 
@@ -41,3 +42,10 @@ def credit_traffic(users: list[str], count: int, seed: int = 7) -> Iterator[Comm
         else:
             yield Adjust(user_id=user, delta=rng.choice((-200, -50, 25, 100)),
                          reason=rng.choice(("goodwill", "chargeback", "correction")))
+
+
+def as_batch_item(command: Command) -> dict[str, object]:
+    """The JSON item ``POST /api/events:batch`` takes for a command."""
+    kind = {RegisterUser: "register_user", Purchase: "purchase", Use: "use",
+            Adjust: "adjust"}[type(command)]
+    return {"kind": kind, **asdict(command)}

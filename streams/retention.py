@@ -44,8 +44,10 @@ def trim_point(client: RedisClient, stream: str,
         point: tuple[int, int] | None = None
         for g in groups:
             if int(g["pending"]) > 0:
-                name = g["name"]
-                oldest = _id(client.xpending(stream, name)["min"])
+                smallest = client.xpending(stream, g["name"])["min"]
+                if smallest is None:  # acknowledged meanwhile: judge it next time
+                    return None
+                oldest = _id(smallest)
             else:
                 ms, seq = _id(g["last-delivered-id"])
                 oldest = (ms, seq + 1)
