@@ -21,17 +21,18 @@ from ledger.errors import InsufficientCredits
 from projections.runner import all_projections, projector
 from streams import QueueManager, StreamsConfig
 
-from .test_runner import PARTITIONS, assert_views_match_the_log, ledger  # noqa: F401
+from .conftest import PARTITIONS
+from .test_runner import assert_views_match_the_log
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_projector_killed_repeatedly_loses_and_doubles_nothing(
-        ledger: QueueManager, redis_url: str, mongo_url: str,  # noqa: F811
+        qm: QueueManager, redis_url: str, mongo_url: str,
         mongo_db: Database[Any]) -> None:
     users = [f"k{i}" for i in range(8)]
     for u in users:
-        ledger.register_user(u, f"{u}@example.com")
+        qm.register_user(u, f"{u}@example.com")
     stop = threading.Event()
     appended = [0]
 
@@ -73,6 +74,6 @@ def test_projector_killed_repeatedly_loses_and_doubles_nothing(
     assert kills == 4 and appended[0] > 100
     assert mongo_db.events.count_documents({}) > 0, "the killed projectors made progress"
     for projection in all_projections():
-        projector(ledger.redis, PARTITIONS, mongo_db, projection,
+        projector(qm.redis, PARTITIONS, mongo_db, projection,
                   claim_idle_ms=300).run_until_idle(timeout=60)
-    assert_views_match_the_log(ledger, mongo_db)
+    assert_views_match_the_log(qm, mongo_db)

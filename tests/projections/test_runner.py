@@ -3,58 +3,28 @@ poison goes to the dead letters, a database outage is waited out."""
 
 from __future__ import annotations
 
-import contextlib
 import random
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-import redis as redis_py
 from pymongo.database import Database
 
 from api.embedded import EmbeddedMongo
 from ledger.accounts import fold
-from ledger.errors import InsufficientCredits
 from ledger.scores import credit_score
 from ledger.tasks import Priority
 from projections.balances import Balances
 from projections.projection import Recorded, coalesce
 from projections.runner import ProjectionProcessor, all_projections, project_until_idle, projector
 from projections.store import connect
-from streams import HandlerRegistry, QueueManager, StreamsConfig, keys
+from streams import QueueManager, keys
 from streams.codec import decode
 from streams.log import account_histories, iter_entries
 from streams.worker import Delivery
 
-PARTITIONS = 4
-
-
-@pytest.fixture
-def ledger(redis: redis_py.Redis, redis_url: str) -> Iterator[QueueManager]:
-    qm = QueueManager(config=StreamsConfig(redis_url=redis_url, partitions=PARTITIONS),
-                      client=redis_py.Redis.from_url(redis_url), registry=HandlerRegistry())
-    try:
-        yield qm
-    finally:
-        qm.close()
-
-
-def some_traffic(qm: QueueManager, users: int = 5, events: int = 40, seed: int = 1) -> None:
-    rng = random.Random(seed)
-    names = [f"u{i}" for i in range(users)]
-    for name in names:
-        qm.register_user(name, f"{name}@example.com", priority=rng.choice(list(Priority)))
-    for i in range(events):
-        name = rng.choice(names)
-        prio = rng.choice(list(Priority))  # one account's events spread over all levels
-        if rng.random() < 0.5:
-            qm.purchase(name, rng.randint(1, 500), f"t{i}", priority=prio)
-        else:
-            with contextlib.suppress(InsufficientCredits):
-                qm.use(name, rng.randint(1, 300), priority=prio)
+from .conftest import PARTITIONS, traffic
 
 
 def assert_views_match_the_log(qm: QueueManager, db: Database[Any]) -> None:
@@ -75,19 +45,19 @@ def assert_views_match_the_log(qm: QueueManager, db: Database[Any]) -> None:
     assert db.events.count_documents({}) == sum(len(e) for e in histories.values())
 
 
-def test_projections_equal_the_fold_of_the_log(ledger: QueueManager,
+def test_projections_equal_the_fold_of_the_log(qm: QueueManager,
                                                 mongo_db: Database[Any]) -> None:
-    some_traffic(ledger)
-    project_until_idle(ledger.redis, PARTITIONS, mongo_db)
-    assert_views_match_the_log(ledger, mongo_db)
+    traffic(qm)
+    project_until_idle(qm.redis, PARTITIONS, mongo_db)
+    assert_views_match_the_log(qm, mongo_db)
     checkpoint = mongo_db.checkpoints.find_one({"_id": "balances"})
     assert checkpoint is not None and checkpoint["positions"]
 
 
-def test_coalescing_keeps_the_newest_event_per_account(ledger: QueueManager) -> None:
-    some_traffic(ledger, users=3, events=20)
+def test_coalescing_keeps_the_newest_event_per_account(qm: QueueManager) -> None:
+    traffic(qm, users=3, events=20)
     recs = [Recorded(stream="s", entry_id=f"1-{i}", event=e)
-            for i, events in enumerate(account_histories(ledger.redis, PARTITIONS).values())
+            for i, events in enumerate(account_histories(qm.redis, PARTITIONS).values())
             for e in events]
     random.Random(3).shuffle(recs)
     newest = coalesce(recs)
@@ -99,14 +69,14 @@ def test_coalescing_keeps_the_newest_event_per_account(ledger: QueueManager) -> 
     assert len(Balances().plan(recs)) == 3
 
 
-def test_redelivered_and_reordered_batches_change_nothing(ledger: QueueManager,
+def test_redelivered_and_reordered_batches_change_nothing(qm: QueueManager,
                                                           mongo_db: Database[Any]) -> None:
-    some_traffic(ledger)
-    project_until_idle(ledger.redis, PARTITIONS, mongo_db)
+    traffic(qm)
+    project_until_idle(qm.redis, PARTITIONS, mongo_db)
     before = {name: list(mongo_db[name].find({}, sort=[("_id", 1)]))
               for name in ("balances", "credit_scores", "events")}
     deliveries = []
-    for stream, entry_id, fields in iter_entries(ledger.redis, PARTITIONS):
+    for stream, entry_id, fields in iter_entries(qm.redis, PARTITIONS):
         p, level = keys.parse_stream(stream)
         deliveries.append(Delivery(partition=p, level=level, entry_id=entry_id, fields=fields,
                                    message=decode(fields)))
@@ -122,43 +92,43 @@ def test_redelivered_and_reordered_batches_change_nothing(ledger: QueueManager,
 
 
 def test_poison_entries_are_dead_lettered_and_projection_goes_on(
-        ledger: QueueManager, mongo_db: Database[Any]) -> None:
-    ledger.register_user("a", "a@example.com")
+        qm: QueueManager, mongo_db: Database[Any]) -> None:
+    qm.register_user("a", "a@example.com")
     p = keys.partition_of("a", PARTITIONS)
-    ledger.redis.xadd(keys.stream(p, Priority.NORMAL), {"k": "credits_used", "u": "a",
+    qm.redis.xadd(keys.stream(p, Priority.NORMAL), {"k": "credits_used", "u": "a",
                                                         "v": "oops"})
-    ledger.purchase("a", 10, "t1")
-    project_until_idle(ledger.redis, PARTITIONS, mongo_db)
+    qm.purchase("a", 10, "t1")
+    project_until_idle(qm.redis, PARTITIONS, mongo_db)
     assert mongo_db.balances.find_one({"_id": "a"})["balance"] == 10
-    groups = {d.group for d in ledger.dead_letters()}
+    groups = {d.group for d in qm.dead_letters()}
     assert groups == {"proj:balances", "proj:credit_scores", "proj:events"}
 
 
-def test_projector_waits_out_a_database_outage(ledger: QueueManager, tmp_path: Path) -> None:
+def test_projector_waits_out_a_database_outage(qm: QueueManager, tmp_path: Path) -> None:
     with EmbeddedMongo(tmp_path / "mongo") as server:
         client = connect(server.url, serverSelectionTimeoutMS=300, socketTimeoutMS=1000)
         db = client.ledger
-        worker = projector(ledger.redis, PARTITIONS, db, Balances(), block_ms=50)
+        worker = projector(qm.redis, PARTITIONS, db, Balances(), block_ms=50)
         thread = threading.Thread(target=worker.run, daemon=True)
         thread.start()
         try:
-            ledger.register_user("b", "b@example.com")
+            qm.register_user("b", "b@example.com")
             deadline = time.monotonic() + 10
             while db.balances.find_one({"_id": "b"}) is None:
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
             server.stop()
             for i in range(5):
-                ledger.purchase("b", 10, f"t{i}")  # appends go on while Mongo is down
+                qm.purchase("b", 10, f"t{i}")  # appends go on while Mongo is down
             time.sleep(1.5)
-            assert ledger.dead_letters() == []
+            assert qm.dead_letters() == []
             server.start()
             deadline = time.monotonic() + 20
             while (db.balances.find_one({"_id": "b"}) or {}).get("version") != 6:
                 assert time.monotonic() < deadline, "projector did not catch up"
                 time.sleep(0.1)
             assert db.balances.find_one({"_id": "b"})["balance"] == 50
-            assert ledger.dead_letters() == []
+            assert qm.dead_letters() == []
         finally:
             worker.stop()
             thread.join(30)
