@@ -12,6 +12,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ledger.commands import Adjust, Command, Purchase, RegisterUser, Use
 from ledger.errors import (
@@ -85,28 +86,37 @@ class Appender:
     def append_many(
         self, items: Sequence[tuple[Command, Priority, str | None]]
     ) -> list[Appended | LedgerError]:
-        """Append many events in one round trip; one result (or refusal) per item."""
-        calls = []
-        pipe = self._redis.pipeline(transaction=False)
-        for command, priority, idem in items:
+        """Append many events in one round trip; one result (or refusal) per item.
+
+        Events are grouped by partition, one script call per partition, in the
+        order given; each call is atomic, so each event is too.
+        """
+        groups: dict[int, tuple[list[str], list[Any], list[int]]] = {}
+        calls: list[tuple[Command, str | None]] = []
+        for index, (command, priority, idem) in enumerate(items):
             if idem is not None:
                 check_idempotency_key(idem)
             kind, amount, text, ref = _lua_args(command)
             user = command.user_id
             p = keys.partition_of(user, self._config.partitions)
-            fp = fingerprint(kind, user, amount, text, ref)
-            self._scripts.append(
-                keys=[keys.account(p, user), keys.stream(p, Priority(priority)),
-                      keys.idempotency(p, user, idem or "-"), keys.transactions(p, user)],
-                args=[kind, user, amount, text, ref, "1" if idem else "0", fp,
-                      self._config.idempotency_ttl_s, self._config.queue_for(priority),
-                      MAX_CREDITS],
-                client=pipe,
-            )
+            group = groups.setdefault(p, ([], [self._config.idempotency_ttl_s, MAX_CREDITS],
+                                          []))
+            group[0].extend((keys.account(p, user), keys.stream(p, Priority(priority)),
+                             keys.idempotency(p, user, idem or "-"),
+                             keys.transactions(p, user)))
+            group[1].extend((kind, user, amount, text, ref, "1" if idem else "0",
+                             fingerprint(kind, user, amount, text, ref),
+                             self._config.queue_for(priority)))
+            group[2].append(index)
             calls.append((command, idem))
+        if not calls:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for script_keys, args, _ in groups.values():
+            self._scripts.append(keys=script_keys, args=args, client=pipe)
         with translate():
-            replies = pipe.execute() if calls else []
-            if self._config.wait_replicas and replies:
+            replies = pipe.execute()
+            if self._config.wait_replicas:
                 acked = self._redis.wait(self._config.wait_replicas,
                                          self._config.wait_timeout_ms)
                 if acked < self._config.wait_replicas:
@@ -114,8 +124,12 @@ class Appender:
                         f"appended, but only {acked} of {self._config.wait_replicas} replicas "
                         "confirmed in time; retry with the same Idempotency-Key"
                     )
-        return [_result(cmd, idem, reply)
-                for (cmd, idem), reply in zip(calls, replies, strict=True)]
+        results: list[Appended | LedgerError | None] = [None] * len(calls)
+        for (_, _, indexes), group_replies in zip(groups.values(), replies, strict=True):
+            for index, reply in zip(indexes, group_replies, strict=True):
+                command, idem = calls[index]
+                results[index] = _result(command, idem, reply)
+        return [r for r in results if r is not None]
 
 
 def _result(command: Command, idem: str | None, reply: list[bytes]) -> Appended | LedgerError:
