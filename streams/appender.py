@@ -32,7 +32,7 @@ from . import keys
 from .config import StreamsConfig
 from .connection import RedisClient, translate
 from .errors import Unavailable
-from .scripts import Scripts, load
+from .scripts import Scripts, load, run_many
 
 IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 
@@ -111,11 +111,9 @@ class Appender:
             calls.append((command, idem))
         if not calls:
             return []
-        pipe = self._redis.pipeline(transaction=False)
-        for script_keys, args, _ in groups.values():
-            self._scripts.append(keys=script_keys, args=args, client=pipe)
         with translate():
-            replies = pipe.execute()
+            replies = run_many(self._redis, [(self._scripts.append, script_keys, args)
+                                             for script_keys, args, _ in groups.values()])
             if self._config.wait_replicas:
                 acked = self._redis.wait(self._config.wait_replicas,
                                          self._config.wait_timeout_ms)

@@ -11,7 +11,7 @@ import threading
 
 from . import keys
 from .connection import RedisClient, translate
-from .scripts import Scripts, load
+from .scripts import Scripts, load, run_many
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +30,11 @@ class Scheduler:
         """Move every task due now; returns how many moved."""
         moved = 0
         while True:
-            pipe = self.redis.pipeline(transaction=False)
-            for p in range(self.partitions):
-                self.scripts.schedule(
-                    keys=[keys.scheduled(p), *(keys.stream(p, lv) for lv in keys.LEVELS_DESC)],
-                    args=[keys.tag(p) + ":task:", self.batch], client=pipe)
             with translate():
-                counts: list[int] = pipe.execute()
+                counts: list[int] = run_many(self.redis, [
+                    (self.scripts.schedule,
+                     [keys.scheduled(p), *(keys.stream(p, lv) for lv in keys.LEVELS_DESC)],
+                     [keys.tag(p) + ":task:", self.batch]) for p in range(self.partitions)])
             moved += sum(counts)
             if max(counts, default=0) < self.batch:
                 return moved

@@ -34,7 +34,7 @@ from .handlers import NO_DATABASE, BoundDBManager, Handler
 from .priority import per_partition, read_count
 from .registry import HandlerRegistry, default_registry
 from .retry import RetryPolicy
-from .scripts import Scripts, load
+from .scripts import Scripts, load, run_many
 
 log = logging.getLogger(__name__)
 
@@ -175,17 +175,14 @@ class Worker:
         if now < self._next_reclaim:
             return []
         self._next_reclaim = now + self.config.reclaim_every_ms / 1000
-        pipe = self.redis.pipeline(transaction=False)
-        for p in range(self.partitions):
-            self.scripts.reclaim(
-                keys=[keys.retry(p, self.config.group), keys.attempts(p), keys.cursor(p),
-                      *(keys.stream(p, lv) for lv in keys.LEVELS_DESC)],
-                args=[self.config.group, self.consumer, self.config.claim_idle_ms,
-                      self.config.batch, self._level_digits],
-                client=pipe,
-            )
         with translate():
-            replies = pipe.execute()
+            replies = run_many(self.redis, [
+                (self.scripts.reclaim,
+                 [keys.retry(p, self.config.group), keys.attempts(p), keys.cursor(p),
+                  *(keys.stream(p, lv) for lv in keys.LEVELS_DESC)],
+                 [self.config.group, self.consumer, self.config.claim_idle_ms,
+                  self.config.batch, self._level_digits])
+                for p in range(self.partitions)])
         out = []
         for p, flat in enumerate(replies):
             for i in range(0, len(flat), 3):
@@ -269,15 +266,12 @@ class Worker:
         return keys.attempts(p)
 
     def _begin(self, by_partition: Mapping[int, Sequence[Delivery]]) -> None:
-        pipe = self.redis.pipeline(transaction=False)
         order = list(by_partition.items())
-        for p, ds in order:
-            self.scripts.begin(
-                keys=[keys.attempts(p), *(self._task_key(p, d) for d in ds)],
-                args=[self.config.group,
-                      *(f"{self._rank_key(d.level)}|{d.entry_id}" for d in ds)], client=pipe)
         with translate():
-            replies = pipe.execute()
+            replies = run_many(self.redis, [
+                (self.scripts.begin, [keys.attempts(p), *(self._task_key(p, d) for d in ds)],
+                 [self.config.group, *(f"{self._rank_key(d.level)}|{d.entry_id}" for d in ds)])
+                for p, ds in order])
         for (_, ds), counts in zip(order, replies, strict=True):
             for d, n in zip(ds, counts, strict=True):
                 d.attempts = int(n)
@@ -292,7 +286,7 @@ class Worker:
         return Outcome("retry", delay, error)
 
     def _settle(self, by_partition: Mapping[int, Sequence[Delivery]]) -> None:
-        pipe = self.redis.pipeline(transaction=False)
+        calls = []
         for p, ds in by_partition.items():
             args: list[Any] = [self.config.group, self.config.status_ttl_s, keys.tag(p) + ":"]
             for d in ds:
@@ -300,13 +294,12 @@ class Worker:
                 queue = "unknown" if isinstance(d.message, DecodeError | None) \
                     else d.message.queue_name
                 args += [o.op, self._rank_key(d.level), d.entry_id, queue, o.number, o.error]
-            self.scripts.settle(
-                keys=[keys.attempts(p), keys.stats(p), keys.retry(p, self.config.group),
-                      keys.dead(p), *(keys.stream(p, lv) for lv in keys.LEVELS_DESC),
-                      *(self._task_key(p, d) for d in ds)],
-                args=args, client=pipe)
+            calls.append((self.scripts.settle,
+                          [keys.attempts(p), keys.stats(p), keys.retry(p, self.config.group),
+                           keys.dead(p), *(keys.stream(p, lv) for lv in keys.LEVELS_DESC),
+                           *(self._task_key(p, d) for d in ds)], args))
         with translate():
-            pipe.execute()
+            run_many(self.redis, calls)
 
 
 class TaskProcessor:

@@ -21,7 +21,7 @@ from ledger.errors import (
 )
 from ledger.money import MAX_CREDITS
 from ledger.tasks import Priority
-from streams import ConfigError, QueueManager, StreamsConfig, keys
+from streams import ConfigError, QueueManager, RetryPolicy, StreamsConfig, keys
 from streams.connection import ensure_partitions
 from streams.log import account_histories, iter_entries
 
@@ -207,3 +207,18 @@ def test_partition_count_cannot_change(qm: QueueManager, redis_url: str) -> None
     finally:
         other.close()
     ensure_partitions(qm.redis, PARTITIONS)  # the configured count is still accepted
+
+
+def test_scripts_reload_after_the_server_forgets_them(qm: QueueManager) -> None:
+    """After a Redis restart (here: SCRIPT FLUSH) pipelined calls load the script again."""
+    qm.register_user("sam", "sam@example.com")
+    qm.redis.script_flush()
+    assert qm.purchase("sam", 5, "tx-1").balance == 5
+    qm.redis.script_flush()
+    results = qm.append_batch([(Use(user_id="sam", amount=2, reason=""), Priority.NORMAL, None),
+                               (RegisterUser(user_id="tom", email="t@example.com"),
+                                Priority.NORMAL, None)])
+    assert [r.version for r in results] == [3, 1]  # type: ignore[union-attr]
+    qm.redis.script_flush()
+    qm.worker(retry=RetryPolicy(max_attempts=1)).step()  # reclaim, begin, settle reload too
+    assert log_size(qm) == 4
