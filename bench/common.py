@@ -43,12 +43,13 @@ def facts(redis_url: str) -> dict[str, Any]:
     except OSError:
         pass
     return {"nproc": os.cpu_count(), "cpu": model, "redis": info.get("redis_version"),
-            "python": platform.python_version(), "command": " ".join(sys.argv)}
+            "python": platform.python_version(),
+            "command": " ".join(["python -m bench." + Path(sys.argv[0]).stem, *sys.argv[1:]])}
 
 
 def print_facts(f: Mapping[str, Any]) -> None:
     print(f"# nproc={f['nproc']} cpu={f['cpu']!r} redis-server {f['redis']} "
-          f"python {f['python']}\n# command: python -m {f['command']}", flush=True)
+          f"python {f['python']}\n# command: {f['command']}", flush=True)
 
 
 def write(name: str, payload: Mapping[str, Any]) -> Path:
