@@ -42,8 +42,8 @@ def processed(client: redis.Redis) -> int:
     """Tasks the workers completed so far (the queues' ``processed`` counters)."""
     total = 0
     for p in range(PARTITIONS):
-        total += sum(int(v) for k, v in client.hgetall(keys.stats(p)).items()
-                     if k.startswith(b"processed:"))
+        stats: dict[bytes, bytes] = client.hgetall(keys.stats(p))  # type: ignore[assignment]
+        total += sum(int(v) for k, v in stats.items() if k.startswith(b"processed:"))
     return total
 
 
