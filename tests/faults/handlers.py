@@ -1,0 +1,58 @@
+"""Task handlers for the fault tests, imported by real worker processes
+(``ledger worker --import tests.faults.handlers``) and by the in-process drain.
+
+``fault_task`` counts every run in the Redis hash ``faults:runs`` (so a test can
+see redeliveries), fails on purpose when ``data["fail"]`` is set (so the task
+must end in the dead letters), and otherwise inserts one document through
+``db_manager`` (idempotent per task: its ``_id`` derives from the task id).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+
+from streams import default_registry
+from streams.handlers import DBManager
+from streams.registry import EVENT_COLLECTIONS, EventRecorder
+
+RUNS = "faults:runs"
+COLLECTION = "analytics"
+
+_clients: dict[str, redis.Redis] = {}
+
+
+def _redis() -> redis.Redis:
+    url = os.environ["REDIS_URL"]
+    if url not in _clients:
+        _clients[url] = redis.Redis.from_url(url, socket_connect_timeout=2)
+    return _clients[url]
+
+
+def fault_task(data: Mapping[str, Any], db_manager: DBManager) -> bool:
+    _redis().hincrby(RUNS, str(data["ref"]), 1)
+    if data.get("fail"):
+        raise RuntimeError(f"planned failure of {data['ref']}")
+    db_manager.insert(COLLECTION, {"ref": data["ref"]})
+    return True
+
+
+class CountingRecorder:
+    """The built-in ``EventRecorder`` for a ledger event, counting its runs like tasks'."""
+
+    def __init__(self, task_type: str) -> None:
+        self.inner = EventRecorder(EVENT_COLLECTIONS[task_type])
+
+    def __call__(self, data: Mapping[str, Any], db_manager: DBManager) -> bool:
+        _redis().hincrby(RUNS, str(data["event_id"]), 1)
+        return self.inner(data, db_manager)
+
+
+HANDLERS: dict[str, Any] = {"fault_task": fault_task,
+                            **{t: CountingRecorder(t) for t in EVENT_COLLECTIONS}}
+
+for _task_type, _handler in HANDLERS.items():
+    default_registry.register(_task_type, _handler)

@@ -1,0 +1,258 @@
+"""The storm: mixed credit traffic from several producer processes while a chaos
+loop SIGKILLs and restarts workers, projectors, the scheduler and the API, and once
+kill -9s redis-server (AOF, appendfsync always) and starts it again.
+
+Afterwards, drained deterministically, every invariant is checked: every
+acknowledged append is in the log and nothing unacknowledged is; Redis, the read
+models and a pure re-fold of the log agree; no balance ever went below zero; every
+task took effect exactly once or sits in the dead letters with its error; the
+audit (library and ``ledger audit``) is clean.
+
+``LEDGER_SOAK_SECONDS`` lengthens the traffic (default 20 s) for a soak run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis as redis_py
+from pymongo.database import Database
+
+from api.embedded import EmbeddedMongo, free_port
+from ledger.accounts import fold
+from ledger.scores import credit_score
+from ledger.tasks import allowed_collections
+from projections.audit import audit
+from projections.runner import all_projections, projector
+from projections.store import MongoDBManager, connect
+from streams import HandlerRegistry, QueueManager, RetryPolicy, Scheduler, StreamsConfig, keys
+from streams.codec import event_id
+from streams.log import account_histories
+from streams.registry import EVENT_COLLECTIONS, EVENT_TASK_TYPES
+from tests.conftest import MakeRedisServer
+
+from . import handlers
+from .cluster import ROOT, Cluster, read_records
+from .conftest import PARTITIONS
+
+SECONDS = float(os.environ.get("LEDGER_SOAK_SECONDS", "20"))
+SEED = int(os.environ.get("LEDGER_STORM_SEED", "20261128"))
+PRODUCERS = ("http", "http", "client", "client")
+USERS = [f"storm-{i:02d}" for i in range(10)]
+
+
+def drain(qm: QueueManager, db: Database[Any]) -> None:
+    """Move every delayed task, run every task and projection until nothing is left."""
+    scheduler = Scheduler(qm.redis, PARTITIONS)
+    deadline = time.monotonic() + 30
+    while scheduler.pending():
+        assert time.monotonic() < deadline, "delayed tasks never came due"
+        scheduler.tick()
+        time.sleep(0.05)
+    qm.worker(claim_idle_ms=100, reclaim_every_ms=50,
+              retry=RetryPolicy(max_attempts=6, base_ms=50, max_ms=200)
+              ).run_until_idle(timeout=120)
+    for projection in all_projections():
+        projector(qm.redis, PARTITIONS, db, projection, claim_idle_ms=100,
+                  reclaim_every_ms=50).run_until_idle(timeout=120)
+
+
+def storm(tmp_path: Path, redis_server: Any, mongo: EmbeddedMongo, db_name: str
+          ) -> tuple[list[dict[str, Any]], Cluster, int]:
+    """Run the traffic and the chaos; returns the producers' records, the cluster and
+    how many times redis-server was killed."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    env = {"REDIS_URL": redis_server.url, "MONGO_URL": mongo.url, "MONGO_DB": db_name,
+           "LEDGER_PARTITIONS": str(PARTITIONS), "LEDGER_API_KEYS": ""}
+    cluster = Cluster(logs, env, free_port())
+    cluster.start_all()
+    cluster.wait_api()
+    outs = [tmp_path / f"producer-{i}.jsonl" for i in range(len(PRODUCERS))]
+    producers = []
+    files = [open(logs / f"producer-{i}.log", "wb") for i in range(len(PRODUCERS))]  # noqa: SIM115
+    for i, mode in enumerate(PRODUCERS):
+        spec = {"name": f"p{i}", "mode": mode, "seed": SEED + i, "out": str(outs[i]),
+                "users": USERS, "seconds": SECONDS, "redis_url": redis_server.url,
+                "partitions": PARTITIONS, "api_url": cluster.api_url}
+        producers.append(subprocess.Popen(
+            [sys.executable, "-m", "tests.faults.producer", json.dumps(spec)],
+            cwd=ROOT, env={**os.environ, **env}, stdout=files[i],
+            stderr=subprocess.STDOUT))
+    rng = random.Random(SEED)
+    redis_kills = 0
+    redis_kill_at = time.monotonic() + SECONDS * rng.uniform(0.3, 0.6)
+    try:
+        while any(p.poll() is None for p in producers):
+            time.sleep(rng.uniform(0.3, 0.9))
+            if redis_kills == 0 and time.monotonic() >= redis_kill_at:
+                redis_server.kill()  # SIGKILL: what a machine crash does to the data
+                print(f"\nredis-server killed at {time.time() * 1000:.0f}")
+                redis_kills += 1
+                time.sleep(rng.uniform(0.3, 1.0))
+                redis_server.start()  # same port, same AOF
+            else:
+                cluster.kill(rng.choice(sorted(cluster.commands)))
+            cluster.revive()
+        for p in producers:
+            assert p.wait(timeout=120) == 0, "a producer crashed (see its log)"
+    finally:
+        for p in producers:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for f in files:
+            f.close()
+        cluster.stop_all()
+    return read_records(outs), cluster, redis_kills
+
+
+def test_storm_of_kills_loses_nothing_and_doubles_nothing(
+        tmp_path: Path, fresh_redis_server: MakeRedisServer, private_mongo: EmbeddedMongo,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    redis_server = fresh_redis_server(appendfsync="always")
+    db_name = "storm"
+    records, cluster, redis_kills = storm(tmp_path, redis_server, private_mongo, db_name)
+
+    monkeypatch.setenv("REDIS_URL", redis_server.url)  # for handlers.fault_task
+    client = redis_py.Redis.from_url(redis_server.url)
+    mongo = connect(private_mongo.url)
+    db = mongo[db_name]
+    registry = HandlerRegistry()
+    for task_type, handler in handlers.HANDLERS.items():
+        registry.register(task_type, handler)
+    qm = QueueManager(config=StreamsConfig(redis_url=redis_server.url, partitions=PARTITIONS),
+                      client=client, registry=registry,
+                      db=MongoDBManager(db, allowed_collections(())))
+    try:
+        drain(qm, db)
+        problems = check(qm, db, records)
+        report = audit(client, PARTITIONS, db)
+        problems += [f"audit: {m}" for m in report.mismatches]
+        problems += [f"audit lagging after the drain: {m}" for m in report.lagging]
+        cli = subprocess.run(
+            [sys.executable, "-m", "api", "audit", "--log-level", "WARNING"], cwd=ROOT,
+            env={**os.environ, "REDIS_URL": redis_server.url, "MONGO_URL": private_mongo.url,
+                 "MONGO_DB": db_name, "LEDGER_PARTITIONS": str(PARTITIONS)},
+            capture_output=True, text=True, timeout=120)
+        if cli.returncode != 0:
+            problems.append(f"ledger audit exited {cli.returncode}: {cli.stdout[-2000:]}"
+                            f"{cli.stderr[-2000:]}")
+        acked = {r["event_id"] for r in records if r["t"] == "ack"}
+        faults = sum(cluster.kills.values()) + redis_kills
+        print(f"\nstorm: {len(acked)} events acknowledged, {faults} faults injected "
+              f"({dict(cluster.kills)}, redis-server x{redis_kills}), "
+              f"{sum(r['t'] == 'task' for r in records)} tasks, "
+              f"{sum(r['t'] == 'refused' for r in records)} refusals, "
+              f"{len(problems)} mismatches")
+        assert not problems, "\n".join(problems[:50])
+        assert redis_kills == 1 and sum(cluster.kills.values()) >= 5, "too few faults"
+        assert len(acked) > 200, "too little traffic to mean anything"
+    finally:
+        qm.close()
+        mongo.close()
+
+
+def check(qm: QueueManager, db: Database[Any], records: list[dict[str, Any]]) -> list[str]:
+    problems: list[str] = []
+    problems += [f"producer: {r}" for r in records if r["t"] in ("bad", "gave_up")]
+    acks = [r for r in records if r["t"] == "ack"]
+    histories = account_histories(qm.redis, PARTITIONS)
+    logged = {event_id(e.user_id, e.version): e for evs in histories.values() for e in evs}
+
+    # every acknowledged append is in the log, as it was acknowledged
+    seen: dict[str, tuple[int, int]] = {}
+    for r in acks:
+        e = logged.get(r["event_id"])
+        if e is None:
+            problems.append(f"acknowledged but not in the log: {r}")
+        elif (e.version, e.after.balance) != (r["version"], r["balance"]):
+            problems.append(f"log differs from the acknowledgement: {r} vs {e}")
+        if seen.setdefault(r["event_id"], (r["version"], r["balance"])) != (
+                r["version"], r["balance"]):
+            problems.append(f"one event acknowledged two ways: {r}")
+    # nothing unacknowledged is in the log (every operation was retried until answered)
+    acked_ids = {r["event_id"] for r in acks}
+    problems += [f"in the log but never acknowledged: {eid}"
+                 for eid in sorted(set(logged) - acked_ids)]
+    # a repeated key answers the first event
+    problems += [f"duplicate key made a new event: {r}" for r in records
+                 if r["t"] == "dup" and r["again"] != r["first"]]
+    # no balance ever below zero; Redis, the views and the re-fold agree
+    problems += [f"negative balance: {eid} {e.after}" for eid, e in logged.items()
+                 if e.after.balance < 0 or e.after.used < 0]
+    for user, events in histories.items():
+        account = fold(events)
+        assert account is not None
+        want = (account.version, account.totals.balance)
+        state = qm.balance(user)
+        if state is None or (state["version"], state["balance"]) != want:
+            problems.append(f"{user}: redis state {state} != fold {want}")
+        doc = db.balances.find_one({"_id": user})
+        if doc is None or (doc["version"], doc["balance"], doc["purchased_total"],
+                           doc["used_total"]) != (*want, account.totals.purchased,
+                                                  account.totals.used):
+            problems.append(f"{user}: balances view {doc} != fold {account}")
+        score = db.credit_scores.find_one({"_id": user})
+        if score is None or (score["version"], score["score"]) != (
+                account.version, credit_score(account.totals, account.version)):
+            problems.append(f"{user}: credit_scores view {score} != fold {account}")
+    if db.events.count_documents({}) != len(logged):
+        problems.append(f"archive holds {db.events.count_documents({})} events, "
+                        f"the log {len(logged)}")
+    # every event recorded once in its original collection by the workers
+    runs = Counter({k.decode(): int(v) for k, v in qm.redis.hgetall(handlers.RUNS).items()})
+    dead_events = {f"{d.user_id}:{d.original_id}": d for d in qm.dead_letters(limit=100_000)
+                   if d.kind != "task"}
+    recorded: set[str] = set()
+    for collection in EVENT_COLLECTIONS.values():
+        recorded |= {str(d["_id"]) for d in db[collection].find({}, {"_id": 1})}
+    problems += [f"event never recorded by a worker: {eid} (runs {runs[eid]}, at "
+                 f"{logged[eid].at_ms}, dead {dead_events.get(eid)})"
+                 for eid in sorted(set(logged) - recorded)]
+    problems += [f"recorded but not an event: {x}" for x in sorted(recorded - set(logged))]
+    for e in logged.values():
+        assert EVENT_TASK_TYPES[e.kind] in EVENT_COLLECTIONS
+    # tasks: exactly once, or dead with their error
+    dead = {d.task_id: d for d in qm.dead_letters(limit=100_000)}
+    problems += [f"a ledger event was dead-lettered: {d}" for d in dead.values()
+                 if d.kind != "task"]
+    for r in (r for r in records if r["t"] == "task"):
+        status = (qm.get_task_status(r["task_id"]) or {}).get("status")
+        collection = handlers.COLLECTION if r["style"] == "custom" else "notifications"
+        docs = db[collection].count_documents({"ref": r["ref"]})
+        letter = dead.get(r["task_id"])
+        if docs > 1:
+            problems.append(f"task ran its effect {docs} times: {r}")
+        if letter is not None:  # dead: with its error, and a failing task did nothing
+            # (not its status hash: a stale settle may still say "retrying" - reported)
+            if not letter.error:
+                problems.append(f"dead letter without its error: {r} {letter}")
+            if r["fail"] and docs:
+                problems.append(f"a failing task left a document: {r}")
+        elif status == "completed":
+            if docs != 1 or r["fail"]:
+                problems.append(f"completed task with {docs} documents: {r}")
+        else:
+            problems.append(f"task left {status!r} after the drain and not dead: {r}")
+        if r["fail"] and letter is None:
+            problems.append(f"a task that always fails is not dead: {r} ({status!r})")
+    custom = [r for r in records if r["t"] == "task" and r["style"] == "custom"]
+    problems += [f"task never ran: {r} {qm.get_task_status(r['task_id'])}" for r in custom
+                 if runs[r["ref"]] == 0]
+    for p in range(PARTITIONS):
+        for lv in keys.LEVELS_DESC:
+            for group in ("workers", *(f"proj:{pr.name}" for pr in all_projections())):
+                pending = qm.redis.xpending(keys.stream(p, lv), group)["pending"]
+                if pending:
+                    problems.append(f"{pending} entries still pending in {group} p{p}")
+    return problems
