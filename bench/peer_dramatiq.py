@@ -16,10 +16,11 @@ from dramatiq.brokers.redis import RedisBroker
 from bench.peer_handlers import record
 
 URL = os.environ.get("BENCH_DRAMATIQ_URL", "redis://127.0.0.1:6379/1")
+SUM_KEY = os.environ.get("BENCH_SUM_KEY", "bench:sum:dramatiq")
 broker = RedisBroker(url=URL)  # type: ignore[no-untyped-call]
 dramatiq.set_broker(broker)
 
 
 @dramatiq.actor(queue_name="bench", max_retries=0)
 def hincr(user: str, amount: int, tag: str | None = None) -> None:
-    record(user, amount, tag, os.environ.get("BENCH_SUM_KEY", "bench:sum:dramatiq"))
+    record(user, amount, tag, SUM_KEY)

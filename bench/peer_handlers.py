@@ -19,6 +19,7 @@ from streams import default_registry
 from streams.handlers import DBManager
 
 _client: redis.Redis | None = None
+SUM_KEY = os.environ.get("BENCH_SUM_KEY", "bench:sum:ledger")
 
 
 def client() -> redis.Redis:
@@ -40,8 +41,7 @@ def record(user: str, amount: int, tag: str | None, key: str) -> None:
 
 
 def hincr(data: Mapping[str, Any], db_manager: DBManager) -> bool:
-    record(str(data["user"]), int(data["amount"]), data.get("tag"),
-           os.environ.get("BENCH_SUM_KEY", "bench:sum:ledger"))
+    record(str(data["user"]), int(data["amount"]), data.get("tag"), SUM_KEY)
     return True
 
 
