@@ -63,8 +63,12 @@ class Producer:
             with urllib.request.urlopen(req, timeout=10) as resp:
                 return resp.status, json.loads(resp.read())
         except urllib.error.HTTPError as exc:
-            status, raw = exc.code, exc.read()
-            exc.close()
+            try:
+                status, raw = exc.code, exc.read()
+            except (OSError, http.client.HTTPException):  # the API died mid-answer
+                raise Retry from None
+            finally:
+                exc.close()
             if status == 503:
                 raise Retry from None
             try:

@@ -45,6 +45,8 @@ from .cluster import ROOT, Cluster, read_records
 from .conftest import PARTITIONS
 
 SECONDS = float(os.environ.get("LEDGER_SOAK_SECONDS", "20"))
+REDIS_KILLS = max(1, int(SECONDS // 60))
+"""redis-server is killed once in the default run, once a minute in a soak."""
 SEED = int(os.environ.get("LEDGER_STORM_SEED", "20261128"))
 PRODUCERS = ("http", "http", "client", "client")
 USERS = [f"storm-{i:02d}" for i in range(10)]
@@ -90,11 +92,13 @@ def storm(tmp_path: Path, redis_server: Any, mongo: EmbeddedMongo, db_name: str
             stderr=subprocess.STDOUT))
     rng = random.Random(SEED)
     redis_kills = 0
-    redis_kill_at = time.monotonic() + SECONDS * rng.uniform(0.3, 0.6)
+    start = time.monotonic()
+    kill_times = [start + SECONDS * (i + rng.uniform(0.3, 0.6)) / REDIS_KILLS
+                  for i in range(REDIS_KILLS)]
     try:
         while any(p.poll() is None for p in producers):
             time.sleep(rng.uniform(0.3, 0.9))
-            if redis_kills == 0 and time.monotonic() >= redis_kill_at:
+            if redis_kills < REDIS_KILLS and time.monotonic() >= kill_times[redis_kills]:
                 redis_server.kill()  # SIGKILL: what a machine crash does to the data
                 print(f"\nredis-server killed at {time.time() * 1000:.0f}")
                 redis_kills += 1
@@ -116,6 +120,7 @@ def storm(tmp_path: Path, redis_server: Any, mongo: EmbeddedMongo, db_name: str
     return read_records(outs), cluster, redis_kills
 
 
+@pytest.mark.timeout(SECONDS + 240)
 def test_storm_of_kills_loses_nothing_and_doubles_nothing(
         tmp_path: Path, fresh_redis_server: MakeRedisServer, private_mongo: EmbeddedMongo,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -155,8 +160,14 @@ def test_storm_of_kills_loses_nothing_and_doubles_nothing(
               f"{sum(r['t'] == 'refused' for r in records)} refusals, "
               f"{len(problems)} mismatches")
         assert not problems, "\n".join(problems[:50])
-        assert redis_kills == 1 and sum(cluster.kills.values()) >= 5, "too few faults"
+        assert redis_kills == REDIS_KILLS and sum(cluster.kills.values()) >= 5, "too few faults"
+        # the traffic exercised what the invariants are about
         assert len(acked) > 200, "too little traffic to mean anything"
+        assert any(r["t"] == "refused" and r["code"] == "insufficient_credits"
+                   for r in records), "no overdraft was attempted"
+        assert any(r["t"] == "dup" for r in records), "no key was repeated"
+        assert any(r["t"] == "task" and r["fail"] for r in records), "no failing task"
+        assert any(r["t"] == "task" and r["style"] == "original" for r in records)
     finally:
         qm.close()
         mongo.close()
@@ -211,21 +222,26 @@ def check(qm: QueueManager, db: Database[Any], records: list[dict[str, Any]]) ->
                         f"the log {len(logged)}")
     # every event recorded once in its original collection by the workers
     runs = Counter({k.decode(): int(v) for k, v in qm.redis.hgetall(handlers.RUNS).items()})
-    dead_events = {f"{d.user_id}:{d.original_id}": d for d in qm.dead_letters(limit=100_000)
-                   if d.kind != "task"}
+    dead_events = {}
+    for d in qm.dead_letters(limit=100_000):
+        if d.kind != "task":
+            fields = qm.redis.xrange(d.stream, d.original_id, d.original_id)
+            dead_events[event_id(d.user_id or "", int(fields[0][1][b"v"]))] = d
     recorded: set[str] = set()
     for collection in EVENT_COLLECTIONS.values():
         recorded |= {str(d["_id"]) for d in db[collection].find({}, {"_id": 1})}
-    problems += [f"event never recorded by a worker: {eid} (runs {runs[eid]}, at "
-                 f"{logged[eid].at_ms}, dead {dead_events.get(eid)})"
-                 for eid in sorted(set(logged) - recorded)]
+    # (or, like a task, dead in the workers group with its error: the begin counter
+    # counts every delivery a SIGKILL interrupted, so a holder killed again and again
+    # legitimately gives up; the read models never depend on it, the audit checks them)
+    problems += [f"event never recorded by a worker: {eid} (runs {runs[eid]})"
+                 for eid in sorted(set(logged) - recorded - set(dead_events))]
+    problems += [f"a ledger event dead-lettered by {d.group} or without its error: {d}"
+                 for d in dead_events.values() if d.group != "workers" or not d.error]
     problems += [f"recorded but not an event: {x}" for x in sorted(recorded - set(logged))]
     for e in logged.values():
         assert EVENT_TASK_TYPES[e.kind] in EVENT_COLLECTIONS
     # tasks: exactly once, or dead with their error
     dead = {d.task_id: d for d in qm.dead_letters(limit=100_000)}
-    problems += [f"a ledger event was dead-lettered: {d}" for d in dead.values()
-                 if d.kind != "task"]
     for r in (r for r in records if r["t"] == "task"):
         status = (qm.get_task_status(r["task_id"]) or {}).get("status")
         collection = handlers.COLLECTION if r["style"] == "custom" else "notifications"
@@ -247,8 +263,9 @@ def check(qm: QueueManager, db: Database[Any], records: list[dict[str, Any]]) ->
         if r["fail"] and letter is None:
             problems.append(f"a task that always fails is not dead: {r} ({status!r})")
     custom = [r for r in records if r["t"] == "task" and r["style"] == "custom"]
+    # a task that is not dead ran; a dead one may not have (kills burn its attempts)
     problems += [f"task never ran: {r} {qm.get_task_status(r['task_id'])}" for r in custom
-                 if runs[r["ref"]] == 0]
+                 if runs[r["ref"]] == 0 and r["task_id"] not in dead]
     for p in range(PARTITIONS):
         for lv in keys.LEVELS_DESC:
             for group in ("workers", *(f"proj:{pr.name}" for pr in all_projections())):
