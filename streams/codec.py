@@ -26,8 +26,12 @@ from ledger.events import (
     Totals,
     UserRegistered,
 )
+from ledger.tasks import MAX_TASK_BYTES
 
 from .errors import DecodeError
+
+MAX_ENTRY_BYTES = MAX_TASK_BYTES + 4096
+"""Largest entry a consumer accepts: a task's data bound plus its other fields."""
 
 TASK_KIND = "task"
 
@@ -71,7 +75,11 @@ def message_id(message: Message) -> str:
 
 
 def decode(fields: Mapping[bytes, bytes]) -> Message:
-    """The message in a stream entry; DecodeError for anything else."""
+    """The message in a stream entry; DecodeError for anything else (oversized too)."""
+    size = sum(len(k) + len(v) for k, v in fields.items())
+    if size > MAX_ENTRY_BYTES:
+        raise DecodeError(f"entry of {size} bytes is over the {MAX_ENTRY_BYTES}-byte bound",
+                          fields)
     try:
         kind = fields[b"k"].decode()
         if kind == TASK_KIND:

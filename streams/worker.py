@@ -39,6 +39,8 @@ from .scripts import Scripts, load, run_many
 log = logging.getLogger(__name__)
 
 MAX_ERROR_CHARS = 2000
+NOT_OURS = -2
+"""begin.lua's answer for an entry another consumer took over meanwhile."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,7 +60,7 @@ class WorkerConfig:
 
 @dataclass(slots=True)
 class Outcome:
-    op: str  # ok | retry | dead | ack
+    op: str  # ok | retry | dead | ack | skip
     number: int = 0  # latency ms | delay ms | attempts
     error: str = ""
 
@@ -231,7 +233,9 @@ class Worker:
         self._begin(by_partition)
         runnable = []
         for d in deliveries:
-            if d.attempts < 0:
+            if d.attempts == NOT_OURS:
+                d.outcome = Outcome("skip")
+            elif d.attempts < 0:
                 d.outcome = Outcome("ack")
             elif isinstance(d.message, DecodeError):
                 d.outcome = Outcome("dead", d.attempts, f"poison entry: {d.message}")
@@ -269,8 +273,10 @@ class Worker:
         order = list(by_partition.items())
         with translate():
             replies = run_many(self.redis, [
-                (self.scripts.begin, [keys.attempts(p), *(self._task_key(p, d) for d in ds)],
-                 [self.config.group, *(f"{self._rank_key(d.level)}|{d.entry_id}" for d in ds)])
+                (self.scripts.begin, [keys.attempts(p), *(self._task_key(p, d) for d in ds),
+                                      *(keys.stream(p, d.level) for d in ds)],
+                 [self.config.group, self.consumer,
+                  *(f"{self._rank_key(d.level)}|{d.entry_id}" for d in ds)])
                 for p, ds in order])
         for (_, ds), counts in zip(order, replies, strict=True):
             for d, n in zip(ds, counts, strict=True):
@@ -288,7 +294,8 @@ class Worker:
     def _settle(self, by_partition: Mapping[int, Sequence[Delivery]]) -> None:
         calls = []
         for p, ds in by_partition.items():
-            args: list[Any] = [self.config.group, self.config.status_ttl_s, keys.tag(p) + ":"]
+            args: list[Any] = [self.config.group, self.config.status_ttl_s, keys.tag(p) + ":",
+                               self.consumer]
             for d in ds:
                 o = d.outcome or Outcome("retry", 0, "no outcome")
                 queue = "unknown" if isinstance(d.message, DecodeError | None) \

@@ -5,19 +5,27 @@ used up an attempt, so a task that crashes every worker ends in the dead letters
 
 KEYS[1]    ledger:{pN}:attempts        <group>|<level>|<entry id> -> attempts
 KEYS[1+i]  ledger:{pN}:task:<id>       status hash of entry i (KEYS[1] when not a task)
-ARGV[1]    group      ARGV[1+i] "<level>|<entry id>" of entry i (entry ids repeat
-           across streams, so the level is part of the name)
-Returns attempts per entry, or -1 for a task already completed (ack it, skip it).
+KEYS[1+n+i] the stream of entry i
+ARGV[1]    group      ARGV[2] consumer
+ARGV[2+i]  "<level>|<entry id>" of entry i (entry ids repeat across streams, so the
+           level is part of the name)
+Returns attempts per entry, -1 for a task already completed (ack it, skip it), or
+-2 for an entry no longer pending for this consumer (another one took it over:
+leave it alone).
 ]]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
-for i = 2, #ARGV do
-  local tkey = KEYS[i]
-  if tkey ~= KEYS[1] and redis.call('HGET', tkey, 'status') == 'completed' then
+local n_entries = #ARGV - 2
+for i = 1, n_entries do
+  local tkey, stream, name = KEYS[1 + i], KEYS[1 + n_entries + i], ARGV[2 + i]
+  local id = string.match(name, '|(.*)$')
+  if not redis.call('XPENDING', stream, ARGV[1], id, id, 1, ARGV[2])[1] then
+    out[#out + 1] = -2
+  elseif tkey ~= KEYS[1] and redis.call('HGET', tkey, 'status') == 'completed' then
     out[#out + 1] = -1
   else
-    local n = redis.call('HINCRBY', KEYS[1], ARGV[1] .. '|' .. ARGV[i], 1)
+    local n = redis.call('HINCRBY', KEYS[1], ARGV[1] .. '|' .. name, 1)
     if tkey ~= KEYS[1] then
       redis.call('HSET', tkey, 'status', 'processing', 'attempts', n, 'started_at', now)
     end

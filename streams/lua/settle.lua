@@ -8,23 +8,31 @@ KEYS[3] ledger:{pN}:retry:<group>   KEYS[4] ledger:{pN}:dead
 KEYS[5..8] ledger:{pN}:critical|high|normal|low
 KEYS[8+i] ledger:{pN}:task:<id> of entry i (KEYS[1] when not a task)
 ARGV[1] group   ARGV[2] seconds to keep a finished task's status   ARGV[3] "ledger:{pN}:"
-then 6 values per entry i:  op ("ok"|"retry"|"dead"|"ack"), level (1..4 = KEYS[5..8]),
+ARGV[4] consumer: an entry no longer pending for it (taken over meanwhile) is left
+        to the consumer that holds it now, so a late result never overwrites its
+        outcome
+then 6 values per entry i:  op ("ok"|"retry"|"dead"|"ack"|"skip"), level (1..4 = KEYS[5..8]),
   entry id, queue name, number (ok: latency ms; retry: delay ms; dead: attempts), error
 Returns the number of entries settled.
 ]]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local group, ttl = ARGV[1], tonumber(ARGV[2])
-local prefix = ARGV[3]
+local prefix, consumer = ARGV[3], ARGV[4]
 local bucket = math.floor(now / 10000)
-local n = (#ARGV - 3) / 6
+local n = (#ARGV - 4) / 6
 for i = 1, n do
-  local b = 3 + (i - 1) * 6
+  local b = 4 + (i - 1) * 6
   local op, level, id, queue, num, err =
     ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3], ARGV[b + 4], tonumber(ARGV[b + 5]), ARGV[b + 6]
   local stream, tkey = KEYS[4 + level], KEYS[8 + i]
   local is_task = tkey ~= KEYS[1]
-  if op == 'ok' then
+  if not redis.call('XPENDING', stream, group, id, id, 1, consumer)[1] then
+    op = 'skip'
+  end
+  if op == 'skip' then
+    -- not ours any more (or already settled): nothing to record
+  elseif op == 'ok' then
     redis.call('XACK', stream, group, id)
     redis.call('HDEL', KEYS[1], group .. '|' .. level .. '|' .. id)
     redis.call('HINCRBY', KEYS[2], 'processed:' .. queue, 1)
