@@ -11,7 +11,7 @@ from pymongo.database import Database
 
 from ledger.tasks import allowed_collections
 from projections.store import MongoDBManager
-from streams import QueueManager, StreamsConfig
+from streams import HandlerRegistry, QueueManager, StreamsConfig
 
 from .conftest import PARTITIONS, MakeClient, auth
 
@@ -22,8 +22,10 @@ READER = auth("reader")
 
 @pytest.fixture
 def qm(redis: redis_py.Redis, redis_url: str, mongo_db: Database[Any]) -> Iterator[QueueManager]:
+    # a registry of its own: modules imported by other tests register into the global one
     manager = QueueManager(config=StreamsConfig(redis_url=redis_url, partitions=PARTITIONS),
-                           db=MongoDBManager(mongo_db, allowed_collections()))
+                           db=MongoDBManager(mongo_db, allowed_collections()),
+                           registry=HandlerRegistry())
     try:
         yield manager
     finally:
