@@ -229,7 +229,12 @@ async def balance(request: Request) -> Response:
         if doc is None or doc.get("version", 0) < wanted:
             projected = 0 if doc is None else int(doc.get("version", 0))
             return await _missing(state, user, projected, min_version)
-    return JSONResponse({"user_id": user, "balance": doc["balance"], "version": doc["version"],
+    return _view(user, "balance", doc)
+
+
+def _view(user: str, figure: str, doc: dict[str, Any]) -> Response:
+    """A balances or credit_scores document as the API shows it."""
+    return JSONResponse({"user_id": user, figure: doc[figure], "version": doc["version"],
                          "purchased_total": doc["purchased_total"],
                          "used_total": doc["used_total"], "updated_at": _iso(doc["updated_at"])})
 
@@ -242,9 +247,7 @@ async def credit_score(request: Request) -> Response:
     doc = await state.blocking(_bounded, lambda: db[CREDIT_SCORES].find_one({"_id": user}))
     if doc is None:
         return await _missing(state, user)
-    return JSONResponse({"user_id": user, "score": doc["score"], "version": doc["version"],
-                         "purchased_total": doc["purchased_total"],
-                         "used_total": doc["used_total"], "updated_at": _iso(doc["updated_at"])})
+    return _view(user, "score", doc)
 
 
 async def events(request: Request) -> Response:
