@@ -78,6 +78,8 @@ def check_name(value: object, field: str, pattern: re.Pattern[str] = QUEUE_NAME_
 
 def check_priority(value: object, field: str = "priority") -> Priority:
     """A ``Priority`` or its number 1 (LOW) .. 4 (CRITICAL)."""
+    if type(value) is Priority:
+        return value
     if isinstance(value, bool) or not isinstance(value, int) or value not in (1, 2, 3, 4):
         raise ValidationError(field, f"{field} must be one of 1 (low), 2 (normal), "
                                      "3 (high), 4 (critical)")
@@ -106,16 +108,19 @@ def _check_str(value: str, field: str, what: str) -> int:
 
 
 class _Budget:
-    """A running lower bound on the JSON size, to stop early on huge inputs."""
+    """Running bounds on the JSON size: the lower one stops huge inputs early; when
+    the upper one stays within the limit, the exact measure is not needed."""
 
-    __slots__ = ("field", "used")
+    __slots__ = ("field", "most", "used")
 
     def __init__(self, field: str) -> None:
         self.field = field
         self.used = 0
+        self.most = 0
 
-    def spend(self, n: int) -> None:
+    def spend(self, n: int, most: int) -> None:
         self.used += n
+        self.most += most
         if self.used > MAX_TASK_BYTES:
             raise PayloadTooLarge(self.field, f"{self.field} is larger than "
                                               f"{MAX_TASK_BYTES} bytes")
@@ -123,30 +128,33 @@ class _Budget:
 
 def _walk(value: object, path: str, depth: int, budget: _Budget) -> None:
     if value is None or isinstance(value, bool):
-        budget.spend(4)
+        budget.spend(4, 5)
     elif isinstance(value, int):
         if not INT64_MIN <= value <= INT64_MAX:
             raise ValidationError(path, f"{path} is out of the 64-bit integer range")
-        budget.spend(1)
+        budget.spend(1, 20)
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise ValidationError(path, f"{path} must be a finite number")
-        budget.spend(1)
+        budget.spend(1, 24)
     elif isinstance(value, str):
-        budget.spend(2 + _check_str(value, path, path))
+        n = _check_str(value, path, path)
+        budget.spend(2 + n, 2 + 6 * n)  # an escaped control character takes 6 bytes
     elif isinstance(value, dict | list):
         if depth > MAX_DEPTH:
             raise ValidationError(path, f"{path} is nested deeper than {MAX_DEPTH} levels")
-        budget.spend(2)
+        budget.spend(2, 2)
         if isinstance(value, list):
             for i, item in enumerate(value):
+                budget.spend(0, 1)  # the comma
                 _walk(item, f"{path}[{i}]", depth + 1, budget)
             return
         for key, item in value.items():
             if not isinstance(key, str):
                 raise ValidationError(path, f"{path} has a key that is not a string")
             field = _path(path, key)
-            budget.spend(3 + _check_str(key, field, "a key"))
+            n = _check_str(key, field, "a key")
+            budget.spend(3 + n, 4 + 6 * n)
             if key.startswith("$"):
                 raise ValidationError(field, f"{field}: keys must not start with '$'")
             if "\x00" in key:
@@ -171,8 +179,9 @@ def check_task_data(data: object, field: str = "task_data") -> dict[str, Any]:
     """
     if not isinstance(data, dict):
         raise ValidationError(field, f"{field} must be an object")
-    _walk(data, field, 1, _Budget(field))
-    if task_size(data) > MAX_TASK_BYTES:
+    budget = _Budget(field)
+    _walk(data, field, 1, budget)
+    if budget.most > MAX_TASK_BYTES and task_size(data) > MAX_TASK_BYTES:
         raise PayloadTooLarge(field, f"{field} is larger than {MAX_TASK_BYTES} bytes")
     return data
 

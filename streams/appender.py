@@ -3,14 +3,15 @@
 The script (``lua/append.lua``) checks the idempotency key and the purchase's
 transaction id, the account, the overdraft and the limits, then computes the
 version, totals and hash and XADDs the event — all in one step in Redis.
-Batches are pipelined: each event is still its own atomic step.
+Batches are pipelined, up to ``CHUNK`` events of one partition per script
+call; each event is still decided on its own, atomically.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,9 +33,12 @@ from . import keys
 from .config import StreamsConfig
 from .connection import RedisClient, translate
 from .errors import Unavailable
-from .scripts import Scripts, load, run_many
+from .scripts import Call, Scripts, load, run_many
 
 IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
+CHUNK = 32
+"""Events per script call: big enough to spread the call's cost, small enough
+that Redis starts on a batch while the client still builds the rest."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,32 +92,19 @@ class Appender:
     ) -> list[Appended | LedgerError]:
         """Append many events in one round trip; one result (or refusal) per item.
 
-        Events are grouped by partition, one script call per partition, in the
-        order given; each call is atomic, so each event is too.
+        Events are grouped by partition into script calls of up to ``CHUNK``
+        events, in the order given; each call is atomic, so each event is too.
+        A call is sent as soon as it is full, so Redis works on it while the
+        rest of the batch is built.
         """
-        groups: dict[int, tuple[list[str], list[Any], list[int]]] = {}
-        calls: list[tuple[Command, str | None]] = []
-        for index, (command, priority, idem) in enumerate(items):
+        for _, _, idem in items:
             if idem is not None:
                 check_idempotency_key(idem)
-            kind, amount, text, ref = _lua_args(command)
-            user = command.user_id
-            p = keys.partition_of(user, self._config.partitions)
-            group = groups.setdefault(p, ([], [self._config.idempotency_ttl_s, MAX_CREDITS],
-                                          []))
-            group[0].extend((keys.account(p, user), keys.stream(p, Priority(priority)),
-                             keys.idempotency(p, user, idem or "-"),
-                             keys.transactions(p, user)))
-            group[1].extend((kind, user, amount, text, ref, "1" if idem else "0",
-                             fingerprint(kind, user, amount, text, ref),
-                             self._config.queue_for(priority)))
-            group[2].append(index)
-            calls.append((command, idem))
-        if not calls:
+        if not items:
             return []
+        batches: list[list[int]] = []
         with translate():
-            replies = run_many(self._redis, [(self._scripts.append, script_keys, args)
-                                             for script_keys, args, _ in groups.values()])
+            replies = run_many(self._redis, self._calls(items, batches))
             if self._config.wait_replicas:
                 acked = self._redis.wait(self._config.wait_replicas,
                                          self._config.wait_timeout_ms)
@@ -122,20 +113,58 @@ class Appender:
                         f"appended, but only {acked} of {self._config.wait_replicas} replicas "
                         "confirmed in time; retry with the same Idempotency-Key"
                     )
-        results: list[Appended | LedgerError | None] = [None] * len(calls)
-        for (_, _, indexes), group_replies in zip(groups.values(), replies, strict=True):
-            for index, reply in zip(indexes, group_replies, strict=True):
-                command, idem = calls[index]
+        results: list[Appended | LedgerError | None] = [None] * len(items)
+        for indexes, call_replies in zip(batches, replies, strict=True):
+            for index, reply in zip(indexes, call_replies, strict=True):
+                command, _, idem = items[index]
                 results[index] = _result(command, idem, reply)
         return [r for r in results if r is not None]
+
+    def _calls(self, items: Sequence[tuple[Command, Priority, str | None]],
+               batches: list[list[int]]) -> Iterator[Call]:
+        """The script calls for ``items``, each yielded when full; ``batches``
+        receives the item indexes of each call, in the order yielded."""
+        partitions, config = self._config.partitions, self._config
+        script = self._scripts.append
+        open_: dict[int, tuple[list[str], list[Any], list[int]]] = {}
+        streams: dict[tuple[int, Priority], tuple[str, str, str]] = {}
+        for index, (command, priority, idem) in enumerate(items):
+            kind, amount, text, ref = _lua_args(command)
+            user = command.user_id
+            p = keys.partition_of(user, partitions)
+            where = streams.get((p, priority))
+            if where is None:  # stream, queue name, a same-slot key for "no key"
+                where = streams[(p, priority)] = (keys.stream(p, priority),
+                                                  config.queue_for(priority),
+                                                  keys.idempotency(p, "", "-"))
+            call = open_.get(p)
+            if call is None:
+                call = open_[p] = ([], [config.idempotency_ttl_s, MAX_CREDITS], [])
+            call[0].extend((keys.account(p, user), where[0],
+                            keys.idempotency(p, user, idem) if idem else where[2],
+                            keys.transactions(p, user)))
+            fp = fingerprint(kind, user, amount, text, ref) if idem or ref else ""
+            call[1].extend((kind, user, amount, text, ref, "1" if idem else "0", fp, where[1]))
+            call[2].append(index)
+            if len(call[2]) >= CHUNK:
+                del open_[p]
+                batches.append(call[2])
+                yield script, call[0], call[1]
+        for call in open_.values():
+            batches.append(call[2])
+            yield script, call[0], call[1]
 
 
 def _result(command: Command, idem: str | None, reply: list[bytes]) -> Appended | LedgerError:
     status = reply[0].decode()
     user = command.user_id
-    if status in ("ok", "dup"):
+    if status == "ok":
+        version = reply[1].decode()
+        return Appended(event_id=f"{user}:{version}", user_id=user, version=int(version),
+                        balance=int(reply[2]))
+    if status == "dup":
         return Appended(event_id=reply[1].decode(), user_id=user, version=int(reply[2]),
-                        balance=int(reply[3]), duplicate=status == "dup")
+                        balance=int(reply[3]), duplicate=True)
     if status == "insufficient":
         requested = command.amount if isinstance(command, Use) else -getattr(command, "delta", 0)
         return InsufficientCredits(user, int(reply[1]), requested)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from . import keys
 from .connection import RedisClient, translate
 from .errors import UnknownDeadLetter
-from .scripts import Scripts
+from .scripts import Scripts, run_many
 
 DEAD_ID_RE = re.compile(r"^p(\d{1,4}):(\d{1,20}-\d{1,20})$")
 
@@ -76,8 +76,8 @@ def requeue(client: RedisClient, scripts: Scripts, partitions: int, dead_id: str
         raise UnknownDeadLetter(f"no dead letter {dead_id!r}")
     p, entry_id = int(m.group(1)), m.group(2)
     with translate():
-        reply = scripts.requeue(keys=[keys.dead(p), keys.attempts(p)],
-                                args=[entry_id, keys.tag(p) + ":task:"], client=client)
+        reply = run_many(client, [(scripts.requeue, [keys.dead(p), keys.attempts(p)],
+                                   [entry_id, keys.tag(p) + ":task:"])])[0]
     if reply[0] != b"ok":
         raise UnknownDeadLetter(f"no dead letter {dead_id!r}")
     return str(reply[1].decode())

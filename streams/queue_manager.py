@@ -37,7 +37,7 @@ from .connection import RedisClient, connect, ensure_partitions, translate
 from .deadletters import DeadLetter, list_dead, requeue
 from .handlers import BoundDBManager, Handler
 from .registry import HandlerRegistry, default_registry
-from .scripts import load
+from .scripts import load, run_many
 from .status import queue_stats, task_status
 from .worker import Worker, WorkerConfig
 
@@ -89,18 +89,18 @@ class QueueManager:
             task_id = str(uuid.uuid5(TASK_ID_NAMESPACE, idempotency_key))
         else:
             task_id = str(uuid.uuid4())
-        fp = hashlib.sha1(b"\x1f".join([
+        fp = "" if idempotency_key is None else hashlib.sha1(b"\x1f".join([
             task.queue_name.encode(), task.task_type.encode(), data,
             str(int(task.priority)).encode(), str(task.delay_ms).encode()])).hexdigest()
         p = keys.partition_of(task_id, self.config.partitions)
         self._ready()
         with translate():
-            reply = self.scripts.enqueue(
-                keys=[keys.stream(p, task.priority), keys.task(p, task_id), keys.scheduled(p)],
-                args=[task_id, task.queue_name, task.task_type, data, int(task.priority),
-                      task.delay_ms, fp, "1" if idempotency_key else "0",
-                      self.config.idempotency_ttl_s],
-            )
+            reply = run_many(self.redis, [(
+                self.scripts.enqueue,
+                [keys.stream(p, task.priority), keys.task(p, task_id), keys.scheduled(p)],
+                [task_id, task.queue_name, task.task_type, data, int(task.priority),
+                 task.delay_ms, fp, "1" if idempotency_key else "0",
+                 self.config.idempotency_ttl_s])])[0]
         status = reply[0].decode()
         if status == "reused":
             from ledger.errors import IdempotencyKeyReused

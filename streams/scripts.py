@@ -1,18 +1,28 @@
-"""The Lua scripts, loaded from ``streams/lua/*.lua`` once per client.
+"""The Lua scripts, loaded from ``streams/lua/*.lua`` once per client, and how they run.
 
-redis-py's ``Script`` runs EVALSHA and reloads the script after a server restart
-(NOSCRIPT), so a restarted Redis needs nothing from us.
+Every script call goes through ``run_many``: pipelined EVALSHA, sent as the
+caller builds each call, and never resent by the driver after a connection
+error — a lost reply can hide a write that happened, and a blind resend of an
+append without an Idempotency-Key would record it twice. The caller gets
+``Unavailable`` and decides (the API answers 503: retry with the same key).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
 from typing import Any
 
 from redis.commands.core import Script
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
+
+_hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
+try:  # packing the protocol in C halves the client's cost per call
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - hiredis is a dependency (redis[hiredis])
+    _hiredis_pack = None
 
 Call = tuple[Script, list[Any], list[Any]]
 """(script, keys, args) of one script call."""
@@ -41,23 +51,23 @@ def load(client: Any) -> Scripts:
     return Scripts(**{name: client.register_script(source(name)) for name in NAMES})
 
 
-def run_many(client: Any, calls: list[Call]) -> list[Any]:
-    """Run script calls in one pipeline by EVALSHA; return their replies in order.
+def run_many(client: Any, calls: Iterable[Call]) -> list[Any]:
+    """Run script calls by pipelined EVALSHA; return their replies in order.
 
-    redis-py's own pipelined scripts ask SCRIPT EXISTS before every execute (a
-    round trip each time); here a call that meets NOSCRIPT (Redis restarted)
-    loads its script and runs again — NOSCRIPT means it did not run at all.
-    Any other error is raised.
+    ``calls`` may be a generator: each call is written to the socket as soon as
+    it is built, so Redis runs call n while the caller builds call n+1. A call
+    that meets NOSCRIPT (Redis restarted) did not run at all: its script is
+    loaded and the call runs again. Any other error is raised.
     """
-    if not calls:
-        return []
-    replies = _pipelined(client, calls)
+    todo = calls if isinstance(calls, list) else None
+    replies, sent = _send_all(client, calls)
     missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
     if missing:
-        for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
+        todo = sent if todo is None else todo
+        for script in {id(todo[i][0]): todo[i][0] for i in missing}.values():
             client.script_load(script.script)
-        for i, reply in zip(missing, _pipelined(client, [calls[i] for i in missing]),
-                            strict=True):
+        again, _ = _send_all(client, [todo[i] for i in missing])
+        for i, reply in zip(missing, again, strict=True):
             replies[i] = reply
     for reply in replies:
         if isinstance(reply, Exception):
@@ -65,8 +75,33 @@ def run_many(client: Any, calls: list[Call]) -> list[Any]:
     return replies
 
 
-def _pipelined(client: Any, calls: list[Call]) -> list[Any]:
-    pipe = client.pipeline(transaction=False)
-    for script, keys, args in calls:
-        pipe.evalsha(script.sha, len(keys), *keys, *args)
-    return list(pipe.execute(raise_on_error=False))
+def _send_all(client: Any, calls: Iterable[Call]) -> tuple[list[Any], list[Call]]:
+    """(replies, the calls sent); an error reply is returned in its place."""
+    if not hasattr(client, "connection_pool"):  # RedisCluster: its own pipeline
+        sent = list(calls)
+        pipe = client.pipeline(transaction=False)
+        for script, keys, args in sent:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        return list(pipe.execute(raise_on_error=False)), sent
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    sent = []
+    try:
+        for call in calls:
+            script, keys, args = call
+            command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+            conn.send_packed_command(conn.pack_command(*command) if _hiredis_pack is None
+                                     else [_hiredis_pack(command)], check_health=not sent)
+            sent.append(call)
+        replies: list[Any] = []
+        for _ in sent:
+            try:
+                replies.append(conn.read_response())
+            except ResponseError as exc:  # this call's error; the stream stays in step
+                replies.append(exc)
+    except BaseException:
+        conn.disconnect()  # replies may still be in flight: never reuse this socket
+        raise
+    finally:
+        pool.release(conn)
+    return replies, sent

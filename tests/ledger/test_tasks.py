@@ -22,6 +22,8 @@ from ledger.tasks import (
     DbTask,
     PayloadTooLarge,
     Priority,
+    _Budget,
+    _walk,
     allowed_collections,
     check_db_task,
     check_task,
@@ -115,6 +117,23 @@ def test_depth_limit_is_exact() -> None:
     assert check_task_data({"l": lists})
     with pytest.raises(ValidationError):
         check_task_data({"l": [lists]})
+
+
+@s.QUICK
+@given(data=s.json_objects())
+def test_the_walk_bounds_the_json_size_from_both_sides(data: dict[str, object]) -> None:
+    """check_task_data skips the exact measure when the upper bound fits: it must hold."""
+    budget = _Budget("task_data")
+    _walk(data, "task_data", 1, budget)
+    assert budget.used <= task_size(data) <= budget.most
+
+
+def test_long_numbers_over_the_limit_are_refused() -> None:
+    """Numbers count 1 byte in the running bound; the exact measure still catches them."""
+    data = {"n": [2**62] * (MAX_TASK_BYTES // 18)}
+    assert task_size(data) > MAX_TASK_BYTES
+    with pytest.raises(PayloadTooLarge):
+        check_task_data(data)
 
 
 def test_very_deep_nesting_is_refused_without_recursion_error() -> None:
