@@ -103,8 +103,15 @@ class Appender:
         if not items:
             return []
         batches: list[list[int]] = []
+        results: list[Appended | LedgerError | None] = [None] * len(items)
+
+        def settle(call: int, replies: list[list[bytes]]) -> None:
+            for index, reply in zip(batches[call], replies, strict=True):
+                command, _, idem = items[index]
+                results[index] = _result(command, idem, reply)
+
         with translate():
-            replies = run_many(self._redis, self._calls(items, batches))
+            run_many(self._redis, self._calls(items, batches), settle)
             if self._config.wait_replicas:
                 acked = self._redis.wait(self._config.wait_replicas,
                                          self._config.wait_timeout_ms)
@@ -113,46 +120,51 @@ class Appender:
                         f"appended, but only {acked} of {self._config.wait_replicas} replicas "
                         "confirmed in time; retry with the same Idempotency-Key"
                     )
-        results: list[Appended | LedgerError | None] = [None] * len(items)
-        for indexes, call_replies in zip(batches, replies, strict=True):
-            for index, reply in zip(indexes, call_replies, strict=True):
-                command, _, idem = items[index]
-                results[index] = _result(command, idem, reply)
         return [r for r in results if r is not None]
 
     def _calls(self, items: Sequence[tuple[Command, Priority, str | None]],
                batches: list[list[int]]) -> Iterator[Call]:
         """The script calls for ``items``, each yielded when full; ``batches``
-        receives the item indexes of each call, in the order yielded."""
+        receives the item indexes of each call, in the order yielded.
+
+        A call holds events of one partition and one priority; an event of
+        another priority closes its partition's open call first, so the events
+        of a partition run in the order given.
+        """
         partitions, config = self._config.partitions, self._config
         script = self._scripts.append
-        open_: dict[int, tuple[list[str], list[Any], list[int]]] = {}
-        streams: dict[tuple[int, Priority], tuple[str, str, str]] = {}
+        open_: dict[int, tuple[Priority, list[str], list[Any], list[int]]] = {}
         for index, (command, priority, idem) in enumerate(items):
             kind, amount, text, ref = _lua_args(command)
             user = command.user_id
             p = keys.partition_of(user, partitions)
-            where = streams.get((p, priority))
-            if where is None:  # stream, queue name, a same-slot key for "no key"
-                where = streams[(p, priority)] = (keys.stream(p, priority),
-                                                  config.queue_for(priority),
-                                                  keys.idempotency(p, "", "-"))
             call = open_.get(p)
-            if call is None:
-                call = open_[p] = ([], [config.idempotency_ttl_s, MAX_CREDITS], [])
-            call[0].extend((keys.account(p, user), where[0],
-                            keys.idempotency(p, user, idem) if idem else where[2],
-                            keys.transactions(p, user)))
-            fp = fingerprint(kind, user, amount, text, ref) if idem or ref else ""
-            call[1].extend((kind, user, amount, text, ref, "1" if idem else "0", fp, where[1]))
-            call[2].append(index)
-            if len(call[2]) >= CHUNK:
+            if call is not None and call[0] != priority:
                 del open_[p]
-                batches.append(call[2])
-                yield script, call[0], call[1]
+                batches.append(call[3])
+                yield script, call[1], call[2]
+                call = None
+            if call is None:
+                call = open_[p] = (priority, [keys.stream(p, priority)],
+                                   [config.idempotency_ttl_s, MAX_CREDITS,
+                                    config.queue_for(priority)], [])
+            call[1].append(keys.account(p, user))
+            fp = ""
+            if idem:
+                call[1].append(keys.idempotency(p, user, idem))
+            if ref:
+                call[1].append(keys.transactions(p, user))
+            if idem or ref:
+                fp = fingerprint(kind, user, amount, text, ref)
+            call[2].extend((kind, user, amount, text, ref, "1" if idem else "0", fp))
+            call[3].append(index)
+            if len(call[3]) >= min(CHUNK, 4 << len(batches)):  # the first calls small,
+                del open_[p]                       # so Redis starts at once
+                batches.append(call[3])
+                yield script, call[1], call[2]
         for call in open_.values():
-            batches.append(call[2])
-            yield script, call[0], call[1]
+            batches.append(call[3])
+            yield script, call[1], call[2]
 
 
 def _result(command: Command, idem: str | None, reply: list[bytes]) -> Appended | LedgerError:

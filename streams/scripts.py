@@ -51,16 +51,18 @@ def load(client: Any) -> Scripts:
     return Scripts(**{name: client.register_script(source(name)) for name in NAMES})
 
 
-def run_many(client: Any, calls: Iterable[Call]) -> list[Any]:
+def run_many(client: Any, calls: Iterable[Call],
+             each: Callable[[int, Any], None] | None = None) -> list[Any]:
     """Run script calls by pipelined EVALSHA; return their replies in order.
 
     ``calls`` may be a generator: each call is written to the socket as soon as
-    it is built, so Redis runs call n while the caller builds call n+1. A call
-    that meets NOSCRIPT (Redis restarted) did not run at all: its script is
-    loaded and the call runs again. Any other error is raised.
+    it is built, so Redis runs call n while the caller builds call n+1; ``each``
+    sees every reply (index, reply) as it arrives, while Redis runs the later
+    calls. A call that meets NOSCRIPT (Redis restarted) did not run at all: its
+    script is loaded and the call runs again. Any other error is raised.
     """
     todo = calls if isinstance(calls, list) else None
-    replies, sent = _send_all(client, calls)
+    replies, sent = _send_all(client, calls, each)
     missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
     if missing:
         todo = sent if todo is None else todo
@@ -69,20 +71,28 @@ def run_many(client: Any, calls: Iterable[Call]) -> list[Any]:
         again, _ = _send_all(client, [todo[i] for i in missing])
         for i, reply in zip(missing, again, strict=True):
             replies[i] = reply
+            if each is not None and not isinstance(reply, Exception):
+                each(i, reply)
     for reply in replies:
         if isinstance(reply, Exception):
             raise reply
     return replies
 
 
-def _send_all(client: Any, calls: Iterable[Call]) -> tuple[list[Any], list[Call]]:
+def _send_all(client: Any, calls: Iterable[Call],
+              each: Callable[[int, Any], None] | None = None) -> tuple[list[Any], list[Call]]:
     """(replies, the calls sent); an error reply is returned in its place."""
+    replies: list[Any] = []
     if not hasattr(client, "connection_pool"):  # RedisCluster: its own pipeline
         sent = list(calls)
         pipe = client.pipeline(transaction=False)
         for script, keys, args in sent:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
-        return list(pipe.execute(raise_on_error=False)), sent
+        replies = list(pipe.execute(raise_on_error=False))
+        for i, reply in enumerate(replies):
+            if each is not None and not isinstance(reply, Exception):
+                each(i, reply)
+        return replies, sent
     pool = client.connection_pool
     conn = pool.get_connection()
     sent = []
@@ -93,12 +103,15 @@ def _send_all(client: Any, calls: Iterable[Call]) -> tuple[list[Any], list[Call]
             conn.send_packed_command(conn.pack_command(*command) if _hiredis_pack is None
                                      else [_hiredis_pack(command)], check_health=not sent)
             sent.append(call)
-        replies: list[Any] = []
-        for _ in sent:
+        for i in range(len(sent)):
             try:
-                replies.append(conn.read_response())
+                reply = conn.read_response()
             except ResponseError as exc:  # this call's error; the stream stays in step
                 replies.append(exc)
+                continue
+            replies.append(reply)
+            if each is not None:
+                each(i, reply)
     except BaseException:
         conn.disconnect()  # replies may still be in flight: never reuse this socket
         raise

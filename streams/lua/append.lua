@@ -7,15 +7,18 @@ XADDed. The whole call is one atomic step, so concurrent spends can never
 overdraw and a crash can never leave an event half-recorded. Events later in
 the call see the effects of earlier ones (same account, same key). All keys
 share one hash tag; batching many events into one call saves the per-call cost.
+The events of one call share a priority (one stream).
 
-KEYS, 4 per event i (base = 4*(i-1)):
-  base+1 ledger:{pN}:acct:<user>       account state (hash)
-  base+2 ledger:{pN}:<level>           the priority stream to append to
-  base+3 ledger:{pN}:idem:<user>:<key> first response of an Idempotency-Key (hash)
-  base+4 ledger:{pN}:txn:<user>        purchase transaction ids (hash)
+KEYS[1] ledger:{pN}:<level>            the priority stream to append to
+then per event, in order (only the keys the event uses):
+  ledger:{pN}:acct:<user>              account state (hash)
+  ledger:{pN}:idem:<user>:<key>        first response of an Idempotency-Key (hash),
+                                       when use_idem is "1"
+  ledger:{pN}:txn:<user>               purchase transaction ids (hash), when ref ~= ""
 ARGV[1] idem_ttl    seconds to keep an idempotency record
 ARGV[2] max         largest total the ledger holds exactly (2^53-1)
-then 8 per event i (base = 2 + 8*(i-1)):
+ARGV[3] queue       queue name recorded on the entries (stats)
+then 7 per event i (base = 3 + 7*(i-1)):
   base+1 kind       user_registered | credits_purchased | credits_used | credits_adjusted
   base+2 user_id
   base+3 amount     signed change to the balance (0 for a registration)
@@ -23,7 +26,7 @@ then 8 per event i (base = 2 + 8*(i-1)):
   base+5 ref        purchase transaction id, else ""
   base+6 use_idem   "1" when the idem key is a real idempotency key
   base+7 fingerprint digest of the request, to tell a true repeat from a reused key
-  base+8 queue      queue name recorded on the entry (stats)
+                    ("" when there is neither key nor transaction id)
 
 An event's id is "<user_id>:<version>": unique by construction (stream entry
 ids are only unique within one stream) and stable if the entry is requeued.
@@ -36,6 +39,7 @@ The hash is sha1 over "<len>:<value>" pieces (see ledger/chain.py).
 ]]
 local idem_ttl = tonumber(ARGV[1])
 local max = tonumber(ARGV[2])
+local stream, queue = KEYS[1], ARGV[3]
 local t = redis.call('TIME')
 local at_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local at = string.format('%d', at_ms)
@@ -45,12 +49,17 @@ local PIECES = string.rep('%d:%s', 11)  -- one string.format, not 22 concatenati
 
 local function fmt(n) return string.format('%d', n) end
 
-local function append(k, a)
+local k = 2  -- the next event's first key
+
+local function append(a)
   local kind, user, am, text, ref = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4],
                                     ARGV[a + 5]
   local amount = tonumber(am)
   local use_idem, fp = ARGV[a + 6] == '1', ARGV[a + 7]
-  local acct, stream, idem, txn = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
+  local acct, idem, txn = KEYS[k], nil, nil
+  k = k + 1
+  if use_idem then idem, k = KEYS[k], k + 1 end
+  if ref ~= '' then txn, k = KEYS[k], k + 1 end
 
   if use_idem then
     local prior = redis.call('HMGET', idem, 'e', 'v', 'b', 'f')
@@ -96,10 +105,9 @@ local function append(k, a)
   local hash = redis.sha1hex(string.format(PIECES, #kind, kind, #user, user, #v, v, #at, at,
     #am, am, #b, b, #p, p, #u, u, #text, text, #ref, ref, #head, head))
 
-  local event_id = user .. ':' .. v
   redis.call('XADD', stream, '*',
     'k', kind, 'u', user, 'v', v, 't', at, 'a', am, 'b', b, 'p', p, 'x', u,
-    'tx', text, 'r', ref, 'ph', head, 'h', hash, 'q', ARGV[a + 8])
+    'tx', text, 'r', ref, 'ph', head, 'h', hash, 'q', queue)
 
   if kind == 'user_registered' then
     redis.call('HSET', acct, 'version', v, 'balance', b, 'purchased', p, 'used', u,
@@ -108,6 +116,7 @@ local function append(k, a)
     redis.call('HSET', acct, 'version', v, 'balance', b, 'purchased', p, 'used', u,
                'head', hash)
   end
+  local event_id = user .. ':' .. v
   if use_idem then
     redis.call('HSET', idem, 'e', event_id, 'v', v, 'b', b, 'f', fp)
     redis.call('EXPIRE', idem, idem_ttl)
@@ -119,7 +128,7 @@ local function append(k, a)
 end
 
 local out = {}
-for i = 1, (#ARGV - 2) / 8 do
-  out[i] = append(4 * (i - 1), 2 + 8 * (i - 1))
+for i = 1, (#ARGV - 3) / 7 do
+  out[i] = append(3 + 7 * (i - 1))
 end
 return out
