@@ -7,7 +7,6 @@ Everything runs on 127.0.0.1 against private servers (``api.embedded``).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import platform
@@ -15,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,8 +21,7 @@ from typing import Any
 import redis
 
 from ledger.tasks import Priority
-from streams import QueueManager, keys
-from streams.codec import pack
+from streams import keys
 
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,33 +155,6 @@ def wait_until(pred: Callable[[], bool], timeout: float, every: float = 0.02) ->
 
 
 # -- the queue ------------------------------------------------------------------------
-def enqueue_pipelined(qm: QueueManager, queue: str, task_type: str,
-                      datas: Sequence[Mapping[str, Any]], priority: Priority,
-                      chunk: int = 500) -> list[str]:
-    """Enqueue many tasks, ``chunk`` script calls per round trip.
-
-    ``QueueManager`` has no batch enqueue, so this makes the same ``enqueue.lua``
-    call as ``QueueManager.enqueue`` (no delay, no idempotency key), pipelined.
-    """
-    qm._ready()
-    ids: list[str] = []
-    for i in range(0, len(datas), chunk):
-        pipe = qm.redis.pipeline(transaction=False)
-        for data in datas[i:i + chunk]:
-            task_id = str(uuid.uuid4())
-            packed = pack(dict(data))
-            fp = hashlib.sha1(b"\x1f".join([queue.encode(), task_type.encode(), packed,
-                                            str(int(priority)).encode(), b"0"])).hexdigest()
-            p = keys.partition_of(task_id, qm.config.partitions)
-            qm.scripts.enqueue(keys=[keys.stream(p, priority), keys.task(p, task_id),
-                                     keys.scheduled(p)],
-                               args=[task_id, queue, task_type, packed, int(priority), 0, fp,
-                                     "0", qm.config.idempotency_ttl_s], client=pipe)
-            ids.append(task_id)
-        pipe.execute()
-    return ids
-
-
 def task_times(client: redis.Redis, partitions: int, ids: Sequence[str]
                ) -> list[tuple[int, int, int, str]]:
     """(enqueued_at, started_at, finished_at, status) in ms for each task id."""

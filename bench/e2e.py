@@ -34,7 +34,6 @@ import redis
 from api.embedded import EmbeddedMongo, EmbeddedRedis
 from api.loadgen import credit_traffic, registrations, user_ids
 from bench.common import (
-    enqueue_pipelined,
     facts,
     groups_idle,
     ledger,
@@ -99,8 +98,10 @@ def main(argv: list[str] | None = None) -> int:
                 res = qm.append_batch([(c, Priority.NORMAL, None) for c in cmds[i:i + 200]])
                 accepted += sum(1 for r in res
                                 if not isinstance(r, LedgerError) and not r.duplicate)
-            enqueue_pipelined(qm, "default", "noop", [{"i": i} for i in range(args.tasks)],
-                              Priority.NORMAL)
+            for i in range(0, args.tasks, 500):
+                qm.enqueue_many("default", "noop",
+                                [{"i": j} for j in range(i, min(i + 500, args.tasks))],
+                                Priority.NORMAL)
             t_appended = time.perf_counter() - t0
             wait_until(lambda: groups_idle(client, PARTITIONS), 600, 0.05)
             drain_s = time.perf_counter() - t0

@@ -7,7 +7,10 @@ hash (``bench.peer_handlers`` / ``bench.peer_dramatiq``), on one private
 redis-server (ledger on DB 0, Dramatiq's broker on DB 1, sums in DB 0 under
 separate keys). For each system, in turn:
 
-  enqueue   ``--tasks`` tasks one by one from this process (qm.enqueue / actor.send)
+  enqueue   ``--tasks`` tasks one by one from this process (qm.enqueue / actor.send);
+            the ledger runs twice, the second time enqueueing with
+            ``qm.enqueue_many`` (``--many`` tasks per round trip; Dramatiq's Redis
+            broker has no batch send)
   drain     start ``--processes`` worker processes; tasks/s from the first
             completed task until the hash sums reach what was enqueued
   CPU       ms per task: producer (this process, while enqueueing) + redis-server
@@ -52,7 +55,9 @@ from ledger.tasks import Priority
 from streams import QueueManager, StreamsConfig
 
 PARTITIONS = 4
-SUMS = {"ledger": "bench:sum:ledger", "dramatiq": "bench:sum:dramatiq"}
+SUMS = {"ledger": "bench:sum:ledger", "ledger_many": "bench:sum:ledger-many",
+        "dramatiq": "bench:sum:dramatiq"}
+LABELS = {"ledger": "ledger", "ledger_many": "ledger, enqueue_many", "dramatiq": "dramatiq"}
 
 
 def total(client: redis.Redis, key: str) -> int:
@@ -74,11 +79,20 @@ class System:
         self.env = {"BENCH_REDIS_URL": url, "BENCH_SUM_KEY": self.key,
                     "BENCH_DRAMATIQ_URL": broker_url}
         self.send: Callable[[str, int, str | None], Any]
-        if name == "ledger":
+        self.send_many: Callable[[list[tuple[str, int]]], Any] | None = None
+        self.is_ledger = name.startswith("ledger")
+        if self.is_ledger:
             qm = QueueManager(config=StreamsConfig(redis_url=url, partitions=PARTITIONS))
             self.send = lambda u, a, tag: qm.enqueue(
                 "default", "hincr", {"user": u, "amount": a} if tag is None
                 else {"user": u, "amount": a, "tag": tag}, priority=Priority.NORMAL)
+            if name == "ledger_many":
+                many = args.many
+                self.send_many = lambda work: [
+                    qm.enqueue_many("default", "hincr",
+                                    [{"user": u, "amount": a} for u, a in work[i:i + many]],
+                                    Priority.NORMAL)
+                    for i in range(0, len(work), many)]
         else:
             os.environ.update(self.env)
             from bench import peer_dramatiq
@@ -87,7 +101,7 @@ class System:
 
     def start(self) -> list[subprocess.Popen[bytes]]:
         log = self.tmp / f"{self.name}-workers.log"
-        if self.name == "ledger":
+        if self.is_ledger:
             return [spawn(ledger("worker", "--redis-url", self.url, "--partitions",
                                  str(PARTITIONS), "--import", "bench.peer_handlers",
                                  "--concurrency", str(self.args.concurrency),
@@ -117,8 +131,11 @@ def drain(sys_: System, client: redis.Redis, redis_pid: int, n: int, users: int,
     me = os.getpid()
     c_me, c_redis = cpu_ms([me]), cpu_ms([redis_pid])
     t0 = time.perf_counter()
-    for u, a in work:
-        sys_.send(u, a, None)
+    if sys_.send_many is not None:
+        sys_.send_many(work)
+    else:
+        for u, a in work:
+            sys_.send(u, a, None)
     enq_s = time.perf_counter() - t0
     enq_cpu = cpu_ms([me]) - c_me + cpu_ms([redis_pid]) - c_redis
     procs = sys_.start()
@@ -198,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency-s", type=float, default=10.0)
     ap.add_argument("--rate", type=float, default=0.0,
                     help="offered load for the latency phase (default: half the slower drain)")
+    ap.add_argument("--many", type=int, default=500,
+                    help="tasks per enqueue_many call (the ledger's second run)")
     ap.add_argument("--raw", type=int, default=20_000, help="raw HINCRBY calls (the floor)")
     args = ap.parse_args(argv)
 
@@ -217,56 +236,66 @@ def main(argv: list[str] | None = None) -> int:
         print(f"raw HINCRBY one by one: {raw_rate:,.0f}/s", flush=True)
 
         systems = {name: System(name, rs.url, broker_url, args, tmp)
-                   for name in ("ledger", "dramatiq")}
+                   for name in ("ledger", "ledger_many", "dramatiq")}
         expected: dict[str, dict[str, int]] = {name: {} for name in systems}
         results: dict[str, dict[str, Any]] = {}
         for name, s in systems.items():
             results[name] = {"drain": drain(s, client, rs.pid, args.tasks, args.users,
                                             random.Random(1), expected[name])}
             d = results[name]["drain"]
-            print(f"{name:<9} enqueue {d['enqueue_per_s']:>7,}/s  drain {d['drain_per_s']:>7,}/s"
-                  f"  CPU {d['cpu_ms_per_task']:.3f} ms/task  totals ok: {d['totals_ok']}",
-                  flush=True)
+            print(f"{LABELS[name]:<22} enqueue {d['enqueue_per_s']:>7,}/s  drain "
+                  f"{d['drain_per_s']:>7,}/s  CPU {d['cpu_ms_per_task']:.3f} ms/task  "
+                  f"totals ok: {d['totals_ok']}", flush=True)
         rate = args.rate or round(min(r["drain"]["drain_per_s"] for r in results.values()) / 2)
-        for name, s in systems.items():
-            results[name]["latency"] = latency(s, client, rate, args.latency_s, args.users,
-                                               random.Random(2), expected[name])
+        for name in ("ledger", "dramatiq"):
+            results[name]["latency"] = latency(systems[name], client, rate, args.latency_s,
+                                               args.users, random.Random(2), expected[name])
             lt = results[name]["latency"]
             print(f"{name:<9} at {rate}/s: p50 {lt['latency_ms']['p50']} ms  p99 "
                   f"{lt['latency_ms']['p99']} ms  max {lt['latency_ms']['max']} ms  "
                   f"({lt['done']}/{lt['sent']} done, totals ok: {lt['totals_ok']})", flush=True)
         client.close()
 
-    ours, theirs = results["ledger"], results["dramatiq"]
-    drain_ratio = ours["drain"]["drain_per_s"] / theirs["drain"]["drain_per_s"]
-    cpu_ratio = ours["drain"]["cpu_ms_per_task"] / theirs["drain"]["cpu_ms_per_task"]
+    theirs = results["dramatiq"]
+    ratios = {name: {"drain": results[name]["drain"]["drain_per_s"]
+                     / theirs["drain"]["drain_per_s"],
+                     "cpu": results[name]["drain"]["cpu_ms_per_task"]
+                     / theirs["drain"]["cpu_ms_per_task"]} for name in ("ledger", "ledger_many")}
     rows = [
-        ("drain, tasks/s", "drain", "drain_per_s", "{:,}"),
-        ("enqueue one by one, tasks/s", "drain", "enqueue_per_s", "{:,}"),
-        ("CPU ms per task (all processes)", "drain", "cpu_ms_per_task", "{:.3f}"),
-        ("  of which enqueue side", "drain", "cpu_ms_enqueue_per_task", "{:.3f}"),
-        ("  of which drain side", "drain", "cpu_ms_drain_per_task", "{:.3f}"),
+        ("drain, tasks/s", "drain_per_s", "{:,}"),
+        ("enqueue, tasks/s", "enqueue_per_s", "{:,}"),
+        ("CPU ms per task (all processes)", "cpu_ms_per_task", "{:.3f}"),
+        ("  of which enqueue side", "cpu_ms_enqueue_per_task", "{:.3f}"),
+        ("  of which drain side", "cpu_ms_drain_per_task", "{:.3f}"),
     ]
     print(f"\n{args.tasks} HINCRBY tasks, {args.processes} worker processes each "
-          f"(ledger --concurrency {args.concurrency}, dramatiq --threads {args.threads})")
-    print(f"{'figure':<36}{'ledger':>12}{'dramatiq':>12}{'ratio':>9}")
-    for label, phase, key, fmt in rows:
-        a, b = ours[phase][key], theirs[phase][key]
-        print(f"{label:<36}{fmt.format(a):>12}{fmt.format(b):>12}{a / b:>9.2f}")
+          f"(ledger --concurrency {args.concurrency}, dramatiq --threads {args.threads}); "
+          f"ratios are ledger / dramatiq")
+    print(f"{'figure':<34}{'ledger':>10}{'ratio':>7}{'ledger, many':>14}{'ratio':>7}"
+          f"{'dramatiq':>10}")
+    for label, key, fmt in rows:
+        a, m, b = (results[n]["drain"][key] for n in ("ledger", "ledger_many", "dramatiq"))
+        print(f"{label:<34}{fmt.format(a):>10}{a / b:>7.2f}{fmt.format(m):>14}{m / b:>7.2f}"
+              f"{fmt.format(b):>10}")
     for q in ("p50", "p99", "max"):
-        a, b = ours["latency"]["latency_ms"][q], theirs["latency"]["latency_ms"][q]
-        print(f"{'latency ' + q + ' ms at ' + str(rate) + '/s':<36}{a:>12.1f}{b:>12.1f}"
-              f"{(a / b if b else float('nan')):>9.2f}")
-    checked = [str(r["drain"]["totals_ok"] and r["latency"]["totals_ok"]) for r in (ours, theirs)]
-    print(f"{'totals checked':<36}{checked[0]:>12}{checked[1]:>12}")
-    targets = {"drain >= 3x dramatiq": drain_ratio >= 3,
-               "cpu/task <= 0.5x dramatiq": cpu_ratio <= 0.5}
-    print(f"targets: drain ratio {drain_ratio:.2f} (>= 3: {targets['drain >= 3x dramatiq']}), "
-          f"CPU ratio {cpu_ratio:.2f} (<= 0.5: {targets['cpu/task <= 0.5x dramatiq']})")
+        a, b = (results[n]["latency"]["latency_ms"][q] for n in ("ledger", "dramatiq"))
+        print(f"{'latency ' + q + ' ms at ' + str(rate) + '/s':<34}{a:>10.1f}"
+              f"{(a / b if b else float('nan')):>7.2f}{'':>21}{b:>10.1f}")
+    checked = all(r["drain"]["totals_ok"] and r.get("latency", {"totals_ok": True})["totals_ok"]
+                  for r in results.values())
+    print(f"totals checked (every user's sum, every run): {checked}")
+    targets = {}
+    for name in ("ledger", "ledger_many"):
+        r = ratios[name]
+        targets[name] = {"drain >= 3x dramatiq": r["drain"] >= 3,
+                         "cpu/task <= 0.5x dramatiq": r["cpu"] <= 0.5}
+        print(f"targets, {LABELS[name]}: drain ratio {r['drain']:.2f} (>= 3: "
+              f"{r['drain'] >= 3}), CPU ratio {r['cpu']:.2f} (<= 0.5: {r['cpu'] <= 0.5})")
     write("peers", {"facts": f, "args": vars(args), "raw_hincrby_per_s": round(raw_rate),
                     "latency_rate_per_s": rate, "results": results,
-                    "drain_ratio": round(drain_ratio, 3), "cpu_ratio": round(cpu_ratio, 3),
-                    "targets": targets})
+                    "ratios": {n: {k: round(v, 3) for k, v in r.items()}
+                               for n, r in ratios.items()},
+                    "totals_ok": checked, "targets": targets})
     return 0
 
 

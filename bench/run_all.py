@@ -108,20 +108,26 @@ def rows_scaling(d: Any) -> list[Row]:
 
 
 def rows_peers(d: Any) -> list[Row]:
-    o, t = d["results"]["ledger"], d["results"]["dramatiq"]
-    ok = all(r[p]["totals_ok"] for r in (o, t) for p in ("drain", "latency"))
-    return [("peers", "drain, ledger", o["drain"]["drain_per_s"], "tasks/s",
-             f"{d['drain_ratio']:.2f}x Dramatiq (target >= 3)",
-             d["targets"]["drain >= 3x dramatiq"]),
-            ("peers", "drain, Dramatiq", t["drain"]["drain_per_s"], "tasks/s", "", None),
-            ("peers", "CPU per task, ledger", o["drain"]["cpu_ms_per_task"], "ms",
-             f"{d['cpu_ratio']:.2f}x Dramatiq (target <= 0.5)",
-             d["targets"]["cpu/task <= 0.5x dramatiq"]),
-            ("peers", "CPU per task, Dramatiq", t["drain"]["cpu_ms_per_task"], "ms", "", None),
-            ("peers", f"latency p99 at {d['latency_rate_per_s']}/s, ledger",
-             o["latency"]["latency_ms"]["p99"], "ms",
-             f"Dramatiq {t['latency']['latency_ms']['p99']}", None),
-            ("peers", "hash totals equal what was enqueued", ok, "", "both systems", ok)]
+    res, ratios, targets = d["results"], d["ratios"], d["targets"]
+    t = res["dramatiq"]
+    rows: list[Row] = []
+    for name, label in (("ledger", "ledger"), ("ledger_many", "ledger, enqueue_many")):
+        o, r = res[name], ratios[name]
+        rows += [("peers", f"drain, {label}", o["drain"]["drain_per_s"], "tasks/s",
+                  f"{r['drain']:.2f}x Dramatiq (target >= 3)",
+                  targets[name]["drain >= 3x dramatiq"]),
+                 ("peers", f"CPU per task, {label}", o["drain"]["cpu_ms_per_task"], "ms",
+                  f"{r['cpu']:.2f}x Dramatiq (target <= 0.5)",
+                  targets[name]["cpu/task <= 0.5x dramatiq"])]
+    o = res["ledger"]
+    return [*rows,
+        ("peers", "drain, Dramatiq", t["drain"]["drain_per_s"], "tasks/s", "", None),
+        ("peers", "CPU per task, Dramatiq", t["drain"]["cpu_ms_per_task"], "ms", "", None),
+        ("peers", f"latency p99 at {d['latency_rate_per_s']}/s, ledger",
+         o["latency"]["latency_ms"]["p99"], "ms",
+         f"Dramatiq {t['latency']['latency_ms']['p99']}", None),
+        ("peers", "hash totals equal what was enqueued", d["totals_ok"], "", "every run",
+         d["totals_ok"])]
 
 
 EXTRACT: dict[str, Callable[[Any], list[Row]]] = {

@@ -23,7 +23,6 @@ import redis
 from api.embedded import EmbeddedRedis
 from bench.common import (
     cpu_ms,
-    enqueue_pipelined,
     facts,
     groups_idle,
     ledger,
@@ -69,7 +68,8 @@ def run(n_procs: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         client = redis.Redis.from_url(rs.url)
         qm = QueueManager(config=StreamsConfig(redis_url=rs.url, partitions=PARTITIONS))
         data = [{"user": f"u{i % 1000}", "amount": 1} for i in range(args.tasks)]
-        enqueue_pipelined(qm, "default", args.handler, data, Priority.NORMAL)
+        for i in range(0, len(data), 500):
+            qm.enqueue_many("default", args.handler, data[i:i + 500], Priority.NORMAL)
         env = {"BENCH_REDIS_URL": rs.url}
         procs = [spawn(ledger("worker", "--redis-url", rs.url, "--partitions", str(PARTITIONS),
                               "--import", "bench.peer_handlers", "--concurrency",

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ledger.commands import Adjust, Command, Purchase, RegisterUser, Use, check
-from ledger.errors import LedgerError, ValidationError
+from ledger.errors import IdempotencyKeyReused, LedgerError, ValidationError
 from ledger.tasks import (
     MAX_TASK_BYTES,
     PayloadTooLarge,
@@ -37,7 +37,7 @@ from .connection import RedisClient, connect, ensure_partitions, translate
 from .deadletters import DeadLetter, list_dead, requeue
 from .handlers import BoundDBManager, Handler
 from .registry import HandlerRegistry, default_registry
-from .scripts import load, run_many
+from .scripts import Call, load, run_many
 from .status import queue_stats, task_status
 from .worker import Worker, WorkerConfig
 
@@ -72,6 +72,53 @@ class QueueManager:
                 priority: Priority | int | None = None, delay: float = 0,
                 idempotency_key: str | None = None) -> str:
         """Queue a task; returns its id. ``priority`` defaults to the queue's."""
+        task_id, call = self._enqueue_call(queue_name, task_type, task_data, priority, delay,
+                                           idempotency_key)
+        self._ready()
+        with translate():
+            reply = run_many(self.redis, [call])[0]
+        status = reply[0].decode()
+        if status == "reused":
+            raise IdempotencyKeyReused(idempotency_key or "")
+        if status == "exists":  # a uuid4 collision: practically never
+            return self.enqueue(queue_name, task_type, task_data, priority, delay)
+        return task_id
+
+    def enqueue_many(self, queue_name: str, task_type: str,
+                     tasks_data: Sequence[Mapping[str, Any]],
+                     priority: Priority | int | None = None, delay: float = 0) -> list[str]:
+        """Queue many tasks of one kind in one round trip; returns their ids in order.
+
+        Every task is checked before any is queued: one bad item (its error names
+        it, e.g. ``tasks_data[3].amount``) queues nothing. Each task is then
+        queued on its own, as by ``enqueue``.
+        """
+        if isinstance(tasks_data, str | bytes) or not isinstance(tasks_data, Sequence):
+            raise ValidationError("tasks_data", "tasks_data must be a list of objects")
+        built = []
+        for i, data in enumerate(tasks_data):
+            try:
+                built.append(self._enqueue_call(queue_name, task_type, data, priority, delay))
+            except ValidationError as exc:
+                if exc.field in ("queue_name", "task_type", "priority", "delay"):
+                    raise  # a common argument: not about this item
+                field = (exc.field or "task_data").replace("task_data", f"tasks_data[{i}]", 1)
+                if not field.startswith("tasks_data"):
+                    field = f"tasks_data[{i}].{field}"  # e.g. a DB task's "collection"
+                raise type(exc)(field, f"tasks_data[{i}]: {exc}") from None
+        self._ready()
+        with translate():
+            replies = run_many(self.redis, [call for _, call in built])
+        ids = [task_id for task_id, _ in built]
+        for i, reply in enumerate(replies):
+            if reply[0] == b"exists":  # a uuid4 collision: practically never
+                ids[i] = self.enqueue(queue_name, task_type, tasks_data[i], priority, delay)
+        return ids
+
+    def _enqueue_call(self, queue_name: str, task_type: str, task_data: Mapping[str, Any],
+                      priority: Priority | int | None, delay: float,
+                      idempotency_key: str | None = None) -> tuple[str, Call]:
+        """Check one task; (its id, the enqueue.lua call that queues it)."""
         spec = self.config.queue(queue_name) if isinstance(queue_name, str) else None
         if spec is None:
             known = ", ".join(q.name for q in self.config.queues)
@@ -93,21 +140,11 @@ class QueueManager:
             task.queue_name.encode(), task.task_type.encode(), data,
             str(int(task.priority)).encode(), str(task.delay_ms).encode()])).hexdigest()
         p = keys.partition_of(task_id, self.config.partitions)
-        self._ready()
-        with translate():
-            reply = run_many(self.redis, [(
-                self.scripts.enqueue,
-                [keys.stream(p, task.priority), keys.task(p, task_id), keys.scheduled(p)],
-                [task_id, task.queue_name, task.task_type, data, int(task.priority),
-                 task.delay_ms, fp, "1" if idempotency_key else "0",
-                 self.config.idempotency_ttl_s])])[0]
-        status = reply[0].decode()
-        if status == "reused":
-            from ledger.errors import IdempotencyKeyReused
-            raise IdempotencyKeyReused(idempotency_key or "")
-        if status == "exists":  # a uuid4 collision: practically never
-            return self.enqueue(queue_name, task_type, task_data, priority, delay)
-        return task_id
+        return task_id, (self.scripts.enqueue,
+                         [keys.stream(p, task.priority), keys.task(p, task_id), keys.scheduled(p)],
+                         [task_id, task.queue_name, task.task_type, data, int(task.priority),
+                          task.delay_ms, fp, "1" if idempotency_key else "0",
+                          self.config.idempotency_ttl_s])
 
     def register_handler(self, task_type: str, handler: Handler) -> None:
         """``handler(data, db_manager) -> bool`` runs tasks of ``task_type``."""
