@@ -27,12 +27,18 @@ except ImportError:  # pragma: no cover - hiredis is a dependency (redis[hiredis
 Call = tuple[Script, list[Any], list[Any]]
 """(script, keys, args) of one script call."""
 
-NAMES = ("append", "enqueue", "schedule", "begin", "settle", "reclaim", "requeue")
+NAMES = ("append", "enqueue", "schedule", "begin", "settle", "reclaim", "requeue", "read")
+
+
+PRELUDES = {"begin": ("owned",), "settle": ("owned",)}
+"""Shared Lua functions a script is sent with (Redis scripts cannot import)."""
 
 
 @cache
 def source(name: str) -> str:
-    return (files("streams") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+    parts = [*PRELUDES.get(name, ()), name]
+    return "".join((files("streams") / "lua" / f"{part}.lua").read_text(encoding="utf-8")
+                   for part in parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +50,7 @@ class Scripts:
     settle: Script
     reclaim: Script
     requeue: Script
+    read: Script
 
 
 def load(client: Any) -> Scripts:

@@ -31,7 +31,7 @@ from .codec import EventMessage, Message, TaskMessage, decode, event_data, messa
 from .connection import RedisClient, ensure_groups, is_cluster, translate
 from .errors import DecodeError, Retry
 from .handlers import NO_DATABASE, BoundDBManager, Handler
-from .priority import per_partition, read_count
+from .priority import per_partition
 from .registry import HandlerRegistry, default_registry
 from .retry import RetryPolicy
 from .scripts import Scripts, load, run_many
@@ -185,28 +185,16 @@ class Worker:
                  [self.config.group, self.consumer, self.config.claim_idle_ms,
                   self.config.batch, self._level_digits])
                 for p in range(self.partitions)])
-        out = []
-        for p, flat in enumerate(replies):
-            for i in range(0, len(flat), 3):
-                level = keys.LEVELS_DESC[int(flat[i]) - 1]
-                out.append(Delivery(partition=p, level=level, entry_id=flat[i + 1].decode(),
-                                    fields=_pairs(flat[i + 2])))
-        return out
+        return _flat_deliveries(replies)
 
     def _read(self) -> list[Delivery]:
-        out: list[Delivery] = []
-        for rank, level in enumerate(self._levels):
-            count = per_partition(read_count(self.config.batch, len(out), rank),
-                                  self.partitions)
-            pipe = self.redis.pipeline(transaction=False)
-            for p in range(self.partitions):
-                pipe.xreadgroup(self.config.group, self.consumer,
-                                {keys.stream(p, level): ">"}, count=count)
-            with translate():
-                replies = pipe.execute()
-            for reply in replies:
-                out.extend(_deliveries(reply))
-        return out
+        share = per_partition(self.config.batch, self.partitions)
+        with translate():
+            replies = run_many(self.redis, [
+                (self.scripts.read, [keys.stream(p, lv) for lv in keys.LEVELS_DESC],
+                 [self.config.group, self.consumer, share, self._level_digits])
+                for p in range(self.partitions)])
+        return _flat_deliveries(replies)
 
     def _wait_for_work(self) -> list[Delivery]:
         """Block until anything arrives (single node), or nap (Cluster)."""
@@ -348,6 +336,16 @@ def _born_ms(message: Message | DecodeError | None) -> int:
     if isinstance(message, EventMessage):
         return message.event.at_ms
     return 0
+
+
+def _flat_deliveries(replies: Sequence[Sequence[Any]]) -> list[Delivery]:
+    """Deliveries from per-partition replies of (level digit, entry id, fields) triples."""
+    out = []
+    for p, flat in enumerate(replies):
+        for i in range(0, len(flat), 3):
+            out.append(Delivery(partition=p, level=keys.LEVELS_DESC[int(flat[i]) - 1],
+                                entry_id=flat[i + 1].decode(), fields=_pairs(flat[i + 2])))
+    return out
 
 
 def _pairs(flat: Sequence[bytes]) -> dict[bytes, bytes]:

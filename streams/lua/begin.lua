@@ -17,10 +17,17 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
 local n_entries = #ARGV - 2
+local by_stream, mine = {}, {}
+for i = 1, n_entries do
+  local stream = KEYS[1 + n_entries + i]
+  by_stream[stream] = by_stream[stream] or {}
+  table.insert(by_stream[stream], string.match(ARGV[2 + i], '|(.*)$'))
+end
+for stream, ids in pairs(by_stream) do mine[stream] = owned(stream, ARGV[1], ARGV[2], ids) end
 for i = 1, n_entries do
   local tkey, stream, name = KEYS[1 + i], KEYS[1 + n_entries + i], ARGV[2 + i]
   local id = string.match(name, '|(.*)$')
-  if not redis.call('XPENDING', stream, ARGV[1], id, id, 1, ARGV[2])[1] then
+  if not mine[stream][id] then
     out[#out + 1] = -2
   elseif tkey ~= KEYS[1] and redis.call('HGET', tkey, 'status') == 'completed' then
     out[#out + 1] = -1

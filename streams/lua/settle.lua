@@ -21,43 +21,57 @@ local group, ttl = ARGV[1], tonumber(ARGV[2])
 local prefix, consumer = ARGV[3], ARGV[4]
 local bucket = math.floor(now / 10000)
 local n = (#ARGV - 4) / 6
+
+-- which entries are still ours: one XPENDING per level, not one per entry
+local ids_by_level, mine = {}, {}
+for i = 1, n do
+  local b = 4 + (i - 1) * 6
+  local level = tonumber(ARGV[b + 2])
+  ids_by_level[level] = ids_by_level[level] or {}
+  table.insert(ids_by_level[level], ARGV[b + 3])
+end
+for level, ids in pairs(ids_by_level) do
+  mine[level] = owned(KEYS[4 + level], group, consumer, ids)
+end
+
+-- acks, counters and latencies are gathered and written once per call
+local acks, forget, counts, lats = {}, {}, {}, {}
+local function ack(level, id)
+  acks[level] = acks[level] or {}
+  table.insert(acks[level], id)
+  table.insert(forget, group .. '|' .. level .. '|' .. id)
+end
+local function count(field) counts[field] = (counts[field] or 0) + 1 end
+
 for i = 1, n do
   local b = 4 + (i - 1) * 6
   local op, level, id, queue, num, err =
     ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3], ARGV[b + 4], tonumber(ARGV[b + 5]), ARGV[b + 6]
   local stream, tkey = KEYS[4 + level], KEYS[8 + i]
   local is_task = tkey ~= KEYS[1]
-  if not redis.call('XPENDING', stream, group, id, id, 1, consumer)[1] then
-    op = 'skip'
+  if not mine[level][id] then
+    op = 'skip'  -- not ours any more (or already settled): nothing to record
   end
-  if op == 'skip' then
-    -- not ours any more (or already settled): nothing to record
-  elseif op == 'ok' then
-    redis.call('XACK', stream, group, id)
-    redis.call('HDEL', KEYS[1], group .. '|' .. level .. '|' .. id)
-    redis.call('HINCRBY', KEYS[2], 'processed:' .. queue, 1)
-    -- recent latencies (percentiles) and 10-second throughput buckets (rate)
-    local lat, tput = prefix .. 'lat:' .. queue, prefix .. 'tput:' .. queue
-    redis.call('LPUSH', lat, num)
-    redis.call('LTRIM', lat, 0, 511)
-    redis.call('HINCRBY', tput, bucket, 1)
-    redis.call('HDEL', tput, bucket - 12)
+  if op == 'ok' then
+    ack(level, id)
+    count('processed:' .. queue)
+    lats[queue] = lats[queue] or {}
+    table.insert(lats[queue], num)
     if is_task then
       redis.call('HSET', tkey, 'status', 'completed', 'finished_at', now, 'last_error', '')
       redis.call('HDEL', tkey, 'retry_at')
       redis.call('EXPIRE', tkey, ttl)
     end
   elseif op == 'ack' then
-    redis.call('XACK', stream, group, id)
-    redis.call('HDEL', KEYS[1], group .. '|' .. level .. '|' .. id)
+    ack(level, id)
   elseif op == 'retry' then
     redis.call('ZADD', KEYS[3], now + num, level .. '|' .. id)
-    redis.call('HINCRBY', KEYS[2], 'failed:' .. queue, 1)
-    redis.call('HINCRBY', KEYS[2], 'retried:' .. queue, 1)
+    count('failed:' .. queue)
+    count('retried:' .. queue)
     if is_task then
       redis.call('HSET', tkey, 'status', 'retrying', 'last_error', err, 'retry_at', now + num)
     end
-  else
+  elseif op == 'dead' then
     local fields = {}
     local entry = redis.call('XRANGE', stream, id, id)
     if entry[1] then
@@ -68,15 +82,31 @@ for i = 1, n do
       fields[#fields + 1] = v
     end
     redis.call('XADD', KEYS[4], '*', unpack(fields))
-    redis.call('XACK', stream, group, id)
-    redis.call('HDEL', KEYS[1], group .. '|' .. level .. '|' .. id)
+    ack(level, id)
     redis.call('ZREM', KEYS[3], level .. '|' .. id)
-    redis.call('HINCRBY', KEYS[2], 'failed:' .. queue, 1)
-    redis.call('HINCRBY', KEYS[2], 'dead:' .. queue, 1)
+    count('failed:' .. queue)
+    count('dead:' .. queue)
     if is_task then
       redis.call('HSET', tkey, 'status', 'failed', 'finished_at', now, 'last_error', err)
       redis.call('EXPIRE', tkey, ttl)
     end
   end
+end
+
+local function each_slice(list, f)  -- unpack() has a stack limit: 500 at a time
+  for i = 1, #list, 500 do f(unpack(list, i, math.min(i + 499, #list))) end
+end
+for level, ids in pairs(acks) do
+  each_slice(ids, function(...) redis.call('XACK', KEYS[4 + level], group, ...) end)
+end
+each_slice(forget, function(...) redis.call('HDEL', KEYS[1], ...) end)
+for field, k in pairs(counts) do redis.call('HINCRBY', KEYS[2], field, k) end
+-- recent latencies (percentiles) and 10-second throughput buckets (rate)
+for queue, values in pairs(lats) do
+  local lat, tput = prefix .. 'lat:' .. queue, prefix .. 'tput:' .. queue
+  each_slice(values, function(...) redis.call('LPUSH', lat, ...) end)
+  redis.call('LTRIM', lat, 0, 511)
+  redis.call('HINCRBY', tput, bucket, #values)
+  redis.call('HDEL', tput, bucket - 12)
 end
 return n

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.priority import per_partition, read_count
+from streams.priority import per_partition
 from streams.retry import RetryPolicy
 
 
@@ -37,15 +37,6 @@ def test_exhaustion() -> None:
         RetryPolicy(max_attempts=0)
     with pytest.raises(ValueError):
         RetryPolicy(base_ms=10, max_ms=5)
-
-
-@given(st.integers(1, 500), st.integers(0, 600), st.integers(0, 3), st.integers(1, 5))
-def test_read_counts(batch: int, taken: int, rank: int, reserve: int) -> None:
-    n = read_count(batch, taken, rank, reserve)
-    assert n >= 1
-    if rank > 0:
-        assert n >= reserve  # the guaranteed share of lower levels
-    assert n == max(batch - taken, reserve if rank else 1)
 
 
 @given(st.integers(1, 10_000), st.integers(1, 64))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -231,3 +232,20 @@ def test_same_entry_id_in_two_streams_counts_attempts_apart(
     for name in "ab":
         status = qm.get_task_status(f"task-{name}")
         assert status is not None and (status["status"], status["attempts"]) == ("completed", 1)
+
+
+def test_a_round_reads_highest_first_and_gives_each_lower_level_one(
+        qm: QueueManager, make_worker: Callable[..., Worker]) -> None:
+    """read.lua: per partition, CRITICAL takes the share, each lower level still gets one."""
+    for queue, level in (("low_priority", Priority.LOW), ("default", Priority.NORMAL),
+                         ("high_priority", Priority.HIGH), ("default", Priority.CRITICAL)):
+        qm.enqueue_many(queue, "noop", [{"i": i} for i in range(200)], priority=level)
+    worker = make_worker(batch=2 * PARTITIONS)  # a share of 2 for each partition
+    got = Counter(d.level for d in worker._read())
+    one = PARTITIONS
+    assert got == {Priority.CRITICAL: 2 * one, Priority.HIGH: one, Priority.NORMAL: one,
+                   Priority.LOW: one}
+    for p in range(PARTITIONS):  # CRITICAL runs dry (the group stays)
+        qm.redis.xtrim(keys.stream(p, Priority.CRITICAL), maxlen=0)
+    got = Counter(d.level for d in worker._read())
+    assert got == {Priority.HIGH: 2 * one, Priority.NORMAL: one, Priority.LOW: one}
