@@ -42,10 +42,12 @@ def _load(name: str) -> Any:
 
 def rows_append(d: Any) -> list[Row]:
     r = d["rows"]
-    return [("append", "one by one", r[2]["events_per_s"], "events/s",
-             f"{r[2]['ratio_vs_raw']:.0%} of raw XADD", None),
-            ("append", "append_batch x200", r[3]["events_per_s"], "events/s",
-             f"{r[3]['ratio_vs_raw']:.0%} of raw pipelined XADD", None)]
+    return [("append", "one by one", r[3]["events_per_s"], "events/s",
+             f"{r[3]['ratio_vs_raw']:.0%} of raw XADD", None),
+            ("append", "append_batch x200", r[4]["events_per_s"], "events/s",
+             f"{r[4]['ratio_vs_raw']:.0%} of raw pipelined XADD (target >= 50%); "
+             f"{r[4]['ratio_vs_event_shaped']:.0%} of event-shaped XADD",
+             r[4]["ratio_vs_raw"] >= 0.5)]
 
 
 def rows_projection(d: Any) -> list[Row]:
