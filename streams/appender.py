@@ -95,11 +95,14 @@ class Appender:
         Events are grouped by partition into script calls of up to ``CHUNK``
         events, in the order given; each call is atomic, so each event is too.
         A call is sent as soon as it is full, so Redis works on it while the
-        rest of the batch is built.
+        rest of the batch is built. Everything is checked before the first call
+        goes out: a bad item raises with nothing appended.
         """
-        for _, _, idem in items:
+        args = []
+        for command, _, idem in items:
             if idem is not None:
                 check_idempotency_key(idem)
+            args.append(_lua_args(command))
         if not items:
             return []
         batches: list[list[int]] = []
@@ -111,7 +114,7 @@ class Appender:
                 results[index] = _result(command, idem, reply)
 
         with translate():
-            run_many(self._redis, self._calls(items, batches), settle)
+            run_many(self._redis, self._calls(items, args, batches), settle)
             if self._config.wait_replicas:
                 acked = self._redis.wait(self._config.wait_replicas,
                                          self._config.wait_timeout_ms)
@@ -123,6 +126,7 @@ class Appender:
         return [r for r in results if r is not None]
 
     def _calls(self, items: Sequence[tuple[Command, Priority, str | None]],
+               args: Sequence[tuple[str, int, str, str]],
                batches: list[list[int]]) -> Iterator[Call]:
         """The script calls for ``items``, each yielded when full; ``batches``
         receives the item indexes of each call, in the order yielded.
@@ -135,7 +139,7 @@ class Appender:
         script = self._scripts.append
         open_: dict[int, tuple[Priority, list[str], list[Any], list[int]]] = {}
         for index, (command, priority, idem) in enumerate(items):
-            kind, amount, text, ref = _lua_args(command)
+            kind, amount, text, ref = args[index]
             user = command.user_id
             p = keys.partition_of(user, partitions)
             call = open_.get(p)

@@ -222,3 +222,19 @@ def test_scripts_reload_after_the_server_forgets_them(qm: QueueManager) -> None:
     qm.redis.script_flush()
     qm.worker(retry=RetryPolicy(max_attempts=1)).step()  # reclaim, begin, settle reload too
     assert log_size(qm) == 4
+
+
+@pytest.mark.parametrize("bad", [("not a command", Priority.NORMAL, None),
+                                 (Use(user_id="u0", amount=1, reason=""), Priority.NORMAL,
+                                  "bad key with spaces")])
+def test_a_bad_item_late_in_a_batch_appends_nothing(qm: QueueManager, bad: object) -> None:
+    """Calls stream out as they fill, so every item is checked before the first goes."""
+    qm.register_user("warm", "warm@example.com")  # the script is loaded: calls would run
+    users = [f"u{i}" for i in range(100)]
+    items: list[object] = [(RegisterUser(user_id=u, email=f"{u}@example.com"),
+                            Priority.NORMAL, None) for u in users]
+    items.insert(90, bad)
+    with pytest.raises(ValidationError):
+        qm.appender.append_many(items)  # type: ignore[arg-type]
+    assert sum(qm.redis.xlen(keys.stream(p, lv)) for p in range(PARTITIONS)
+               for lv in keys.LEVELS_DESC) == 1
