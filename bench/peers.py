@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--users", type=int, default=1000)
     ap.add_argument("--processes", type=int, default=2, help="worker processes, each system")
     ap.add_argument("--threads", type=int, default=8, help="Dramatiq threads per process")
-    ap.add_argument("--concurrency", type=int, default=8,
+    ap.add_argument("--concurrency", type=int, default=4,
                     help="ledger consumers (threads) per worker process")
     ap.add_argument("--latency-s", type=float, default=10.0)
     ap.add_argument("--rate", type=float, default=0.0,

@@ -103,13 +103,22 @@ def _send_all(client: Any, calls: Iterable[Call],
     pool = client.connection_pool
     conn = pool.get_connection()
     sent = []
+
+    def packed(call: Call) -> bytes:
+        script, keys, args = call
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        return b"".join(conn.pack_command(*command)) if _hiredis_pack is None \
+            else _hiredis_pack(command)
+
     try:
-        for call in calls:
-            script, keys, args = call
-            command = ("EVALSHA", script.sha, len(keys), *keys, *args)
-            conn.send_packed_command(conn.pack_command(*command) if _hiredis_pack is None
-                                     else [_hiredis_pack(command)], check_health=not sent)
-            sent.append(call)
+        if isinstance(calls, list):  # all known: one write (each write is a costly syscall)
+            sent = calls
+            if sent:
+                conn.send_packed_command([b"".join(map(packed, sent))])
+        else:  # built as we go: each call goes out as soon as it exists
+            for call in calls:
+                conn.send_packed_command([packed(call)], check_health=not sent)
+                sent.append(call)
         for i in range(len(sent)):
             try:
                 reply = conn.read_response()
