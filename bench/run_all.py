@@ -24,7 +24,7 @@ from bench.common import RESULTS, ROOT
 MODEST: dict[str, list[str]] = {
     "append": ["--events", "20000", "--single", "5000"],
     "projection": ["--events", "5000", "--users", "500"],
-    "http": ["--seconds", "4", "--workers", "2"],
+    "http": ["--seconds", "4", "--workers", "1,2"],
     "replay": ["--events", "20000", "--users", "2000"],
     "e2e": ["--events", "3000", "--tasks", "1000", "--seconds", "10"],
     "priority": ["--backlog", "100000", "--seconds", "10"],

@@ -24,7 +24,7 @@ exception chained, so no topology details leak to callers).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -33,7 +33,7 @@ from bson.errors import InvalidDocument
 from bson.objectid import ObjectId
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import ConnectionFailure, DuplicateKeyError
+from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError
 from pymongo.write_concern import WriteConcern
 
 from ledger.errors import Conflict, ValidationError
@@ -62,6 +62,10 @@ MAX_FIND_LIMIT = 1000
 _INT64 = (-(2**63), 2**63 - 1)
 
 Document = dict[str, Any]
+
+
+DUPLICATE_KEY = 11000
+"""MongoDB's error code for a unique index clash."""
 
 
 class StoreUnavailable(Exception):
@@ -159,6 +163,31 @@ class MongoDBManager:
                 return str(doc["_id"])
             raise DuplicateDocument(collection, doc["_id"]) from None
         return str(doc["_id"])
+
+    def insert_all(self, collection: str, documents: Sequence[Mapping[str, Any]]) -> None:
+        """Insert documents that carry their own ``_id`` in one write (ledger events
+        recorded by the workers); one whose ``_id`` is already there counts as
+        inserted, a clash on another unique index is ``DuplicateDocument``."""
+        coll = self._collection(collection, write=True)
+        docs = [_checked("document", d) for d in documents]
+        if any("_id" not in d for d in docs):
+            raise ValidationError("document", "every document needs its _id")
+        if not docs:
+            return
+        try:
+            with _translated("document"):
+                coll.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            clashes = [docs[e["index"]]["_id"] for e in errors]
+            if any(e.get("code") != DUPLICATE_KEY for e in errors):
+                raise StoreUnavailable(f"insert into {collection!r} failed: "
+                                       f"{errors[0].get('errmsg', 'write error')}") from None
+            with _translated():
+                there = {d["_id"] for d in coll.find({"_id": {"$in": clashes}}, {"_id": 1})}
+            missing = [i for i in clashes if i not in there]
+            if missing:
+                raise DuplicateDocument(collection, missing[0]) from None
 
     def update(self, collection: str, filter: Mapping[str, Any], data: Mapping[str, Any]) -> int:
         """``$set`` the fields of ``data`` on the first match; returns the match count."""

@@ -8,7 +8,7 @@ from the event id, so a redelivered task inserts nothing twice.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 
@@ -38,6 +38,11 @@ class BoundDBManager(Protocol):
     """A factory of per-delivery DB managers (what the worker holds)."""
 
     def for_event(self, event_id: str) -> DBManager: ...
+
+    def insert_all(self, collection: str, documents: Sequence[Mapping[str, Any]]) -> None:
+        """Insert documents that carry their own ``_id`` in one write; one whose
+        ``_id`` is already there counts as inserted (a redelivery)."""
+        ...
 
 
 class Handler(Protocol):

@@ -32,7 +32,7 @@ from .connection import RedisClient, ensure_groups, is_cluster, translate
 from .errors import DecodeError, Retry
 from .handlers import NO_DATABASE, BoundDBManager, Handler
 from .priority import per_partition
-from .registry import HandlerRegistry, default_registry
+from .registry import EventRecorder, HandlerRegistry, default_registry
 from .retry import RetryPolicy
 from .scripts import Scripts, load, run_many
 
@@ -307,19 +307,47 @@ class TaskProcessor:
         self.allowed = allowed
 
     def process(self, deliveries: Sequence[Delivery]) -> None:
+        """Run each delivery's handler in order. Ledger events that are only to be
+        recorded are written together (one insert per collection) before the next
+        handler runs, so every handler still sees what came before it."""
+        to_record: dict[str, list[tuple[Delivery, Mapping[str, Any]]]] = defaultdict(list)
         for d in deliveries:
             message = d.message
             assert message is not None and not isinstance(message, DecodeError)
             try:
                 handler, data = self._handler_for(message)
-                db = self.db.for_event(message_id(message)) if self.db else NO_DATABASE
-                if handler(data, db) is False:
-                    raise RuntimeError("handler returned False")
-                d.done = True
-            except Retry as exc:
-                d.error, d.retry_delay_ms = str(exc), exc.delay_ms
             except Exception as exc:
                 d.error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+                continue
+            if isinstance(handler, EventRecorder) and self.db is not None:
+                to_record[handler.collection].append((d, data))
+                continue
+            self._record(to_record)
+            self._run(d, handler, data)
+        self._record(to_record)
+
+    def _record(self, to_record: dict[str, list[tuple[Delivery, Mapping[str, Any]]]]) -> None:
+        for collection, items in to_record.items():
+            try:
+                assert self.db is not None
+                self.db.insert_all(collection, [{**data, "_id": _id(d)} for d, data in items])
+                for d, _ in items:
+                    d.done = True
+            except Exception:  # one at a time, so one bad event fails alone
+                for d, data in items:
+                    self._run(d, EventRecorder(collection), data)
+        to_record.clear()
+
+    def _run(self, d: Delivery, handler: Handler, data: Mapping[str, Any]) -> None:
+        try:
+            db = self.db.for_event(_id(d)) if self.db else NO_DATABASE
+            if handler(data, db) is False:
+                raise RuntimeError("handler returned False")
+            d.done = True
+        except Retry as exc:
+            d.error, d.retry_delay_ms = str(exc), exc.delay_ms
+        except Exception as exc:
+            d.error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
 
     def _handler_for(self, message: Message) -> tuple[Handler, Mapping[str, Any]]:
         if isinstance(message, EventMessage):
@@ -328,6 +356,12 @@ class TaskProcessor:
         if found is None:
             raise LookupError(f"no handler registered for task type {message.task_type!r}")
         return found, message.data
+
+
+def _id(d: Delivery) -> str:
+    """The delivery's event id or task id (it names what its handler writes)."""
+    assert d.message is not None and not isinstance(d.message, DecodeError)
+    return message_id(d.message)
 
 
 def _born_ms(message: Message | DecodeError | None) -> int:

@@ -131,6 +131,27 @@ class DBManagerContract:
         assert [d["_id"] for d in store.all("users")] == ["u2"]
         assert seeded.delete("users", {"_id": "nobody"}) == 0
 
+    def test_insert_all_writes_each_once_even_when_redelivered(
+        self, manager: Manager, store: RawStore
+    ) -> None:
+        docs = [{"_id": f"u{i}:2", "amount": i} for i in range(5)]
+        manager.insert_all("credit_purchases", docs[:3])
+        manager.insert_all("credit_purchases", docs)  # a redelivered round: no error
+        assert store.all("credit_purchases") == docs
+        manager.insert_all("credit_purchases", [])
+
+    def test_insert_all_refuses_what_insert_refuses(
+        self, seeded: Manager, store: RawStore
+    ) -> None:
+        before = store.snapshot()
+        for bad, field in [([{"_id": "x", "$where": "1"}], "document"),
+                           ([{"_id": "a", "n": 1}, {"n": 2}], "document"),
+                           ([{"_id": "x", "n": 2**70}], "document")]:
+            with pytest.raises(ValidationError) as info:
+                seeded.insert_all("analytics", bad)
+            assert info.value.field == field
+        assert store.snapshot() == before
+
     def test_insert_of_an_existing_id_is_a_conflict(self, seeded: Manager, store: RawStore) -> None:
         with pytest.raises(Conflict) as info:
             seeded.insert("users", {"_id": "u1", "email": "other@example.com"})
@@ -239,7 +260,8 @@ class DBManagerContract:
         ["balances", "credit_scores", "events", "checkpoints", "system.js", "system.users",
          "secrets", "", 7],
     )  # fmt: skip
-    @pytest.mark.parametrize("operation", ["find_one", "find_many", "insert", "update", "delete"])
+    @pytest.mark.parametrize("operation", ["find_one", "find_many", "insert", "update", "delete",
+                                           "insert_all"])
     def test_forbidden_collections_are_refused(
         self, seeded: Manager, store: RawStore, collection: Any, operation: str
     ) -> None:
@@ -249,6 +271,7 @@ class DBManagerContract:
             "insert": lambda: seeded.insert(collection, {"_id": "u1", "balance": 10**9}),
             "update": lambda: seeded.update(collection, {"_id": "u1"}, {"balance": 10**9}),
             "delete": lambda: seeded.delete(collection, {"_id": "u1"}),
+            "insert_all": lambda: seeded.insert_all(collection, [{"_id": "u1", "balance": 1}]),
         }
         before = store.snapshot()
         with pytest.raises(ValidationError) as info:
@@ -294,6 +317,10 @@ class TestMongoDBManager(DBManagerContract):
         with pytest.raises(DuplicateDocument):
             manager.for_event("2-0").insert("users", {"email": "a@example.com"})
         assert store.all("users") == [{"_id": "1-0", "email": "a@example.com"}]
+        with pytest.raises(DuplicateDocument):
+            manager.insert_all("users", [{"_id": "3-0", "email": "b@example.com"},
+                                         {"_id": "4-0", "email": "a@example.com"}])
+        assert [d["_id"] for d in store.all("users")] == ["1-0", "3-0"]
 
     def test_unstorable_value_is_a_validation_error(
         self, manager: Manager, store: RawStore
