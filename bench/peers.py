@@ -281,9 +281,15 @@ def main(argv: list[str] | None = None) -> int:
         a, b = (results[n]["latency"]["latency_ms"][q] for n in ("ledger", "dramatiq"))
         print(f"{'latency ' + q + ' ms at ' + str(rate) + '/s':<34}{a:>10.1f}"
               f"{(a / b if b else float('nan')):>7.2f}{'':>21}{b:>10.1f}")
-    checked = all(r["drain"]["totals_ok"] and r.get("latency", {"totals_ok": True})["totals_ok"]
-                  for r in results.values())
-    print(f"totals checked (every user's sum, every run): {checked}")
+    checked = {LABELS[n]: r["drain"]["totals_ok"] and r.get("latency", {"totals_ok": True})[
+        "totals_ok"] for n, r in results.items()}
+    print("totals checked (every user's sum equals what was enqueued): "
+          + ", ".join(f"{k} {v}" for k, v in checked.items()))
+    for n in ("ledger", "dramatiq"):
+        lt = results[n]["latency"]
+        if lt["done"] < lt["sent"]:
+            print(f"  {LABELS[n]}: {lt['sent'] - lt['done']} of {lt['sent']} latency-phase tasks "
+                  "not done within 60 s of the last send")
     targets = {}
     for name in ("ledger", "ledger_many"):
         r = ratios[name]
