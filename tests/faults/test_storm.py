@@ -246,10 +246,12 @@ def check(qm: QueueManager, db: Database[Any], records: list[dict[str, Any]]) ->
         assert EVENT_TASK_TYPES[e.kind] in EVENT_COLLECTIONS
     # tasks: exactly once, or dead with their error
     dead = {d.task_id: d for d in qm.dead_letters(limit=100_000)}
+    effects = {c: Counter(d.get("ref") for d in db[c].find({}, {"ref": 1}))
+               for c in (handlers.COLLECTION, "notifications")}  # one read, not one per task
     for r in (r for r in records if r["t"] == "task"):
         status = (qm.get_task_status(r["task_id"]) or {}).get("status")
         collection = handlers.COLLECTION if r["style"] == "custom" else "notifications"
-        docs = db[collection].count_documents({"ref": r["ref"]})
+        docs = effects[collection][r["ref"]]
         letter = dead.get(r["task_id"])
         if docs > 1:
             problems.append(f"task ran its effect {docs} times: {r}")
