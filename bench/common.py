@@ -7,6 +7,7 @@ Everything runs on 127.0.0.1 against private servers (``api.embedded``).
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import platform
@@ -143,6 +144,18 @@ def peak_rss_kb(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     return 0
+
+
+def api_up(port: int) -> bool:
+    """Does ``ledger serve`` on this port answer ``GET /health`` with 200?"""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", "/health")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
 
 
 def wait_until(pred: Callable[[], bool], timeout: float, every: float = 0.02) -> bool:

@@ -52,7 +52,7 @@ import redis
 
 from api.embedded import EmbeddedRedis, free_port
 from api.loadgen import registrations, user_ids
-from bench.common import RESULTS, pct
+from bench.common import RESULTS, api_up, pct, wait_until
 from ledger.commands import Purchase
 from ledger.tasks import Priority
 from streams import QueueManager, StreamsConfig
@@ -108,6 +108,20 @@ class Tally:
     last_done: float = 0.0
 
 
+def _post_counted(conn: http.client.HTTPConnection, path: str, body: str,
+                  tally: Tally) -> None:
+    """One POST, counted as ok or as an error (a broken connection is reopened)."""
+    try:
+        good = post(conn, path, body)
+    except (OSError, http.client.HTTPException):
+        good = False
+        conn.close()
+    if good:
+        tally.ok += 1
+    else:
+        tally.errors += 1
+
+
 def _closed_thread(port: int, mode: str, batch: int, seconds: float, tag: str,
                    tally: Tally) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -117,16 +131,8 @@ def _closed_thread(port: int, mode: str, batch: int, seconds: float, tag: str,
         i += 1
         path, body = request_for(mode, batch, tag, i)
         t0 = time.monotonic()
-        try:
-            good = post(conn, path, body)
-        except (OSError, http.client.HTTPException):
-            good = False
-            conn.close()
+        _post_counted(conn, path, body, tally)
         tally.lat.append(time.monotonic() - t0)
-        if good:
-            tally.ok += 1
-        else:
-            tally.errors += 1
     conn.close()
 
 
@@ -181,19 +187,11 @@ def _open_thread(conn: http.client.HTTPConnection, mode: str, batch: int, rate: 
             tally.unsent += len(range(i, slots, stride))
             break
         sent = time.monotonic()
-        try:
-            good = post(conn, path, body)
-        except (OSError, http.client.HTTPException):
-            good = False
-            conn.close()
+        _post_counted(conn, path, body, tally)
         done = time.monotonic()
         tally.lat.append(done - scheduled)
         tally.late.append(sent - scheduled)
         tally.last_done = done
-        if good:
-            tally.ok += 1
-        else:
-            tally.errors += 1
     conn.close()
 
 
@@ -317,19 +315,8 @@ def raw_pair(client: redis.Redis, n: int, pipeline: int) -> tuple[float, float]:
 
 
 def wait_healthy(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            c.request("GET", "/health")
-            if c.getresponse().status == 200:
-                c.close()
-                return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"ledger serve on :{port} not healthy after {timeout:g} s")
-        time.sleep(0.2)
+    if not wait_until(lambda: api_up(port), timeout, 0.2):
+        raise TimeoutError(f"ledger serve on :{port} not healthy after {timeout:g} s")
 
 
 def _fmt(v: Any, spec: str = "") -> str:

@@ -32,7 +32,17 @@ import redis
 
 from api.embedded import EmbeddedMongo, EmbeddedRedis, free_port
 from api.loadgen import credit_traffic, registrations, user_ids
-from bench.common import facts, ledger, peak_rss_kb, print_facts, spawn, stop, wait_until, write
+from bench.common import (
+    api_up,
+    facts,
+    ledger,
+    peak_rss_kb,
+    print_facts,
+    spawn,
+    stop,
+    wait_until,
+    write,
+)
 from ledger.tasks import Priority
 from streams import QueueManager, StreamsConfig, keys
 
@@ -123,17 +133,7 @@ def bounded(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 resp.read()
                 return resp.status
 
-            def up() -> bool:
-                try:
-                    conn.request("GET", "/health")
-                    r = conn.getresponse()
-                    r.read()
-                    return r.status == 200
-                except OSError:
-                    conn.close()
-                    return False
-
-            if not wait_until(up, 60, 0.2):
+            if not wait_until(lambda: api_up(port), 60, 0.2):
                 raise RuntimeError(f"API did not come up (see {log})")
             users = user_ids(200, prefix="mem")
             for u in users:
