@@ -136,39 +136,35 @@ class Appender:
         of a partition run in the order given.
         """
         partitions, config = self._config.partitions, self._config
-        script = self._scripts.append
         open_: dict[int, tuple[Priority, list[str], list[Any], list[int]]] = {}
+
+        def close(call: tuple[Priority, list[str], list[Any], list[int]]) -> Call:
+            batches.append(call[3])
+            return self._scripts.append, call[1], call[2]
+
         for index, (command, priority, idem) in enumerate(items):
             kind, amount, text, ref = args[index]
             user = command.user_id
             p = keys.partition_of(user, partitions)
+            if p in open_ and open_[p][0] != priority:
+                yield close(open_.pop(p))
             call = open_.get(p)
-            if call is not None and call[0] != priority:
-                del open_[p]
-                batches.append(call[3])
-                yield script, call[1], call[2]
-                call = None
             if call is None:
                 call = open_[p] = (priority, [keys.stream(p, priority)],
                                    [config.idempotency_ttl_s, MAX_CREDITS,
                                     config.queue_for(priority)], [])
             call[1].append(keys.account(p, user))
-            fp = ""
             if idem:
                 call[1].append(keys.idempotency(p, user, idem))
             if ref:
                 call[1].append(keys.transactions(p, user))
-            if idem or ref:
-                fp = fingerprint(kind, user, amount, text, ref)
+            fp = fingerprint(kind, user, amount, text, ref) if idem or ref else ""
             call[2].extend((kind, user, amount, text, ref, "1" if idem else "0", fp))
             call[3].append(index)
             if len(call[3]) >= min(CHUNK, 4 << len(batches)):  # the first calls small,
-                del open_[p]                       # so Redis starts at once
-                batches.append(call[3])
-                yield script, call[1], call[2]
+                yield close(open_.pop(p))                  # so Redis starts at once
         for call in open_.values():
-            batches.append(call[3])
-            yield script, call[1], call[2]
+            yield close(call)
 
 
 def _result(command: Command, idem: str | None, reply: list[bytes]) -> Appended | LedgerError:

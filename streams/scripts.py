@@ -68,14 +68,12 @@ def run_many(client: Any, calls: Iterable[Call],
     calls. A call that meets NOSCRIPT (Redis restarted) did not run at all: its
     script is loaded and the call runs again. Any other error is raised.
     """
-    todo = calls if isinstance(calls, list) else None
     replies, sent = _send_all(client, calls, each)
     missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
     if missing:
-        todo = sent if todo is None else todo
-        for script in {id(todo[i][0]): todo[i][0] for i in missing}.values():
+        for script in {id(sent[i][0]): sent[i][0] for i in missing}.values():
             client.script_load(script.script)
-        again, _ = _send_all(client, [todo[i] for i in missing])
+        again, _ = _send_all(client, [sent[i] for i in missing])
         for i, reply in zip(missing, again, strict=True):
             replies[i] = reply
             if each is not None and not isinstance(reply, Exception):
