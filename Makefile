@@ -16,6 +16,7 @@ demo: $(STAMP)
 	$(BIN)/ledger demo
 
 test: $(STAMP)
+	scripts/system-deps
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

@@ -1,0 +1,143 @@
+"""Suite hygiene: a failing or hanging test cannot poison the tests after it.
+
+Loaded for every run (``-p tests.guards`` in pyproject.toml). Around each test:
+
+- the session's redis-server and Mongo-wire server must answer within seconds
+  before the test starts; one that does not (dead, or wedged by the test before)
+  is killed and started again on the same port and data, so the next test meets
+  a working server instead of waiting out its timeout;
+- after the test (its own fixtures already torn down) every process it left
+  behind is killed with its descendants, and every thread it left running past
+  a short grace is reported: either is an error of that test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis as redis_py
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from api.embedded import EmbeddedMongo, EmbeddedRedis
+from projections.store import connect
+
+PING_TIMEOUT_S = 3.0
+THREAD_GRACE_S = 5.0
+# Threads that outlive a test by design: library housekeeping, not test work.
+BACKGROUND_THREADS = ("pymongo", "asyncio_", "ThreadPoolExecutor", "AnyIO worker",
+                      "Dummy-", "playwright", "Thread-Monitor", "pydevd")
+
+
+def _children(pid: int) -> dict[int, int]:
+    """{child pid: its start time} of every live descendant of ``pid``."""
+    parents: dict[int, list[int]] = {}
+    starts: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] == "Z":
+            continue
+        child = int(entry.name)
+        parents.setdefault(int(fields[1]), []).append(child)
+        starts[child] = int(fields[19])
+    found: dict[int, int] = {}
+    todo = [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found[child] = starts[child]
+            todo.append(child)
+    return found
+
+
+def _kill(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for pid in pids:  # reap our own children so they don't linger as zombies
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
+
+
+def _redis_answers(server: EmbeddedRedis) -> bool:
+    try:
+        with redis_py.Redis(port=server.port, socket_timeout=PING_TIMEOUT_S,
+                            socket_connect_timeout=PING_TIMEOUT_S,
+                            retry=Retry(NoBackoff(), 0)) as client:
+            return bool(client.ping())
+    except (redis_py.RedisError, OSError):
+        return False
+
+
+def _mongo_answers(server: EmbeddedMongo) -> bool:
+    ms = int(PING_TIMEOUT_S * 1000)
+    try:
+        with connect(server.url, serverSelectionTimeoutMS=ms, socketTimeoutMS=ms,
+                     connectTimeoutMS=ms) as client:
+            client.admin.command("ping")
+            return True
+    except Exception:  # any failure means: not fit to serve the next test
+        return False
+
+
+def _say(config: pytest.Config, line: str) -> None:
+    """A line on the terminal, past the output capture that is on during fixtures."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line("")
+        reporter.write_line(line, red=True)
+
+
+def _ensure_serving(request: pytest.FixtureRequest) -> None:
+    for name, answers in (("redis_server", _redis_answers), ("mongo_server", _mongo_answers)):
+        if name not in request.fixturenames:
+            continue
+        server = request.getfixturevalue(name)
+        if server.pid is not None and answers(server):
+            continue
+        _say(request.config, f"{request.node.nodeid}: the session's {name} did not answer "
+                             f"within {PING_TIMEOUT_S:g}s; restarting it")
+        server.kill()
+        server.start()
+
+
+@pytest.fixture(autouse=True)
+def _hygiene(request: pytest.FixtureRequest) -> Iterator[None]:
+    _ensure_serving(request)
+    me = os.getpid()
+    processes_before = _children(me)
+    threads_before = set(threading.enumerate())
+    yield
+    left = {pid: start for pid, start in _children(me).items()
+            if processes_before.get(pid) != start}
+    _kill(sorted(left))
+    deadline = time.monotonic() + THREAD_GRACE_S
+    while True:
+        running = [t for t in threading.enumerate()
+                   if t not in threads_before and t.is_alive()
+                   and not t.name.startswith(BACKGROUND_THREADS)]
+        if not running or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    problems = []
+    if left:
+        problems.append(f"left {len(left)} process(es) running (killed): {sorted(left)}")
+    if running:
+        problems.append("left thread(s) running: " + ", ".join(t.name for t in running))
+    if problems:
+        pytest.fail("; ".join(problems), pytrace=False)

@@ -1,0 +1,81 @@
+"""The suite's guards (tests/guards.py), run on small pytest sessions in subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_pytest(tmp_path: Path, source: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "test_inner.py").write_text(source)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.guards",
+         "--rootdir", str(tmp_path), "-c", os.devnull, str(tmp_path / "test_inner.py")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def test_a_test_that_leaves_a_process_or_thread_errors_and_its_process_is_killed(
+        tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    result = run_pytest(tmp_path, f"""
+import subprocess, threading, time
+from pathlib import Path
+
+def test_leaves_a_process():
+    child = subprocess.Popen(["sleep", "300"])
+    Path({str(pid_file)!r}).write_text(str(child.pid))
+
+def test_leaves_a_thread():
+    threading.Thread(target=time.sleep, args=(30,), name="leaky", daemon=True).start()
+
+def test_clean():
+    threading.Thread(target=time.sleep, args=(0.2,), name="brief").start()
+""")
+    out = result.stdout
+    assert "3 passed, 2 errors" in out, out
+    assert "left 1 process(es) running (killed)" in out, out
+    assert "left thread(s) running: leaky" in out, out
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(pid)
+
+
+def test_a_wedged_session_server_is_restarted_for_the_next_test(tmp_path: Path) -> None:
+    result = run_pytest(tmp_path, f"""
+import os, signal
+import pytest
+import redis
+from api.embedded import EmbeddedRedis
+
+@pytest.fixture(scope="session")
+def redis_server():
+    server = EmbeddedRedis({str(tmp_path / "redis")!r})
+    server.start()
+    yield server
+    server.stop()
+
+def test_wedges_the_server(redis_server):
+    os.kill(redis_server.pid, signal.SIGSTOP)  # alive, but answers nothing
+
+def test_meets_a_working_server(redis_server):
+    with redis.Redis(port=redis_server.port, socket_timeout=2) as client:
+        assert client.ping()
+""")
+    assert "2 passed" in result.stdout, result.stdout + result.stderr
+    assert "did not answer within 3s; restarting it" in result.stdout, result.stdout
