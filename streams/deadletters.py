@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from . import keys
 from .connection import RedisClient, translate
 from .errors import UnknownDeadLetter
+from .ids import parse_id
 from .scripts import Scripts, run_many
 
 DEAD_ID_RE = re.compile(r"^p(\d{1,4}):(\d{1,20}-\d{1,20})$")
@@ -48,6 +49,12 @@ def _letter(p: int, entry_id: str, raw: dict[bytes, bytes]) -> DeadLetter:
     )
 
 
+def _newest_first(d: DeadLetter) -> tuple[int, tuple[int, int], int]:
+    """Sort key: time, then the entry id as numbers ("…-10" is newer than "…-2")."""
+    p, _, entry_id = d.id.partition(":")
+    return d.at_ms, parse_id(entry_id), int(p[1:])
+
+
 def list_dead(client: RedisClient, partitions: int, limit: int = 100) -> list[DeadLetter]:
     """The newest ``limit`` dead letters of all partitions, newest first."""
     with translate():
@@ -57,7 +64,7 @@ def list_dead(client: RedisClient, partitions: int, limit: int = 100) -> list[De
         replies = pipe.execute()
     letters = [_letter(p, eid.decode(), raw)
                for p, entries in enumerate(replies) for eid, raw in entries]
-    letters.sort(key=lambda d: (d.at_ms, d.id), reverse=True)
+    letters.sort(key=_newest_first, reverse=True)
     return letters[:limit]
 
 

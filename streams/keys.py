@@ -8,9 +8,12 @@ task status hashes.
     ledger:meta                          hash  partitions (fixed for a deployment)
     ledger:{pN}:<level>                stream  events and tasks of a level: critical|high|normal|low
     ledger:{pN}:acct:<user_id>           hash  version balance purchased used head email
-    ledger:{pN}:idem:<user_id>:<key>     hash  e v b f   (first response of an Idempotency-Key; TTL)
+    ledger:{pN}:idem:<n>:<user_id>:<key> hash  e v b f   (first response of an Idempotency-Key; TTL)
+                                               n = len(user_id): both parts may hold ":"
     ledger:{pN}:txn:<user_id>            hash  <transaction_id> -> "e|v|b|f" (kept forever)
-    ledger:{pN}:task:<task_id>           hash  status attempts queue_name task_type … (TTL)
+    ledger:{pN}:task:<task_id>           hash  status attempts queue_name task_type … (TTL once
+                                               on a stream; none while scheduled: "data" and
+                                               "ttl" wait there for the scheduler)
     ledger:{pN}:attempts                 hash  <group>|<level>|<entry id> -> deliveries so far
     ledger:{pN}:retry:<group>            zset  <level>|<entry id> by due time (ms)
     ledger:{pN}:scheduled                zset  <task_id> by due time (ms)
@@ -19,6 +22,18 @@ task status hashes.
     ledger:{pN}:cursor                   hash  <group>|<level> -> XAUTOCLAIM cursor
     ledger:{pN}:lat:<queue>              list  latest 512 latencies (ms) of processed entries
     ledger:{pN}:tput:<queue>             hash  10-second bucket -> entries processed
+    ledger:rl:<bucket>                   hash  tokens ts: an API token bucket (api/ratelimit.py;
+                                               no hash tag; expires once it would be full again)
+                                               bucket = anonymous | addr:<client address>
+                                                      | key:<sha256(API key)[:16] hex>
+
+Where a key or field joins several values, at most one of them is free text, or
+the free text is length-prefixed: user ids and Idempotency-Keys may both hold
+":", so ``idem:<user>:<key>`` would let ``a0`` + ``x:k`` and ``a0:x`` + ``k``
+share a record. Levels are one digit and entry ids ``<ms>-<seq>``, so the
+``|``-joined fields split from the right; ``<counter>`` is a fixed word without
+":"; group and queue names come from configuration, not from requests.
+Stream entry ids compare as numbers (``streams.ids.parse_id``), never as text.
 """
 
 from __future__ import annotations
@@ -58,7 +73,8 @@ def account(p: int, user_id: str) -> str:
 
 
 def idempotency(p: int, user_id: str, key: str) -> str:
-    return f"{tag(p)}:idem:{user_id}:{key}"
+    """Length-prefixed: the user id and the key may both contain ":"."""
+    return f"{tag(p)}:idem:{len(user_id)}:{user_id}:{key}"
 
 
 def transactions(p: int, user_id: str) -> str:

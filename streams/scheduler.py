@@ -1,13 +1,16 @@
 """Delayed tasks: move them onto their streams once due (``ledger scheduler``).
 
 Any number of schedulers may run: a due task leaves the schedule in the same
-script step that appends it, so it is moved exactly once and never early.
+script step that appends it, so it is moved exactly once and never early. A
+scheduled task's record keeps its data with no TTL until it is moved, so no
+delay (up to the 30-day bound) and no scheduler downtime loses it.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 from . import keys
 from .connection import RedisClient, translate
@@ -25,18 +28,27 @@ class Scheduler:
         self.interval_ms = interval_ms
         self.scripts = scripts or load(client)
         self._stopping = threading.Event()
+        self.missing = 0
+        """Due tasks whose record was gone (deleted by hand): dropped, never counted as moved."""
 
     def tick(self) -> int:
-        """Move every task due now; returns how many moved."""
+        """Move every task due now; returns how many moved (only those)."""
         moved = 0
         while True:
             with translate():
-                counts: list[int] = run_many(self.redis, [
+                replies: list[list[Any]] = run_many(self.redis, [
                     (self.scripts.schedule,
                      [keys.scheduled(p), *(keys.stream(p, lv) for lv in keys.LEVELS_DESC)],
                      [keys.tag(p) + ":task:", self.batch]) for p in range(self.partitions)])
-            moved += sum(counts)
-            if max(counts, default=0) < self.batch:
+            taken = 0
+            for count, missing in replies:
+                moved += int(count)
+                taken = max(taken, int(count) + len(missing))
+                if missing:
+                    self.missing += len(missing)
+                    log.error("scheduled tasks due with no record (not run): %s",
+                              ", ".join(m.decode() for m in missing))
+            if taken < self.batch:
                 return moved
 
     def pending(self) -> int:

@@ -31,6 +31,7 @@ from .codec import EventMessage, Message, TaskMessage, decode, event_data, messa
 from .connection import RedisClient, ensure_groups, is_cluster, translate
 from .errors import DecodeError, Retry
 from .handlers import NO_DATABASE, BoundDBManager, Handler
+from .ids import parse_id
 from .priority import per_partition
 from .registry import EventRecorder, HandlerRegistry, default_registry
 from .retry import RetryPolicy
@@ -232,7 +233,8 @@ class Worker:
                                     "attempts (consumer crashed or timed out)")
             else:
                 runnable.append(d)
-        runnable.sort(key=lambda d: (-int(d.level), d.entry_id))
+        # stream order is numeric (ms, seq): as text "…-10" would run before "…-2"
+        runnable.sort(key=lambda d: (-int(d.level), parse_id(d.entry_id)))
         started_ms = int(self.clock() * 1000)
         try:
             self.processor.process(runnable)

@@ -12,8 +12,8 @@ The events of one call share a priority (one stream).
 KEYS[1] ledger:{pN}:<level>            the priority stream to append to
 then per event, in order (only the keys the event uses):
   ledger:{pN}:acct:<user>              account state (hash)
-  ledger:{pN}:idem:<user>:<key>        first response of an Idempotency-Key (hash),
-                                       when use_idem is "1"
+  ledger:{pN}:idem:<len>:<user>:<key>  first response of an Idempotency-Key (hash),
+                                       when use_idem is "1" (see streams/keys.py)
   ledger:{pN}:txn:<user>               purchase transaction ids (hash), when ref ~= ""
 ARGV[1] idem_ttl    seconds to keep an idempotency record
 ARGV[2] max         largest total the ledger holds exactly (2^53-1)

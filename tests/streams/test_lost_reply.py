@@ -35,7 +35,16 @@ class ReplyDropper:
         self.dropped = threading.Event()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def _start(self, *args: object) -> None:
+        thread = threading.Thread(target=self._pump, args=args, daemon=True)
+        with self._lock:
+            self._threads.append(thread)
+        thread.start()
 
     def _accept(self) -> None:
         while True:
@@ -44,10 +53,10 @@ class ReplyDropper:
             except OSError:
                 return
             server = socket.create_connection(self.upstream)
-            threading.Thread(target=self._pump, args=(client, server, False),
-                             daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, True),
-                             daemon=True).start()
+            with self._lock:
+                self._sockets += [client, server]
+            self._start(client, server, False)
+            self._start(server, client, True)
 
     def _pump(self, src: socket.socket, dst: socket.socket, replies: bool) -> None:
         try:
@@ -65,7 +74,18 @@ class ReplyDropper:
             s.close()
 
     def close(self) -> None:
+        """Stop accepting, break every connection and join every thread."""
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
         self.listener.close()
+        self._threads[0].join(5)  # no connection is added after this
+        with self._lock:
+            sockets, threads = list(self._sockets), list(self._threads)
+        for s in sockets:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+        for thread in threads:
+            thread.join(5)
 
 
 @pytest.fixture

@@ -1,0 +1,105 @@
+"""Delayed tasks keep their data until they run, and the scheduler counts only what it moved.
+
+The task record used to expire after the idempotency TTL (7 days) while a
+delay may be 30 days, or the scheduler may be down: the due task was then
+skipped silently yet counted as moved. Here the TTL is 1 s, so the same
+happens in about a second and a half.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pytest
+import redis as redis_py
+
+from ledger.tasks import Priority
+from streams import HandlerRegistry, QueueManager, Scheduler, StreamsConfig, Worker, keys
+from streams.queue_manager import TASK_ID_NAMESPACE
+
+from .conftest import PARTITIONS
+
+TTL_S = 1
+
+
+@pytest.fixture
+def config(redis_url: str) -> StreamsConfig:
+    """Task records (and idempotency records) that expire after one second."""
+    return StreamsConfig(redis_url=redis_url, partitions=PARTITIONS, idempotency_ttl_s=TTL_S)
+
+
+def redis_ms(client: redis_py.Redis) -> int:
+    secs, micros = client.time()
+    return int(secs) * 1000 + int(micros) // 1000
+
+
+def wait_until_redis_ms(client: redis_py.Redis, ms: int, timeout: float = 10.0) -> None:
+    """Poll Redis's clock (the one the scripts use) until it reaches ``ms``."""
+    deadline = time.monotonic() + timeout
+    while redis_ms(client) < ms:
+        assert time.monotonic() < deadline, "Redis's clock did not reach the due time"
+        time.sleep(0.02)
+
+
+def due_at(qm: QueueManager, task_id: str) -> int:
+    p = keys.partition_of(task_id, PARTITIONS)
+    return int(qm.redis.hget(keys.task(p, task_id), "due_at"))
+
+
+def test_delayed_task_keeps_its_data_past_the_ttl_and_scheduler_downtime(
+        qm: QueueManager, registry: HandlerRegistry,
+        make_worker: Callable[..., Worker]) -> None:
+    ran: dict[str, Mapping[str, Any]] = {}
+    registry.register("later", lambda data, db: ran.setdefault(data["name"], data) is not None)
+    # "long": a delay longer than the record's TTL; "short": due at once, but the
+    # scheduler is down until well after the TTL
+    ids = {"long": qm.enqueue("default", "later", {"name": "long", "n": 1}, delay=1.5),
+           "short": qm.enqueue("default", "later", {"name": "short", "n": 2}, delay=0.05)}
+    wait_until_redis_ms(qm.redis, max(due_at(qm, t) for t in ids.values()) + 200)
+
+    scheduler = Scheduler(qm.redis, PARTITIONS)
+    moved = scheduler.tick()
+    task_keys = [keys.task(keys.partition_of(t, PARTITIONS), t) for t in ids.values()]
+    ttls = [qm.redis.pttl(k) for k in task_keys]  # on its stream now: the TTL is back
+    make_worker().run_until_idle()
+    assert {name: dict(data) for name, data in ran.items()} == {
+        "long": {"name": "long", "n": 1}, "short": {"name": "short", "n": 2}}
+    assert moved == 2 and scheduler.pending() == 0 and scheduler.missing == 0
+    assert all(0 < ttl <= TTL_S * 1000 for ttl in ttls), ttls
+    for task_id, key in zip(ids.values(), task_keys, strict=True):
+        assert qm.get_task_status(task_id)["status"] == "completed"  # type: ignore[index]
+        assert qm.redis.hmget(key, "data", "ttl") == [None, None]
+
+
+def same_partition_keys(n: int) -> list[str]:
+    """Idempotency keys whose task ids all land in partition 0 (so one script call sees them)."""
+    found: list[str] = []
+    i = 0
+    while len(found) < n:
+        key = f"sched-{i}"
+        if keys.partition_of(str(uuid.uuid5(TASK_ID_NAMESPACE, key)), PARTITIONS) == 0:
+            found.append(key)
+        i += 1
+    return found
+
+
+def test_tick_counts_only_what_it_moved(qm: QueueManager,
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    gone1, gone2, kept = (qm.enqueue("default", "later", {"i": i}, delay=0.05,
+                                     idempotency_key=key)
+                          for i, key in enumerate(same_partition_keys(3)))
+    due = max(due_at(qm, t) for t in (gone1, gone2, kept))
+    qm.redis.delete(keys.task(0, gone1), keys.task(0, gone2))  # records genuinely missing
+    wait_until_redis_ms(qm.redis, due + 50)
+
+    scheduler = Scheduler(qm.redis, PARTITIONS, batch=1)  # the missing ones fill whole batches
+    with caplog.at_level(logging.ERROR, logger="streams.scheduler"):
+        assert scheduler.tick() == 1
+    assert scheduler.pending() == 0 and scheduler.missing == 2
+    assert gone1 in caplog.text and gone2 in caplog.text
+    entries = qm.redis.xrange(keys.stream(0, Priority.NORMAL))
+    assert [fields[b"id"].decode() for _, fields in entries] == [kept]
