@@ -1,7 +1,12 @@
 """The ``ledger`` console script: ``main(argv) -> int`` with named exit codes.
 
 Each subcommand is a thin call into the library; heavy imports happen inside it.
-Every option also reads its environment variable (REDIS_URL, MONGO_URL, …).
+Options also read their environment variable (``LEDGER_<OPTION>``, and REDIS_URL,
+MONGO_URL, MONGO_DB), named in each option's help: flags override the
+environment. Nothing is read while the parser is built, so ``--help`` works
+whatever the environment holds; a bad value is one line naming the variable
+and exit code 2. On/off flags and the options of one-shot commands (demo,
+replay, audit, stats, dlq) read no variable.
 """
 
 from __future__ import annotations
@@ -9,15 +14,18 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
+from streams.config import DEFAULT_PARTITIONS
+
 from . import cli_audit, cli_serve
-from .settings import Settings
+from . import settings as cfg
+from .settings import MAX_MS, EnvError, Settings, add_option, env_value, resolve, source
 
 RET_OK = 0
 RET_ERROR = 1
@@ -29,20 +37,29 @@ log = logging.getLogger("ledger")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    env = Settings.from_env()
-    p.add_argument("--redis-url", default=env.redis_url, help="redis:// or redis+cluster:// "
-                   "URL (env REDIS_URL)")
-    p.add_argument("--mongo-url", default=env.mongo_url, help="MongoDB URL (env MONGO_URL)")
-    p.add_argument("--mongo-db", default=env.mongo_db, help="database name (env MONGO_DB)")
-    p.add_argument("--partitions", type=int, default=env.partitions,
-                   help="stream partitions; fixed for a deployment (env LEDGER_PARTITIONS)")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    """The connection options every command has; nothing is read until ``resolve``."""
+    add_option(p, "--redis-url", env=cfg.REDIS_URL, parse=cfg.redis_url,
+               default=None, shown_default="none", help="redis:// or redis+cluster:// URL")
+    add_option(p, "--mongo-url", env=cfg.MONGO_URL, parse=cfg.mongo_url,
+               default=None, shown_default="none", help="MongoDB URL")
+    add_option(p, "--mongo-db", env=cfg.MONGO_DB, parse=cfg.db_name,
+               default="ledger", help="database name")
+    add_option(p, "--partitions", env=cfg.PARTITIONS, parse=cfg.PARTITIONS_VALUE,
+               default=DEFAULT_PARTITIONS, help="stream partitions; fixed for a deployment")
+    add_option(p, "--log-level", env=cfg.LOG_LEVEL,
+               parse=cfg.choice(*cfg.LOG_LEVELS), default="INFO",
+               help="one of " + ", ".join(cfg.LOG_LEVELS))
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    """The environment's settings, overridden by the command line."""
-    return replace(Settings.from_env(), redis_url=args.redis_url, mongo_url=args.mongo_url,
-                   mongo_db=args.mongo_db, partitions=args.partitions)
+    """The settings of a command: its resolved options, plus LEDGER_COLLECTIONS (and
+    LEDGER_API_KEYS for ``serve``, the only command that reads it)."""
+    env = os.environ
+    none: dict[str, str] = {}
+    keys = env_value(env, cfg.API_KEYS, cfg.api_keys, none) if args.command == "serve" else none
+    return Settings(redis_url=args.redis_url, mongo_url=args.mongo_url, mongo_db=args.mongo_db,
+                    partitions=args.partitions, api_keys=keys,
+                    extra_collections=env_value(env, cfg.COLLECTIONS, cfg.collections, ()))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,31 +77,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run task handlers (the `workers` group)")
     _common(worker)
-    worker.add_argument("--import", dest="imports", action="append", default=[],
-                        metavar="MODULE", help="import a module that registers handlers "
-                        "(repeatable)")
-    worker.add_argument("--concurrency", type=int, default=None,
-                        help="consumer threads (default: the queues' configured workers)")
-    worker.add_argument("--queues", default=None,
-                        help="comma-separated queue names to serve (default: all)")
+    add_option(worker, "--import", dest="imports", env="LEDGER_IMPORT",
+               parse=cfg.module_names, default=(), shown_default="none",
+               metavar="MODULE[,MODULE]", action=_Extend,
+               help="import modules that register handlers (repeatable or comma-separated)")
+    add_option(worker, "--concurrency", env="LEDGER_CONCURRENCY",
+               parse=cfg.integer(1, 1024), default=None,
+               shown_default="the queues' configured workers", help="consumer threads")
+    add_option(worker, "--queues", env="LEDGER_QUEUES", parse=cfg.names(), default=None,
+               shown_default="all", help="comma-separated queue names to serve")
     worker.add_argument("--burst", action="store_true", help="exit once nothing is left")
-    worker.add_argument("--max-attempts", type=int, default=5)
-    worker.add_argument("--backoff-ms", type=int, default=1000, help="first retry delay")
-    worker.add_argument("--claim-idle-ms", type=int, default=60_000,
-                        help="take over entries of a consumer silent this long")
+    add_option(worker, "--max-attempts", env="LEDGER_MAX_ATTEMPTS",
+               parse=cfg.integer(1, 1000), default=5,
+               help="deliveries before an entry is dead-lettered")
+    add_option(worker, "--backoff-ms", env="LEDGER_BACKOFF_MS",
+               parse=cfg.integer(1, MAX_MS), default=1000, help="first retry delay")
+    add_option(worker, "--claim-idle-ms", env="LEDGER_CLAIM_IDLE_MS",
+               parse=cfg.integer(1, MAX_MS), default=60_000,
+               help="take over entries of a consumer silent this long")
 
     project = sub.add_parser("project", help="build the MongoDB read models from the log")
     _common(project)
-    project.add_argument("--only", default=None,
-                         help="comma-separated projections (balances,credit_scores,events)")
-    project.add_argument("--batch", type=int, default=2000,
-                         help="entries per round: more coalesce into fewer writes")
+    add_option(project, "--only", env="LEDGER_ONLY", parse=cfg.names(), default=None,
+               shown_default="all", help="comma-separated projections "
+               "(balances,credit_scores,events)")
+    add_option(project, "--batch", env="LEDGER_BATCH", parse=cfg.integer(1, 100_000),
+               default=2000, help="entries per round: more coalesce into fewer writes")
     project.add_argument("--burst", action="store_true", help="exit once nothing is left")
-    project.add_argument("--claim-idle-ms", type=int, default=30_000,
-                         help="take over entries of a projector silent this long")
-    project.add_argument("--trim-after-ms", type=int, default=0,
-                         help="trim stream entries every group has acknowledged and that "
-                         "are older than this (0: never trim)")
+    add_option(project, "--claim-idle-ms", env="LEDGER_CLAIM_IDLE_MS",
+               parse=cfg.integer(1, MAX_MS), default=30_000,
+               help="take over entries of a projector silent this long")
+    add_option(project, "--trim-after-ms", env="LEDGER_TRIM_AFTER_MS",
+               parse=cfg.integer(0, MAX_MS), default=0,
+               help="trim stream entries every group has acknowledged and that are older "
+               "than this (0: never trim)")
 
     sched = sub.add_parser("scheduler", help="move delayed tasks onto their streams when due")
     _common(sched)
@@ -105,8 +131,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Extend(argparse.Action):
+    """``--import a --import b,c`` -> (a, b, c): each value is already a tuple of names."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        before = getattr(namespace, self.dest, ())
+        setattr(namespace, self.dest,
+                (*(() if isinstance(before, cfg.FromEnv) else before), *values))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        resolve(args)
+    except EnvError as exc:  # one line, like argparse's own error, and the same exit code
+        print(f"ledger: error: {exc}", file=sys.stderr)
+        return RET_USAGE
     from .logs import configure
     configure(args.log_level)  # one JSON object per line
     from pymongo.errors import ConnectionFailure
@@ -130,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "stats":
             return _stats(args, _settings(args))
         return _dlq(args, _settings(args))
+    except EnvError as exc:
+        print(f"ledger: error: {exc}", file=sys.stderr)
+        return RET_USAGE
     except ConfigError as exc:
         print(f"ledger: {exc}", file=sys.stderr)
         return RET_USAGE
@@ -141,15 +185,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return RET_CONNECT
 
 
-def _pick(csv: str, known: list[str], prog: str, what: str) -> set[str] | None:
-    """The names in a comma-separated option; None (after saying why) if any is unknown."""
-    wanted = {n.strip() for n in csv.split(",") if n.strip()}
-    unknown = wanted - set(known)
+def _pick(wanted: Sequence[str], known: list[str], prog: str, option: str,
+          what: str) -> set[str] | None:
+    """The names of an option if all are known; None (after saying why) if not.
+
+    ``option`` is its flag, or the variable it came from.
+    """
+    unknown = set(wanted) - set(known)
     if unknown:
-        print(f"{prog}: unknown {what}(s): {', '.join(sorted(unknown))} "
+        print(f"{prog}: error: {option}: unknown {what}(s): {', '.join(sorted(unknown))} "
               f"(known: {', '.join(known)})", file=sys.stderr)
         return None
-    return wanted
+    return set(wanted)
 
 
 def _on_term(stop: Any) -> None:
@@ -178,14 +225,16 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
         try:
             importlib.import_module(name)
         except Exception as exc:
-            print(f"ledger worker: cannot import {name!r}: {exc}", file=sys.stderr)
+            print(f"ledger worker: {source(args, 'imports', '--import')}: cannot import "
+                  f"{name!r}: {exc}", file=sys.stderr)
             return RET_IMPORT
     from ledger.tasks import Priority
     from streams import RetryPolicy
     qm = queue_manager(settings)
     queues = qm.config.queues
     if args.queues:
-        wanted = _pick(args.queues, [q.name for q in queues], "ledger worker", "queue")
+        wanted = _pick(args.queues, [q.name for q in queues], "ledger worker",
+                       source(args, "queues", "--queues"), "queue")
         if wanted is None:
             return RET_USAGE
         queues = tuple(q for q in queues if q.name in wanted)
@@ -225,7 +274,8 @@ def _project(args: argparse.Namespace, settings: Settings) -> int:
         return RET_USAGE
     chosen = all_projections()
     if args.only:
-        wanted = _pick(args.only, [p.name for p in chosen], "ledger project", "projection")
+        wanted = _pick(args.only, [p.name for p in chosen], "ledger project",
+                       source(args, "only", "--only"), "projection")
         if wanted is None:
             return RET_USAGE
         chosen = [p for p in chosen if p.name in wanted]

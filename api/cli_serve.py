@@ -19,13 +19,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from .settings import Settings
+from . import settings as cfg
+from .settings import EnvError, Settings, add_option, resolve
 
 RET_OK = 0
 RET_USAGE = 2
 FACTORY = "api.cli_serve:app_from_env"
-RATE_ENV = "LEDGER_RATE_PER_S"
-BURST_ENV = "LEDGER_RATE_BURST"
+RATE_ENV = cfg.RATE_PER_S
+BURST_ENV = cfg.RATE_BURST
 
 
 def add_parsers(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
@@ -37,18 +38,19 @@ def add_parsers(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
         "(key:role,...). Without keys every request is admin, so only a loopback host is "
         "allowed unless --insecure is given.")
     common(serve)
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    add_option(serve, "--host", env="LEDGER_HOST", parse=cfg.host, default="127.0.0.1",
+               help="address to bind")
+    add_option(serve, "--port", env="LEDGER_PORT", parse=cfg.integer(1, 65535), default=8000,
+               help="port")
+    add_option(serve, "--workers", env="LEDGER_WORKERS", parse=cfg.integer(1, 256),
+               default=1, help="uvicorn worker processes")
     serve.add_argument("--insecure", action="store_true",
                        help="allow a non-loopback host without API keys (everyone is admin)")
     defaults = Settings()
-    serve.add_argument("--rate-per-s", type=float,
-                       default=float(os.environ.get(RATE_ENV, defaults.rate_per_s)),
-                       help=f"per-key requests per second, 0 = no limit (env {RATE_ENV})")
-    serve.add_argument("--rate-burst", type=int,
-                       default=int(os.environ.get(BURST_ENV, defaults.rate_burst)),
-                       help=f"per-key burst (env {BURST_ENV})")
+    add_option(serve, "--rate-per-s", env=RATE_ENV, parse=cfg.RATE_VALUE,
+               default=defaults.rate_per_s, help="per-key requests per second, 0 = no limit")
+    add_option(serve, "--rate-burst", env=BURST_ENV, parse=cfg.BURST_VALUE,
+               default=defaults.rate_burst, help="per-key burst")
 
 
 def is_loopback(host: str) -> bool:
@@ -74,10 +76,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
-    env = os.environ if environ is None else environ
-    base = Settings.from_env(env)
-    return replace(base, rate_per_s=float(env.get(RATE_ENV, base.rate_per_s)),
-                   rate_burst=int(env.get(BURST_ENV, base.rate_burst)))
+    """Every setting of the API from the environment (``EnvError`` names a bad variable)."""
+    return Settings.from_env(environ)
 
 
 def app_from_env() -> Any:
@@ -88,7 +88,17 @@ def app_from_env() -> Any:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    settings = replace(settings, rate_per_s=args.rate_per_s, rate_burst=args.rate_burst)
+    """Check the options, hand the settings to uvicorn's workers, serve until stopped.
+
+    ``settings`` carries the API keys (``api.cli`` reads LEDGER_API_KEYS for
+    ``serve`` only); the rate options are resolved like every other option.
+    """
+    try:
+        resolve(args)
+        settings = replace(settings, rate_per_s=args.rate_per_s, rate_burst=args.rate_burst)
+    except EnvError as exc:
+        print(f"ledger serve: error: {exc}", file=sys.stderr)
+        return RET_USAGE
     if not settings.api_keys and not is_loopback(args.host) and not args.insecure:
         print(f"ledger serve: refusing to listen on {args.host} without API keys: every "
               "request would be admin. Set LEDGER_API_KEYS (key:role,...), bind a loopback "
@@ -96,9 +106,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return RET_USAGE
     if not settings.redis_url:
         print("ledger serve: REDIS_URL is not set", file=sys.stderr)
-        return RET_USAGE
-    if args.workers < 1 or not 0 < args.port < 65536:
-        print("ledger serve: --workers must be >= 1 and --port in 1..65535", file=sys.stderr)
         return RET_USAGE
     import uvicorn
     os.environ.update(settings_env(settings))

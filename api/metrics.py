@@ -8,10 +8,14 @@ role when API keys are configured (Prometheus: ``authorization: {credentials:
 Process-local series (this API process only; each replica counts its own):
 
     ledger_http_requests_total{method,route,status}         counter
+        (method: GET HEAD POST PUT PATCH DELETE OPTIONS or ``other``; route: the
+        route template or ``<unmatched>``)
     ledger_http_request_duration_seconds{method,route}      histogram
     ledger_appends_total{result,reason}                      counter (``record_append``)
 
-Series read from Redis (the same for every replica) and MongoDB checkpoints:
+Series read from Redis (the same for every replica) and MongoDB checkpoints;
+``queue`` is a configured queue (enqueueing to any other name is refused), so
+clients cannot add label values:
 
     ledger_queue_length / _pending / _lag / _consumers{queue}           gauges
     ledger_queue_processed_total / _failed_total / _retried_total /
@@ -181,11 +185,30 @@ def record_append(outcome: str, count: int = 1, registry: Registry | None = None
 
 
 # -- the timing middleware ------------------------------------------------------------------
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    """The request method as a label: one of ``METHODS``, else ``other``.
+
+    A client chooses the method (an ASGI server such as h11 passes any token
+    through), so it must not grow the label set.
+    """
+    return method if method in METHODS else "other"
+
+
+def status_label(status: int) -> str:
+    """The status as a label: ``100``-``599``, else ``other``."""
+    return str(status) if 100 <= status <= 599 else "other"
+
+
 class MetricsMiddleware:
     """Pure ASGI: counts and times each HTTP request by route template and status.
 
-    The template is the matched route's path (``/api/dlq/{entry_id}/requeue``), so
-    ids never become label values; unmatched paths count as ``<unmatched>``.
+    Every label has a bounded set of values whatever the client sends: the
+    template is the matched route's path (``/api/dlq/{entry_id}/requeue``), so
+    ids never become label values, and unmatched paths count as ``<unmatched>``;
+    the method is ``method_label``'s, the status ``status_label``'s.
     """
 
     def __init__(self, app: ASGIApp, registry: Registry | None = None) -> None:
@@ -210,9 +233,10 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) if route is not None else None
-            labels = {"method": scope.get("method", ""), "route": template or "<unmatched>"}
+            labels = {"method": method_label(str(scope.get("method", ""))),
+                      "route": template if isinstance(template, str) else "<unmatched>"}
             self.registry.inc("ledger_http_requests_total", "HTTP requests by route and status",
-                              {**labels, "status": str(status)})
+                              {**labels, "status": status_label(status)})
             self.registry.observe("ledger_http_request_duration_seconds",
                                   "HTTP request latency by route", labels,
                                   time.perf_counter() - started)
@@ -449,7 +473,7 @@ def instrument(app: Any) -> Any:
     return app
 
 
-__all__ = ["CONTENT_TYPE", "REGISTRY", "Exposition", "GroupStatus", "MetricsMiddleware",
-           "Registry", "group_status", "instrument", "middleware", "projections_status",
-           "queues_status",
-           "record_append", "render"]
+__all__ = ["CONTENT_TYPE", "METHODS", "REGISTRY", "Exposition", "GroupStatus",
+           "MetricsMiddleware", "Registry", "group_status", "instrument", "method_label",
+           "middleware", "projections_status", "queues_status", "record_append", "render",
+           "status_label"]

@@ -8,8 +8,10 @@ thread (a bounded pool) and never blocks the event loop.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
 import anyio.to_thread
@@ -25,6 +27,14 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 THREADS = 64
+WAITERS_PER_KEY = 16
+"""``?min_version`` waits one API key may have open in one process (beyond: 429)."""
+WAITERS = 4 * THREADS
+"""… and all keys together."""
+
+
+class TooManyWaiters(Exception):
+    """This caller (or the process) already has as many waits open as allowed."""
 
 
 @dataclass(slots=True)
@@ -34,6 +44,24 @@ class AppState:
     qm: QueueManager
     db: Database[Any] | None
     limiter: CapacityLimiter
+    waiters: Counter[str] = field(default_factory=Counter)
+    """Open ``?min_version`` waits per caller (rate-limit bucket id); event loop only."""
+
+    @contextmanager
+    def waiting(self, who: str) -> Iterator[None]:
+        """Hold one of ``who``'s wait slots; ``TooManyWaiters`` if none is free.
+
+        Only touched from the event loop, so no lock is needed.
+        """
+        if self.waiters[who] >= WAITERS_PER_KEY or self.waiters.total() >= WAITERS:
+            raise TooManyWaiters(who)
+        self.waiters[who] += 1
+        try:
+            yield
+        finally:
+            self.waiters[who] -= 1
+            if not self.waiters[who]:
+                del self.waiters[who]
 
     async def blocking(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a blocking library call on the thread pool."""

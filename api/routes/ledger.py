@@ -14,10 +14,17 @@ first response with ``Idempotent-Replayed: true``; a refused append is not
 remembered, so repeating it decides again. ``?min_version=N`` on the balance
 waits up to ``wait_ms`` (default 2000, at most 5000) for the projection to
 reach N; a version the account has not reached in Redis is answered at once.
+The wait holds no thread: it polls the read model with short reads on the pool
+and ``asyncio.sleep`` (10 ms, doubling to 250 ms) between them, so waits cannot
+starve appends. One API key may have ``WAITERS_PER_KEY`` (16) waits open per
+process; one more is answered at once with 429 ``too_many_waits`` and
+``Retry-After: 1``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Final, TypeVar
@@ -32,15 +39,15 @@ from ledger.commands import Adjust, Command, parse
 from ledger.errors import LedgerError, UnknownAccount, ValidationError
 from ledger.money import MAX_CREDITS
 from ledger.tasks import Priority
-from projections.progress import wait_for_version
 from projections.store import BALANCES, CREDIT_SCORES, EVENTS, StoreUnavailable
 from streams.appender import IDEMPOTENCY_KEY_RE, Appended
 
 from .. import metrics
 from ..auth import RANK, require, role_of
 from ..errors import error_response, ledger_error_body, status_of
+from ..ratelimit import bucket_id
 from ..schemas import MAX_BATCH, idempotency_key, json_object, only_fields, path_user, query_int
-from ..state import AppState
+from ..state import WAITERS_PER_KEY, AppState, TooManyWaiters
 
 T = TypeVar("T")
 
@@ -51,6 +58,8 @@ DEFAULT_WAIT_MS: Final = 2000
 MAX_PAGE: Final = 1000
 DEFAULT_PAGE: Final = 100
 REPLAYED: Final = "Idempotent-Replayed"
+POLL_FIRST_S: Final = 0.01
+POLL_MAX_S: Final = 0.25
 EVENT_FIELDS: Final = ("kind", "version", "at_ms", "amount", "text", "ref", "balance_after",
                        "purchased_total", "used_total", "prev_hash", "hash")
 
@@ -209,6 +218,25 @@ async def _missing(state: AppState, user: str, projected: int = 0,
                           current_version=current)
 
 
+async def _wait_for_version(state: AppState, db: Any, user: str, min_version: int,
+                            timeout: float) -> dict[str, Any] | None:
+    """The balance document once its version reaches ``min_version``; None on timeout.
+
+    Each read is a short query on the pool; between them the request sleeps on
+    the event loop (10 ms doubling to 250 ms), holding no thread.
+    """
+    deadline = time.monotonic() + timeout
+    delay = POLL_FIRST_S
+    while True:
+        doc: dict[str, Any] | None = await state.blocking(
+            _bounded, lambda: db[BALANCES].find_one({"_id": user}))
+        left = deadline - time.monotonic()
+        if (doc is not None and doc.get("version", 0) >= min_version) or left <= 0:
+            return doc
+        await asyncio.sleep(min(delay, left))
+        delay = min(delay * 2, POLL_MAX_S)
+
+
 async def balance(request: Request) -> Response:
     require(request, "reader")
     user = path_user(request)
@@ -222,10 +250,13 @@ async def balance(request: Request) -> Response:
         account = await state.blocking(state.qm.balance, user)
         if min_version is not None and account is not None \
                 and int(account["version"]) >= min_version and wait_ms:
-            timeout = (wait_ms or 0) / 1000
-            doc = await state.blocking(
-                _bounded, lambda: wait_for_version(db, user, min_version, timeout=timeout),
-                timeout + READ_TIMEOUT_S)
+            try:
+                with state.waiting(bucket_id(request, state)):
+                    doc = await _wait_for_version(state, db, user, min_version, wait_ms / 1000)
+            except TooManyWaiters:
+                return error_response(
+                    429, "too_many_waits", f"at most {WAITERS_PER_KEY} min_version waits may "
+                    "be open per API key; retry after 1 s", headers={"Retry-After": "1"})
         if doc is None or doc.get("version", 0) < wanted:
             projected = 0 if doc is None else int(doc.get("version", 0))
             return await _missing(state, user, projected, min_version)
