@@ -8,12 +8,17 @@ drain, then proves the result with the audit (every account re-folded from the
 log equals its Redis state and its read models) and checks that every event
 reached the original collections exactly once. Then, unless ``--once``, traffic
 keeps flowing through the HTTP API until Ctrl-C, for the dashboard to show.
+
+Ctrl-C, SIGTERM (``timeout``, ``kill``, make passing one on) and SIGHUP (a
+closed terminal) all stop it the same orderly way: the processes, then the
+servers, then the data directory. Every child gets a parent-death signal
+(``api.procs``), so even a SIGKILLed demo leaves nothing running.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
+import contextlib
 import json
 import os
 import shutil
@@ -21,6 +26,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -28,50 +34,116 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from .procs import popen_child
 from .settings import Settings
 
 RET_OK, RET_MISMATCH = 0, 1
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _say(text: str) -> None:
-    print(text, flush=True)
+    with contextlib.suppress(OSError):  # the terminal has gone (SIGHUP): shut down silently
+        print(text, flush=True)
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop signal arrived; a KeyboardInterrupt so that no ``except Exception`` eats it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class _StopSignals:
+    """Turns Ctrl-C, SIGTERM and SIGHUP into ``Stopped``, once: after the first, all
+    three are ignored so that a second one cannot cut the drain short.
+
+    Signals ignored when the demo started (``nohup``, ``&`` in a script) stay
+    ignored. Handlers can only be set from the main thread; elsewhere this does
+    nothing. The previous handlers come back on exit.
+    """
+
+    def __init__(self) -> None:
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in STOP_SIGNALS:
+                previous = signal.getsignal(signum)
+                if previous is None or previous is signal.SIG_IGN:
+                    continue
+                self._previous[signum] = previous
+                signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.ignore()
+        raise Stopped(signum)
+
+    def ignore(self) -> None:
+        for signum in self._previous:
+            signal.signal(signum, signal.SIG_IGN)
+
+    def __exit__(self, *exc: object) -> None:
+        while self._previous:
+            signum, previous = self._previous.popitem()
+            signal.signal(signum, previous)
 
 
 def run_demo(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the demo. A stop signal shuts it down in order: exit 0 once the proof
+    is done, else 128 + the signal's number (what a shell reports for it)."""
+    proved = False
+    try:
+        with _StopSignals() as signals, ExitStack() as stack:
+            try:
+                settings, base_url, procs = _start(stack, settings, args.workers, args.keep)
+                code = _drive(settings, args, procs)
+                if code != RET_OK or args.once:
+                    return code
+                proved = True
+                return _keep_traffic_flowing(base_url, args.users, procs)
+            except Stopped as stop:
+                _say(f"\n{stop}: stopping the processes, then the servers")
+                return RET_OK if proved else 128 + stop.signum
+            finally:
+                signals.ignore()  # nothing may cut short the drain the ExitStack does now
+    except Stopped as stop:  # came between the end of the work and ``ignore()``
+        return RET_OK if proved else 128 + stop.signum
+
+
+def _start(stack: ExitStack, settings: Settings, workers: int, keep: bool
+           ) -> tuple[Settings, str, list[subprocess.Popen[bytes]]]:
+    """The servers (unless given) and the processes, each stopped by ``stack``."""
     from .embedded import EmbeddedMongo, EmbeddedRedis, free_port
 
-    with ExitStack() as stack:
-        data_dir = Path(tempfile.mkdtemp(prefix="ledger-demo-"))
-        if not args.keep:
-            stack.callback(shutil.rmtree, data_dir, True)
-        redis_url, mongo_url = settings.redis_url, settings.mongo_url
-        if redis_url is None:
-            redis = stack.enter_context(EmbeddedRedis(data_dir / "redis", appendfsync="always"))
-            redis_url = redis.url
-            _say(f"redis-server (AOF, appendfsync always) on {redis_url}")
-        if mongo_url is None:
-            mongo = stack.enter_context(EmbeddedMongo(data_dir / "mongo"))
-            mongo_url = mongo.url
-            _say(f"Mongo-wire server on {mongo_url}")
-        settings = Settings(redis_url=redis_url, mongo_url=mongo_url, mongo_db=settings.mongo_db,
-                            partitions=settings.partitions,
-                            extra_collections=settings.extra_collections)
-        port = free_port()
-        procs = _start_processes(stack, settings, args.workers, port)
-        base_url = f"http://127.0.0.1:{port}"
-        _wait_for_api(base_url, procs)
-        _say(f"\nAPI and dashboard: {base_url}/dashboard   (OpenAPI: {base_url}/openapi.json)")
-        _say("try:\n"
-             f"  curl -s {base_url}/api/accounts/user-00001/balance\n"
-             f"  curl -s -X POST {base_url}/api/accounts/user-00001/purchases "
-             "-H 'Content-Type: application/json' -H 'Idempotency-Key: demo-1' "
-             "-d '{\"amount\": 500, \"currency\": \"USD\", \"transaction_id\": \"demo-1\"}'\n"
-             f"  curl -s {base_url}/api/queue/stats\n")
-        code = _drive(settings, args, procs)
-        if code != RET_OK or args.once:
-            return code
-        return _keep_traffic_flowing(base_url, args.users, procs)
-    return RET_OK  # pragma: no cover - ExitStack never swallows
+    data_dir = Path(tempfile.mkdtemp(prefix="ledger-demo-"))
+    if not keep:
+        stack.callback(shutil.rmtree, data_dir, True)
+    redis_url, mongo_url = settings.redis_url, settings.mongo_url
+    if redis_url is None:
+        redis = stack.enter_context(EmbeddedRedis(data_dir / "redis", appendfsync="always"))
+        redis_url = redis.url
+        _say(f"redis-server (AOF, appendfsync always) on {redis_url}")
+    if mongo_url is None:
+        mongo = stack.enter_context(EmbeddedMongo(data_dir / "mongo"))
+        mongo_url = mongo.url
+        _say(f"Mongo-wire server on {mongo_url}")
+    settings = Settings(redis_url=redis_url, mongo_url=mongo_url, mongo_db=settings.mongo_db,
+                        partitions=settings.partitions,
+                        extra_collections=settings.extra_collections)
+    port = free_port()
+    procs = _start_processes(stack, settings, workers, port)
+    base_url = f"http://127.0.0.1:{port}"
+    _wait_for_api(base_url, procs)
+    _say(f"\nAPI and dashboard: {base_url}/dashboard   (OpenAPI: {base_url}/openapi.json)")
+    _say("try:\n"
+         f"  curl -s {base_url}/api/accounts/user-00001/balance\n"
+         f"  curl -s -X POST {base_url}/api/accounts/user-00001/purchases "
+         "-H 'Content-Type: application/json' -H 'Idempotency-Key: demo-1' "
+         "-d '{\"amount\": 500, \"currency\": \"USD\", \"transaction_id\": \"demo-1\"}'\n"
+         f"  curl -s {base_url}/api/queue/stats\n")
+    return settings, base_url, procs
 
 
 def _start_processes(stack: ExitStack, settings: Settings, workers: int, port: int
@@ -87,7 +159,7 @@ def _start_processes(stack: ExitStack, settings: Settings, workers: int, port: i
     commands.append([*base, "project", "--trim-after-ms", "60000", "--log-level", "WARNING"])
     commands.append([*base, "serve", "--host", "127.0.0.1", "--port", str(port),
                      "--log-level", "WARNING"])
-    procs = [subprocess.Popen(cmd, env=env) for cmd in commands]
+    procs: list[subprocess.Popen[bytes]] = []
 
     def stop() -> None:
         for p in procs:
@@ -98,7 +170,12 @@ def _start_processes(stack: ExitStack, settings: Settings, workers: int, port: i
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 p.kill()
-    stack.callback(stop)
+                p.wait()
+    stack.callback(stop)  # before the first start: a signal may come in between
+    # Same process group as the demo (a terminal's Ctrl-C reaches them too), and
+    # a parent-death signal: a SIGKILLed demo takes them along.
+    for cmd in commands:
+        procs.append(popen_child(cmd, env=env))
     _say(f"started the API, {workers} worker processes, the projectors and a scheduler "
          f"(pids {', '.join(str(p.pid) for p in procs)})")
     return procs
@@ -249,30 +326,27 @@ def _post(url: str, body: Any) -> Any:
 
 def _keep_traffic_flowing(base_url: str, users: int, procs: list[subprocess.Popen[bytes]]
                           ) -> int:
-    """Credit traffic through the HTTP API until Ctrl-C (the dashboard moves)."""
+    """Credit traffic through the HTTP API until a stop signal (the dashboard moves)."""
     from .loadgen import as_batch_item, credit_traffic, user_ids
 
     names = user_ids(users)
     sent = accepted = 0
     _say(f"traffic keeps flowing through {base_url}/api/events:batch; press Ctrl-C to stop")
-    try:
-        for round_no in itertools.count():
-            if any(p.poll() is not None for p in procs):
-                raise SystemExit("a demo process exited; see its output above")
-            items = [as_batch_item(c) for c in
-                     credit_traffic(names, 20, seed=1000 + round_no)]
-            result = _post(f"{base_url}/api/events:batch", {"events": items})
-            sent += len(items)
-            accepted += int(result.get("accepted", 0))
-            if round_no % 10 == 0:
-                _post(f"{base_url}/api/queue/enqueue", {
-                    "queue_name": "low_priority", "task_type": "credit_calculation",
-                    "task_data": {"user_id": names[round_no % len(names)]},
-                    "priority": 1, "delay": 0})
-            if round_no % 20 == 0:
-                _say(f"  sent {sent} events over HTTP, {accepted} accepted")
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the drain
-        _say("\nstopping: draining the processes and the servers")
-    return RET_OK
+    round_no = -1
+    while True:
+        round_no += 1
+        if any(p.poll() is not None for p in procs):
+            raise SystemExit("a demo process exited; see its output above")
+        items = [as_batch_item(c) for c in
+                 credit_traffic(names, 20, seed=1000 + round_no)]
+        result = _post(f"{base_url}/api/events:batch", {"events": items})
+        sent += len(items)
+        accepted += int(result.get("accepted", 0))
+        if round_no % 10 == 0:
+            _post(f"{base_url}/api/queue/enqueue", {
+                "queue_name": "low_priority", "task_type": "credit_calculation",
+                "task_data": {"user_id": names[round_no % len(names)]},
+                "priority": 1, "delay": 0})
+        if round_no % 20 == 0:
+            _say(f"  sent {sent} events over HTTP, {accepted} accepted")
+        time.sleep(0.5)

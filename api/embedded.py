@@ -4,7 +4,8 @@
 the code that runs in a demo is the code the tests exercise. Each server is a
 child process (never an in-process thread) so that a test can SIGKILL it, the
 way a machine crash would, and start it again on the same port and data
-directory.
+directory. A server dies with the process that started it (from its main
+thread; see ``api.procs``), so a killed demo or test run leaves none behind.
 
     with EmbeddedRedis(tmp / "redis") as r, EmbeddedMongo(tmp / "mongo") as m:
         ...  # r.url, m.url
@@ -25,6 +26,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Self
+
+from .procs import popen_child
 
 __all__ = [
     "EmbeddedError",
@@ -168,8 +171,9 @@ class _Server:
         with open(self.log_path, "ab") as log:
             # Our copy of the log handle closes at once; the child keeps its own.
             # A new session keeps a terminal's Ctrl-C away from the server, so
-            # the owner decides the shutdown order.
-            self._proc = subprocess.Popen(
+            # the owner decides the shutdown order; if the owner dies without
+            # stopping it (SIGKILL, a crash), the parent-death signal ends it.
+            self._proc = popen_child(
                 [str(executable), *self._arguments(self._port)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,

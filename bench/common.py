@@ -21,6 +21,7 @@ from typing import Any
 
 import redis
 
+from api.procs import popen_child
 from ledger.tasks import Priority
 from streams import keys
 
@@ -72,15 +73,16 @@ def summary(values: Sequence[float]) -> dict[str, Any]:
 # -- child processes ---------------------------------------------------------------
 def spawn(args: Sequence[str], log: Path, env: Mapping[str, str] | None = None
           ) -> subprocess.Popen[bytes]:
-    """A child in its own session, output to ``log``, cwd the repository root."""
+    """A child in its own session, output to ``log``, cwd the repository root; it dies
+    with the benchmark (``api.procs``), so an interrupted run leaves nothing behind."""
     full = {k: v for k, v in os.environ.items()
             if k not in ("REDIS_URL", "MONGO_URL", "LEDGER_PARTITIONS")}
     full.update(env or {})
     full["PYTHONPATH"] = str(ROOT)
     with open(log, "ab") as out:
-        return subprocess.Popen(list(args), stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, cwd=ROOT, env=full,
-                                start_new_session=True)
+        return popen_child(list(args), stdout=out, stderr=subprocess.STDOUT,
+                           stdin=subprocess.DEVNULL, cwd=ROOT, env=full,
+                           start_new_session=True)
 
 
 def ledger(*args: str) -> list[str]:

