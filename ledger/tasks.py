@@ -3,7 +3,11 @@
 A task is a job for a handler registered under ``task_type``. Tasks in the
 original ``{operation, collection, data, filter}`` form are run by the default
 DB handler, which only touches allow-listed collections and refuses Mongo
-operators smuggled in as ``$``-keys.
+operators smuggled in as ``$``-keys. In the collections where the workers
+record ledger events (``EVENT_RECORD_COLLECTIONS``) an ``_id`` of the event-id
+form ``"<user_id>:<version>"`` belongs to a recorded event: a task may neither
+insert one (the recorder would take it for the real event) nor name one in a
+filter.
 """
 
 from __future__ import annotations
@@ -207,6 +211,17 @@ DEFAULT_COLLECTIONS: Final = frozenset({
 """The original system's collections: what the default DB handler may touch."""
 READ_MODEL_COLLECTIONS: Final = frozenset({"balances", "credit_scores", "events", "checkpoints"})
 """Owned by the projectors; never writable through task data."""
+WORKER_COLLECTIONS: Final = frozenset({"task_targets"})
+"""Kept by the workers (the target each update or delete of a delivery resolved
+to, so a redelivery acts on the same document); never writable through task data."""
+EVENT_RECORD_COLLECTIONS: Final = frozenset({
+    "users", "credit_purchases", "credit_usage", "credit_updates",
+})
+"""Where the workers record ledger events, each under its event id."""
+EVENT_ID_PATTERN: Final = r"^[A-Za-z0-9._@:-]{1,128}:[0-9]+$"
+"""The form of a ledger event id, ``"<user_id>:<version>"`` (a user id may hold ":").
+Anchored with ``$`` as MongoDB's regular expressions are, so both sides agree."""
+EVENT_ID_RE: Final = re.compile(EVENT_ID_PATTERN)
 OPERATIONS: Final = frozenset({"insert", "update", "delete"})
 _DB_TASK_KEYS: Final = ("operation", "collection", "data", "filter")
 
@@ -226,7 +241,24 @@ def _forbidden_collection(name: str) -> str | None:
         return "system collections are never writable"
     if name in READ_MODEL_COLLECTIONS:
         return "read models are written only by the projectors"
+    if name in WORKER_COLLECTIONS:
+        return "kept by the workers, never writable through tasks"
     return None
+
+
+def is_event_id(value: object) -> bool:
+    """Whether ``value`` has the form of a ledger event id, ``"<user_id>:<version>"``."""
+    return isinstance(value, str) and EVENT_ID_RE.match(value) is not None
+
+
+def check_not_event_id(collection: str, value: object, field: str) -> None:
+    """Refuse an ``_id`` a task names (inserts, or matches in a filter) that could be a
+    recorded ledger event's: unforgeable records need ids tasks cannot take."""
+    if collection in EVENT_RECORD_COLLECTIONS and is_event_id(value):
+        raise ValidationError(field, f"{field}: _id {value!r} has the form of a ledger event "
+                                     f"id ('<user_id>:<version>'); in {collection!r} such ids "
+                                     "belong to the events the workers record, which tasks "
+                                     "cannot write")
 
 
 def allowed_collections(extra: Iterable[str] = ()) -> frozenset[str]:
@@ -264,8 +296,10 @@ def check_db_task(data: Mapping[str, Any], allowed: frozenset[str] = DEFAULT_COL
     """Check a task for the default DB handler against the ``allowed`` collections.
 
     insert needs ``data``; update needs non-empty ``data`` (without ``_id``) and a
-    non-empty ``filter``; delete needs a non-empty ``filter``. Read models and
-    ``system.*`` are refused even when ``allowed`` lists them.
+    non-empty ``filter``; delete needs a non-empty ``filter``. Read models, the
+    workers' collections and ``system.*`` are refused even when ``allowed`` lists
+    them, and so is an event-id ``_id`` in an insert or a filter of
+    ``EVENT_RECORD_COLLECTIONS`` (see ``check_not_event_id``).
     """
     if not isinstance(data, Mapping):
         raise ValidationError("task_data", "task_data must be an object")
@@ -287,14 +321,17 @@ def check_db_task(data: Mapping[str, Any], allowed: frozenset[str] = DEFAULT_COL
         raise ValidationError("task_data.collection", f"collection {collection!r}: {reason}")
     if operation == "insert":
         _absent(task, "filter", operation)
-        return DbTask(operation=operation, collection=collection,
-                      data=_object(task, "data", non_empty=False))
+        doc = _object(task, "data", non_empty=False)
+        check_not_event_id(collection, doc.get("_id"), "task_data.data._id")
+        return DbTask(operation=operation, collection=collection, data=doc)
     if operation == "update":
         doc = _object(task, "data", non_empty=True)
         if "_id" in doc:
             raise ValidationError("task_data.data._id", "an update must not change _id")
-        return DbTask(operation=operation, collection=collection, data=doc,
-                      filter=_object(task, "filter", non_empty=True))
+        query = _object(task, "filter", non_empty=True)
+        check_not_event_id(collection, query.get("_id"), "task_data.filter._id")
+        return DbTask(operation=operation, collection=collection, data=doc, filter=query)
     _absent(task, "data", operation)
-    return DbTask(operation=operation, collection=collection,
-                  filter=_object(task, "filter", non_empty=True))
+    query = _object(task, "filter", non_empty=True)
+    check_not_event_id(collection, query.get("_id"), "task_data.filter._id")
+    return DbTask(operation=operation, collection=collection, filter=query)

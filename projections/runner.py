@@ -18,8 +18,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from pymongo import InsertOne, UpdateOne
+from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
+from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from streams import keys
 from streams.codec import EventMessage
@@ -56,15 +57,43 @@ def to_operation(write: Write) -> InsertOne[Any] | UpdateOne:
 
 
 def apply_writes(db: Database[Any], collection: str, writes: Sequence[Write]) -> None:
-    """One unordered bulk write; "already there / already newer" is success."""
+    """One unordered bulk write; "already there / already newer" is success.
+
+    A duplicate ``_id`` (11000) is resolved per write, never assumed: an upsert
+    that lost the race to create its document (another projector of the same
+    read model inserted an older version first) is retried as the same guarded
+    update without upsert, which now matches if the stored version is older;
+    an insert counts as done only if a document with its ``_id`` is there (a
+    clash on another unique index is an error).
+    """
     if not writes:
         return
+    coll = db[collection]
     try:
-        db[collection].bulk_write([to_operation(w) for w in writes], ordered=False)
+        coll.bulk_write([to_operation(w) for w in writes], ordered=False)
     except BulkWriteError as exc:
-        errors = [e for e in exc.details.get("writeErrors", []) if e.get("code") != DUPLICATE_KEY]
-        if errors or exc.details.get("writeConcernErrors"):
+        errors = exc.details.get("writeErrors", [])
+        if exc.details.get("writeConcernErrors") or any(
+                e.get("code") != DUPLICATE_KEY for e in errors):
             raise
+        _settle_duplicates(coll, [writes[e["index"]] for e in errors])
+
+
+def _settle_duplicates(coll: Collection[Any], clashed: Sequence[Write]) -> None:
+    """Finish the writes whose bulk write answered "duplicate key" (see ``apply_writes``)."""
+    upserts = [w for w in clashed if isinstance(w, Upsert)]
+    if upserts:
+        # Without upsert the guarded update cannot clash on _id again: it updates an
+        # older document or matches nothing because the stored one is as new or newer.
+        coll.bulk_write([UpdateOne({"_id": w.key, "version": {"$lt": w.version}},
+                                   {"$set": dict(w.fields)}) for w in upserts], ordered=False)
+    inserts = [w.document["_id"] for w in clashed if isinstance(w, Insert)]
+    if inserts:
+        there = {d["_id"] for d in coll.find({"_id": {"$in": inserts}}, {"_id": 1})}
+        missing = [i for i in inserts if i not in there]
+        if missing:
+            raise DuplicateKeyError(f"{coll.name}: {missing[0]!r} clashes with another "
+                                    "document on a unique index", DUPLICATE_KEY)
 
 
 class ProjectionProcessor:
@@ -131,7 +160,7 @@ class ProjectionProcessor:
 
 def projector(client: RedisClient, partitions: int, db: Database[Any], projection: Projection,
               *, batch: int = 2000, claim_idle_ms: int = 30_000, block_ms: int = 500,
-              reclaim_every_ms: int = 100) -> Worker:
+              reclaim_every_ms: int = 100, retry: RetryPolicy | None = None) -> Worker:
     """A consumer in ``proj:<name>`` that applies ``projection`` to ``db``."""
     if projection.collection == EVENTS:
         ensure_indexes(db)
@@ -140,8 +169,8 @@ def projector(client: RedisClient, partitions: int, db: Database[Any], projectio
                     config=WorkerConfig(group=group_of(projection), batch=batch, track=False,
                                         claim_idle_ms=claim_idle_ms, block_ms=block_ms,
                                         reclaim_every_ms=reclaim_every_ms,
-                                        retry=RetryPolicy(max_attempts=10, base_ms=200,
-                                                          max_ms=30_000)))
+                                        retry=retry or RetryPolicy(max_attempts=10, base_ms=200,
+                                                                   max_ms=30_000)))
     processor.stopping = worker.stopping  # a stopping projector stops waiting for the database
     return worker
 

@@ -9,11 +9,23 @@ untrusted, so every call is checked before it reaches the driver:
   in a filter, document or update: no operator injection, and ``update``
   always means ``$set`` of plain fields;
 - ``update`` and ``delete`` touch one document and need a non-empty filter;
-- ``find_many`` returns at most ``MAX_FIND_LIMIT`` documents.
+- ``find_many`` returns at most ``MAX_FIND_LIMIT`` documents;
+- recorded ledger events are unforgeable: in the collections the workers
+  record them in (``ledger.tasks.EVENT_RECORD_COLLECTIONS``, ``_id`` = event
+  id ``"<user_id>:<version>"``) an insert may not name an ``_id`` of that form,
+  a filter may not name one, and ``update``/``delete`` never pick such a
+  document (a filter that matches nothing else is refused).
 
 Exactly-once effect: a manager bound to a delivery (``for_event``) gives the
 n-th id-less document of that delivery the id ``event_id`` (n = 1) or
 ``f"{event_id}:{n}"``, so a redelivered handler finds its inserts already done.
+Its n-th ``update`` (or ``delete``) of a collection resolves its target once:
+the first match's ``_id`` is recorded in ``task_targets`` under
+``"<event_id>|<op>|<collection>|<n>"`` before anything is changed, then only
+that ``_id`` is acted on. A redelivery, even after a crash between the two
+steps, reuses the record, so an update whose ``$set`` changes a filtered
+field, or a delete, never reaches a second document. Records expire after
+``TARGET_TTL_S``.
 Writes ask for the journal (``j: true``) because the worker acknowledges the
 delivery once the handler returns: an unjournaled write can vanish if the
 server is killed right after it answered.
@@ -24,19 +36,27 @@ exception chained, so no topology details leak to callers).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Final
 
 import pymongo
 from bson.errors import InvalidDocument
 from bson.objectid import ObjectId
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError
+from pymongo.errors import (
+    BulkWriteError,
+    ConnectionFailure,
+    DuplicateKeyError,
+    OperationFailure,
+)
 from pymongo.write_concern import WriteConcern
 
 from ledger.errors import Conflict, ValidationError
+from ledger.tasks import EVENT_ID_RE, EVENT_RECORD_COLLECTIONS, check_not_event_id
 
 __all__ = [
     "BALANCES",
@@ -45,6 +65,7 @@ __all__ = [
     "EVENTS",
     "MAX_FIND_LIMIT",
     "READ_MODELS",
+    "TASK_TARGETS",
     "DuplicateDocument",
     "EventDBManager",
     "MongoDBManager",
@@ -57,6 +78,11 @@ CREDIT_SCORES = "credit_scores"
 EVENTS = "events"
 CHECKPOINTS = "checkpoints"
 READ_MODELS = frozenset({BALANCES, CREDIT_SCORES, EVENTS, CHECKPOINTS})
+TASK_TARGETS = "task_targets"
+"""Where a bound manager records the document each update/delete resolved to."""
+TARGET_TTL_S: Final = 7 * 24 * 3600
+
+log = logging.getLogger(__name__)
 
 MAX_FIND_LIMIT = 1000
 _INT64 = (-(2**63), 2**63 - 1)
@@ -116,6 +142,7 @@ class MongoDBManager:
         concern = {**db.write_concern.document, "j": True}
         concern.pop("fsync", None)  # j and fsync are mutually exclusive
         self._write_concern = WriteConcern(**concern)
+        self._shared: dict[str, bool] = {"ttl_index": False}
 
     @property
     def allowed(self) -> frozenset[str]:
@@ -126,7 +153,9 @@ class MongoDBManager:
         """A manager for one delivery of ``event_id``, whose inserts are idempotent."""
         if not isinstance(event_id, str) or not event_id:
             raise ValidationError("event_id", "event_id must be a non-empty string")
-        return EventDBManager(self._db, self._allowed, event_id)
+        bound = EventDBManager(self._db, self._allowed, event_id)
+        bound._shared = self._shared  # the TTL index is made once per manager
+        return bound
 
     def find_one(self, collection: str, filter: Mapping[str, Any]) -> Document | None:
         coll = self._collection(collection)
@@ -154,7 +183,9 @@ class MongoDBManager:
         doc = _checked("document", document)
         generated = "_id" not in doc
         if generated:
-            doc["_id"] = self._next_id()
+            doc["_id"] = self._next_id()  # the delivery's own id: never a forgery
+        else:
+            check_not_event_id(collection, doc["_id"], "document")
         try:
             with _translated("document"):
                 coll.insert_one(doc)
@@ -190,26 +221,35 @@ class MongoDBManager:
                 raise DuplicateDocument(collection, missing[0]) from None
 
     def update(self, collection: str, filter: Mapping[str, Any], data: Mapping[str, Any]) -> int:
-        """``$set`` the fields of ``data`` on the first match; returns the match count."""
+        """``$set`` the fields of ``data`` on the first match (by ``_id``); returns the
+        match count."""
         coll = self._collection(collection, write=True)
         query = _checked("filter", filter, non_empty=True)
         fields = _checked("data", data, non_empty=True)
         for key in fields:
             if key == "_id" or key.startswith("_id."):
                 raise ValidationError("data", "update data must not change _id")
+        check_not_event_id(collection, query.get("_id"), "filter")
+        found, target = self._target("update", collection, query)
+        if not found:
+            return 0
         try:
             with _translated("data"):
-                result = coll.update_one(query, {"$set": fields})
+                result = coll.update_one({"_id": target}, {"$set": fields})
         except DuplicateKeyError:
-            raise DuplicateDocument(collection, query.get("_id")) from None
+            raise DuplicateDocument(collection, target) from None
         return result.matched_count
 
     def delete(self, collection: str, filter: Mapping[str, Any]) -> int:
-        """Delete the first match; returns the number deleted (0 or 1)."""
+        """Delete the first match (by ``_id``); returns the number deleted (0 or 1)."""
         coll = self._collection(collection, write=True)
         query = _checked("filter", filter, non_empty=True)
+        check_not_event_id(collection, query.get("_id"), "filter")
+        found, target = self._target("delete", collection, query)
+        if not found:
+            return 0
         with _translated():
-            return coll.delete_one(query).deleted_count
+            return coll.delete_one({"_id": target}).deleted_count
 
     # -- internals --------------------------------------------------------------
 
@@ -219,11 +259,18 @@ class MongoDBManager:
     def _already_done(self, coll: Collection[Any], doc_id: object) -> bool:
         return False
 
+    def _target(self, op: str, collection: str, query: Document) -> tuple[bool, object]:
+        """(found, _id) of the document ``op`` acts on (unbound: the first match now)."""
+        return _first_writable(self._db.get_collection(collection), collection, query)
+
     def _collection(self, name: object, *, write: bool = False) -> Collection[Any]:
         if not isinstance(name, str) or not name:
             raise ValidationError("collection", "collection must be a non-empty string")
         if name in READ_MODELS:
             raise ValidationError("collection", f"{name!r} is a read model: tasks cannot touch it")
+        if name == TASK_TARGETS:
+            raise ValidationError("collection", f"{name!r} is kept by the workers: tasks cannot "
+                                                "touch it")
         if name.startswith("system."):
             raise ValidationError("collection", f"{name!r} is a system collection")
         if name not in self._allowed:
@@ -240,6 +287,7 @@ class EventDBManager(MongoDBManager):
         super().__init__(db, allowed)
         self.event_id = event_id
         self._inserted = 0
+        self._calls: dict[tuple[str, str], int] = {}
 
     def _next_id(self) -> object:
         self._inserted += 1
@@ -250,9 +298,63 @@ class EventDBManager(MongoDBManager):
         with _translated():
             return coll.find_one({"_id": doc_id}, projection={"_id": 1}) is not None
 
+    def _target(self, op: str, collection: str, query: Document) -> tuple[bool, object]:
+        """Resolve once per delivery: the record written before acting decides, so a
+        redelivery (or a twin delivery racing this one) acts on the same document."""
+        n = self._calls[(op, collection)] = self._calls.get((op, collection), 0) + 1
+        key = f"{self.event_id}|{op}|{collection}|{n}"
+        records = self._db.get_collection(TASK_TARGETS, write_concern=self._write_concern)
+        with _translated():
+            record = records.find_one({"_id": key})
+        if record is None:
+            found, target = super()._target(op, collection, query)
+            self._ensure_ttl(records)
+            record = {"_id": key, "found": found, "target": target,
+                      "at": datetime.now(UTC)}
+            try:
+                with _translated():
+                    records.insert_one(record)
+            except DuplicateKeyError:  # another delivery of this task recorded first
+                with _translated():
+                    record = records.find_one({"_id": key})
+                if record is None:
+                    raise StoreUnavailable(f"target record {key!r} vanished") from None
+        return bool(record["found"]), record.get("target")
+
+    def _ensure_ttl(self, records: Collection[Any]) -> None:
+        """Expire old records (housekeeping: a failure to make the index is only logged)."""
+        if not self._shared["ttl_index"]:
+            try:
+                with _translated():
+                    records.create_index("at", expireAfterSeconds=TARGET_TTL_S, name="expire")
+            except OperationFailure as exc:
+                log.warning("%s: no TTL index (%s); records are kept", TASK_TARGETS, exc)
+            self._shared["ttl_index"] = True
+
 
 def _permitted(name: str) -> bool:
-    return name not in READ_MODELS and not name.startswith("system.")
+    return name not in READ_MODELS and name != TASK_TARGETS and not name.startswith("system.")
+
+
+_NOT_AN_EVENT = {"_id": {"$not": EVENT_ID_RE}}
+"""Matches the documents of an event-record collection that are not recorded events."""
+
+
+def _first_writable(coll: Collection[Any], collection: str, query: Document
+                    ) -> tuple[bool, object]:
+    """(found, _id) of the first match by ``_id`` that a task may change: in an
+    event-record collection, recorded events are skipped; a filter that matches
+    only those is refused, so the task fails with the reason."""
+    guarded = {"$and": [query, _NOT_AN_EVENT]} if collection in EVENT_RECORD_COLLECTIONS \
+        else query
+    with _translated():
+        found = coll.find_one(guarded, projection={"_id": 1}, sort=[("_id", 1)])
+        if found is None and guarded is not query \
+                and coll.find_one(query, projection={"_id": 1}) is not None:
+            raise ValidationError("filter", f"the filter matches only ledger events recorded in "
+                                            f"{collection!r} (_id '<user_id>:<version>'), which "
+                                            "tasks cannot change")
+    return (False, None) if found is None else (True, found["_id"])
 
 
 def _checked(field: str, value: object, *, non_empty: bool = False) -> Document:

@@ -27,7 +27,8 @@ ORIGINAL = frozenset({"users", "credit_purchases", "credit_usage", "credit_updat
                       "credit_calculations", "notifications", "analytics"})  # fmt: skip
 # An allow-list that wrongly names read models and a system collection: the
 # manager must refuse them anyway.
-ALLOWED = ORIGINAL | {"balances", "credit_scores", "events", "checkpoints", "system.js"}
+ALLOWED = ORIGINAL | {"balances", "credit_scores", "events", "checkpoints", "task_targets",
+                     "system.js"}
 SEED_USER = {"_id": "u1", "email": "a@example.com", "credits": 5}
 SEED_BALANCE = {"_id": "u1", "balance": 5, "version": 1}
 
@@ -205,6 +206,111 @@ class DBManagerContract:
             bound.update("users", {"_id": "u1"}, {"$inc": {"credits": 1}})
         assert store.snapshot() == before
 
+    # -- update and delete of a redelivered task reach one document ------------------
+
+    def test_redelivered_update_that_changes_its_filtered_field_updates_one_document(
+        self, seeded: Manager, store: RawStore
+    ) -> None:
+        store.put("users", {"_id": "u2", "email": "b@example.com", "credits": 5})
+        for _ in range(2):  # the delivery, then its redelivery
+            assert seeded.for_event("task-1").update("users", {"credits": 5}, {"credits": 7}) == 1
+        assert [(d["_id"], d["credits"]) for d in store.all("users")] == [("u1", 7), ("u2", 5)]
+
+    def test_redelivered_delete_deletes_one_document(
+        self, seeded: Manager, store: RawStore
+    ) -> None:
+        store.put("users", {"_id": "u2", "email": "b@example.com", "credits": 5})
+        assert seeded.for_event("task-2").delete("users", {"credits": 5}) == 1
+        assert seeded.for_event("task-2").delete("users", {"credits": 5}) == 0  # redelivered
+        assert [d["_id"] for d in store.all("users")] == ["u2"]
+        assert seeded.for_event("task-3").delete("users", {"credits": 5}) == 1  # another task
+        assert store.all("users") == []
+
+    def test_each_update_of_one_delivery_is_resolved_on_its_own(
+        self, seeded: Manager, store: RawStore
+    ) -> None:
+        store.put("users", {"_id": "u2", "email": "b@example.com", "credits": 5})
+
+        def handler(db: DBManager) -> list[int]:
+            return [db.update("users", {"credits": 5}, {"credits": 6}),
+                    db.update("users", {"credits": 5}, {"credits": 6})]
+
+        assert handler(seeded.for_event("task-4")) == [1, 1]
+        assert handler(seeded.for_event("task-4")) == [1, 1]  # redelivered: the same two
+        store.put("users", {"_id": "u3", "credits": 5})
+        assert handler(seeded.for_event("task-4")) == [1, 1]
+        assert [(d["_id"], d["credits"]) for d in store.all("users")] == [
+            ("u1", 6), ("u2", 6), ("u3", 5)]
+
+    def test_a_delivery_that_died_after_resolving_acts_on_the_same_document(
+        self, seeded: Manager, store: RawStore
+    ) -> None:
+        """The worker died between recording the target and deleting it; meanwhile a
+        document that sorts first started to match. The redelivery deletes the target."""
+        seeded.for_event("task-5")._target("delete", "users", {"credits": 5})  # type: ignore[attr-defined]
+        store.put("users", {"_id": "u0", "credits": 5})
+        assert seeded.for_event("task-5").delete("users", {"credits": 5}) == 1
+        assert [d["_id"] for d in store.all("users")] == ["u0"]
+
+    # -- recorded ledger events are unforgeable ------------------------------------
+
+    @pytest.mark.parametrize("bound", [False, True])
+    @pytest.mark.parametrize(
+        ("call", "field"),
+        [
+            pytest.param(lambda m: m.insert("users", {"_id": "bob:1", "email": "x"}), "document",
+                         id="insert-event-id"),
+            pytest.param(lambda m: m.insert("credit_purchases", {"_id": "bob:5:2"}), "document",
+                         id="insert-event-id-of-a-user-with-colon"),
+            pytest.param(lambda m: m.update("credit_usage", {"_id": "alice:2"}, {"amount": 1}),
+                         "filter", id="update-by-event-id"),
+            pytest.param(lambda m: m.delete("credit_updates", {"_id": "alice:3"}), "filter",
+                         id="delete-by-event-id"),
+            pytest.param(lambda m: m.update("credit_purchases", {"user_id": "alice"},
+                                            {"amount": 10**6}), "filter",
+                         id="update-matching-only-events"),
+            pytest.param(lambda m: m.delete("credit_purchases", {"amount": 50}), "filter",
+                         id="delete-matching-only-events"),
+            pytest.param(lambda m: m.update("credit_purchases", {"_id": "alice:1", "$or": []},
+                                            {"amount": 1}), "filter", id="dollar-key"),
+        ],
+    )  # fmt: skip
+    def test_recorded_events_cannot_be_forged_or_changed(
+        self, manager: Manager, store: RawStore, call: Callable[[Manager], object], field: str,
+        bound: bool
+    ) -> None:
+        manager.insert_all("credit_purchases", [{"_id": "alice:2", "user_id": "alice",
+                                                 "amount": 50}])
+        before = store.snapshot()
+        with pytest.raises(ValidationError) as info:
+            call(manager.for_event("task-6") if bound else manager)  # type: ignore[arg-type]
+        assert info.value.field == field
+        assert "ledger event" in str(info.value) or "$" in str(info.value)
+        assert store.snapshot() == before
+
+    def test_tasks_change_their_own_documents_beside_recorded_events(
+        self, manager: Manager, store: RawStore
+    ) -> None:
+        manager.insert_all("credit_purchases", [{"_id": "alice:2", "user_id": "alice",
+                                                 "amount": 50}])
+        task = manager.for_event("task-7")
+        assert task.insert("credit_purchases", {"user_id": "alice", "amount": 50}) == "task-7"
+        assert task.insert("analytics", {"_id": "bob:1"}) == "bob:1"  # not an event collection
+        assert task.update("credit_purchases", {"user_id": "alice"}, {"note": "x"}) == 1
+        assert task.delete("credit_purchases", {"amount": 50}) == 1
+        assert store.all("credit_purchases") == [{"_id": "alice:2", "user_id": "alice",
+                                                  "amount": 50}]
+
+    def test_the_recorder_still_records_the_real_event(
+        self, manager: Manager, store: RawStore
+    ) -> None:
+        with pytest.raises(ValidationError):
+            manager.for_event("task-8").insert("users", {"_id": "bob:1", "email": "forged"})
+        manager.insert_all("users", [{"_id": "bob:1", "email": "bob@example.com"}])
+        assert manager.for_event("bob:2").insert("users", {"email": "b2"}) == "bob:2"
+        assert store.all("users") == [{"_id": "bob:1", "email": "bob@example.com"},
+                                      {"_id": "bob:2", "email": "b2"}]
+
     # -- hostile input: a clear error, and nothing written -------------------------
 
     @pytest.mark.parametrize(
@@ -257,8 +363,8 @@ class DBManagerContract:
 
     @pytest.mark.parametrize(
         "collection",
-        ["balances", "credit_scores", "events", "checkpoints", "system.js", "system.users",
-         "secrets", "", 7],
+        ["balances", "credit_scores", "events", "checkpoints", "task_targets", "system.js",
+         "system.users", "secrets", "", 7],
     )  # fmt: skip
     @pytest.mark.parametrize("operation", ["find_one", "find_many", "insert", "update", "delete",
                                            "insert_all"])

@@ -15,10 +15,12 @@ from hypothesis import strategies as st
 from ledger.errors import ValidationError
 from ledger.tasks import (
     DEFAULT_COLLECTIONS,
+    EVENT_RECORD_COLLECTIONS,
     MAX_DELAY_SECONDS,
     MAX_DEPTH,
     MAX_TASK_BYTES,
     READ_MODEL_COLLECTIONS,
+    WORKER_COLLECTIONS,
     DbTask,
     PayloadTooLarge,
     Priority,
@@ -28,6 +30,7 @@ from ledger.tasks import (
     check_db_task,
     check_task,
     check_task_data,
+    is_event_id,
     task_size,
 )
 from tests import strategies as s
@@ -248,7 +251,8 @@ def test_valid_db_tasks() -> None:
         DbTask(operation="delete", collection="notifications", filter={"id": 3})
 
 
-@pytest.mark.parametrize("collection", [*sorted(READ_MODEL_COLLECTIONS), "system.users",
+@pytest.mark.parametrize("collection", [*sorted(READ_MODEL_COLLECTIONS),
+                                        *sorted(WORKER_COLLECTIONS), "system.users",
                                         "system.js", "system.profile"])
 def test_read_models_and_system_are_refused_even_if_allowed(collection: str) -> None:
     allowed = DEFAULT_COLLECTIONS | {collection}
@@ -324,6 +328,49 @@ def test_operation_shape_rules(task_data: dict[str, Any], field: str) -> None:
     assert db_field(task_data) == field
 
 
+# --- recorded ledger events are unforgeable -----------------------------------------
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("bob:5", True), ("bob:5:2", True), ("a.b@c-d_e:12", True), ("x:0", True),
+    ("bob", False), ("bob:", False), (":5", False), ("bob:5a", False), ("bob 1:5", False),
+    ("3f2a9c1e-8d4b-4c1a-9e7f-0a1b2c3d4e5f", False), ("1700000000000-0", False),
+    (5, False), (None, False), ({"u": "bob:5"}, False), ("b" * 129 + ":1", False),
+])
+def test_the_event_id_form(value: object, expected: bool) -> None:
+    assert is_event_id(value) is expected
+
+
+@pytest.mark.parametrize("collection", sorted(EVENT_RECORD_COLLECTIONS))
+@pytest.mark.parametrize(("task_data", "field"), [
+    ({"operation": "insert", "data": {"_id": "bob:5", "amount": 1}}, "task_data.data._id"),
+    ({"operation": "insert", "data": {"_id": "bob:5:2"}}, "task_data.data._id"),
+    ({"operation": "update", "data": {"amount": 1}, "filter": {"_id": "bob:5"}},
+     "task_data.filter._id"),
+    ({"operation": "update", "data": {"amount": 1}, "filter": {"_id": "bob:5", "a": 1}},
+     "task_data.filter._id"),
+    ({"operation": "delete", "filter": {"_id": "bob:1"}}, "task_data.filter._id"),
+])
+def test_tasks_cannot_name_a_recorded_event(collection: str, task_data: dict[str, Any],
+                                            field: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        check_db_task({**task_data, "collection": collection})
+    assert info.value.field == field
+    assert "ledger event id" in str(info.value) and collection in str(info.value)
+
+
+def test_event_form_ids_are_fine_elsewhere_and_other_ids_everywhere() -> None:
+    assert check_db_task({"operation": "insert", "collection": "analytics",
+                          "data": {"_id": "bob:5"}}).data == {"_id": "bob:5"}
+    for collection in EVENT_RECORD_COLLECTIONS:
+        for doc_id in ("bob", "u1", "3f2a9c1e-8d4b-4c1a-9e7f-0a1b2c3d4e5f", 7, {"k": "bob:5"}):
+            check_db_task({"operation": "insert", "collection": collection,
+                           "data": {"_id": doc_id}})
+            check_db_task({"operation": "delete", "collection": collection,
+                           "filter": {"_id": doc_id}})
+        check_db_task({"operation": "update", "collection": collection,
+                       "data": {"note": "bob:5"}, "filter": {"user_id": "bob:5"}})
+
+
 @pytest.mark.parametrize("task_data", [None, [], "insert"])
 def test_db_task_must_be_an_object(task_data: object) -> None:
     assert db_field(task_data) == "task_data"
@@ -339,8 +386,9 @@ def test_allowed_collections_extend_the_defaults() -> None:
                           "data": {}}, allowed).collection == "ledger_reports"
 
 
-@pytest.mark.parametrize("name", [*sorted(READ_MODEL_COLLECTIONS), "system.users",
-                                  "system.x", "", "a$b", "a\x00b", "a b", "x" * 65, 5])
+@pytest.mark.parametrize("name", [*sorted(READ_MODEL_COLLECTIONS), *sorted(WORKER_COLLECTIONS),
+                                  "system.users", "system.x", "", "a$b", "a\x00b", "a b",
+                                  "x" * 65, 5])
 def test_allowed_collections_refuses_unsafe_names(name: object) -> None:
     with pytest.raises(ValidationError) as info:
         allowed_collections(["fine", name])  # type: ignore[list-item]

@@ -11,6 +11,7 @@ from projections.runner import all_projections, projector
 from streams import QueueManager, keys
 from streams.registry import EVENT_TASK_TYPES
 from streams.retention import trim
+from streams.retry import RetryPolicy
 
 from .conftest import PARTITIONS
 
@@ -51,3 +52,51 @@ def test_trim_waits_for_every_group(qm: QueueManager,
     qm.purchase("r", 5, "after")
     projector(qm.redis, PARTITIONS, mongo_db, all_projections()[0]).run_until_idle()
     assert mongo_db.balances.find_one({"_id": "r"})["balance"] == 35
+
+
+def run_every_group(qm: QueueManager, db: Database[Any], archive_retry: RetryPolicy) -> None:
+    qm.worker().run_until_idle()
+    for projection in all_projections():
+        projector(qm.redis, PARTITIONS, db, projection,
+                  retry=archive_retry if projection.name == "events" else None,
+                  ).run_until_idle()
+
+
+def test_an_event_the_archive_dead_lettered_is_never_trimmed(
+        qm: QueueManager, mongo_db: Database[Any]) -> None:
+    """The archive projector fails to store r:3 for good (a unique index of the
+    operator's clashes with it), dead-letters it and so acknowledges it. Trimming
+    stops right before it until it is requeued and archived; poison holds nothing."""
+    for task_type in EVENT_TASK_TYPES.values():
+        qm.register_handler(task_type, lambda data, db: True)
+    qm.register_user("r", "r@example.com")
+    for i in range(5):
+        qm.purchase("r", 1, f"t{i}")
+    stream = keys.stream(keys.partition_of("r", PARTITIONS), Priority.NORMAL)
+    ids = [eid.decode() for eid, _ in qm.redis.xrange(stream)]
+    mongo_db.events.create_index("entry_id", unique=True)
+    mongo_db.events.insert_one({"_id": "squatter", "entry_id": ids[2]})
+    quick = RetryPolicy(max_attempts=2, base_ms=1, max_ms=5)
+    run_every_group(qm, mongo_db, quick)
+    [dead] = qm.dead_letters()
+    assert (dead.group, dead.original_id, dead.user_id) == ("proj:events", ids[2], "r")
+    assert mongo_db.events.find_one({"_id": "r:3"}) is None
+
+    assert trim(qm.redis, PARTITIONS, keep_ms=0) == 2
+    assert [eid.decode() for eid, _ in qm.redis.xrange(stream)] == ids[2:]
+    assert trim(qm.redis, PARTITIONS, keep_ms=0) == 0
+
+    # poison the archive dead-letters too is not an event: it holds nothing back
+    qm.redis.xadd(keys.stream(keys.partition_of("r", PARTITIONS), Priority.LOW),
+                  {"k": "garbage"})
+    run_every_group(qm, mongo_db, quick)
+    assert trim(qm.redis, PARTITIONS, keep_ms=0) == 1
+    assert [eid.decode() for eid, _ in qm.redis.xrange(stream)] == ids[2:]
+
+    # requeued once the clash is gone: archived, and the stream may go
+    mongo_db.events.delete_one({"_id": "squatter"})
+    qm.requeue(dead.id)
+    run_every_group(qm, mongo_db, quick)
+    assert mongo_db.events.count_documents({"user_id": "r"}) == 6
+    assert trim(qm.redis, PARTITIONS, keep_ms=0) == 5
+    assert stream_lengths(qm) == 0
