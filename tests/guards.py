@@ -3,9 +3,10 @@
 Loaded for every run (``-p tests.guards`` in pyproject.toml). Around each test:
 
 - the session's redis-server and Mongo-wire server must answer within seconds
-  before the test starts; one that does not (dead, or wedged by the test before)
-  is killed and started again on the same port and data, so the next test meets
-  a working server instead of waiting out its timeout;
+  before the test starts (the Mongo-wire server a write and a read: its storage
+  can wedge while it still answers ping); one that does not (dead, or wedged by
+  the test before) is killed and started again on the same port and data, so
+  the next test meets a working server instead of waiting out its timeout;
 - after the test (its own fixtures already torn down) every process it left
   behind is killed with its descendants, and every thread it left running past
   a short grace is reported: either is an error of that test.
@@ -86,8 +87,10 @@ def _mongo_answers(server: EmbeddedMongo) -> bool:
     try:
         with connect(server.url, serverSelectionTimeoutMS=ms, socketTimeoutMS=ms,
                      connectTimeoutMS=ms) as client:
-            client.admin.command("ping")
-            return True
+            # a write and a read: a server whose storage is wedged still answers ping
+            probe = client["_suite_guard"]["probe"]
+            probe.replace_one({"_id": 1}, {"_id": 1, "at": time.time()}, upsert=True)
+            return probe.find_one({"_id": 1}) is not None
     except Exception:  # any failure means: not fit to serve the next test
         return False
 

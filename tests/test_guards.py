@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -56,26 +58,36 @@ def test_clean():
     assert not alive(pid)
 
 
-def test_a_wedged_session_server_is_restarted_for_the_next_test(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fixture", ["redis_server", "mongo_server"])
+def test_a_wedged_session_server_is_restarted_for_the_next_test(tmp_path: Path,
+                                                                fixture: str) -> None:
     result = run_pytest(tmp_path, f"""
 import os, signal
 import pytest
 import redis
-from api.embedded import EmbeddedRedis
+from api.embedded import EmbeddedMongo, EmbeddedRedis
+from projections.store import connect
 
 @pytest.fixture(scope="session")
-def redis_server():
-    server = EmbeddedRedis({str(tmp_path / "redis")!r})
+def {fixture}():
+    kind = EmbeddedRedis if {fixture!r} == "redis_server" else EmbeddedMongo
+    server = kind({str(tmp_path / "server")!r})
     server.start()
     yield server
     server.stop()
 
-def test_wedges_the_server(redis_server):
-    os.kill(redis_server.pid, signal.SIGSTOP)  # alive, but answers nothing
+def test_wedges_the_server({fixture}):
+    os.kill({fixture}.pid, signal.SIGSTOP)  # alive, but answers nothing
 
-def test_meets_a_working_server(redis_server):
-    with redis.Redis(port=redis_server.port, socket_timeout=2) as client:
-        assert client.ping()
+def test_meets_a_working_server({fixture}):
+    if {fixture!r} == "redis_server":
+        with redis.Redis(port={fixture}.port, socket_timeout=2) as client:
+            assert client.ping()
+    else:
+        with connect({fixture}.url, socketTimeoutMS=2000) as client:
+            client.t.c.insert_one({{"_id": 1}})
+            assert client.t.c.find_one() == {{"_id": 1}}
 """)
     assert "2 passed" in result.stdout, result.stdout + result.stderr
-    assert "did not answer within 3s; restarting it" in result.stdout, result.stdout
+    assert f"the session's {fixture} did not answer within 3s; restarting it" in result.stdout, \
+        result.stdout
