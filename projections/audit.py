@@ -50,17 +50,16 @@ from ledger.events import Event, UserRegistered
 from streams import keys
 from streams.codec import event_id
 from streams.connection import RedisClient, translate
+from streams.ids import EntryId, parse_id
 
 from .archive import archive_document
 from .balances import balance_fields
 from .log import (
     PAGE,
-    EntryId,
     LoggedEvent,
     LogSources,
     Progress,
     acknowledged,
-    parse_id,
     read_sources,
     stream_heads,
     streams_of,

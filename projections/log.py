@@ -37,6 +37,7 @@ from streams import keys
 from streams.codec import TASK_KIND, EventMessage, decode, event_id
 from streams.connection import RedisClient, translate
 from streams.errors import DecodeError
+from streams.ids import EntryId, parse_id
 
 from .archive import event_from_document
 from .projection import Recorded
@@ -46,20 +47,6 @@ PAGE = 1000
 
 Progress = Callable[[int], None]
 """Called with the number of entries and documents read so far."""
-
-EntryId = tuple[int, int]
-
-
-def parse_id(entry_id: str | bytes) -> EntryId:
-    """A stream entry id as a comparable (ms, seq) pair."""
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def format_id(eid: EntryId) -> str:
-    return f"{eid[0]}-{eid[1]}"
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StreamCopy:
@@ -447,9 +434,7 @@ __all__ = [
     "StreamExtent",
     "Undecodable",
     "acknowledged",
-    "format_id",
     "iter_archive",
-    "parse_id",
     "read_log",
     "read_sources",
     "read_tail",

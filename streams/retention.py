@@ -28,21 +28,13 @@ from . import keys
 from .codec import EventMessage, decode
 from .connection import RedisClient, translate
 from .errors import DecodeError
+from .ids import EntryId, parse_id
 
 log = logging.getLogger(__name__)
 
 ARCHIVE_GROUP = "proj:events"
 REQUIRED_GROUPS = ("workers", "proj:balances", "proj:credit_scores", ARCHIVE_GROUP)
 _PAGE = 500
-
-EntryId = tuple[int, int]
-
-
-def _id(entry_id: bytes | str) -> EntryId:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    ms, seq = text.split("-")
-    return int(ms), int(seq)
-
 
 def trim_point(client: RedisClient, stream: str,
                required: Iterable[str] = REQUIRED_GROUPS) -> EntryId | None:
@@ -62,9 +54,9 @@ def trim_point(client: RedisClient, stream: str,
                 smallest = client.xpending(stream, g["name"])["min"]
                 if smallest is None:  # acknowledged meanwhile: judge it next time
                     return None
-                oldest = _id(smallest)
+                oldest = parse_id(smallest)
             else:
-                ms, seq = _id(g["last-delivered-id"])
+                ms, seq = parse_id(g["last-delivered-id"])
                 oldest = (ms, seq + 1)
             point = oldest if point is None else min(point, oldest)
     return point
@@ -86,14 +78,14 @@ def held_by_dead_letters(client: RedisClient, partition: int,
             try:
                 if not isinstance(decode(own), EventMessage):
                     continue
-                stream, original = raw[b"_stream"].decode(), _id(raw[b"_id"])
+                stream, original = raw[b"_stream"].decode(), parse_id(raw[b"_id"])
             except (DecodeError, KeyError, ValueError, UnicodeDecodeError):
                 continue  # poison, not an event: nothing to archive
             if stream not in held or original < held[stream]:
                 held[stream] = original
         if len(page) < _PAGE:
             return held
-        ms, seq = _id(page[-1][0])
+        ms, seq = parse_id(page[-1][0])
         start = f"{ms}-{seq + 1}"
 
 

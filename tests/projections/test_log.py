@@ -9,9 +9,7 @@ from pymongo.database import Database
 from projections.archive import archive_document
 from projections.log import (
     LogSources,
-    format_id,
     iter_archive,
-    parse_id,
     read_log,
     read_sources,
     read_tail,
@@ -19,6 +17,7 @@ from projections.log import (
 from projections.projection import Recorded
 from streams import QueueManager
 from streams.codec import event_fields
+from streams.ids import format_id, parse_id
 from streams.log import account_histories
 
 from .conftest import PARTITIONS, all_streams, project, traffic, trim_half
