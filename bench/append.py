@@ -22,8 +22,8 @@ from typing import Any
 
 import redis
 
-from api.embedded import EmbeddedRedis
-from api.loadgen import credit_traffic, registrations, user_ids
+from api.dev.embedded import EmbeddedRedis
+from api.dev.loadgen import credit_traffic, registrations, user_ids
 from ledger.commands import Command
 from ledger.errors import LedgerError
 from ledger.tasks import Priority

@@ -1,7 +1,7 @@
 """Helpers the process-level benchmarks share: machine facts, child processes,
 /proc readings (CPU, peak RSS), percentiles, pipelined enqueue, results.
 
-Everything runs on 127.0.0.1 against private servers (``api.embedded``).
+Everything runs on 127.0.0.1 against private servers (``api.dev.embedded``).
 """
 
 from __future__ import annotations

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import redis
 
-from api.embedded import EmbeddedMongo, EmbeddedRedis
-from api.loadgen import credit_traffic, registrations, user_ids
+from api.dev.embedded import EmbeddedMongo, EmbeddedRedis
+from api.dev.loadgen import credit_traffic, registrations, user_ids
 from bench.common import (
     facts,
     groups_idle,

@@ -38,9 +38,6 @@ import hashlib
 import http.client
 import json
 import multiprocessing as mp
-import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -50,8 +47,9 @@ from typing import Any
 
 import redis
 
-from api.embedded import EmbeddedRedis, free_port
-from api.loadgen import registrations, user_ids
+from api.dev.deployment import Deployment
+from api.dev.embedded import EmbeddedRedis, free_port
+from api.dev.loadgen import registrations, user_ids
 from bench.common import RESULTS, api_up, pct, wait_until
 from ledger.commands import Purchase
 from ledger.tasks import Priority
@@ -353,12 +351,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{raw_before[0]:,.0f}/s, 5 fields {raw_before[1]:,.0f}/s", flush=True)
         for workers in (int(w) for w in args.workers.split(",")):
             port = free_port()
-            env = {**os.environ, "REDIS_URL": server.url, "LEDGER_PARTITIONS": str(PARTITIONS)}
-            env.pop("MONGO_URL", None)
-            serve = subprocess.Popen([sys.executable, "-m", "api", "serve", "--port", str(port),
-                                      "--workers", str(workers), "--rate-per-s", "0",
-                                      "--log-level", "WARNING"], env=env)
-            try:
+            with Deployment(server.url, partitions=PARTITIONS, log_level="WARNING") as deployment:
+                deployment.start("api", "serve", "--port", str(port), "--workers", str(workers),
+                                 "--rate-per-s", "0")
                 wait_healthy(port)
                 for mode in ("single", "batch"):
                     top = closed_loop(port, mode, args.batch, args.seconds, args.clients)
@@ -367,9 +362,6 @@ def main(argv: list[str] | None = None) -> int:
                     r = open_loop(port, mode, args.batch, rate, args.seconds, args.clients)
                     show({"via": "HTTP", "mode": f"{mode}, open loop",
                           "uvicorn_workers": workers, **r})
-            finally:
-                serve.terminate()
-                serve.wait(30)
         for mode in ("single", "batch"):
             r = python_client(qm, mode, args.batch, args.seconds)
             show({"via": "Python client", "mode": mode, "uvicorn_workers": None, **r})

@@ -30,8 +30,8 @@ from typing import Any
 
 import redis
 
-from api.embedded import EmbeddedMongo, EmbeddedRedis, free_port
-from api.loadgen import credit_traffic, registrations, user_ids
+from api.dev.embedded import EmbeddedMongo, EmbeddedRedis, free_port
+from api.dev.loadgen import credit_traffic, registrations, user_ids
 from bench.common import (
     api_up,
     facts,

@@ -39,7 +39,7 @@ from typing import Any
 
 import redis
 
-from api.embedded import EmbeddedRedis
+from api.dev.embedded import EmbeddedRedis
 from bench.common import (
     cpu_ms,
     facts,

@@ -27,7 +27,7 @@ from typing import Any
 
 import redis
 
-from api.embedded import EmbeddedRedis
+from api.dev.embedded import EmbeddedRedis
 from bench.common import (
     facts,
     ledger,

@@ -23,14 +23,14 @@ from typing import Any
 import redis
 from pymongo import UpdateOne
 
-from api.embedded import EmbeddedMongo, EmbeddedRedis
-from api.loadgen import credit_traffic, registrations, user_ids
+from api.dev.embedded import EmbeddedMongo, EmbeddedRedis
+from api.dev.loadgen import credit_traffic, registrations, user_ids
 from ledger.tasks import Priority
 from projections.balances import Balances
 from projections.runner import all_projections, projector
 from projections.store import connect
 from streams import QueueManager, StreamsConfig
-from streams.log import iter_entries
+from tests.streamlog import iter_entries
 
 RESULTS = Path(__file__).parent / "results"
 PARTITIONS = 4

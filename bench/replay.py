@@ -14,13 +14,13 @@ from pathlib import Path
 
 import redis
 
-from api.embedded import EmbeddedMongo, EmbeddedRedis
-from api.loadgen import credit_traffic, registrations, user_ids
+from api.dev.embedded import EmbeddedMongo, EmbeddedRedis
+from api.dev.loadgen import credit_traffic, registrations, user_ids
 from ledger.tasks import Priority
 from projections.replay import replay
 from projections.store import BALANCES, CREDIT_SCORES, connect
 from streams import QueueManager, StreamsConfig
-from streams.log import iter_entries
+from tests.streamlog import iter_entries
 
 RESULTS = Path(__file__).parent / "results"
 PARTITIONS = 4

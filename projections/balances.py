@@ -6,20 +6,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ledger.events import Event
+from streams.times import utc
 
 from .projection import Recorded, Upsert, Write, coalesce
 from .store import BALANCES
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def utc(at_ms: int) -> datetime:
-    """An event time (ms since the epoch) as a UTC datetime, in integer arithmetic."""
-    return EPOCH + timedelta(milliseconds=at_ms)
 
 
 def balance_fields(event: Event) -> dict[str, Any]:

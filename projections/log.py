@@ -37,7 +37,9 @@ from streams import keys
 from streams.codec import TASK_KIND, EventMessage, decode, event_id
 from streams.connection import RedisClient, translate
 from streams.errors import DecodeError
+from streams.groups import acked_below, groups
 from streams.ids import EntryId, parse_id
+from streams.replies import entries, text
 
 from .archive import event_from_document
 from .projection import Recorded
@@ -315,8 +317,7 @@ def _last_generated(client: RedisClient, stream: str) -> str | None:
             info = client.xinfo_stream(stream)
         except redis_py.ResponseError:
             return None  # no such stream
-    raw = info.get("last-generated-id", info.get(b"last-generated-id"))
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
+    return text(info.get("last-generated-id"))
 
 
 def _read_stream(client: RedisClient, stream: str, sources: LogSources, *, user: str | None,
@@ -326,18 +327,18 @@ def _read_stream(client: RedisClient, stream: str, sources: LogSources, *, user:
     last_read: str | None = None
     while True:
         with translate():
-            entries = client.xrange(stream, min=start, count=page)
-        for raw_id, fields in entries:
+            found = entries(client, stream, min=start, count=page)
+        for raw_id, fields in found:
             eid = raw_id.decode()
             present.add(eid)
             last_read = eid
             counter.tick()
             _add_entry(sources, stream, eid, fields, user)
-        if len(entries) < page:
+        if len(found) < page:
             break
-        start = "(" + entries[-1][0].decode()
+        start = "(" + found[-1][0].decode()
     with translate():
-        head = client.xrange(stream, count=1)
+        head = entries(client, stream, count=1)
     first = head[0][0].decode() if head else None
     sources.streams[stream] = StreamExtent(stream=stream, first_id=first, last_read=last_read,
                                            last_generated=last_generated,
@@ -394,7 +395,7 @@ def stream_heads(client: RedisClient, streams: Iterable[str]
     for stream in streams:
         generated = _last_generated(client, stream)
         with translate():
-            head = client.xrange(stream, count=1)
+            head = entries(client, stream, count=1)
         out[stream] = (parse_id(head[0][0]) if head else None,
                        parse_id(generated) if generated is not None else None)
     return out
@@ -406,22 +407,9 @@ def acknowledged(client: RedisClient, streams: Iterable[str]) -> dict[str, dict[
     one after the last delivered)."""
     out: dict[str, dict[str, EntryId]] = {}
     for stream in streams:
-        with translate():
-            try:
-                groups: list[dict[str, Any]] = client.xinfo_groups(stream)
-            except redis_py.ResponseError:
-                continue  # no such stream
-            marks: dict[str, EntryId] = {}
-            for g in groups:
-                name = g["name"].decode() if isinstance(g["name"], bytes) else str(g["name"])
-                ms, seq = parse_id(g["last-delivered-id"])
-                mark = (ms, seq + 1)
-                if int(g["pending"]) > 0:
-                    oldest = client.xpending(stream, name)["min"]
-                    if oldest is not None:
-                        mark = min(mark, parse_id(oldest))
-                marks[name] = mark
-        out[stream] = marks
+        with translate():  # no such stream: no groups
+            out[stream] = {name: acked_below(client, stream, g) or g.after_last_delivered
+                           for name, g in groups(client, stream).items()}
     return out
 
 

@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -153,18 +154,11 @@ def replay(client: RedisClient, partitions: int, db: Database[Any], *,
     for name in views:
         tell("rebuild")
         projection = VIEWS[name]()
-        tmp = f"{name}__replay_{time.time_ns() // 1_000_000}"
-        try:
-            _create_like(target, tmp, db[name])
+        with _swapped_in(target, name, db[name], before=lambda: tell("swap")) as tmp:
             for start in range(0, len(latest), batch):
                 chunk = latest[start:start + batch]
                 apply_writes(target, tmp, projection.plan([e.recorded() for e in chunk]))
                 show.show(f"replay: {name}", start + len(chunk), len(latest))
-            tell("swap")
-            target[tmp].rename(name, dropTarget=True)
-        except BaseException:
-            target.drop_collection(tmp)
-            raise
         result.swapped.append(name)
 
     if views and live:
@@ -186,14 +180,8 @@ def replay(client: RedisClient, partitions: int, db: Database[Any], *,
             result.archived = _insert(db, EVENTS, [e for e in every if e.archived is None],
                                       batch, show)
         else:
-            tmp = f"{EVENTS}__replay_{time.time_ns() // 1_000_000}"
-            try:
-                _create_like(target, tmp, db[EVENTS])
+            with _swapped_in(target, EVENTS, db[EVENTS]) as tmp:
                 result.archived = _insert(target, tmp, every, batch, show)
-                target[tmp].rename(EVENTS, dropTarget=True)
-            except BaseException:
-                target.drop_collection(tmp)
-                raise
     show.end()
     tell("done")
     result.seconds = time.monotonic() - started
@@ -211,6 +199,23 @@ def _insert(db: Database[Any], collection: str, events: Sequence[LoggedEvent], b
         apply_writes(db, collection, writes)
         show.show(f"replay: {collection}", start + len(chunk), len(events))
     return len(events)
+
+
+@contextmanager
+def _swapped_in(db: Database[Any], name: str, model: Collection[Any], *,
+                before: Callable[[], None] = lambda: None) -> Iterator[str]:
+    """A fresh collection (named for the block to build in) that replaces ``name``
+    in one rename when the block ends (``before`` is called just ahead of it);
+    dropped instead if anything fails, so a half-built view is never swapped in."""
+    tmp = f"{name}__replay_{time.time_ns() // 1_000_000}"
+    try:
+        _create_like(db, tmp, model)
+        yield tmp
+        before()
+        db[tmp].rename(name, dropTarget=True)
+    except BaseException:
+        db.drop_collection(tmp)
+        raise
 
 
 def _create_like(db: Database[Any], name: str, model: Collection[Any]) -> None:

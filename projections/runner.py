@@ -33,11 +33,9 @@ from .archive import Archive
 from .balances import Balances
 from .projection import Insert, Projection, Recorded, Upsert, Write
 from .scores import CreditScores
-from .store import CHECKPOINTS, EVENTS, StoreUnavailable, ensure_indexes
+from .store import CHECKPOINTS, DUPLICATE_KEY, EVENTS, StoreUnavailable, ensure_indexes
 
 log = logging.getLogger(__name__)
-
-DUPLICATE_KEY = 11000
 
 
 def all_projections() -> list[Projection]:

@@ -10,8 +10,8 @@ from typing import Any
 
 from ledger.events import Event
 from ledger.scores import credit_score
+from streams.times import utc
 
-from .balances import utc
 from .projection import Recorded, Upsert, Write, coalesce
 from .store import CREDIT_SCORES
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TextIO
 
 from pymongo.database import Database
@@ -28,6 +27,7 @@ from ledger.errors import UnknownAccount
 from ledger.events import CreditsAdjusted, CreditsPurchased, CreditsUsed, Event
 from streams.codec import event_id
 from streams.connection import RedisClient
+from streams.times import iso_utc
 
 from .log import read_log
 
@@ -36,12 +36,6 @@ COLUMNS: Final = ("version", "time", "kind", "amount", "balance", "purchased_tot
 FORMATS: Final = ("csv", "jsonl")
 TEXT_COLUMNS: Final = ("reason", "currency", "transaction_id")
 _FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
-
-
-def iso_utc(at_ms: int) -> str:
-    """``2026-11-28T03:57:58.123Z`` (integer arithmetic: no float rounding)."""
-    moment = datetime.fromtimestamp(at_ms // 1000, tz=UTC) + timedelta(milliseconds=at_ms % 1000)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at_ms % 1000:03d}Z"
 
 
 def row(event: Event) -> dict[str, Any]:

@@ -13,7 +13,6 @@ import hashlib
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from ledger.commands import Adjust, Command, Purchase, RegisterUser, Use
 from ledger.errors import (
@@ -33,7 +32,7 @@ from . import keys
 from .config import StreamsConfig
 from .connection import RedisClient, translate
 from .errors import Unavailable
-from .scripts import Call, Scripts, load, run_many
+from .scripts import Call, ScriptArg, Scripts, load, run_many
 
 IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 CHUNK = 32
@@ -136,9 +135,9 @@ class Appender:
         of a partition run in the order given.
         """
         partitions, config = self._config.partitions, self._config
-        open_: dict[int, tuple[Priority, list[str], list[Any], list[int]]] = {}
+        open_: dict[int, tuple[Priority, list[str], list[ScriptArg], list[int]]] = {}
 
-        def close(call: tuple[Priority, list[str], list[Any], list[int]]) -> Call:
+        def close(call: tuple[Priority, list[str], list[ScriptArg], list[int]]) -> Call:
             batches.append(call[3])
             return self._scripts.append, call[1], call[2]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis.cluster import RedisCluster
@@ -16,8 +16,9 @@ from .errors import ConfigError, Unavailable
 
 CLUSTER_SCHEME = "redis+cluster://"
 
-RedisClient = Any
-"""``redis.Redis`` or ``redis.cluster.RedisCluster`` (bytes responses)."""
+RedisClient = redis.Redis | RedisCluster
+"""A single-node or Cluster client, bytes responses (``connect``); scripts run
+through ``scripts.run_many``, replies are read through ``replies``."""
 
 
 def connect(url: str, **kwargs: Any) -> RedisClient:
@@ -51,7 +52,7 @@ def ensure_partitions(client: RedisClient, partitions: int) -> None:
     """
     with translate():
         client.hsetnx(keys.META, "partitions", partitions)
-        stored = int(client.hget(keys.META, "partitions"))
+        stored = int(cast(bytes, client.hget(keys.META, "partitions")))  # set just above
     if stored != partitions:
         raise ConfigError(
             f"this Redis holds a ledger with {stored} partitions; configured {partitions}"

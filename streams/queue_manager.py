@@ -16,6 +16,7 @@ import hashlib
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from ledger.commands import Adjust, Command, Purchase, RegisterUser, Use, check
@@ -37,6 +38,7 @@ from .connection import RedisClient, connect, ensure_partitions, translate
 from .deadletters import DeadLetter, list_dead, requeue
 from .handlers import BoundDBManager, Handler
 from .registry import HandlerRegistry, default_registry
+from .replies import text
 from .scripts import Call, load, run_many
 from .status import queue_stats, task_status
 from .worker import Worker, WorkerConfig
@@ -52,7 +54,7 @@ class QueueManager:
                  registry: HandlerRegistry = default_registry) -> None:
         self.config = config or StreamsConfig.from_env()
         if redis_url is not None:
-            self.config = StreamsConfig(**{**_fields(self.config), "redis_url": redis_url})
+            self.config = replace(self.config, redis_url=redis_url)
         self.redis = client if client is not None else connect(self.config.redis_url)
         self.db = db
         self.registry = registry
@@ -207,7 +209,7 @@ class QueueManager:
             raw = self.redis.hgetall(keys.account(p, user_id))
         if not raw:
             return None
-        f = {k.decode(): v.decode() for k, v in raw.items()}
+        f = {text(k): text(v) for k, v in raw.items()}
         return {"user_id": user_id, "version": int(f["version"]), "balance": int(f["balance"]),
                 "purchased_total": int(f["purchased"]), "used_total": int(f["used"]),
                 "head": f["head"]}
@@ -224,7 +226,7 @@ class QueueManager:
         """A consumer in the ``workers`` group over the selected priority levels."""
         base = config or WorkerConfig(allowed_collections=self.allowed)
         if overrides:
-            base = WorkerConfig(**{**_fields(base), **overrides})
+            base = replace(base, **overrides)
         self._ready()
         return Worker(self.redis, self.config.partitions, db=self.db, registry=self.registry,
                       config=base, scripts=self.scripts)
@@ -250,7 +252,3 @@ class QueueManager:
     def close(self) -> None:
         self.stop_workers()
         self.redis.close()
-
-
-def _fields(obj: Any) -> dict[str, Any]:
-    return {name: getattr(obj, name) for name in obj.__dataclass_fields__}

@@ -22,13 +22,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from typing import Any
 
 from . import keys
 from .codec import EventMessage, decode
 from .connection import RedisClient, translate
 from .errors import DecodeError
+from .groups import acked_below, groups
 from .ids import EntryId, parse_id
+from .replies import entries
 
 log = logging.getLogger(__name__)
 
@@ -40,24 +41,14 @@ def trim_point(client: RedisClient, stream: str,
                required: Iterable[str] = REQUIRED_GROUPS) -> EntryId | None:
     """The smallest entry id some group still needs; None if a required group is missing."""
     with translate():
-        try:
-            groups: list[dict[str, Any]] = client.xinfo_groups(stream)
-        except Exception:
-            return None  # no stream yet
-        names = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
-                 for g in groups}
-        if not set(required) <= names:
-            return None
+        found = groups(client, stream)
+        if not set(required) <= found.keys():
+            return None  # a required group is missing, or no stream yet
         point: EntryId | None = None
-        for g in groups:
-            if int(g["pending"]) > 0:
-                smallest = client.xpending(stream, g["name"])["min"]
-                if smallest is None:  # acknowledged meanwhile: judge it next time
-                    return None
-                oldest = parse_id(smallest)
-            else:
-                ms, seq = parse_id(g["last-delivered-id"])
-                oldest = (ms, seq + 1)
+        for g in found.values():
+            oldest = acked_below(client, stream, g)
+            if oldest is None:  # acknowledged meanwhile: judge it next time
+                return None
             point = oldest if point is None else min(point, oldest)
     return point
 
@@ -70,7 +61,7 @@ def held_by_dead_letters(client: RedisClient, partition: int,
     start = "-"
     while True:
         with translate():
-            page = client.xrange(keys.dead(partition), min=start, count=_PAGE)
+            page = entries(client, keys.dead(partition), min=start, count=_PAGE)
         for _, raw in page:
             if raw.get(b"_group", b"").decode(errors="replace") != group:
                 continue

@@ -9,7 +9,7 @@ append without an Idempotency-Key would record it twice. The caller gets
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
@@ -18,13 +18,18 @@ from typing import Any
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError, ResponseError
 
+from .connection import RedisClient
+
+ScriptArg = str | int | bytes
+"""A key or argument of a script call, as the driver sends it."""
+
 _hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
 try:  # packing the protocol in C halves the client's cost per call
     from hiredis import pack_command as _hiredis_pack
 except ImportError:  # pragma: no cover - hiredis is a dependency (redis[hiredis])
     _hiredis_pack = None
 
-Call = tuple[Script, list[Any], list[Any]]
+Call = tuple[Script, Sequence[str], Sequence[ScriptArg]]
 """(script, keys, args) of one script call."""
 
 NAMES = ("append", "enqueue", "schedule", "begin", "settle", "reclaim", "requeue", "read")
@@ -53,12 +58,12 @@ class Scripts:
     read: Script
 
 
-def load(client: Any) -> Scripts:
+def load(client: RedisClient) -> Scripts:
     """Register every script on ``client`` (a Redis or RedisCluster)."""
     return Scripts(**{name: client.register_script(source(name)) for name in NAMES})
 
 
-def run_many(client: Any, calls: Iterable[Call],
+def run_many(client: RedisClient, calls: Iterable[Call],
              each: Callable[[int, Any], None] | None = None) -> list[Any]:
     """Run script calls by pipelined EVALSHA; return their replies in order.
 
@@ -86,7 +91,9 @@ def run_many(client: Any, calls: Iterable[Call],
 
 def _send_all(client: Any, calls: Iterable[Call],
               each: Callable[[int, Any], None] | None = None) -> tuple[list[Any], list[Call]]:
-    """(replies, the calls sent); an error reply is returned in its place."""
+    """(replies, the calls sent); an error reply is returned in its place.
+
+    ``client`` is ``Any`` here: the connection-level calls below are untyped in redis-py."""
     replies: list[Any] = []
     if not hasattr(client, "connection_pool"):  # RedisCluster: its own pipeline
         sent = list(calls)

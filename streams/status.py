@@ -8,7 +8,6 @@ rate and latency are per queue name.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from ledger.tasks import Priority
@@ -16,17 +15,13 @@ from ledger.tasks import Priority
 from . import keys
 from .config import StreamsConfig
 from .connection import RedisClient, translate
+from .groups import GroupInfo, groups
+from .replies import text
+from .times import iso_utc as iso_utc  # re-exported until api/ imports streams.times
 
 STATUS_FIELDS = ("status", "attempts", "queue_name", "task_type", "enqueued_at", "started_at",
                  "finished_at", "last_error", "due_at", "retry_at")
 TIME_FIELDS = {"enqueued_at", "started_at", "finished_at", "due_at", "retry_at"}
-
-
-def iso_utc(ms: int | None) -> str | None:
-    if ms is None:
-        return None
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
 
 
 def task_status(client: RedisClient, partitions: int, task_id: str) -> dict[str, Any] | None:
@@ -40,13 +35,13 @@ def task_status(client: RedisClient, partitions: int, task_id: str) -> dict[str,
         return None
     out: dict[str, Any] = {"task_id": task_id}
     for name, raw in zip(STATUS_FIELDS, values, strict=True):
-        text = raw.decode() if raw is not None else None
+        value = text(raw) if raw is not None else None
         if name in TIME_FIELDS:
-            out[name] = iso_utc(int(text)) if text else None
+            out[name] = iso_utc(int(value)) if value else None
         elif name == "attempts":
-            out[name] = int(text or 0)
+            out[name] = int(value or 0)
         else:
-            out[name] = text or None
+            out[name] = value or None
     return out
 
 
@@ -72,26 +67,15 @@ def queue_stats(client: RedisClient, config: StreamsConfig, group: str = "worker
                 pipe.lrange(keys.latencies(p, spec.name), 0, -1)
                 pipe.hgetall(keys.throughput(p, spec.name))
             replies = pipe.execute()
-            groups = [_group_info(client, keys.stream(p, spec.priority), group)
-                      for p in range(config.partitions)]
-            out[spec.name] = _summarise(spec.name, spec.priority, replies, groups, bucket)
+            infos = [groups(client, keys.stream(p, spec.priority)).get(group)
+                     for p in range(config.partitions)]
+            out[spec.name] = _summarise(spec.name, spec.priority, replies, infos, bucket)
     return out
 
 
-def _group_info(client: RedisClient, stream: str, group: str) -> dict[str, Any]:
-    try:
-        infos = client.xinfo_groups(stream)
-    except Exception:  # stream not created yet
-        return {}
-    for info in infos:
-        name = info.get("name")
-        if (name.decode() if isinstance(name, bytes) else name) == group:
-            return dict(info)
-    return {}
-
-
 def _summarise(name: str, priority: Priority, replies: list[Any],
-               groups: list[dict[str, Any]], bucket: int) -> dict[str, Any]:
+               infos: list[GroupInfo | None], bucket: int) -> dict[str, Any]:
+    """A group missing on a stream (not created yet) counts nothing and leaves lag unknown."""
     length = 0
     counters = {"processed": 0, "failed": 0, "retried": 0, "dead": 0}
     latencies: list[int] = []
@@ -104,14 +88,15 @@ def _summarise(name: str, priority: Priority, replies: list[Any],
         latencies.extend(int(v) for v in lat)
         recent += sum(int(v) for k, v in tput.items() if bucket - 6 <= int(k) < bucket)
     latencies.sort()
-    lags = [g.get("lag") for g in groups]
+    found = [g for g in infos if g is not None]
+    lags = [g.lag if g is not None else None for g in infos]
     return {
         "queue_name": name,
         "priority": priority.name,
         "length": length,
-        "pending": sum(int(g.get("pending", 0)) for g in groups),
+        "pending": sum(g.pending for g in found),
         "lag": _total_lag(lags),
-        "consumers": max((int(g.get("consumers", 0)) for g in groups), default=0),
+        "consumers": max((g.consumers for g in found), default=0),
         **counters,
         "rate_per_s": round(recent / 60, 2),
         "latency_ms": {"p50": _percentile(latencies, 0.5), "p95": _percentile(latencies, 0.95),
@@ -119,7 +104,7 @@ def _summarise(name: str, priority: Priority, replies: list[Any],
     }
 
 
-def _total_lag(lags: list[Any]) -> int | None:
+def _total_lag(lags: list[int | None]) -> int | None:
     """Entries not yet delivered to the group; None where Redis (6.2) can't tell."""
-    known = [int(lag) for lag in lags if lag is not None]
+    known = [lag for lag in lags if lag is not None]
     return sum(known) if len(known) == len(lags) else None

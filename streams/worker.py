@@ -24,6 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from redis.typing import KeyT, StreamIdT
+
 from ledger.tasks import Priority
 
 from . import keys
@@ -32,16 +34,25 @@ from .connection import RedisClient, ensure_groups, is_cluster, translate
 from .errors import DecodeError, Retry
 from .handlers import NO_DATABASE, BoundDBManager, Handler
 from .ids import parse_id
+from .outcomes import (
+    Acknowledged,
+    DeadLettered,
+    NotRun,
+    Outcome,
+    RetryLater,
+    Skipped,
+    Succeeded,
+    begun,
+    settle_args,
+)
 from .priority import per_partition
 from .registry import EventRecorder, HandlerRegistry, default_registry
 from .retry import RetryPolicy
-from .scripts import Scripts, load, run_many
+from .scripts import ScriptArg, Scripts, load, run_many
 
 log = logging.getLogger(__name__)
 
 MAX_ERROR_CHARS = 2000
-NOT_OURS = -2
-"""begin.lua's answer for an entry another consumer took over meanwhile."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,13 +71,6 @@ class WorkerConfig:
 
 
 @dataclass(slots=True)
-class Outcome:
-    op: str  # ok | retry | dead | ack | skip
-    number: int = 0  # latency ms | delay ms | attempts
-    error: str = ""
-
-
-@dataclass(slots=True)
 class Delivery:
     """One entry being processed; a ``Processor`` sets ``done`` or ``error``."""
 
@@ -75,6 +79,8 @@ class Delivery:
     entry_id: str
     fields: Mapping[bytes, bytes]
     attempts: int = 0
+    not_run: NotRun | None = None
+    """Set instead of ``attempts`` when begin.lua says the entry must not run."""
     message: Message | DecodeError | None = None
     done: bool = False
     error: str | None = None
@@ -203,8 +209,8 @@ class Worker:
         if is_cluster(self.redis):
             self.stopping.wait(wait_ms / 1000)
             return []
-        streams = {keys.stream(p, lv): ">" for lv in self._levels
-                   for p in range(self.partitions)}
+        streams: dict[KeyT, StreamIdT] = {keys.stream(p, lv): ">" for lv in self._levels
+                                          for p in range(self.partitions)}
         with translate():
             reply = self.redis.xreadgroup(self.config.group, self.consumer, streams,
                                           count=self.config.batch, block=wait_ms)
@@ -222,15 +228,15 @@ class Worker:
         self._begin(by_partition)
         runnable = []
         for d in deliveries:
-            if d.attempts == NOT_OURS:
-                d.outcome = Outcome("skip")
-            elif d.attempts < 0:
-                d.outcome = Outcome("ack")
+            if d.not_run is NotRun.TAKEN_OVER:
+                d.outcome = Skipped()
+            elif d.not_run is NotRun.COMPLETED:
+                d.outcome = Acknowledged()
             elif isinstance(d.message, DecodeError):
-                d.outcome = Outcome("dead", d.attempts, f"poison entry: {d.message}")
+                d.outcome = DeadLettered(d.attempts, f"poison entry: {d.message}")
             elif d.attempts > self.config.retry.max_attempts:
-                d.outcome = Outcome("dead", d.attempts, f"gave up after {d.attempts - 1} "
-                                    "attempts (consumer crashed or timed out)")
+                d.outcome = DeadLettered(d.attempts, f"gave up after {d.attempts - 1} "
+                                         "attempts (consumer crashed or timed out)")
             else:
                 runnable.append(d)
         # stream order is numeric (ms, seq): as text "…-10" would run before "…-2"
@@ -247,7 +253,8 @@ class Worker:
         for d in runnable:
             if d.done:
                 born = min(_born_ms(d.message), started_ms)
-                d.outcome = Outcome("ok" if self.config.track else "ack", max(0, now_ms - born))
+                d.outcome = (Succeeded(max(0, now_ms - born)) if self.config.track
+                             else Acknowledged())
             else:
                 d.outcome = self._failed(d, d.error or "not processed", d.retry_delay_ms)
         self._settle(by_partition)
@@ -270,27 +277,31 @@ class Worker:
                 for p, ds in order])
         for (_, ds), counts in zip(order, replies, strict=True):
             for d, n in zip(ds, counts, strict=True):
-                d.attempts = int(n)
+                answer = begun(int(n))
+                if isinstance(answer, NotRun):
+                    d.not_run = answer
+                else:
+                    d.attempts = answer
 
     def _failed(self, d: Delivery, error: str, delay_ms: int | None) -> Outcome:
         policy = self.config.retry
         if policy.exhausted(d.attempts):
-            return Outcome("dead", d.attempts, error)
+            return DeadLettered(d.attempts, error)
         delay = delay_ms if delay_ms is not None else policy.backoff_ms(d.attempts, self._rand)
         log.info("entry %s failed (attempt %d), retry in %d ms: %s",
                  d.entry_id, d.attempts, delay, error)
-        return Outcome("retry", delay, error)
+        return RetryLater(delay, error)
 
     def _settle(self, by_partition: Mapping[int, Sequence[Delivery]]) -> None:
         calls = []
         for p, ds in by_partition.items():
-            args: list[Any] = [self.config.group, self.config.status_ttl_s, keys.tag(p) + ":",
+            args: list[ScriptArg] = [self.config.group, self.config.status_ttl_s, keys.tag(p) + ":",
                                self.consumer]
             for d in ds:
-                o = d.outcome or Outcome("retry", 0, "no outcome")
+                op, number, error = settle_args(d.outcome or RetryLater(0, "no outcome"))
                 queue = "unknown" if isinstance(d.message, DecodeError | None) \
                     else d.message.queue_name
-                args += [o.op, self._rank_key(d.level), d.entry_id, queue, o.number, o.error]
+                args += [op, self._rank_key(d.level), d.entry_id, queue, number, error]
             calls.append((self.scripts.settle,
                           [keys.attempts(p), keys.stats(p), keys.retry(p, self.config.group),
                            keys.dead(p), *(keys.stream(p, lv) for lv in keys.LEVELS_DESC),

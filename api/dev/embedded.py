@@ -27,7 +27,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Self
 
-from .procs import popen_child
+from ..procs import popen_child
 
 __all__ = [
     "EmbeddedError",

@@ -20,10 +20,10 @@ from ledger.tasks import allowed_collections
 from streams import QueueManager
 from streams.connection import connect
 
+from ..settings import Settings
 from . import metrics
 from .errors import HANDLERS
 from .ratelimit import RateLimit
-from .settings import Settings
 from .state import THREADS, AppState
 
 

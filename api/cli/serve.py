@@ -19,12 +19,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from . import settings as cfg
-from .settings import EnvError, Settings, add_option, resolve
+from .. import settings as cfg
+from ..settings import EnvError, Settings, add_option, resolve
 
 RET_OK = 0
 RET_USAGE = 2
-FACTORY = "api.cli_serve:app_from_env"
+FACTORY = "api.cli.serve:app_from_env"
 RATE_ENV = cfg.RATE_PER_S
 BURST_ENV = cfg.RATE_BURST
 
@@ -82,8 +82,8 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
 
 def app_from_env() -> Any:
     """uvicorn's factory: the instrumented app, configured from the environment."""
-    from . import metrics
-    from .app import create_app
+    from ..http import metrics
+    from ..http.app import create_app
     return metrics.instrument(create_app(settings_from_env()))
 
 

@@ -20,11 +20,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -34,8 +32,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from .procs import popen_child
-from .settings import Settings
+from ..settings import Settings
+from .deployment import Deployment
 
 RET_OK, RET_MISMATCH = 0, 1
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -148,34 +146,19 @@ def _start(stack: ExitStack, settings: Settings, workers: int, keep: bool
 
 def _start_processes(stack: ExitStack, settings: Settings, workers: int, port: int
                      ) -> list[subprocess.Popen[bytes]]:
-    env = {**os.environ, "REDIS_URL": settings.redis_url or "",
-           "MONGO_URL": settings.mongo_url or "", "MONGO_DB": settings.mongo_db,
-           "LEDGER_PARTITIONS": str(settings.partitions)}
-    base = [sys.executable, "-m", "api"]
-    commands = [[*base, "worker", "--import", "api.demo_handlers", "--concurrency", "2",
-                 "--backoff-ms", "200", "--max-attempts", "3", "--log-level", "WARNING"]
-                for _ in range(workers)]
-    commands.append([*base, "scheduler", "--log-level", "WARNING"])
-    commands.append([*base, "project", "--trim-after-ms", "60000", "--log-level", "WARNING"])
-    commands.append([*base, "serve", "--host", "127.0.0.1", "--port", str(port),
-                     "--log-level", "WARNING"])
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def stop() -> None:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-    stack.callback(stop)  # before the first start: a signal may come in between
+    deployment = Deployment(settings.redis_url or "", settings.mongo_url or "",
+                            mongo_db=settings.mongo_db, partitions=settings.partitions,
+                            log_level="WARNING")
+    stack.callback(deployment.stop)  # before the first start: a signal may come in between
     # Same process group as the demo (a terminal's Ctrl-C reaches them too), and
     # a parent-death signal: a SIGKILLed demo takes them along.
-    for cmd in commands:
-        procs.append(popen_child(cmd, env=env))
+    for i in range(workers):
+        deployment.start(f"worker-{i}", "worker", "--import", "api.dev.demo_handlers",
+                         "--concurrency", "2", "--backoff-ms", "200", "--max-attempts", "3")
+    deployment.start("scheduler", "scheduler")
+    deployment.start("projector", "project", "--trim-after-ms", "60000")
+    deployment.start("api", "serve", "--host", "127.0.0.1", "--port", str(port))
+    procs = list(deployment.procs.values())
     _say(f"started the API, {workers} worker processes, the projectors and a scheduler "
          f"(pids {', '.join(str(p.pid) for p in procs)})")
     return procs

@@ -23,9 +23,9 @@ from typing import Any
 
 from streams.config import DEFAULT_PARTITIONS
 
-from . import cli_audit, cli_serve
-from . import settings as cfg
-from .settings import MAX_MS, EnvError, Settings, add_option, env_value, resolve, source
+from .. import settings as cfg
+from ..settings import MAX_MS, EnvError, Settings, add_option, env_value, resolve, source
+from . import audit, serve
 
 RET_OK = 0
 RET_ERROR = 1
@@ -126,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     dlist.add_argument("--limit", type=int, default=50)
     dreq = dsub.add_parser("requeue", help="put dead letters back on their streams")
     dreq.add_argument("ids", nargs="+", metavar="ID", help="dead-letter id, e.g. p3:1700-0")
-    cli_audit.add_parsers(sub, _common)
-    cli_serve.add_parsers(sub, _common)
+    audit.add_parsers(sub, _common)
+    serve.add_parsers(sub, _common)
     return parser
 
 
@@ -148,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EnvError as exc:  # one line, like argparse's own error, and the same exit code
         print(f"ledger: error: {exc}", file=sys.stderr)
         return RET_USAGE
-    from .logs import configure
+    from ..jsonlog import configure
     configure(args.log_level)  # one JSON object per line
     from pymongo.errors import ConnectionFailure
 
@@ -156,11 +156,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.command == "serve":
-            return cli_serve.run(args, _settings(args))
-        if args.command in cli_audit.COMMANDS:
-            return cli_audit.run(args, _settings(args))
+            return serve.run(args, _settings(args))
+        if args.command in audit.COMMANDS:
+            return audit.run(args, _settings(args))
         if args.command == "demo":
-            from .demo import run_demo
+            from ..dev.demo import run_demo
             return run_demo(args, _settings(args))
         if args.command == "worker":
             return _worker(args, _settings(args))

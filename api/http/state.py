@@ -21,7 +21,7 @@ from pymongo.database import Database
 from streams import QueueManager
 from streams.connection import RedisClient
 
-from .settings import Settings
+from ..settings import Settings
 
 P = ParamSpec("P")
 T = TypeVar("T")

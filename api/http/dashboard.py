@@ -30,7 +30,7 @@ SECURITY_HEADERS = {
 
 @cache
 def asset(name: str) -> str:
-    return resources.files("api").joinpath("static", name).read_text(encoding="utf-8")
+    return resources.files("api.http").joinpath("static", name).read_text(encoding="utf-8")
 
 
 async def page(request: Request) -> Response:

@@ -460,7 +460,7 @@ def middleware() -> list[Any]:
     request ids and access logs, then request metrics."""
     from starlette.middleware import Middleware
 
-    from .logs import RequestIdMiddleware
+    from ..jsonlog import RequestIdMiddleware
     return [Middleware(RequestIdMiddleware), Middleware(MetricsMiddleware)]
 
 

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from .settings import Settings
+from ..settings import Settings
 
 COMMANDS = frozenset({"replay", "audit"})
 
