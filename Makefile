@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,9 +15,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/ledger demo
 
+# Everything, as CI runs it: the storm, outages, crashes, demo runs and the browser test too.
 test: $(STAMP)
 	scripts/system-deps
 	$(BIN)/python -m pytest -q
+
+# The developer's lane (under a minute): leaves out tests marked slow, faults or browser.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not faults and not browser"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -2,9 +2,10 @@
 
 One round: claim what is due for another attempt (failed entries whose backoff
 ran out, entries of consumers that died), read new entries level by level
-(CRITICAL first, see ``priority``), count an attempt for each (``begin.lua``),
-run the handlers in priority order, then settle the whole round in one step per
-partition (``settle.lua``: ack, or schedule a retry, or dead-letter).
+(CRITICAL first, see ``per_partition`` and ``lua/read.lua``), count an attempt
+for each (``begin.lua``), run the handlers in priority order, then settle the
+whole round in one step per partition (``settle.lua``: ack, or schedule a retry,
+or dead-letter).
 
 A crash anywhere leaves the entries pending; they are claimed again after
 ``claim_idle_ms``, so nothing is lost, and handlers keyed on the event id make
@@ -45,7 +46,6 @@ from .outcomes import (
     begun,
     settle_args,
 )
-from .priority import per_partition
 from .registry import EventRecorder, HandlerRegistry, default_registry
 from .retry import RetryPolicy
 from .scripts import ScriptArg, Scripts, load, run_many
@@ -53,6 +53,16 @@ from .scripts import ScriptArg, Scripts, load, run_many
 log = logging.getLogger(__name__)
 
 MAX_ERROR_CHARS = 2000
+
+
+def per_partition(count: int, partitions: int) -> int:
+    """Each partition's equal share of a round's ``count`` (at least one).
+
+    Within a partition ``lua/read.lua`` reads the levels highest first, each taking
+    what is left of the share, and each lower level still gets one read when the
+    higher ones filled it: CRITICAL is served first, and LOW never starves.
+    """
+    return max(1, -(-count // partitions))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

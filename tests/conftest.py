@@ -1,6 +1,6 @@
 """Shared fixtures: one real redis-server and one Mongo-wire server per test session.
 
-The servers come from ``api.embedded``, the same code ``ledger demo`` runs. If
+The servers come from ``api.dev.embedded``, the same code ``ledger demo`` runs. If
 one cannot start, every test that needs it errors: nothing is skipped. Each
 test gets a flushed Redis and a database of its own, and factory fixtures stop
 whatever they started. SIGTERM and SIGHUP stop the run like Ctrl-C, so the
@@ -23,8 +23,10 @@ import pytest
 import redis as redis_py
 from pymongo.database import Database
 
-from api.embedded import EmbeddedMongo, EmbeddedRedis
+from api.dev.embedded import EmbeddedMongo, EmbeddedRedis
 from projections.store import connect
+
+pytest_plugins = ["tests.guards"]  # suite hygiene around every test (see tests/guards.py)
 
 MakeRedisServer = Callable[..., EmbeddedRedis]
 Handler = Callable[[int, Any], Any] | int | signal.Handlers | None

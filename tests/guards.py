@@ -1,6 +1,6 @@
 """Suite hygiene: a failing or hanging test cannot poison the tests after it.
 
-Loaded for every run (``-p tests.guards`` in pyproject.toml). Around each test:
+Registered by tests/conftest.py (``pytest_plugins``). Around each test:
 
 - the session's redis-server and Mongo-wire server must answer within seconds
   before the test starts (the Mongo-wire server a write and a read: its storage
@@ -21,17 +21,20 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis as redis_py
+from pymongo import MongoClient
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from api.embedded import EmbeddedMongo, EmbeddedRedis
+from api.dev.embedded import EmbeddedMongo, EmbeddedRedis
 from projections.store import connect
 
 PING_TIMEOUT_S = 3.0
 THREAD_GRACE_S = 5.0
+_probes: dict[tuple[str, int | None], MongoClient[dict[str, Any]]] = {}
 # Threads that outlive a test by design: library housekeeping, not test work.
 BACKGROUND_THREADS = ("pymongo", "asyncio_", "ThreadPoolExecutor", "AnyIO worker",
                       "Dummy-", "playwright", "Thread-Monitor", "pydevd")
@@ -82,17 +85,36 @@ def _redis_answers(server: EmbeddedRedis) -> bool:
         return False
 
 
+def _probe_client(server: EmbeddedMongo) -> MongoClient[dict[str, Any]]:
+    """One client per server process, kept across tests: connecting anew before every
+    test cost several times the check itself. A restarted server (new pid) gets a new one."""
+    key = (server.url, server.pid)
+    if key not in _probes:
+        _close_probes()
+        ms = int(PING_TIMEOUT_S * 1000)
+        _probes[key] = connect(server.url, serverSelectionTimeoutMS=ms, socketTimeoutMS=ms,
+                               connectTimeoutMS=ms)
+    return _probes[key]
+
+
+def _close_probes() -> None:
+    while _probes:
+        _probes.popitem()[1].close()
+
+
 def _mongo_answers(server: EmbeddedMongo) -> bool:
-    ms = int(PING_TIMEOUT_S * 1000)
     try:
-        with connect(server.url, serverSelectionTimeoutMS=ms, socketTimeoutMS=ms,
-                     connectTimeoutMS=ms) as client:
-            # a write and a read: a server whose storage is wedged still answers ping
-            probe = client["_suite_guard"]["probe"]
-            probe.replace_one({"_id": 1}, {"_id": 1, "at": time.time()}, upsert=True)
-            return probe.find_one({"_id": 1}) is not None
+        # a write and a read: a server whose storage is wedged still answers ping
+        probe = _probe_client(server)["_suite_guard"]["probe"]
+        probe.replace_one({"_id": 1}, {"_id": 1, "at": time.time()}, upsert=True)
+        return probe.find_one({"_id": 1}) is not None
     except Exception:  # any failure means: not fit to serve the next test
+        _close_probes()
         return False
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _close_probes()
 
 
 def _say(config: pytest.Config, line: str) -> None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import time
 from collections.abc import Iterable
 from pathlib import Path
+
+from tests.helpers import eventually
 
 Proc = tuple[int, int]  # (pid, start time in clock ticks since boot)
 
@@ -52,14 +53,12 @@ def descendants(pid: int) -> list[Proc]:
 
 
 def wait_gone(procs: Iterable[Proc], timeout: float) -> list[Proc]:
-    """Poll until none of ``procs`` runs; return those still running at the deadline."""
+    """Poll until none of ``procs`` runs; return those still running at the deadline
+    (the caller's assertion then names them)."""
     procs = list(procs)
-    deadline = time.monotonic() + timeout
-    while True:
-        left = [p for p in procs if running(p)]
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.05)
+    with contextlib.suppress(AssertionError):
+        eventually(lambda: not any(running(p) for p in procs), timeout=timeout)
+    return [p for p in procs if running(p)]
 
 
 def kill_all(procs: Iterable[Proc]) -> None:

@@ -18,7 +18,7 @@ import pymongo
 import pytest
 import redis as redis_py
 
-from api.embedded import (
+from api.dev.embedded import (
     EmbeddedError,
     EmbeddedMongo,
     EmbeddedRedis,
@@ -27,6 +27,7 @@ from api.embedded import (
 )
 from api.procs import death_signal_supported
 from projections.store import connect
+from tests.helpers import eventually
 from tests.proctree import Proc, describe, kill_all, proc, running, wait_gone
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,6 +170,7 @@ def test_session_mongo_answers(
     assert mongo_client.options.retry_writes is False
 
 
+@pytest.mark.slow  # a Mongo-wire server stopped, started and SIGKILLed
 def test_mongo_write_survives_restart_and_kill(tmp_path: Path) -> None:
     with EmbeddedMongo(tmp_path / "m") as server:
         url = server.url
@@ -233,15 +235,21 @@ def test_hold(redis_server, mongo_server):
 
 def _wait_for_file(path: Path, owner: subprocess.Popen[bytes], log: Path,
                    timeout: float = 60) -> str:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if owner.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"no {path.name} (exit {owner.poll()}):\n"
-                        f"{log.read_text(errors='replace')}")
-        time.sleep(0.05)
+    def failure() -> str:
+        return f"no {path.name} (exit {owner.poll()}):\n{log.read_text(errors='replace')}"
+
+    def written() -> bool:
+        if path.exists():
+            return True
+        if owner.poll() is not None:
+            pytest.fail(failure())
+        return False
+
+    eventually(written, timeout=timeout, message=failure)
     return path.read_text()
 
 
+@pytest.mark.slow  # a pytest run in a subprocess, with its own servers
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL],
                          ids=lambda s: signal.Signals(s).name)
 def test_a_stopped_test_run_leaves_no_servers(tmp_path: Path, signum: int) -> None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import eventually
+
+pytestmark = pytest.mark.slow  # each test runs pytest in a subprocess
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,10 +55,7 @@ def test_clean():
     assert "left 1 process(es) running (killed)" in out, out
     assert "left thread(s) running: leaky" in out, out
     pid = int(pid_file.read_text())
-    deadline = time.monotonic() + 5
-    while alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not alive(pid)
+    eventually(lambda: not alive(pid), timeout=5, message=f"pid {pid} still runs")
 
 
 @pytest.mark.parametrize("fixture", ["redis_server", "mongo_server"])
@@ -65,7 +65,7 @@ def test_a_wedged_session_server_is_restarted_for_the_next_test(tmp_path: Path,
 import os, signal
 import pytest
 import redis
-from api.embedded import EmbeddedMongo, EmbeddedRedis
+from api.dev.embedded import EmbeddedMongo, EmbeddedRedis
 from projections.store import connect
 
 @pytest.fixture(scope="session")

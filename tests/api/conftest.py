@@ -10,7 +10,7 @@ import redis as redis_py
 from pymongo.database import Database
 from starlette.testclient import TestClient
 
-from api.app import create_app
+from api.http.app import create_app
 from api.settings import Settings
 
 PARTITIONS = 4

@@ -9,7 +9,6 @@ from __future__ import annotations
 import shutil
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,13 +19,16 @@ import uvicorn
 from playwright.sync_api import Page, sync_playwright
 from pymongo.database import Database
 
-from api import metrics
-from api.app import create_app
+from api.http import metrics
+from api.http.app import create_app
 from api.settings import Settings
 from projections.runner import project_until_idle
 from streams import HandlerRegistry, QueueManager, RetryPolicy, StreamsConfig
+from tests.helpers import eventually
 
 from .conftest import KEYS, PARTITIONS
+
+pytestmark = pytest.mark.browser  # Debian's chromium via Playwright
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-dev-shm-usage",
@@ -51,10 +53,9 @@ def base_url(redis: redis_py.Redis, redis_url: str, mongo_url: str,
                                            http="h11"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
+    eventually(lambda: server.started or not thread.is_alive(), timeout=15, interval=0.02,
+               message="uvicorn did not start")
+    assert server.started, "uvicorn exited before it started"
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

@@ -9,11 +9,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis as redis_py
 from pymongo.database import Database
 
 from api.cli import RET_CONNECT, RET_IMPORT, RET_OK, RET_USAGE
 from streams import HandlerRegistry, QueueManager, StreamsConfig
+
+pytestmark = pytest.mark.slow  # the console script as real processes, a demo run among them
 
 ROOT = Path(__file__).resolve().parents[2]
 

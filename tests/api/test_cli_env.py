@@ -84,6 +84,7 @@ def test_the_hostile_table_covers_every_variable() -> None:
     assert env_options() | {"LEDGER_API_KEYS", "LEDGER_COLLECTIONS"} == set(HOSTILE)
 
 
+@pytest.mark.slow  # console-script subprocesses, one per command
 @pytest.mark.parametrize("values", ["hostile", "odd"])
 def test_help_works_whatever_the_environment(values: str) -> None:
     if values == "hostile":
@@ -96,6 +97,7 @@ def test_help_works_whatever_the_environment(values: str) -> None:
         assert "usage: ledger" in result.stdout and "Traceback" not in result.stderr, argv
 
 
+@pytest.mark.slow  # console-script subprocesses
 def test_every_option_names_its_variable_in_help() -> None:
     env = clean_env()
     serve = " ".join(ledger("serve", "--help", env=env).stdout.split())
@@ -112,6 +114,7 @@ def test_every_option_names_its_variable_in_help() -> None:
         assert f"env {name})" in project, name
 
 
+@pytest.mark.slow  # a console-script subprocess per variable
 @pytest.mark.parametrize("name", sorted(HOSTILE))
 def test_a_bad_value_is_one_line_naming_the_variable(name: str) -> None:
     value, argv = HOSTILE[name]
@@ -124,6 +127,7 @@ def test_a_bad_value_is_one_line_naming_the_variable(name: str) -> None:
     assert SECRET not in result.stderr and len(lines[0]) < 300
 
 
+@pytest.mark.slow  # a console-script subprocess
 def test_unknown_queue_names_from_the_environment_name_the_variable(
         redis: redis_py.Redis, redis_url: str) -> None:
     result = ledger("worker", "--burst", env=clean_env(REDIS_URL=redis_url,
@@ -177,12 +181,12 @@ def test_a_flag_overrides_its_variable_even_a_bad_one() -> None:
 def test_variables_fill_what_the_flags_leave() -> None:
     env = {"LEDGER_CONCURRENCY": "3", "LEDGER_QUEUES": "default, low_priority",
            "LEDGER_MAX_ATTEMPTS": "9", "LEDGER_BACKOFF_MS": "250",
-           "LEDGER_IMPORT": "json,api.demo_handlers", "LEDGER_CLAIM_IDLE_MS": " ",
+           "LEDGER_IMPORT": "json,api.dev.demo_handlers", "LEDGER_CLAIM_IDLE_MS": " ",
            "LEDGER_LOG_LEVEL": "warning"}
     args = parsed("worker", "--max-attempts", "2", env=env)
     assert (args.concurrency, args.queues, args.max_attempts, args.backoff_ms, args.imports,
             args.claim_idle_ms, args.log_level) == (
-        3, ("default", "low_priority"), 2, 250, ("json", "api.demo_handlers"), 60_000,
+        3, ("default", "low_priority"), 2, 250, ("json", "api.dev.demo_handlers"), 60_000,
         "WARNING")  # a blank variable is unset
     assert args.env_sources["queues"] == "LEDGER_QUEUES"
     assert parsed("worker", "--import", "a", "--import", "b,c", env=env).imports == \

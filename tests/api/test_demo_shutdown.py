@@ -13,12 +13,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import eventually
 from tests.proctree import Proc, descendants, describe, kill_all, wait_gone
+
+pytestmark = pytest.mark.slow  # real demo runs, signalled and waited for
 
 ROOT = Path(__file__).resolve().parents[2]
 LIVE = "traffic keeps flowing"
@@ -42,12 +44,18 @@ def _start_demo(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path]:
 
 
 def _wait_live(demo: subprocess.Popen[bytes], output: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while LIVE not in output.read_text(errors="replace"):
-        if demo.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"the demo did not reach live traffic (exit {demo.poll()}):\n"
-                        f"{output.read_text(errors='replace')}")
-        time.sleep(0.1)
+    def failure() -> str:
+        return (f"the demo did not reach live traffic (exit {demo.poll()}):\n"
+                f"{output.read_text(errors='replace')}")
+
+    def live() -> bool:
+        if LIVE in output.read_text(errors="replace"):
+            return True
+        if demo.poll() is not None:
+            pytest.fail(failure())
+        return False
+
+    eventually(live, timeout=timeout, interval=0.1, message=failure)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL],

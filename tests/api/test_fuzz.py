@@ -11,14 +11,15 @@ import json
 from typing import Any
 from urllib.parse import quote
 
+import pytest
 import redis as redis_py
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from pymongo.database import Database
 
-from api.app import routes
-from api.openapi import document
+from api.http.app import routes
+from api.http.openapi import document
 from projections.runner import project_until_idle
 from streams import keys
 
@@ -178,6 +179,7 @@ def accounts(redis: redis_py.Redis, users: set[str]) -> dict[str, Any]:
     return state
 
 
+@pytest.mark.slow  # 250 generated requests
 @settings(max_examples=250, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.data_too_large])

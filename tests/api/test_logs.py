@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from starlette.testclient import TestClient
 
-from api import logs
+from api import jsonlog as logs
 
 from .test_metrics import instrumented
 

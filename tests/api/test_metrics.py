@@ -16,10 +16,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from api import metrics
-from api.app import create_app
+from api.http import metrics
+from api.http.app import create_app
+from api.http.state import AppState
 from api.settings import Settings
-from api.state import AppState
 from projections.runner import project_until_idle
 from streams import RetryPolicy
 
@@ -212,6 +212,7 @@ def test_record_append_counts_by_result_and_reason(make_client: MakeClient) -> N
     assert delta(result="refused", reason="insufficient_credits") == 1
 
 
+@pytest.mark.slow  # waits out MongoDB's server selection
 def test_redis_series_are_served_while_mongo_is_down(make_client: MakeClient) -> None:
     client = make_client(mongo_url="mongodb://127.0.0.1:1/")
     state_of(client).qm.enqueue("default", "work", {"n": 1})

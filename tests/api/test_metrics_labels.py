@@ -6,7 +6,7 @@ from typing import Any
 
 import redis as redis_py
 
-from api import metrics
+from api.http import metrics
 from streams.config import DEFAULT_QUEUES
 
 from .conftest import MakeClient, auth

@@ -20,11 +20,14 @@ import uvicorn
 from pymongo.database import Database
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.app import create_app
+from api.http.app import create_app
+from api.http.state import THREADS, WAITERS_PER_KEY
 from api.settings import Settings
-from api.state import THREADS, WAITERS_PER_KEY
+from tests.helpers import eventually
 
 from .conftest import PARTITIONS
+
+pytestmark = pytest.mark.slow  # a real uvicorn with every wait lasting its whole wait_ms
 
 READERS = [f"reader-wait-key-{i:04d}" for i in range(5)]
 PRODUCER = "producer-wait-key-0000"
@@ -70,10 +73,9 @@ def server(redis: redis_py.Redis, redis_url: str, mongo_url: str,
     thread = threading.Thread(target=srv.run, name="uvicorn-test", daemon=True)
     thread.start()
     try:
-        deadline = time.monotonic() + 30
-        while not srv.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
+        eventually(lambda: srv.started or not thread.is_alive(), timeout=30, interval=0.02,
+                   message="uvicorn did not start")
+        assert srv.started, "uvicorn exited before it started"
         yield f"http://127.0.0.1:{port}", app
     finally:
         srv.should_exit = True

@@ -7,9 +7,9 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from api.app import routes
-from api.openapi import PATHS, SCHEMAS, document, mounted
-from api.routes import ledger, queue
+from api.http.app import routes
+from api.http.openapi import PATHS, SCHEMAS, document, mounted
+from api.http.routes import ledger, queue
 from ledger.commands import CURRENCY_PATTERN, TRANSACTION_ID_PATTERN, USER_ID_PATTERN
 
 from .conftest import MakeClient

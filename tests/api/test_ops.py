@@ -7,7 +7,7 @@ from datetime import datetime
 import pytest
 from starlette.testclient import TestClient
 
-from api.state import AppState
+from api.http.state import AppState
 from projections.runner import project_until_idle, projector
 from projections.scores import CreditScores
 from streams import RetryPolicy, keys

@@ -1,4 +1,4 @@
-"""``ledger serve`` (api.cli_serve) through a local parser: refusal, options, a real uvicorn."""
+"""``ledger serve`` (api.cli.serve) through a local parser: refusal, options, a real uvicorn."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 import redis as redis_py
 from pymongo.database import Database
 
-from api import cli_serve
+from api.cli import serve as cli_serve
 from api.settings import Settings
 
 from .conftest import KEYS, PARTITIONS, auth
@@ -79,12 +79,13 @@ def free_port() -> int:
 
 SERVE = """
 import sys
-from api.cli_serve import run, settings_from_env
+from api.cli.serve import run, settings_from_env
 from tests.api.test_serve import parse
 sys.exit(run(parse(*sys.argv[1:]), settings_from_env()))
 """
 
 
+@pytest.mark.slow  # ledger serve with two worker processes
 def test_serves_with_two_workers_and_stops_on_sigterm(redis: redis_py.Redis, redis_url: str,
                                                       mongo_url: str,
                                                       mongo_db: Database[Any]) -> None:

@@ -447,7 +447,7 @@ class TestMongoDBManager(DBManagerContract):
         }
 
     def test_unreachable_server_is_store_unavailable(self) -> None:
-        from api.embedded import free_port
+        from api.dev.embedded import free_port
 
         with connect(f"mongodb://127.0.0.1:{free_port()}/", serverSelectionTimeoutMS=200) as c:
             manager = MongoDBManager(c["ledger"], ORIGINAL)

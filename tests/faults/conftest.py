@@ -1,5 +1,6 @@
 """Fixtures of the fault suite: a private Mongo-wire server per test (the storm kills
-and stops servers, so it never touches the session's)."""
+and stops servers, so it never touches the session's). Every test here is marked
+``faults``, so ``make test-fast`` leaves the directory out."""
 
 from __future__ import annotations
 
@@ -8,9 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from api.embedded import EmbeddedMongo
+from api.dev.embedded import EmbeddedMongo
 
 PARTITIONS = 4
+HERE = Path(__file__).parent
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the whole directory ``faults``: a new fault test cannot forget it."""
+    for item in items:
+        if HERE in item.path.parents:
+            item.add_marker(pytest.mark.faults)
 
 
 @pytest.fixture

@@ -6,10 +6,8 @@ and no balance, stream or dead letter changes."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,8 +16,10 @@ import pytest
 import redis as redis_py
 from pymongo.database import Database
 
-from api.embedded import free_port
+from api.dev.deployment import Deployment
+from api.dev.embedded import free_port
 from streams import QueueManager, StreamsConfig, keys
+from tests.helpers import eventually
 
 from .cluster import ROOT
 from .conftest import PARTITIONS
@@ -194,23 +194,17 @@ CORPUS: list[tuple[str, str, str, str | bytes | None, dict[str, Any]]] = [
 def server(redis: redis_py.Redis, redis_url: str, mongo_url: str,
            mongo_db: Database[Any]) -> Iterator[int]:
     port = free_port()
-    env = {**os.environ, "REDIS_URL": redis_url, "MONGO_URL": mongo_url,
-           "MONGO_DB": mongo_db.name, "LEDGER_PARTITIONS": str(PARTITIONS),
-           "LEDGER_API_KEYS": KEYS_ENV}
-    proc = subprocess.Popen([sys.executable, "-m", "api", "serve", "--port", str(port),
-                             "--rate-per-s", "0", "--log-level", "WARNING"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    deployment = Deployment(redis_url, mongo_url, mongo_db=mongo_db.name, partitions=PARTITIONS,
+                            log_level="WARNING", env={"LEDGER_API_KEYS": KEYS_ENV}, cwd=ROOT)
+    proc = deployment.start("api", "serve", "--port", str(port), "--rate-per-s", "0",
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        while not answers(port):
-            assert proc.poll() is None, "the API exited"
-            assert time.monotonic() < deadline, "the API did not come up"
-            time.sleep(0.1)
+        eventually(lambda: answers(port) or proc.poll() is not None, interval=0.1,
+                   message="the API did not come up")
+        assert proc.poll() is None, "the API exited"
         yield port
     finally:
-        proc.kill()
-        proc.wait()
+        deployment.kill("api")
 
 
 def answers(port: int) -> bool:

@@ -5,9 +5,6 @@ dead-lettering anything, and once the server is back it catches up by itself."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -16,12 +13,14 @@ from typing import Any
 
 import redis as redis_py
 
-from api.embedded import EmbeddedMongo, free_port
+from api.dev.deployment import Deployment
+from api.dev.embedded import EmbeddedMongo, free_port
 from ledger.accounts import fold
 from projections.audit import audit
 from projections.store import connect
 from streams import QueueManager, StreamsConfig
-from streams.log import account_histories
+from tests.helpers import eventually
+from tests.streamlog import account_histories
 
 from .cluster import ROOT
 from .conftest import PARTITIONS
@@ -53,32 +52,20 @@ def caught_up(db: Any, qm: QueueManager) -> bool:
 def test_projectors_wait_out_a_mongo_outage_and_the_api_answers_503(
         tmp_path: Path, redis: redis_py.Redis, redis_url: str,
         private_mongo: EmbeddedMongo) -> None:
-    env = {**os.environ, "REDIS_URL": redis_url, "MONGO_URL": private_mongo.url,
-           "MONGO_DB": "outage", "LEDGER_PARTITIONS": str(PARTITIONS), "LEDGER_API_KEYS": ""}
+    deployment = Deployment(redis_url, private_mongo.url, mongo_db="outage",
+                            partitions=PARTITIONS, log_level="WARNING",
+                            env={"LEDGER_API_KEYS": ""}, log_dir=tmp_path, cwd=ROOT)
     port = free_port()
     api = f"http://127.0.0.1:{port}"
-    logs = [open(tmp_path / f"{n}.log", "wb") for n in ("api", "project")]  # noqa: SIM115
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "api", "serve", "--port", str(port),
-                          "--rate-per-s", "0", "--log-level", "WARNING"],
-                         cwd=ROOT, env=env, stdout=logs[0], stderr=subprocess.STDOUT),
-        subprocess.Popen([sys.executable, "-m", "api", "project", "--batch", "100",
-                          "--log-level", "WARNING"],
-                         cwd=ROOT, env=env, stdout=logs[1], stderr=subprocess.STDOUT)]
+    procs = [deployment.start("api", "serve", "--port", str(port), "--rate-per-s", "0"),
+             deployment.start("project", "project", "--batch", "100")]
     qm = QueueManager(config=StreamsConfig(redis_url=redis_url, partitions=PARTITIONS),
                       client=redis_py.Redis.from_url(redis_url))
     mongo = connect(private_mongo.url)
     db = mongo["outage"]
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if call(api + "/health")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the API did not come up"
-            time.sleep(0.1)
+        eventually(lambda: call(api + "/health")[0] == 200, interval=0.1, ignoring=(OSError,),
+                   message="the API did not come up")
 
         def append_round(tag: str) -> None:
             for u in USERS:
@@ -91,7 +78,8 @@ def test_projectors_wait_out_a_mongo_outage_and_the_api_answers_503(
             assert call(f"{api}/api/users", "POST", {"user_id": u, "email": f"{u}@x.io"}
                         )[0] == 201
         append_round("before")
-        wait(lambda: caught_up(db, qm), "the projector never caught up before the outage")
+        eventually(lambda: caught_up(db, qm), timeout=60, interval=0.1,
+                   message="the projector never caught up before the outage")
         assert call(f"{api}/api/accounts/m0/balance")[0] == 200
 
         private_mongo.stop()
@@ -105,7 +93,8 @@ def test_projectors_wait_out_a_mongo_outage_and_the_api_answers_503(
 
         private_mongo.start()  # same port and data
         append_round("after")
-        wait(lambda: caught_up(db, qm), "the projector did not catch up after the outage")
+        eventually(lambda: caught_up(db, qm), timeout=60, interval=0.1,
+                   message="the projector did not catch up after the outage")
         status, body = call(f"{api}/api/accounts/m0/balance")
         assert status == 200 and body["balance"] == 50, body
         histories = account_histories(qm.redis, PARTITIONS)
@@ -119,17 +108,8 @@ def test_projectors_wait_out_a_mongo_outage_and_the_api_answers_503(
         assert report.ok and not report.mismatches and not report.lagging, \
             report.mismatches
     finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-        for f in logs:
-            f.close()
+        for name in list(deployment.procs):
+            deployment.kill(name)
+        deployment.close()
         qm.close()
         mongo.close()
-
-
-def wait(predicate: Any, message: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, message
-        time.sleep(0.1)

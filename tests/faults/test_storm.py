@@ -27,7 +27,8 @@ import pytest
 import redis as redis_py
 from pymongo.database import Database
 
-from api.embedded import EmbeddedMongo, free_port
+from api.dev.deployment import Deployment
+from api.dev.embedded import EmbeddedMongo, free_port
 from ledger.accounts import fold
 from ledger.scores import credit_score
 from ledger.tasks import allowed_collections
@@ -36,9 +37,10 @@ from projections.runner import all_projections, projector
 from projections.store import MongoDBManager, connect
 from streams import HandlerRegistry, QueueManager, RetryPolicy, Scheduler, StreamsConfig, keys
 from streams.codec import event_id
-from streams.log import account_histories
 from streams.registry import EVENT_COLLECTIONS, EVENT_TASK_TYPES
 from tests.conftest import MakeRedisServer
+from tests.helpers import eventually
+from tests.streamlog import account_histories
 
 from . import handlers
 from .cluster import ROOT, Cluster, read_records
@@ -59,11 +61,14 @@ USERS = [f"storm-{i:02d}" for i in range(10)]
 def drain(qm: QueueManager, db: Database[Any]) -> None:
     """Move every delayed task, run every task and projection until nothing is left."""
     scheduler = Scheduler(qm.redis, PARTITIONS)
-    deadline = time.monotonic() + 30
-    while scheduler.pending():
-        assert time.monotonic() < deadline, "delayed tasks never came due"
+
+    def all_moved() -> bool:
+        if not scheduler.pending():
+            return True
         scheduler.tick()
-        time.sleep(0.05)
+        return False
+
+    eventually(all_moved, message="delayed tasks never came due")
     qm.worker(claim_idle_ms=100, reclaim_every_ms=50,
               retry=RetryPolicy(max_attempts=6, base_ms=50, max_ms=200)
               ).run_until_idle(timeout=DRAIN_S)
@@ -84,16 +89,13 @@ def storm(tmp_path: Path, redis_server: Any, mongo: EmbeddedMongo, db_name: str
     cluster.start_all()
     cluster.wait_api()
     outs = [tmp_path / f"producer-{i}.jsonl" for i in range(len(PRODUCERS))]
-    producers = []
-    files = [open(logs / f"producer-{i}.log", "wb") for i in range(len(PRODUCERS))]  # noqa: SIM115
+    producing = Deployment(env=env, log_dir=logs, cwd=ROOT)
     for i, mode in enumerate(PRODUCERS):
         spec = {"name": f"p{i}", "mode": mode, "seed": SEED + i, "out": str(outs[i]),
                 "users": USERS, "seconds": SECONDS, "redis_url": redis_server.url,
                 "partitions": PARTITIONS, "api_url": cluster.api_url}
-        producers.append(subprocess.Popen(
-            [sys.executable, "-m", "tests.faults.producer", json.dumps(spec)],
-            cwd=ROOT, env={**os.environ, **env}, stdout=files[i],
-            stderr=subprocess.STDOUT))
+        producing.start(f"producer-{i}", json.dumps(spec), module="tests.faults.producer")
+    producers = list(producing.procs.values())
     rng = random.Random(SEED)
     redis_kills = 0
     start = time.monotonic()
@@ -101,12 +103,12 @@ def storm(tmp_path: Path, redis_server: Any, mongo: EmbeddedMongo, db_name: str
                   for i in range(REDIS_KILLS)]
     try:
         while any(p.poll() is None for p in producers):
-            time.sleep(rng.uniform(0.3, 0.9))
+            time.sleep(rng.uniform(0.3, 0.9))  # the storm's pace: random time between faults
             if redis_kills < REDIS_KILLS and time.monotonic() >= kill_times[redis_kills]:
                 redis_server.kill()  # SIGKILL: what a machine crash does to the data
                 print(f"\nredis-server killed at {time.time() * 1000:.0f}")
                 redis_kills += 1
-                time.sleep(rng.uniform(0.3, 1.0))
+                time.sleep(rng.uniform(0.3, 1.0))  # Redis stays down a while
                 redis_server.start()  # same port, same AOF
             else:
                 cluster.kill(rng.choice(sorted(cluster.commands)))
@@ -114,12 +116,9 @@ def storm(tmp_path: Path, redis_server: Any, mongo: EmbeddedMongo, db_name: str
         for p in producers:
             assert p.wait(timeout=120) == 0, "a producer crashed (see its log)"
     finally:
-        for p in producers:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        for f in files:
-            f.close()
+        for name in producing.procs:
+            producing.kill(name)
+        producing.close()
         cluster.stop_all()
     return read_records(outs), cluster, redis_kills
 

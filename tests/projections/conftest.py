@@ -17,7 +17,7 @@ import pytest
 import redis as redis_py
 from pymongo.database import Database
 
-from api.cli_audit import add_parsers, run
+from api.cli.audit import add_parsers, run
 from api.settings import Settings
 from ledger.errors import InsufficientCredits
 from ledger.tasks import Priority
@@ -126,7 +126,7 @@ def trim_half(r: redis_py.Redis) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    """Like ``api.cli._common``: connection options on every subcommand."""
+    """Like ``api.cli.main._common``: connection options on every subcommand."""
     p.add_argument("--redis-url", default=None)
     p.add_argument("--mongo-url", default=None)
     p.add_argument("--mongo-db", default="ledger")

@@ -431,7 +431,7 @@ def test_cli_audit_unknown_user(ledger: QueueManager, cli: Cli,
 
 def test_cli_settings_and_usage_errors(redis_url: str, mongo_url: str,
                                        capsys: pytest.CaptureFixture[str]) -> None:
-    from api.cli_audit import run
+    from api.cli.audit import run
     from api.settings import Settings
     args = parser().parse_args(["audit"])
     assert run(args, Settings(redis_url=redis_url, mongo_url=None)) == 2
@@ -446,7 +446,7 @@ def test_cli_settings_and_usage_errors(redis_url: str, mongo_url: str,
 def test_cli_refuses_another_partition_count(ledger: QueueManager, redis_url: str,
                                              mongo_url: str, mongo_db: Database[Any],
                                              capsys: pytest.CaptureFixture[str]) -> None:
-    from api.cli_audit import run
+    from api.cli.audit import run
     from api.settings import Settings
     args = parser().parse_args(["audit"])
     settings = Settings(redis_url=redis_url, mongo_url=mongo_url, mongo_db=mongo_db.name,
@@ -456,8 +456,8 @@ def test_cli_refuses_another_partition_count(ledger: QueueManager, redis_url: st
 
 
 def test_cli_unreachable_mongo(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    from api.cli_audit import run
-    from api.embedded import free_port
+    from api.cli.audit import run
+    from api.dev.embedded import free_port
     from api.settings import Settings
     url = f"mongodb://127.0.0.1:{free_port()}/?serverSelectionTimeoutMS=300"
     args = parser().parse_args(["audit"])

@@ -18,7 +18,7 @@ from projections.projection import Recorded
 from streams import QueueManager
 from streams.codec import event_fields
 from streams.ids import format_id, parse_id
-from streams.log import account_histories
+from tests.streamlog import account_histories
 
 from .conftest import PARTITIONS, all_streams, project, traffic, trim_half
 

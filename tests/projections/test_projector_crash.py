@@ -4,25 +4,25 @@ equal the fold of the log, every event archived once."""
 from __future__ import annotations
 
 import contextlib
-import os
 import random
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis as redis_py
 from pymongo.database import Database
 
+from api.dev.deployment import Deployment
 from ledger.errors import InsufficientCredits
 from projections.runner import all_projections, projector
 from streams import QueueManager, StreamsConfig
 
 from .conftest import PARTITIONS
 from .test_runner import assert_views_match_the_log
+
+pytestmark = pytest.mark.slow  # a projector process SIGKILLed again and again
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,29 +49,28 @@ def test_projector_killed_repeatedly_loses_and_doubles_nothing(
                     with contextlib.suppress(InsufficientCredits):
                         qm.use(u, rng.randint(1, 80))
                 appended[0] += 1
-                time.sleep(0.004)
+                time.sleep(0.004)  # paces the producer: traffic throughout the kills
         finally:
             qm.close()
 
-    env = {**os.environ, "REDIS_URL": redis_url, "MONGO_URL": mongo_url,
-           "MONGO_DB": mongo_db.name, "LEDGER_PARTITIONS": str(PARTITIONS)}
-    cmd = [sys.executable, "-m", "api", "project", "--batch", "20", "--claim-idle-ms", "300",
-           "--log-level", "WARNING"]
+    deployment = Deployment(redis_url, mongo_url, mongo_db=mongo_db.name,
+                            partitions=PARTITIONS, log_level="WARNING", cwd=ROOT)
     producer = threading.Thread(target=produce)
     producer.start()
     rng = random.Random(9)
-    kills = 0
     try:
-        for _ in range(4):
-            proc = subprocess.Popen(cmd, env=env, cwd=ROOT)
-            time.sleep(rng.uniform(0.6, 1.2))
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            kills += 1
+        deployment.start("projector", "project", "--batch", "20", "--claim-idle-ms", "300")
+        for i in range(4):
+            time.sleep(rng.uniform(0.6, 1.2))  # the projector works a random while, then dies
+            if i < 3:
+                deployment.restart("projector")  # SIGKILL, then the same command again
+            else:
+                deployment.kill("projector")
     finally:
+        deployment.stop()
         stop.set()
         producer.join()
-    assert kills == 4 and appended[0] > 100
+    assert deployment.starts["projector"] == 4 and appended[0] > 100
     assert mongo_db.events.count_documents({}) > 0, "the killed projectors made progress"
     for projection in all_projections():
         projector(qm.redis, PARTITIONS, mongo_db, projection,

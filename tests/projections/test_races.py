@@ -4,11 +4,7 @@ not "already there": nothing is dropped, nothing is taken as written that was no
 from __future__ import annotations
 
 import contextlib
-import os
 import random
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,12 +15,14 @@ from pymongo import monitoring
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
+from api.dev.deployment import Deployment
 from ledger.errors import InsufficientCredits
 from projections.projection import Insert, Upsert
 from projections.runner import apply_writes
 from projections.store import connect
 from streams import QueueManager, keys
-from streams.log import account_histories
+from tests.helpers import eventually
+from tests.streamlog import account_histories
 
 from .conftest import PARTITIONS
 
@@ -111,16 +109,16 @@ def test_an_insert_clashing_on_another_unique_index_is_not_taken_as_archived(
     assert mongo_db.events.find_one({"_id": "r:1"}) is None
 
 
+@pytest.mark.slow  # two projector processes racing
 def test_two_projector_processes_of_one_read_model_end_at_every_last_version(
         qm: QueueManager, redis_url: str, mongo_url: str, mongo_db: Database[Any]) -> None:
     users = [f"t{i}" for i in range(6)]
     for u in users:
         qm.register_user(u, f"{u}@example.com")
-    env = {**os.environ, "REDIS_URL": redis_url, "MONGO_URL": mongo_url,
-           "MONGO_DB": mongo_db.name, "LEDGER_PARTITIONS": str(PARTITIONS)}
-    cmd = [sys.executable, "-m", "api", "project", "--only", "balances", "--batch", "4",
-           "--log-level", "WARNING"]
-    procs = [subprocess.Popen(cmd, env=env, cwd=ROOT) for _ in range(2)]
+    deployment = Deployment(redis_url, mongo_url, mongo_db=mongo_db.name,
+                            partitions=PARTITIONS, log_level="WARNING", cwd=ROOT)
+    procs = [deployment.start(f"projector-{i}", "project", "--only", "balances", "--batch", "4")
+             for i in range(2)]
     try:
         rng = random.Random(11)
         for i in range(240):
@@ -132,17 +130,16 @@ def test_two_projector_processes_of_one_read_model_end_at_every_last_version(
                     qm.use(u, rng.randint(1, 40))
         last = {u: events[-1].version
                 for u, events in account_histories(qm.redis, PARTITIONS).items()}
-        deadline = time.monotonic() + 60
-        while True:
+
+        def reached() -> bool:
             stored = {d["_id"]: d["version"] for d in mongo_db.balances.find()}
-            if stored == last:
-                break
-            assert time.monotonic() < deadline, f"balances {stored} never reached {last}"
-            time.sleep(0.1)
+            assert stored == last, f"balances {stored} never reached {last}"
+            return True
+
+        eventually(reached, timeout=60, interval=0.1)
         assert all(p.poll() is None for p in procs), "both projectors ran throughout"
         consumers = {c["name"] for s in streams() for c in qm.redis.xinfo_consumers(s, GROUP)}
         assert len({name.split(b":")[1] for name in consumers}) == 2, "two processes consumed"
     finally:
-        for p in procs:
-            p.kill()
-            p.wait()
+        for name in list(deployment.procs):
+            deployment.kill(name)

@@ -3,7 +3,6 @@ projectors and producers keep going."""
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 from typing import Any
@@ -16,10 +15,11 @@ from pymongo.database import Database
 from ledger.accounts import fold
 from ledger.scores import credit_score
 from projections.log import read_log
-from projections.replay import Progress, replay
+from projections.replay import replay
 from projections.runner import all_projections, projector
 from streams import QueueManager
-from streams.log import account_histories
+from tests.helpers import eventually
+from tests.streamlog import account_histories
 
 from .conftest import PARTITIONS, Cli, collection, project, traffic, trim_half
 
@@ -159,7 +159,7 @@ def test_replay_while_producers_and_projectors_run(qm: QueueManager, redis_url: 
                 producer.purchase(user, 1 + i % 9, f"live-{i}")
             appended[0] += 1
             i += 1
-            time.sleep(0.005)
+            time.sleep(0.005)  # paces the producer: live traffic, not a flood
 
     live: list[tuple[Any, threading.Thread]] = []
 
@@ -180,9 +180,8 @@ def test_replay_while_producers_and_projectors_run(qm: QueueManager, redis_url: 
 
     def wait_for_appends(n: int) -> int:
         start = appended[0]
-        deadline = time.monotonic() + 10
-        while appended[0] < start + n and time.monotonic() < deadline:
-            time.sleep(0.01)
+        eventually(lambda: appended[0] >= start + n, timeout=10, interval=0.01,
+                   message=f"the producer did not append {n} events")
         return appended[0] - start
 
     during: dict[str, int] = {}
@@ -258,22 +257,6 @@ def test_replay_of_an_empty_log_empties_the_views(qm: QueueManager,
     result = replay(qm.redis, PARTITIONS, mongo_db)
     assert (result.events, result.accounts) == (0, 0)
     assert collection(mongo_db, "balances") == []
-
-
-def test_progress_is_plain_text_and_optional() -> None:
-    out = io.StringIO()
-    shown = Progress(out, interval=0)
-    shown.show("replay: balances", 5, 10)
-    shown.show("replay: balances", 10, 10)
-    shown.end()
-    text = out.getvalue()
-    assert text.startswith("\rreplay: balances [###############...............] 5/10")
-    assert "[##############################] 10/10" in text
-    quiet = io.StringIO()
-    hidden = Progress(quiet, enabled=False)
-    hidden.show("x", 1, 2)
-    hidden.end()
-    assert quiet.getvalue() == ""
 
 
 def test_cli_replay(qm: QueueManager, mongo_db: Database[Any], other_db: Database[Any],

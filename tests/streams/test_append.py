@@ -23,7 +23,7 @@ from ledger.money import MAX_CREDITS
 from ledger.tasks import Priority
 from streams import ConfigError, QueueManager, RetryPolicy, StreamsConfig, keys
 from streams.connection import ensure_partitions
-from streams.log import account_histories, iter_entries
+from tests.streamlog import account_histories, iter_entries
 
 from .conftest import PARTITIONS
 

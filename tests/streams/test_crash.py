@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,9 +12,13 @@ from typing import Any
 import pytest
 from pymongo.database import Database
 
+from api.dev.deployment import Deployment
 from streams import HandlerRegistry, QueueManager, Worker, keys
+from tests.helpers import eventually
 
 from .conftest import PARTITIONS
+
+pytestmark = pytest.mark.slow  # workers in subprocesses, SIGKILLed and SIGTERMed
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,31 +26,17 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def spawn_worker(redis_url: str, mongo_url: str, mongo_db: Database[Any]
                  ) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-    env = {**os.environ, "REDIS_URL": redis_url, "MONGO_URL": mongo_url,
-           "MONGO_DB": mongo_db.name, "LEDGER_PARTITIONS": str(PARTITIONS)}
+    deployment = Deployment(redis_url, mongo_url, mongo_db=mongo_db.name,
+                            partitions=PARTITIONS, log_level="WARNING", cwd=ROOT)
 
     def spawn(*extra: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "api", "worker", "--import", "tests.streams.crash_handlers",
-             "--concurrency", "1", "--claim-idle-ms", "500", "--log-level", "WARNING", *extra],
-            env=env, cwd=ROOT)
-        procs.append(proc)
-        return proc
+        return deployment.start(f"worker-{len(deployment.procs)}", "worker", "--import",
+                                "tests.streams.crash_handlers", "--concurrency", "1",
+                                "--claim-idle-ms", "500", *extra)
 
     yield spawn
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        time.sleep(0.02)
+    for name in list(deployment.procs):
+        deployment.kill(name)
 
 
 def pending(qm: QueueManager) -> int:
@@ -67,7 +54,8 @@ def test_sigkilled_worker_is_taken_over_and_effects_happen_once(
     ids = [qm.enqueue("default", "slow_insert", {"i": i, "ms": 15}) for i in range(n)]
     proc = spawn_worker()
     # a round reads 32 entries and settles them together: kill inside the second round
-    wait_for(lambda: qm.redis.llen("test:ran") >= 40 and pending(qm) > 0)
+    eventually(lambda: qm.redis.llen("test:ran") >= 40 and pending(qm) > 0, interval=0.02,
+               message="the worker did not get into its second round")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     in_flight = pending(qm)
@@ -92,7 +80,8 @@ def test_sigterm_finishes_the_round_and_leaves_nothing_pending(
     n = 300
     ids = [qm.enqueue("default", "slow_insert", {"i": i, "ms": 10}) for i in range(n)]
     proc = spawn_worker()
-    wait_for(lambda: qm.redis.llen("test:ran") >= 20)
+    eventually(lambda: qm.redis.llen("test:ran") >= 20, interval=0.02,
+               message="the worker did not run 20 tasks")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
     assert pending(qm) == 0

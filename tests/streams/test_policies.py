@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.priority import per_partition
 from streams.retry import RetryPolicy
+from streams.worker import per_partition
 
 
 @given(st.integers(1, 60), st.integers(0, 10_000), st.integers(1, 10**7), st.randoms())

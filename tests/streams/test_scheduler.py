@@ -9,7 +9,6 @@ happens in about a second and a half.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -20,6 +19,7 @@ import redis as redis_py
 from ledger.tasks import Priority
 from streams import HandlerRegistry, QueueManager, Scheduler, StreamsConfig, Worker, keys
 from streams.queue_manager import TASK_ID_NAMESPACE
+from tests.helpers import eventually
 
 from .conftest import PARTITIONS
 
@@ -39,10 +39,8 @@ def redis_ms(client: redis_py.Redis) -> int:
 
 def wait_until_redis_ms(client: redis_py.Redis, ms: int, timeout: float = 10.0) -> None:
     """Poll Redis's clock (the one the scripts use) until it reaches ``ms``."""
-    deadline = time.monotonic() + timeout
-    while redis_ms(client) < ms:
-        assert time.monotonic() < deadline, "Redis's clock did not reach the due time"
-        time.sleep(0.02)
+    eventually(lambda: redis_ms(client) >= ms, timeout=timeout, interval=0.02,
+               message="Redis's clock did not reach the due time")
 
 
 def due_at(qm: QueueManager, task_id: str) -> int:

@@ -14,7 +14,7 @@ from ledger.accounts import Account, apply
 from ledger.commands import Command, Purchase, decide
 from ledger.errors import LedgerError, TransactionReused
 from streams import QueueManager
-from streams.log import account_histories
+from tests.streamlog import account_histories
 
 from ..strategies import QUICK, commands
 from .conftest import PARTITIONS

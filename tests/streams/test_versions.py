@@ -11,7 +11,7 @@ import pytest
 import redis as redis_py
 from pymongo.database import Database
 
-from api.embedded import EmbeddedRedis, find_redis_server
+from api.dev.embedded import EmbeddedRedis, find_redis_server
 from ledger.tasks import DEFAULT_COLLECTIONS, Priority
 from projections.store import MongoDBManager
 from streams import HandlerRegistry, QueueManager, RetryPolicy, StreamsConfig, keys

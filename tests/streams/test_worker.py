@@ -14,6 +14,7 @@ from pymongo.database import Database
 from ledger.tasks import Priority
 from streams import HandlerRegistry, QueueManager, Retry, Worker, keys
 from streams.handlers import DBManager
+from tests.helpers import eventually
 
 from .conftest import PARTITIONS
 
@@ -191,11 +192,13 @@ def test_delayed_tasks_run_no_earlier_than_due(qm: QueueManager, registry: Handl
            for name, delay in (("soon", 0.3), ("later", 0.8), ("now", 0))}
     assert qm.get_task_status(ids["soon"])["status"] == "scheduled"  # type: ignore[index]
     scheduler, worker = Scheduler(qm.redis, PARTITIONS), make_worker()
-    deadline = time.time() + 10
-    while len(ran) < 3 and time.time() < deadline:
+
+    def all_ran() -> bool:
         scheduler.tick()
         worker.step()
-        time.sleep(0.01)
+        return len(ran) == 3
+
+    eventually(all_ran, timeout=10, interval=0.01, message=lambda: f"only {sorted(ran)} ran")
     assert set(ran) == {"now", "soon", "later"}
     assert ran["soon"] >= enqueued + 0.3 and ran["later"] >= enqueued + 0.8
     assert ran["now"] < ran["soon"] < ran["later"]
