@@ -5,7 +5,13 @@
 
 ``ts`` is UTC; ``request_id``, ``event_id`` and ``task_id`` appear when the code
 that logs runs inside ``RequestIdMiddleware`` or ``bind(event_id=…)``; fields
-passed with ``extra={…}`` are added as they are (if JSON can hold them).
+passed with ``extra={…}`` are added as they are (if JSON can hold them). The
+access line of a request is ``log_access``, an observer of the one request timer
+(``api.http.timing``) that also feeds the metrics.
+
+Kept by hand rather than structlog: the formatter and the context are under a
+hundred lines, plug into the stdlib ``logging`` every library here already
+uses (uvicorn, pymongo, redis-py), and are tested (``tests/api/test_logs.py``).
 
 ``configure(level)`` installs the JSON handler on the root logger (the CLI calls
 it once at start; run uvicorn with ``log_config=None`` so its loggers propagate
@@ -19,14 +25,17 @@ import json
 import logging
 import re
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from streams.times import iso_utc
+
+if TYPE_CHECKING:
+    from .http.timing import Timed
 
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id",
                                                                         default=None)
@@ -40,11 +49,6 @@ _VALID_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 # attributes every LogRecord has: anything else came through ``extra``
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime",
                                                                           "taskName"}
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
 
 
 def _jsonable(value: Any) -> Any:
@@ -61,7 +65,7 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per record, on one line."""
 
     def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {"ts": _iso(record.created), "level": record.levelname,
+        out: dict[str, Any] = {"ts": iso_utc(int(record.created * 1000)), "level": record.levelname,
                                "logger": record.name, "msg": record.getMessage()}
         for name, var in _CONTEXT.items():
             value = getattr(record, name, None) or var.get()
@@ -112,9 +116,18 @@ def bind(*, event_id: str | None = None, task_id: str | None = None) -> Iterator
 access_log = logging.getLogger("api.access")
 
 
+def log_access(timed: Timed) -> None:
+    """The access line of a finished request (a ``RequestTimer`` observer)."""
+    method, path = timed.scope.get("method"), timed.scope.get("path")
+    access_log.info("%s %s %d", method, path, timed.status,
+                    extra={"method": method, "path": path, "status": timed.status,
+                           "duration_ms": round(timed.seconds * 1000, 2)})
+
+
 class RequestIdMiddleware:
     """Pure ASGI: takes ``X-Request-ID`` (if sane) or makes one, binds it to the
-    request's logs, returns it on the response and writes one access line."""
+    request's logs and returns it on the response (run the timer inside it, so
+    the access line carries the id)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -127,13 +140,9 @@ class RequestIdMiddleware:
                       if k == HEADER.encode()), "")
         request_id = given if _VALID_ID.match(given) else uuid.uuid4().hex
         token = REQUEST_ID.set(request_id)
-        started = time.perf_counter()
-        status = 500
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
             if message["type"] == "http.response.start":
-                status = int(message["status"])
                 headers = [(k, v) for k, v in message.get("headers", [])
                            if k.lower() != HEADER.encode()]
                 headers.append((HEADER.encode(), request_id.encode()))
@@ -143,12 +152,7 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            access_log.info("%s %s %d", scope.get("method"), scope.get("path"), status,
-                            extra={"method": scope.get("method"), "path": scope.get("path"),
-                                   "status": status,
-                                   "duration_ms": round((time.perf_counter() - started) * 1000,
-                                                        2)})
             REQUEST_ID.reset(token)
 
 
-__all__ = ["JsonFormatter", "RequestIdMiddleware", "bind", "configure"]
+__all__ = ["JsonFormatter", "RequestIdMiddleware", "bind", "configure", "log_access"]

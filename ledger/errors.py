@@ -1,21 +1,46 @@
-"""The domain's exceptions.
+"""Every error the project raises on purpose, in one tree.
 
-Every error carries a stable machine code (``code``) and, where it concerns one
-input, the offending ``field``; the HTTP edge maps the classes to status codes.
+Each class carries a stable machine code (``code``) and a ``message``; where it
+concerns one input, the offending ``field``. The root ``Error`` lets a caller
+catch "anything this system refuses or cannot do" in one clause, while
+``LedgerError`` stays what it always meant: the domain said no (code that
+suppresses or records refusals catches it, and must not swallow an outage).
+The HTTP status of each class is in one table, ``api.http.errors.STATUS``.
 
-    LedgerError                      code, message
-    ├── ValidationError              field            -> 400 / 422
-    ├── NotFound
-    │   └── UnknownAccount           user_id          -> 404
-    ├── Conflict
-    │   ├── DuplicateUser            user_id          -> 409
-    │   ├── InsufficientCredits      balance          -> 409 "insufficient_credits"
-    │   ├── IdempotencyKeyReused     key              -> 409 / 422
-    │   ├── TransactionReused        transaction_id   -> 409
-    │   └── LimitExceeded                             -> 409
-    └── IntegrityError
-        ├── VersionGap               user_id, expected, got
-        └── ChainBroken              user_id, version
+    Error                                 code, message
+    ├── LedgerError                       the domain refused (ledger/)
+    │   ├── ValidationError               field                  -> 422 invalid
+    │   │   └── PayloadTooLarge           (ledger.tasks)         -> 413
+    │   ├── NotFound                                             -> 404
+    │   │   └── UnknownAccount            user_id
+    │   ├── Conflict                                             -> 409
+    │   │   ├── DuplicateUser             user_id
+    │   │   ├── InsufficientCredits       balance (in the body too)
+    │   │   ├── IdempotencyKeyReused      key
+    │   │   ├── TransactionReused         transaction_id
+    │   │   ├── LimitExceeded
+    │   │   └── DuplicateDocument         (projections.store) collection, doc_id
+    │   └── IntegrityError                                       -> 500, own code
+    │       ├── VersionGap                user_id, expected, got
+    │       └── ChainBroken               user_id, version
+    ├── StreamsError                      the stream engine (streams.errors)
+    │   ├── Unavailable                   Redis down or refusing -> 503 unavailable
+    │   ├── ConfigError                   deployment disagrees   -> 503 misconfigured
+    │   │   └── EnvError                  (api.settings) a bad variable: exit code 2
+    │   ├── DecodeError                   raw                    -> 500 internal_error
+    │   └── UnknownDeadLetter                                    -> 404
+    ├── StoreUnavailable                  MongoDB down (projections.store) -> 503 unavailable
+    └── ApiError                          the edge's own refusals (api.http.errors)
+        ├── BadRequest                                           -> 400 bad_request
+        │   └── MalformedJson                                    -> 400 malformed_json
+        ├── Unauthorized                  no or unknown API key  -> 401 (WWW-Authenticate)
+        ├── Forbidden                     the role is too weak   -> 403
+        ├── BodyTooLarge                                         -> 413 payload_too_large
+        ├── UnsupportedMediaType                                 -> 415
+        └── TooManyWaiters                (api.http.state)       -> 429 too_many_waits
+
+Not errors: ``streams.Retry`` (a handler asks for another attempt: control flow).
+Anything else reaching the edge is a 500 ``internal_error`` with a generic message.
 """
 
 from __future__ import annotations
@@ -23,14 +48,23 @@ from __future__ import annotations
 from typing import ClassVar
 
 
-class LedgerError(Exception):
-    """Root of every domain error."""
+class Error(Exception):
+    """Root of every error in the tree above (named like DB-API's ``Error``)."""
 
-    code: ClassVar[str] = "ledger_error"
+    code: ClassVar[str] = "error"
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class LedgerError(Error):
+    """Root of the domain's refusals."""
+
+    code = "ledger_error"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
-        self.message = message
 
 
 class ValidationError(LedgerError):

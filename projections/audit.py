@@ -58,7 +58,6 @@ from .log import (
     PAGE,
     LoggedEvent,
     LogSources,
-    Progress,
     acknowledged,
     read_sources,
     stream_heads,
@@ -140,14 +139,21 @@ class AuditReport:
 
 
 def audit(client: RedisClient, partitions: int, db: Database[Any], *, user: str | None = None,
-          page: int = PAGE, progress: Progress | None = None) -> AuditReport:
-    """Audit every account (or ``user``'s); see the module doc for what is checked."""
+          page: int = PAGE,
+          progress: Callable[[str, int, int | None], None] | None = None) -> AuditReport:
+    """Audit every account (or ``user``'s); see the module doc for what is checked.
+
+    ``progress`` is told ``(label, done, total or None)`` while the log is read
+    (the CLI draws it).
+    """
     streams = streams_of(partitions, user)
     marks = acknowledged(client, streams)
     heads = stream_heads(client, streams)
     views = {name: _documents(db, name, user, page) for name in VIEWS}
     states = _states(client, partitions, user)
-    sources = read_sources(client, partitions, db, user=user, page=page, progress=progress)
+    counted = None if progress is None else (
+        lambda n: progress("audit: reading the log", n, None))
+    sources = read_sources(client, partitions, db, user=user, page=page, progress=counted)
     log = sources.log()
 
     report = AuditReport(events=sum(len(e) for e in log.values()))

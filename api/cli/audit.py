@@ -3,10 +3,9 @@
 ``api.cli`` wires them in with ``add_parsers(sub, _common)`` in its parser and
 ``run(args, settings)`` for ``args.command in COMMANDS``.
 
-Exit codes: ``RET_OK`` (0) clean / done; ``RET_MISMATCH`` (1) the audit found
-a difference, or the account to export does not verify; ``RET_USAGE`` (2) bad
-options or settings (argparse also exits 2); ``RET_CONNECT`` (4) Redis or
-MongoDB unreachable; ``RET_NOT_FOUND`` (5) no such account.
+Exit codes (``api.cli.exits``): 0 clean / done; 1 the audit found a
+difference, or the account to export does not verify; 2 bad options or
+settings; 4 Redis or MongoDB unreachable; 5 no such account.
 """
 
 from __future__ import annotations
@@ -18,14 +17,10 @@ from collections.abc import Callable
 from typing import Any
 
 from ..settings import Settings
+from .exits import RET_CONNECT, RET_MISMATCH, RET_NOT_FOUND, RET_OK, RET_USAGE
+from .progress import progress_bars
 
 COMMANDS = frozenset({"replay", "audit"})
-
-RET_OK = 0
-RET_MISMATCH = 1
-RET_USAGE = 2
-RET_CONNECT = 4  # as api.cli.RET_CONNECT
-RET_NOT_FOUND = 5
 
 ONLY_CHOICES = ("balances", "credit_scores", "events")
 FORMATS = ("csv", "jsonl")
@@ -137,11 +132,6 @@ def _check_partitions(client: Any, partitions: int) -> None:
                           f"configured {partitions}")
 
 
-def _progress(args: argparse.Namespace) -> Any:
-    from projections.replay import Progress
-    return Progress(sys.stderr, enabled=bool(args.progress) or sys.stderr.isatty())
-
-
 def _replay(prog: str, args: argparse.Namespace, client: Any, partitions: int,
             db: Any) -> int:
     from pymongo.errors import InvalidName
@@ -163,9 +153,9 @@ def _replay(prog: str, args: argparse.Namespace, client: Any, partitions: int,
         return _fail(prog, f"--into: {exc}", RET_USAGE)
     if into is not None and into.name in ("admin", "local", "config"):
         return _fail(prog, f"--into: {into.name!r} is a system database", RET_USAGE)
-    progress = _progress(args)
-    result = replay(client, partitions, db, only=only, into=into, batch=args.batch,
-                    progress=progress)
+    with progress_bars(bool(args.progress)) as progress:
+        result = replay(client, partitions, db, only=only, into=into, batch=args.batch,
+                        progress=progress)
     where = "swapped into" if into is None or into.name == db.name else "built in"
     for name in result.swapped:
         print(f"{name}: rebuilt and {where} database {result.database!r}")
@@ -187,10 +177,8 @@ def _audit(prog: str, args: argparse.Namespace, client: Any, partitions: int,
            db: Any) -> int:
     from projections.audit import audit
 
-    progress = _progress(args)
-    report = audit(client, partitions, db, user=args.user,
-                   progress=lambda n: progress.show("audit: reading the log", n))
-    progress.end()
+    with progress_bars(bool(args.progress)) as progress:
+        report = audit(client, partitions, db, user=args.user, progress=progress)
     if args.user is not None and report.accounts == 0:
         return _fail(prog, f"no account for user {args.user!r}", RET_NOT_FOUND)
     if args.json:

@@ -26,12 +26,7 @@ from streams.config import DEFAULT_PARTITIONS
 from .. import settings as cfg
 from ..settings import MAX_MS, EnvError, Settings, add_option, env_value, resolve, source
 from . import audit, serve
-
-RET_OK = 0
-RET_ERROR = 1
-RET_USAGE = 2
-RET_IMPORT = 3
-RET_CONNECT = 4
+from .exits import RET_CONNECT, RET_ERROR, RET_IMPORT, RET_OK, RET_USAGE
 
 log = logging.getLogger("ledger")
 

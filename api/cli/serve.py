@@ -21,9 +21,8 @@ from typing import Any
 
 from .. import settings as cfg
 from ..settings import EnvError, Settings, add_option, resolve
+from .exits import RET_OK, RET_USAGE
 
-RET_OK = 0
-RET_USAGE = 2
 FACTORY = "api.cli.serve:app_from_env"
 RATE_ENV = cfg.RATE_PER_S
 BURST_ENV = cfg.RATE_BURST

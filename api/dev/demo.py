@@ -32,10 +32,10 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from ..cli.exits import RET_MISMATCH, RET_OK
 from ..settings import Settings
 from .deployment import Deployment
 
-RET_OK, RET_MISMATCH = 0, 1
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 

@@ -1,8 +1,10 @@
 """``create_app(settings)``: the Starlette app, assembled.
 
 The lifespan opens the Redis and Mongo clients once and closes them at the end;
-routes are plain async functions in ``api/routes/``; domain and driver errors
-map to JSON in ``api/errors``.
+routes are plain async functions in ``api/http/routes/``; every error maps to
+JSON by the one table in ``api/http/errors``. Middleware, outermost first:
+request ids, access log and metrics (one timing wrapper), authentication (the
+caller, resolved once), the rate limit (keyed by that caller).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from streams import QueueManager
 from streams.connection import connect
 
 from ..settings import Settings
-from . import metrics
+from . import auth, metrics
 from .errors import HANDLERS
 from .ratelimit import RateLimit
 from .state import THREADS, AppState
@@ -62,6 +64,6 @@ def create_app(settings: Settings, state: AppState | None = None) -> Starlette:
 
     handlers: dict[Any, Any] = dict(HANDLERS)
     app = Starlette(routes=routes(), lifespan=lifespan, exception_handlers=handlers,
-                    middleware=[*metrics.middleware(), Middleware(RateLimit)])
+                    middleware=[*metrics.middleware(), auth.middleware(), Middleware(RateLimit)])
     app.router.redirect_slashes = False  # an API answers 404, not a redirect, for "/x/"
     return app

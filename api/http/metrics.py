@@ -1,5 +1,5 @@
-"""Prometheus metrics: a tiny process-local registry, an ASGI timing middleware,
-and a snapshot of what Redis and the checkpoints say.
+"""Prometheus metrics: a tiny process-local registry, an observer of the request
+timer (``api.http.timing``), and a snapshot of what Redis and the checkpoints say.
 
 ``GET /metrics`` serves the text exposition format 0.0.4. It needs the admin
 role when API keys are configured (Prometheus: ``authorization: {credentials:
@@ -46,11 +46,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from streams import keys
 from streams.config import StreamsConfig
 from streams.connection import RedisClient, translate
+from streams.times import iso_utc
+
+from .timing import Observer, RequestTimer, Timed
 
 log = logging.getLogger(__name__)
 
@@ -202,44 +205,35 @@ def status_label(status: int) -> str:
     return str(status) if 100 <= status <= 599 else "other"
 
 
-class MetricsMiddleware:
-    """Pure ASGI: counts and times each HTTP request by route template and status.
+def request_observer(registry: Registry | None = None) -> Observer:
+    """Count and time each finished request by route template and status (a
+    ``RequestTimer`` observer).
 
     Every label has a bounded set of values whatever the client sends: the
     template is the matched route's path (``/api/dlq/{entry_id}/requeue``), so
     ids never become label values, and unmatched paths count as ``<unmatched>``;
     the method is ``method_label``'s, the status ``status_label``'s.
     """
+    target = registry or REGISTRY
+
+    def observe(timed: Timed) -> None:
+        route = timed.scope.get("route")
+        template = getattr(route, "path", None) if route is not None else None
+        labels = {"method": method_label(str(timed.scope.get("method", ""))),
+                  "route": template if isinstance(template, str) else "<unmatched>"}
+        target.inc("ledger_http_requests_total", "HTTP requests by route and status",
+                   {**labels, "status": status_label(timed.status)})
+        target.observe("ledger_http_request_duration_seconds",
+                       "HTTP request latency by route", labels, timed.seconds)
+
+    return observe
+
+
+class MetricsMiddleware(RequestTimer):
+    """The request timer with only the metrics observer (for an app without access logs)."""
 
     def __init__(self, app: ASGIApp, registry: Registry | None = None) -> None:
-        self.app = app
-        self.registry = registry or REGISTRY
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) if route is not None else None
-            labels = {"method": method_label(str(scope.get("method", ""))),
-                      "route": template if isinstance(template, str) else "<unmatched>"}
-            self.registry.inc("ledger_http_requests_total", "HTTP requests by route and status",
-                              {**labels, "status": status_label(status)})
-            self.registry.observe("ledger_http_request_duration_seconds",
-                                  "HTTP request latency by route", labels,
-                                  time.perf_counter() - started)
+        super().__init__(app, [request_observer(registry)])
 
 
 # -- what Redis says about consumer groups ---------------------------------------------------
@@ -280,14 +274,7 @@ class GroupStatus:
     def as_dict(self, now_ms: int) -> dict[str, Any]:
         return {"group": self.group, "pending": self.pending, "lag": self.lag,
                 "lag_ms": self.lag_ms(now_ms),
-                "oldest_unacked_at": _iso(self.oldest_ms)}
-
-
-def _iso(ms: int | None) -> str | None:
-    if ms is None:
-        return None
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(
-        timespec="milliseconds").replace("+00:00", "Z")
+                "oldest_unacked_at": iso_utc(self.oldest_ms)}
 
 
 def group_status(client: RedisClient, partitions: int,
@@ -378,7 +365,7 @@ def projections_status(client: RedisClient, partitions: int, db: Any,
         if isinstance(at, datetime) and at.tzinfo is None:
             at = at.replace(tzinfo=UTC)
         out.append({"projection": name, **status[group].as_dict(now),
-                    "checkpoint_at": _iso(int(at.timestamp() * 1000)) if at else None})
+                    "checkpoint_at": iso_utc(round(at.timestamp() * 1000)) if at else None})
     return out
 
 
@@ -457,11 +444,12 @@ def render(client: RedisClient, config: StreamsConfig, db: Any,
 
 def middleware() -> list[Any]:
     """The observability middleware for ``Starlette(middleware=...)``, outermost first:
-    request ids and access logs, then request metrics."""
+    request ids, then one request timer feeding the access log and the metrics."""
     from starlette.middleware import Middleware
 
-    from ..jsonlog import RequestIdMiddleware
-    return [Middleware(RequestIdMiddleware), Middleware(MetricsMiddleware)]
+    from ..jsonlog import RequestIdMiddleware, log_access
+    return [Middleware(RequestIdMiddleware),
+            Middleware(RequestTimer, observers=(log_access, request_observer()))]
 
 
 def instrument(app: Any) -> Any:
@@ -469,11 +457,11 @@ def instrument(app: Any) -> Any:
     present = {m.cls for m in app.user_middleware}
     for m in reversed(middleware()):  # add_middleware puts each outermost
         if m.cls not in present:
-            app.add_middleware(m.cls)
+            app.add_middleware(m.cls, *m.args, **m.kwargs)
     return app
 
 
 __all__ = ["CONTENT_TYPE", "METHODS", "REGISTRY", "Exposition", "GroupStatus",
            "MetricsMiddleware", "Registry", "group_status", "instrument", "method_label",
            "middleware", "projections_status", "queues_status", "record_append", "render",
-           "status_label"]
+           "request_observer", "status_label"]

@@ -1,7 +1,8 @@
 """A per-key token bucket held in Redis, in front of every ``/api`` route.
 
 Each API key (unknown or missing keys: the client address) has a bucket
-``ledger:rl:<id>`` of ``rate_burst`` tokens refilled at ``rate_per_s``; one
+``ledger:rl:<id>``, ``<id>`` being the ``Caller.identity`` that ``api.http.auth``
+resolved for the request, of ``rate_burst`` tokens refilled at ``rate_per_s``; one
 request takes one token. The refill and the take are one Lua step using the
 Redis clock, so every API process shares the same buckets. An empty bucket is
 a 429 with ``Retry-After`` (whole seconds, at least 1). ``rate_per_s <= 0``
@@ -11,16 +12,18 @@ other Redis call would give.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import Any
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .auth import role_of
-from .errors import ApiError, error_response
-from .state import AppState
+from streams.connection import translate
+from streams.errors import Unavailable
+
+from .auth import caller
+from .errors import error_response, response_for
+from .state import app_state
 
 PREFIX = "ledger:rl:"
 
@@ -48,19 +51,6 @@ return {allowed, wait}
 """
 
 
-def bucket_id(request: Request, state: AppState) -> str:
-    """Who pays for this request: a digest of a valid key, else the client address."""
-    if not state.settings.api_keys:
-        return "anonymous"
-    try:
-        role_of(request, state)
-    except ApiError:
-        host = request.client.host if request.client else "unknown"
-        return f"addr:{host}"
-    token = request.headers["authorization"].partition(" ")[2].strip()
-    return "key:" + hashlib.sha256(token.encode()).hexdigest()[:16]
-
-
 def retry_after(wait_ms: int) -> int:
     """Whole seconds to wait, at least 1."""
     return max(1, math.ceil(wait_ms / 1000))
@@ -77,25 +67,20 @@ class RateLimit:
         if scope["type"] != "http" or not str(scope.get("path", "")).startswith("/api"):
             await self.app(scope, receive, send)
             return
-        state: AppState = scope["app"].state.ledger
+        request = Request(scope)
+        state = app_state(request)
         settings = state.settings
         if settings.rate_per_s <= 0:
             await self.app(scope, receive, send)
             return
-        request = Request(scope)
         if self._script is None:
             self._script = state.redis.register_script(BUCKET_LUA)
-        key = PREFIX + bucket_id(request, state)
+        key = PREFIX + caller(request).identity
         try:
             allowed, wait_ms = await state.blocking(
                 self._take, key, settings.rate_per_s, max(1, settings.rate_burst))
-        except Exception as exc:  # Redis down: the same 503 as any other call
-            from streams.errors import Unavailable
-            if not isinstance(exc, Unavailable):
-                raise
-            response = error_response(503, "unavailable", str(exc) or "redis is unavailable",
-                                      headers={"Retry-After": "1"})
-            await response(scope, receive, send)
+        except Unavailable as exc:  # Redis down: the same 503 as any other call
+            await response_for(exc)(scope, receive, send)
             return
         if allowed:
             await self.app(scope, receive, send)
@@ -107,7 +92,6 @@ class RateLimit:
         await response(scope, receive, send)
 
     def _take(self, key: str, rate: float, burst: int) -> tuple[int, int]:
-        from streams.connection import translate
         with translate():
             reply = self._script(keys=[key], args=[rate, burst])
         return int(reply[0]), int(reply[1])

@@ -23,8 +23,8 @@ from starlette.requests import Request
 from ledger.commands import check_user_id
 from ledger.errors import ValidationError
 
-from .errors import ApiError
-from .state import AppState
+from .errors import BadRequest, BodyTooLarge, MalformedJson, UnsupportedMediaType
+from .state import app_state
 
 MAX_BODY_BYTES: Final = 1024 * 1024
 MAX_JSON_DEPTH: Final = 32
@@ -52,15 +52,15 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.strip().isdigit():
-            raise ApiError(400, "bad_request", "Content-Length is not a number")
+            raise BadRequest("Content-Length is not a number")
         if int(declared) > limit:
-            raise ApiError(413, "payload_too_large", f"the body is larger than {limit} bytes")
+            raise BodyTooLarge(f"the body is larger than {limit} bytes")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:  # a missing or lying Content-Length is caught here
-            raise ApiError(413, "payload_too_large", f"the body is larger than {limit} bytes")
+            raise BodyTooLarge(f"the body is larger than {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -105,16 +105,15 @@ def decode_json(raw: bytes) -> Any:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise ApiError(400, "malformed_json", "the body is not valid UTF-8") from None
+        raise MalformedJson("the body is not valid UTF-8") from None
     if not text.strip():
-        raise ApiError(400, "malformed_json", "the body is empty; send a JSON object")
+        raise MalformedJson("the body is empty; send a JSON object")
     if not _depth_ok(text, MAX_JSON_DEPTH):
-        raise ApiError(400, "malformed_json",
-                       f"the body is nested deeper than {MAX_JSON_DEPTH} levels")
+        raise MalformedJson(f"the body is nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         return json.loads(text, parse_constant=_no_constants, object_pairs_hook=_pairs)
     except (ValueError, RecursionError) as exc:
-        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
+        raise MalformedJson(f"the body is not valid JSON: {exc}") from None
 
 
 async def json_object(request: Request, *, optional: bool = False) -> dict[str, Any]:
@@ -124,15 +123,14 @@ async def json_object(request: Request, *, optional: bool = False) -> dict[str, 
         raw = await read_body(request)
         if not raw:
             return {}
-        raise ApiError(415, "unsupported_media_type", "send Content-Type: application/json")
+        raise UnsupportedMediaType("send Content-Type: application/json")
     if ctype is None or not _content_type_ok(ctype):
-        raise ApiError(415, "unsupported_media_type", "send Content-Type: application/json")
+        raise UnsupportedMediaType("send Content-Type: application/json")
     raw = await read_body(request)
     if optional and not raw.strip():
         return {}
     if len(raw) > INLINE_DECODE_BYTES:  # big bodies are parsed off the event loop
-        state: AppState = request.app.state.ledger
-        body = await state.blocking(decode_json, raw)
+        body = await app_state(request).blocking(decode_json, raw)
     else:
         body = decode_json(raw)
     if not isinstance(body, dict):

@@ -17,11 +17,13 @@ from typing import Any, ParamSpec, TypeVar
 import anyio.to_thread
 from anyio import CapacityLimiter
 from pymongo.database import Database
+from starlette.requests import HTTPConnection
 
 from streams import QueueManager
 from streams.connection import RedisClient
 
 from ..settings import Settings
+from .errors import TooManyWaiters
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -31,10 +33,6 @@ WAITERS_PER_KEY = 16
 """``?min_version`` waits one API key may have open in one process (beyond: 429)."""
 WAITERS = 4 * THREADS
 """… and all keys together."""
-
-
-class TooManyWaiters(Exception):
-    """This caller (or the process) already has as many waits open as allowed."""
 
 
 @dataclass(slots=True)
@@ -54,7 +52,8 @@ class AppState:
         Only touched from the event loop, so no lock is needed.
         """
         if self.waiters[who] >= WAITERS_PER_KEY or self.waiters.total() >= WAITERS:
-            raise TooManyWaiters(who)
+            raise TooManyWaiters(f"at most {WAITERS_PER_KEY} min_version waits may be open "
+                                 "per API key; retry after 1 s")
         self.waiters[who] += 1
         try:
             yield
@@ -67,3 +66,12 @@ class AppState:
         """Run a blocking library call on the thread pool."""
         return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs),
                                               limiter=self.limiter)
+
+
+def app_state(conn: HTTPConnection) -> AppState:
+    """The running app's state, as ``create_app``'s lifespan stored it."""
+    state: AppState = conn.app.state.ledger
+    return state
+
+
+__all__ = ["THREADS", "WAITERS", "WAITERS_PER_KEY", "AppState", "TooManyWaiters", "app_state"]

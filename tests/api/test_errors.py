@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis as redis_py
 
-from api.schemas import MAX_BODY_BYTES, MAX_JSON_DEPTH
+from api.http.schemas import MAX_BODY_BYTES, MAX_JSON_DEPTH
 
 from .conftest import MakeClient, auth
 
@@ -159,6 +159,7 @@ def test_503_when_redis_is_down_answers_quickly(make_client: MakeClient) -> None
         assert time.monotonic() - started < 5
 
 
+@pytest.mark.slow  # waits out MongoDB's server selection on every route
 def test_503_when_mongo_is_down_answers_quickly(make_client: MakeClient) -> None:
     client = make_client(mongo_url="mongodb://127.0.0.1:1/?connectTimeoutMS=200")
     for path in ("balance", "credit-score", "events"):

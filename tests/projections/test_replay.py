@@ -89,7 +89,8 @@ def test_replay_only_one_view(qm: QueueManager, mongo_db: Database[Any]) -> None
     result = replay(qm.redis, PARTITIONS, mongo_db, only=["credit_scores"])
     assert result.swapped == ["credit_scores"]
     assert collection(mongo_db, "credit_scores") == live["credit_scores"]
-    assert mongo_db.balances.find_one({"_id": "u0"})["balance"] == -1  # not chosen: untouched
+    doc = mongo_db.balances.find_one({"_id": "u0"})
+    assert doc is not None and doc["balance"] == -1  # not chosen: untouched
     with pytest.raises(ValueError, match="unknown read model"):
         replay(qm.redis, PARTITIONS, mongo_db, only=["balances", "users"])
 
@@ -104,7 +105,8 @@ def test_replay_into_another_database(qm: QueueManager, mongo_db: Database[Any],
     result = replay(qm.redis, PARTITIONS, mongo_db, into=other_db)
     assert result.database == other_db.name
     assert snapshot(other_db) == live
-    assert mongo_db.balances.find_one({"_id": "u1"})["balance"] == 7  # the live db untouched
+    doc = mongo_db.balances.find_one({"_id": "u1"})
+    assert doc is not None and doc["balance"] == 7  # the live db untouched
     assert sorted(other_db.list_collection_names()) == ["balances", "credit_scores", "events"]
 
 
@@ -128,7 +130,8 @@ def test_catch_up_applies_what_live_projectors_wrote_to_the_old_collections(
     assert done
     assert result.caught_up == 2
     assert_views_are_the_fold(qm, mongo_db)
-    assert mongo_db.balances.find_one({"_id": "newcomer"})["balance"] == 50
+    doc = mongo_db.balances.find_one({"_id": "newcomer"})
+    assert doc is not None and doc["balance"] == 50
 
 
 def test_replay_while_producers_and_projectors_run(qm: QueueManager, redis_url: str,

@@ -41,13 +41,13 @@ from ledger.money import MAX_CREDITS
 from ledger.tasks import Priority
 from projections.store import BALANCES, CREDIT_SCORES, EVENTS, StoreUnavailable
 from streams.appender import IDEMPOTENCY_KEY_RE, Appended
+from streams.times import iso_utc
 
 from .. import metrics
-from ..auth import RANK, require, role_of
-from ..errors import error_response, ledger_error_body, status_of
-from ..ratelimit import bucket_id
+from ..auth import Role, caller, requires
+from ..errors import Forbidden, error_body, error_response, status_of
 from ..schemas import MAX_BATCH, idempotency_key, json_object, only_fields, path_user, query_int
-from ..state import WAITERS_PER_KEY, AppState, TooManyWaiters
+from ..state import AppState, app_state
 
 T = TypeVar("T")
 
@@ -64,18 +64,13 @@ EVENT_FIELDS: Final = ("kind", "version", "at_ms", "amount", "text", "ref", "bal
                        "purchased_total", "used_total", "prev_hash", "hash")
 
 
-def _state(request: Request) -> AppState:
-    state: AppState = request.app.state.ledger
-    return state
-
-
 def appended_body(a: Appended) -> dict[str, Any]:
     return {"event_id": a.event_id, "user_id": a.user_id, "version": a.version,
             "balance": a.balance}
 
 
 async def _append(request: Request, command: Command, key: str | None) -> Response:
-    state = _state(request)
+    state = app_state(request)
     try:
         done = await state.blocking(state.qm.append, command, idempotency_key=key)
     except LedgerError as exc:
@@ -95,25 +90,25 @@ async def _path_command(request: Request, kind: str) -> tuple[Command, str | Non
     return parse(kind, {**body, "user_id": user}), key
 
 
+@requires(Role.PRODUCER)
 async def register_user(request: Request) -> Response:
-    require(request, "producer")
     key = idempotency_key(request)
     body = await json_object(request)
     return await _append(request, parse("register_user", body), key)
 
 
+@requires(Role.PRODUCER)
 async def purchase(request: Request) -> Response:
-    require(request, "producer")
     return await _append(request, *await _path_command(request, "purchase"))
 
 
+@requires(Role.PRODUCER)
 async def usage(request: Request) -> Response:
-    require(request, "producer")
     return await _append(request, *await _path_command(request, "use"))
 
 
+@requires(Role.ADMIN)
 async def adjustment(request: Request) -> Response:
-    require(request, "admin")
     return await _append(request, *await _path_command(request, "adjust"))
 
 
@@ -133,15 +128,15 @@ def _item(raw: object, is_admin: bool) -> tuple[Command, str | None]:
         raise ValidationError("kind", "kind is required")
     command = parse(kind if isinstance(kind, str) else "", fields)
     if isinstance(command, Adjust) and not is_admin:
-        raise PermissionError("adjust events need the admin role")
+        raise Forbidden("adjust events need the admin role")
     return command, key
 
 
+@requires(Role.PRODUCER)
 async def batch(request: Request) -> Response:
     """Many appends in one request; each is atomic on its own, results in order."""
-    require(request, "producer")
-    state = _state(request)
-    is_admin = RANK[role_of(request, state)[1]] >= RANK["admin"]
+    state = app_state(request)
+    is_admin = caller(request).role is Role.ADMIN
     body = await json_object(request)
     only_fields(body, ("events",))
     events = body["events"]
@@ -154,12 +149,8 @@ async def batch(request: Request) -> Response:
     for index, raw in enumerate(events):
         try:
             command, key = _item(raw, is_admin)
-        except LedgerError as exc:
-            results[index] = {"index": index, "status": status_of(exc), **ledger_error_body(exc)}
-            continue
-        except PermissionError as exc:
-            results[index] = {"index": index, "status": 403, "error": "forbidden",
-                              "message": str(exc)}
+        except (LedgerError, Forbidden) as exc:
+            results[index] = {"index": index, "status": status_of(exc), **error_body(exc)}
             continue
         todo.append((index, command, key))
     if todo:
@@ -170,7 +161,7 @@ async def batch(request: Request) -> Response:
                                   else "duplicate" if outcome.duplicate else "accepted")
             if isinstance(outcome, LedgerError):
                 results[index] = {"index": index, "status": status_of(outcome),
-                                  **ledger_error_body(outcome)}
+                                  **error_body(outcome)}
             else:
                 results[index] = {"index": index, "status": 201, **appended_body(outcome),
                                   "replayed": outcome.duplicate}
@@ -199,7 +190,8 @@ def _db(state: AppState) -> Any:
 
 
 def _iso(value: object) -> object:
-    return value.isoformat().replace("+00:00", "Z") if isinstance(value, datetime) else value
+    """A read model's datetime as the API shows every time (``iso_utc``, to the ms)."""
+    return iso_utc(round(value.timestamp() * 1000)) if isinstance(value, datetime) else value
 
 
 async def _missing(state: AppState, user: str, projected: int = 0,
@@ -207,7 +199,7 @@ async def _missing(state: AppState, user: str, projected: int = 0,
     """No (new enough) read-model document: 404 if Redis has no such account, else 409."""
     account = await state.blocking(state.qm.balance, user)
     if account is None:
-        return JSONResponse(ledger_error_body(UnknownAccount(user)), status_code=404)
+        return JSONResponse(error_body(UnknownAccount(user)), status_code=404)
     current = int(account["version"])
     if wanted is not None and wanted > current:
         message = f"account {user!r} is at version {current}; {wanted} has not been appended"
@@ -237,12 +229,12 @@ async def _wait_for_version(state: AppState, db: Any, user: str, min_version: in
         delay = min(delay * 2, POLL_MAX_S)
 
 
+@requires(Role.READER)
 async def balance(request: Request) -> Response:
-    require(request, "reader")
     user = path_user(request)
     min_version = query_int(request, "min_version", None, 1, MAX_CREDITS)
     wait_ms = query_int(request, "wait_ms", DEFAULT_WAIT_MS, 0, MAX_WAIT_MS)
-    state = _state(request)
+    state = app_state(request)
     db = _db(state)
     doc = await state.blocking(_bounded, lambda: db[BALANCES].find_one({"_id": user}))
     wanted = min_version or 1
@@ -250,13 +242,8 @@ async def balance(request: Request) -> Response:
         account = await state.blocking(state.qm.balance, user)
         if min_version is not None and account is not None \
                 and int(account["version"]) >= min_version and wait_ms:
-            try:
-                with state.waiting(bucket_id(request, state)):
-                    doc = await _wait_for_version(state, db, user, min_version, wait_ms / 1000)
-            except TooManyWaiters:
-                return error_response(
-                    429, "too_many_waits", f"at most {WAITERS_PER_KEY} min_version waits may "
-                    "be open per API key; retry after 1 s", headers={"Retry-After": "1"})
+            with state.waiting(caller(request).identity):  # else 429 too_many_waits
+                doc = await _wait_for_version(state, db, user, min_version, wait_ms / 1000)
         if doc is None or doc.get("version", 0) < wanted:
             projected = 0 if doc is None else int(doc.get("version", 0))
             return await _missing(state, user, projected, min_version)
@@ -270,10 +257,10 @@ def _view(user: str, figure: str, doc: dict[str, Any]) -> Response:
                          "used_total": doc["used_total"], "updated_at": _iso(doc["updated_at"])})
 
 
+@requires(Role.READER)
 async def credit_score(request: Request) -> Response:
-    require(request, "reader")
     user = path_user(request)
-    state = _state(request)
+    state = app_state(request)
     db = _db(state)
     doc = await state.blocking(_bounded, lambda: db[CREDIT_SCORES].find_one({"_id": user}))
     if doc is None:
@@ -281,14 +268,14 @@ async def credit_score(request: Request) -> Response:
     return _view(user, "score", doc)
 
 
+@requires(Role.READER)
 async def events(request: Request) -> Response:
     """The archive of an account, oldest first, ``limit`` events after ``after_version``."""
-    require(request, "reader")
     user = path_user(request)
     after = query_int(request, "after_version", 0, 0, MAX_CREDITS)
     limit = query_int(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
     assert after is not None and limit is not None
-    state = _state(request)
+    state = app_state(request)
     db = _db(state)
 
     def page() -> list[dict[str, Any]]:

@@ -25,20 +25,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from ledger.errors import ValidationError
 from streams.deadletters import DeadLetter, count_dead, list_dead, requeue
-from streams.status import iso_utc
+from streams.times import iso_utc
 
 from .. import dashboard, metrics
-from ..auth import require
-from ..errors import ApiError
-from ..state import AppState
+from ..auth import Role, requires
+from ..state import AppState, app_state
 
 MAX_DLQ_LIMIT = 500
-
-
-def _state(request: Request) -> AppState:
-    state: AppState = request.app.state.ledger
-    return state
 
 
 async def health(request: Request) -> Response:
@@ -48,7 +43,7 @@ async def health(request: Request) -> Response:
 
 async def ready(request: Request) -> Response:
     """Redis and MongoDB answer: the process can serve."""
-    state = _state(request)
+    state = app_state(request)
     checks: dict[str, str] = {}
     try:
         await state.blocking(state.redis.ping)
@@ -79,26 +74,25 @@ def _limit(request: Request, default: int = 100) -> int:
     try:
         limit = int(raw)
     except ValueError:
-        raise ApiError(422, "invalid", "limit must be an integer", field="limit") from None
+        raise ValidationError("limit", "limit must be an integer") from None
     if not 1 <= limit <= MAX_DLQ_LIMIT:
-        raise ApiError(422, "invalid", f"limit must be between 1 and {MAX_DLQ_LIMIT}",
-                       field="limit")
+        raise ValidationError("limit", f"limit must be between 1 and {MAX_DLQ_LIMIT}")
     return limit
 
 
+@requires(Role.ADMIN)
 async def dlq_list(request: Request) -> Response:
     """The newest dead letters of every partition, newest first."""
-    require(request, "admin")
     limit = _limit(request)
-    state = _state(request)
+    state = app_state(request)
     letters = await state.blocking(list_dead, state.redis, state.settings.partitions, limit)
     return JSONResponse([dead_letter_json(d) for d in letters])
 
 
+@requires(Role.ADMIN)
 async def dlq_requeue(request: Request) -> Response:
     """Put a dead letter back on its stream; 404 if there is no such dead letter."""
-    require(request, "admin")
-    state = _state(request)
+    state = app_state(request)
     entry_id = request.path_params["entry_id"]
     new_id = await state.blocking(requeue, state.redis, state.qm.scripts,
                                   state.settings.partitions, entry_id)
@@ -109,10 +103,10 @@ def _projections(state: AppState) -> list[dict[str, Any]]:
     return metrics.projections_status(state.redis, state.settings.partitions, state.db)
 
 
+@requires(Role.READER)
 async def projections(request: Request) -> Response:
     """Per projection: pending, lag, lag_ms, oldest unacknowledged entry, last checkpoint."""
-    require(request, "reader")
-    state = _state(request)
+    state = app_state(request)
     return JSONResponse(await state.blocking(_projections, state))
 
 
@@ -130,10 +124,10 @@ def _overview(state: AppState) -> dict[str, Any]:
     }
 
 
+@requires(Role.ADMIN)
 async def overview(request: Request) -> Response:
     """Everything the dashboard shows, in one consistent read."""
-    require(request, "admin")
-    state = _state(request)
+    state = app_state(request)
     return JSONResponse(await state.blocking(_overview, state))
 
 
@@ -141,10 +135,10 @@ def _render_metrics(state: AppState) -> str:
     return metrics.render(state.redis, state.settings.streams(), state.db)
 
 
+@requires(Role.ADMIN)
 async def prometheus(request: Request) -> Response:
     """Prometheus text exposition 0.0.4 (admin when API keys are configured)."""
-    require(request, "admin")
-    state = _state(request)
+    state = app_state(request)
     text = await state.blocking(_render_metrics, state)
     return Response(text, media_type=metrics.CONTENT_TYPE)
 

@@ -21,19 +21,14 @@ from ledger.commands import check_email, check_user_id
 from ledger.money import check_amount, check_delta
 from ledger.tasks import Priority, check_priority
 
-from ..auth import require
+from ..auth import Role, requires
 from ..errors import error_response
 from ..schemas import idempotency_key, json_object, only_fields
-from ..state import AppState
+from ..state import app_state
 
 ENQUEUE_REQUIRED: Final = ("queue_name", "task_type", "task_data")
 ENQUEUE_OPTIONAL: Final = ("priority", "delay")
 MAX_TASK_ID: Final = 128
-
-
-def _state(request: Request) -> AppState:
-    state: AppState = request.app.state.ledger
-    return state
 
 
 def accepted(task_id: str, queue_name: str, delay: object) -> Response:
@@ -43,13 +38,13 @@ def accepted(task_id: str, queue_name: str, delay: object) -> Response:
                         status_code=202)
 
 
+@requires(Role.PRODUCER)
 async def enqueue(request: Request) -> Response:
     """Queue a task; ``task_data`` is checked by ``ledger.tasks`` (no ``$``-keys, bounded)."""
-    require(request, "producer")
     key = idempotency_key(request)
     body = await json_object(request)
     only_fields(body, ENQUEUE_REQUIRED, ENQUEUE_OPTIONAL)
-    state = _state(request)
+    state = app_state(request)
     delay = body.get("delay", 0)
     # absent: the queue's own priority; present, it must be 1..4 (null is refused)
     priority = check_priority(body["priority"]) if "priority" in body else None
@@ -59,10 +54,10 @@ async def enqueue(request: Request) -> Response:
     return accepted(task_id, body["queue_name"], delay)
 
 
+@requires(Role.READER)
 async def status(request: Request) -> Response:
-    require(request, "reader")
     task_id = request.path_params["task_id"]
-    state = _state(request)
+    state = app_state(request)
     found = None
     if 0 < len(task_id) <= MAX_TASK_ID:
         found = await state.blocking(state.qm.get_task_status, task_id)
@@ -74,15 +69,15 @@ async def status(request: Request) -> Response:
     return JSONResponse(record)
 
 
+@requires(Role.ADMIN)
 async def stats(request: Request) -> Response:
-    require(request, "admin")
-    state = _state(request)
+    state = app_state(request)
     return JSONResponse(await state.blocking(state.qm.get_queue_stats))
 
 
+@requires(Role.ADMIN)
 async def queue_stats(request: Request) -> Response:
-    require(request, "admin")
-    state = _state(request)
+    state = app_state(request)
     name = request.path_params["queue_name"]
     if state.qm.config.queue(name) is None:
         known = ", ".join(q.name for q in state.qm.config.queues)
@@ -131,11 +126,11 @@ EXAMPLES: Final = {"credit-purchase": _credit_purchase,
 def _example(name: str) -> Any:
     build = EXAMPLES[name]
 
+    @requires(Role.PRODUCER)
     async def example(request: Request) -> Response:
-        require(request, "producer")
         body = await json_object(request, optional=True)
         queue_name, task_type, data, priority = build(body)
-        state = _state(request)
+        state = app_state(request)
         task_id = await state.blocking(state.qm.enqueue, queue_name, task_type, data, priority)
         return accepted(task_id, queue_name, 0)
 
