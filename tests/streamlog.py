@@ -14,10 +14,13 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
 
+from redis.typing import EncodableT, FieldT
+
 from ledger.events import Event
 from streams import keys
 from streams.codec import TASK_KIND, decode_event
 from streams.connection import RedisClient, translate
+from streams.replies import entries as stream_entries
 
 
 def iter_entries(client: RedisClient, partitions: int, page: int = 1000
@@ -29,12 +32,17 @@ def iter_entries(client: RedisClient, partitions: int, page: int = 1000
             start = "-"
             while True:
                 with translate():
-                    entries = client.xrange(stream, min=start, count=page)
+                    entries = stream_entries(client, stream, min=start, count=page)
                 for entry_id, fields in entries:
                     yield stream, entry_id.decode(), fields
                 if len(entries) < page:
                     break
                 start = "(" + entries[-1][0].decode()
+
+
+def xadd_fields(fields: Mapping[bytes, bytes] | Mapping[str, str]) -> dict[FieldT, EncodableT]:
+    """A copy of an entry's fields typed as ``XADD`` takes them (redis-py's dict is invariant)."""
+    return {name: value for name, value in fields.items()}
 
 
 def account_histories(client: RedisClient, partitions: int) -> dict[str, list[Event]]:

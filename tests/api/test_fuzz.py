@@ -22,6 +22,7 @@ from api.http.app import routes
 from api.http.openapi import document
 from projections.runner import project_until_idle
 from streams import keys
+from streams.replies import text
 
 from .conftest import KEYS, PARTITIONS, MakeClient
 from .test_openapi import OWN, inline
@@ -188,7 +189,7 @@ def test_generated_requests(make_client: MakeClient, redis: redis_py.Redis,
                             mongo_db: Database[Any], data: st.DataObject) -> None:
     client = _client(make_client, redis, mongo_db)
     template, method, url, params, headers, content = data.draw(requests())
-    known = set(USERS) | {k.decode().split(":acct:", 1)[1]
+    known = set(USERS) | {text(k).split(":acct:", 1)[1]
                             for k in redis.keys("*:acct:*")}
     before = accounts(redis, known)
     r = client.request(method, url, params=params, headers=headers, content=content)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any, cast
 
 import pytest
+from redis.typing import KeyT, StreamIdT
 from starlette.testclient import TestClient
 
 from api.http.state import AppState
 from projections.runner import project_until_idle, projector
 from projections.scores import CreditScores
 from streams import RetryPolicy, keys
+from streams.replies import entries as stream_entries
 
 from .conftest import MakeClient, auth
 
@@ -150,9 +153,9 @@ def test_projections_report_lag_until_projected(make_client: MakeClient) -> None
         assert p["oldest_unacked_at"] is None and p["checkpoint_at"] is None
     state.qm.register_user("ann", "ann@example.com")
     state.qm.purchase("ann", 50, transaction_id="t-1")
-    p = keys.partition_of("ann", 4)
-    first_id = state.redis.xrange(keys.stream(p, keys.LEVEL_BY_NAME["normal"]),
-                                  count=1)[0][0].decode()
+    partition = keys.partition_of("ann", 4)
+    first_id = stream_entries(state.redis, keys.stream(partition, keys.LEVEL_BY_NAME["normal"]),
+                              count=1)[0][0].decode()
     lagging = projections_by_name(client)
     for proj in lagging.values():
         assert (proj["pending"], proj["lag"]) == (0, 2)
@@ -181,7 +184,9 @@ def test_projections_count_delivered_but_unacknowledged_entries_as_pending(
     # a projector consumer that reads and dies before acknowledging: its entries stay pending
     projector(state.redis, 4, state.db, CreditScores())  # creates the group
     normal = [keys.stream(p, keys.LEVEL_BY_NAME["normal"]) for p in range(4)]
-    read = state.redis.xreadgroup("proj:credit_scores", "crashed", dict.fromkeys(normal, ">"))
+    streams: dict[KeyT, StreamIdT] = dict.fromkeys(normal, ">")
+    # a RESP2 client (the default): a list of [stream, entries] pairs
+    read = cast(list[list[Any]], state.redis.xreadgroup("proj:credit_scores", "crashed", streams))
     ids = sorted(entry_id.decode() for _, entries in read for entry_id, _ in entries)
     assert len(ids) == 2
     scores = projections_by_name(client)["credit_scores"]

@@ -18,6 +18,7 @@ import redis as redis_py
 from pymongo.database import Database
 
 from api.cli import serve as cli_serve
+from api.cli.exits import RET_OK, RET_USAGE
 from api.settings import Settings
 
 from .conftest import KEYS, PARTITIONS, auth
@@ -29,7 +30,11 @@ KEYS_ENV = ",".join(f"{k}:{r}" for k, r in KEYS.items())
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="ledger")
     sub = parser.add_subparsers(dest="command", required=True)
-    cli_serve.add_parsers(sub, lambda p: p.add_argument("--log-level", default="INFO"))
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--log-level", default="INFO")
+
+    cli_serve.add_parsers(sub, common)
     return parser.parse_args(["serve", *argv])
 
 
@@ -38,7 +43,7 @@ def test_refuses_a_public_host_without_keys(capsys: pytest.CaptureFixture[str],
     calls: list[Any] = []
     monkeypatch.setattr("uvicorn.run", lambda *a, **kw: calls.append((a, kw)))
     settings = Settings(redis_url="redis://127.0.0.1:1/0")
-    assert cli_serve.run(parse("--host", "0.0.0.0"), settings) == cli_serve.RET_USAGE
+    assert cli_serve.run(parse("--host", "0.0.0.0"), settings) == RET_USAGE
     assert "without API keys" in capsys.readouterr().err and not calls
 
 
@@ -52,7 +57,7 @@ def test_insecure_keys_or_loopback_start_uvicorn_with_the_factory(
     for argv, settings in ((("--host", "0.0.0.0", "--insecure"), bare),
                            (("--host", "10.1.2.3", "--port", "9001", "--workers", "3"), keyed),
                            (("--host", "::1"), bare), (("--host", "localhost"), bare)):
-        assert cli_serve.run(parse(*argv), settings) == cli_serve.RET_OK, argv
+        assert cli_serve.run(parse(*argv), settings) == RET_OK, argv
     assert [c["host"] for c in calls] == ["0.0.0.0", "10.1.2.3", "::1", "localhost"]
     assert calls[1]["port"] == 9001 and calls[1]["workers"] == 3
     assert all(c["target"] == cli_serve.FACTORY and c["factory"] for c in calls)
@@ -67,8 +72,8 @@ def test_bad_options_are_usage_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     for argv in (("--workers", "0"), ("--port", "70000"), ("--rate-per-s", "nan")):
         with pytest.raises(SystemExit) as exited:  # argparse's own usage error
             parse(*argv)
-        assert exited.value.code == cli_serve.RET_USAGE, argv
-    assert cli_serve.run(parse(), Settings()) == cli_serve.RET_USAGE  # no REDIS_URL
+        assert exited.value.code == RET_USAGE, argv
+    assert cli_serve.run(parse(), Settings()) == RET_USAGE  # no REDIS_URL
 
 
 def free_port() -> int:

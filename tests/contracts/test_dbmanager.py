@@ -145,9 +145,11 @@ class DBManagerContract:
         self, seeded: Manager, store: RawStore
     ) -> None:
         before = store.snapshot()
-        for bad, field in [([{"_id": "x", "$where": "1"}], "document"),
-                           ([{"_id": "a", "n": 1}, {"n": 2}], "document"),
-                           ([{"_id": "x", "n": 2**70}], "document")]:
+        cases: list[tuple[list[dict[str, Any]], str]] = [
+            ([{"_id": "x", "$where": "1"}], "document"),
+            ([{"_id": "a", "n": 1}, {"n": 2}], "document"),
+            ([{"_id": "x", "n": 2**70}], "document")]
+        for bad, field in cases:
             with pytest.raises(ValidationError) as info:
                 seeded.insert_all("analytics", bad)
             assert info.value.field == field

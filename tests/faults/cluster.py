@@ -55,7 +55,7 @@ class Cluster(Deployment):
 
 
 def read_records(paths: list[Path]) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
     for path in paths:
         if path.exists():
             out.extend(json.loads(line) for line in path.read_text().splitlines() if line)

@@ -25,10 +25,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from ledger.errors import LedgerError
-from streams import QueueManager, StreamsConfig
+from streams import Appended, QueueManager, StreamsConfig
 from streams.errors import Unavailable
 
 RETRY_FOR_S = 60.0
@@ -84,8 +85,10 @@ class Producer:
             if op == "task":
                 task_id = self.qm.enqueue(idempotency_key=key, **args)
                 return 202, {"task_id": task_id}
-            call = {"register": self.qm.register_user, "purchase": self.qm.purchase,
-                    "use": self.qm.use, "adjust": self.qm.adjust}[op]
+            calls: dict[str, Callable[..., Appended]] = {
+                "register": self.qm.register_user, "purchase": self.qm.purchase,
+                "use": self.qm.use, "adjust": self.qm.adjust}
+            call = calls[op]
             done = call(idempotency_key=key, **args)
         except Unavailable:
             raise Retry from None

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import redis as redis_py
 from pymongo.database import Database
+from redis.typing import EncodableT, FieldT
 
 from ledger.accounts import fold
 from ledger.events import Event
@@ -17,13 +18,16 @@ from projections.runner import all_projections, group_of, projector
 from projections.store import MongoDBManager
 from streams import HandlerRegistry, QueueManager, StreamsConfig, keys
 from streams.codec import decode_event, pack
+from streams.replies import entries as stream_entries
+from streams.replies import text
 
 from . import handlers
 from .conftest import PARTITIONS
 
-GOOD_EVENT = {"k": "credits_purchased", "u": "victim", "v": "1", "t": "1", "a": "5", "b": "5",
-              "p": "5", "x": "0", "tx": "USD", "r": "t", "ph": "", "h": "00", "q": "default"}
-POISON: dict[str, dict[str, Any]] = {
+GOOD_EVENT: dict[FieldT, EncodableT] = {
+    "k": "credits_purchased", "u": "victim", "v": "1", "t": "1", "a": "5", "b": "5",
+    "p": "5", "x": "0", "tx": "USD", "r": "t", "ph": "", "h": "00", "q": "default"}
+POISON: dict[str, dict[FieldT, EncodableT]] = {
     "undecodable bytes": {b"k": b"\xff\xfe\x00", b"u": b"\x80\x81", b"\xff": b"\xfe"},
     "no fields we know": {"hello": "world"},
     "unknown event kind": {**GOOD_EVENT, "k": "credits_stolen"},
@@ -58,7 +62,7 @@ def test_poison_goes_to_the_dead_letters_and_nothing_stalls(
             for level in keys.LEVELS_DESC:
                 stream = keys.stream(p, level)
                 for name, fields in POISON.items():
-                    poisoned[(stream, redis.xadd(stream, fields).decode())] = name
+                    poisoned[(stream, text(redis.xadd(stream, fields)))] = name
                 for u in users:  # good traffic behind the poison, on every stream
                     qm.purchase(u, 10, f"{u}-{p}-{int(level)}", priority=Priority(level))
         good_tasks = [qm.enqueue("default", "fault_task", {"ref": f"good-{i}"})
@@ -104,6 +108,6 @@ def good_events(qm: QueueManager, user: str) -> list[Event]:
     """``user``'s events, in version order (no poison entry names a real user)."""
     p = keys.partition_of(user, PARTITIONS)
     events = [decode_event(fields) for level in keys.LEVELS_DESC
-              for _, fields in qm.redis.xrange(keys.stream(p, level))
+              for _, fields in stream_entries(qm.redis, keys.stream(p, level))
               if fields.get(b"u") == user.encode() and fields.get(b"k") != b"task"]
     return sorted(events, key=lambda e: e.version)

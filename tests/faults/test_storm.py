@@ -38,6 +38,8 @@ from projections.store import MongoDBManager, connect
 from streams import HandlerRegistry, QueueManager, RetryPolicy, Scheduler, StreamsConfig, keys
 from streams.codec import event_id
 from streams.registry import EVENT_COLLECTIONS, EVENT_TASK_TYPES
+from streams.replies import entries as stream_entries
+from streams.replies import text
 from tests.conftest import MakeRedisServer
 from tests.helpers import eventually
 from tests.streamlog import account_histories
@@ -224,11 +226,11 @@ def check(qm: QueueManager, db: Database[Any], records: list[dict[str, Any]]) ->
         problems.append(f"archive holds {db.events.count_documents({})} events, "
                         f"the log {len(logged)}")
     # every event recorded once in its original collection by the workers
-    runs = Counter({k.decode(): int(v) for k, v in qm.redis.hgetall(handlers.RUNS).items()})
+    runs = Counter({text(k): int(v) for k, v in qm.redis.hgetall(handlers.RUNS).items()})
     dead_events = {}
     for d in qm.dead_letters(limit=100_000):
         if d.kind != "task":
-            fields = qm.redis.xrange(d.stream, d.original_id, d.original_id)
+            fields = stream_entries(qm.redis, d.stream, min=d.original_id, max=d.original_id)
             dead_events[event_id(d.user_id or "", int(fields[0][1][b"v"]))] = d
     recorded: set[str] = set()
     for collection in EVENT_COLLECTIONS.values():

@@ -46,7 +46,7 @@ REQUIRED = {
     "use": ["user_id", "amount"],
     "adjust": ["user_id", "delta", "reason"],
 }
-VALID = {
+VALID: dict[str, dict[str, object]] = {
     "register_user": {"user_id": "u-1", "email": "a@example.org"},
     "purchase": {"user_id": "u-1", "amount": 10, "currency": "EUR", "transaction_id": "tx-1"},
     "use": {"user_id": "u-1", "amount": 3, "reason": "lunch"},
@@ -268,9 +268,10 @@ def test_commands_on_no_account_are_unknown_account(command: Purchase | Use | Ad
 @given(balance=st.integers(0, 10**6), extra=st.integers(1, 10**6))
 def test_overdraw_is_refused_with_balance_and_request(balance: int, extra: int) -> None:
     account = funded(balance) if balance else registered()
-    for command, requested in [(Use(user_id="u", amount=balance + extra), balance + extra),
-                               (Adjust(user_id="u", delta=-(balance + extra), reason="r"),
-                                balance + extra)]:
+    cases: list[tuple[Use | Adjust, int]] = [
+        (Use(user_id="u", amount=balance + extra), balance + extra),
+        (Adjust(user_id="u", delta=-(balance + extra), reason="r"), balance + extra)]
+    for command, requested in cases:
         with pytest.raises(InsufficientCredits) as info:
             decide(account, command, at_ms=3)
         assert (info.value.balance, info.value.requested) == (balance, requested)
@@ -288,8 +289,9 @@ def test_spending_exactly_the_balance_leaves_zero(balance: int) -> None:
 
 def test_totals_beyond_max_credits_are_limit_exceeded() -> None:
     account = funded(MAX_CREDITS)
-    for command in [Purchase(user_id="u", amount=1, transaction_id="t2"),
-                    Adjust(user_id="u", delta=1, reason="bonus")]:
+    commands: list[Purchase | Adjust] = [Purchase(user_id="u", amount=1, transaction_id="t2"),
+                                         Adjust(user_id="u", delta=1, reason="bonus")]
+    for command in commands:
         with pytest.raises(LimitExceeded):
             decide(account, command, at_ms=3)
 

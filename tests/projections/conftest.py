@@ -23,6 +23,10 @@ from ledger.errors import InsufficientCredits
 from ledger.tasks import Priority
 from projections.runner import project_until_idle
 from streams import HandlerRegistry, QueueManager, StreamsConfig, keys
+from streams.connection import RedisClient
+from streams.replies import Fields
+from streams.replies import entries as stream_entries
+from tests.streamlog import xadd_fields
 
 PARTITIONS = 4
 
@@ -75,51 +79,50 @@ def collection(db: Database[Any], name: str) -> list[dict[str, Any]]:
     return sorted((dict(d) for d in db[name].find()), key=lambda d: str(d["_id"]))
 
 
-def entries_of(r: redis_py.Redis, user: str) -> list[tuple[str, str, dict[bytes, bytes]]]:
+def entries_of(r: RedisClient, user: str) -> list[tuple[str, str, Fields]]:
     """(stream, entry id, fields) of ``user``'s events, in version order."""
     p = keys.partition_of(user, PARTITIONS)
-    found = []
+    found: list[tuple[str, str, Fields]] = []
     for lv in keys.LEVELS_DESC:
         stream = keys.stream(p, lv)
-        for eid, fields in r.xrange(stream):
+        for eid, fields in stream_entries(r, stream):
             if fields.get(b"u") == user.encode() and fields.get(b"k") != b"task":
                 found.append((stream, eid.decode(), fields))
     return sorted(found, key=lambda e: int(e[2][b"v"]))
 
 
-def not_first(r: redis_py.Redis, user: str) -> tuple[str, str, dict[bytes, bytes]]:
+def not_first(r: RedisClient, user: str) -> tuple[str, str, Fields]:
     """One of ``user``'s entries that is neither the first of its stream nor the
     account's last event (so deleting it leaves a hole, not a trimmed-looking head)."""
     events = entries_of(r, user)
     for stream, eid, fields in events[1:-1]:
-        if r.xrange(stream, count=1)[0][0].decode() != eid:
+        if stream_entries(r, stream, count=1)[0][0].decode() != eid:
             return stream, eid, fields
     raise AssertionError(f"no middle entry for {user}: make more traffic")
 
 
-def rewrite_stream(r: redis_py.Redis, stream: str,
-                   change: Callable[[str, dict[bytes, bytes]], dict[bytes, bytes] | None]
-                   ) -> None:
+def rewrite_stream(r: RedisClient, stream: str,
+                   change: Callable[[str, Fields], Fields | None]) -> None:
     """Rewrite a whole stream in place, as someone with write access to Redis could:
     DEL it and XADD every entry again under its original id (``change`` may alter or
     drop one), then recreate its consumer groups where they were."""
-    entries = r.xrange(stream)
+    entries = stream_entries(r, stream)
     groups = r.xinfo_groups(stream)
     r.delete(stream)
     for raw_id, fields in entries:
         eid = raw_id.decode()
         new = change(eid, dict(fields))
         if new is not None:
-            r.xadd(stream, new, id=eid)  # type: ignore[arg-type]
+            r.xadd(stream, xadd_fields(new), id=eid)
     for g in groups:
         r.xgroup_create(stream, g["name"], id=g["last-delivered-id"], mkstream=True)
 
 
-def trim_half(r: redis_py.Redis) -> int:
+def trim_half(r: RedisClient) -> int:
     """Exactly trim the older half of every stream (XTRIM MINID, not approximate)."""
     removed = 0
     for stream in all_streams():
-        ids = [eid for eid, _ in r.xrange(stream)]
+        ids = [eid for eid, _ in stream_entries(r, stream)]
         if len(ids) >= 2:
             removed += r.xtrim(stream, minid=ids[len(ids) // 2].decode(), approximate=False)
     return removed

@@ -13,6 +13,8 @@ from ledger.chain import link
 from projections import audit as A
 from projections.audit import AuditReport, audit
 from streams import QueueManager, keys
+from streams.replies import entries as stream_entries
+from streams.replies import text
 
 from .conftest import (
     PARTITIONS,
@@ -166,7 +168,7 @@ def test_stream_entry_changed_after_it_was_archived(ledger: QueueManager,
                                                     mongo_db: Database[Any]) -> None:
     stream, eid, fields = a_purchase(ledger, "u1")
     rewrite_stream(ledger.redis, stream, change_amount(eid, int(fields[b"a"]) + 1000))
-    assert ledger.redis.xrange(stream, eid, eid)[0][1][b"a"] != fields[b"a"]
+    assert stream_entries(ledger.redis, stream, min=eid, max=eid)[0][1][b"a"] != fields[b"a"]
     report = run_audit(ledger, mongo_db)
     assert found(report) == {("u1", A.ARCHIVE_DIFFERS), ("u1", A.CHAIN_BROKEN)}
     differs = {m.where.split(" vs ")[0] for m in report.mismatches
@@ -229,7 +231,7 @@ def trim_everything(qm: QueueManager) -> None:
             stream = keys.stream(p, lv)
             last = qm.redis.xrevrange(stream, count=1)
             if last:
-                qm.redis.xtrim(stream, minid=_after(last[0][0].decode()), approximate=False)
+                qm.redis.xtrim(stream, minid=_after(text(last[0][0])), approximate=False)
 
 
 def test_archive_documents_swapped_whole(ledger: QueueManager,

@@ -18,7 +18,9 @@ from projections.projection import Recorded
 from streams import QueueManager
 from streams.codec import event_fields
 from streams.ids import format_id, parse_id
-from tests.streamlog import account_histories
+from streams.replies import entries as stream_entries
+from streams.replies import text
+from tests.streamlog import account_histories, xadd_fields
 
 from .conftest import PARTITIONS, all_streams, project, traffic, trim_half
 
@@ -77,7 +79,7 @@ def test_a_deleted_middle_entry_is_told_from_a_trimmed_one(qm: QueueManager,
     traffic(qm, users=2, events=40)
     project(qm, mongo_db)
     stream = max(all_streams(), key=qm.redis.xlen)
-    ids = [eid.decode() for eid, _ in qm.redis.xrange(stream)]
+    ids = [eid.decode() for eid, _ in stream_entries(qm.redis, stream)]
     assert len(ids) >= 4
     qm.redis.xtrim(stream, minid=ids[1], approximate=False)  # ids[0] trimmed
     qm.redis.xdel(stream, ids[2])  # ids[2] deleted from the middle
@@ -100,7 +102,7 @@ def test_requeued_copies_and_tasks_are_skipped(qm: QueueManager,
     # what requeue.lua writes back: the entry's own fields plus rq=<stream>/<id>
     copy = {**event_fields(event.event, "default"),
             "rq": f"{event.stream.stream}/{event.stream.entry_id}"}
-    copy_id = qm.redis.xadd(event.stream.stream, copy).decode()  # type: ignore[arg-type]
+    copy_id = text(qm.redis.xadd(event.stream.stream, xadd_fields(copy)))
     qm.enqueue("default", "noop", {"x": 1})
     sources = read_sources(qm.redis, PARTITIONS, mongo_db)
     log = sources.log()
@@ -166,7 +168,7 @@ def test_tail_finds_events_trimmed_before_it_was_read(qm: QueueManager,
     for stream in all_streams():  # everything archived, then every stream trimmed empty
         last = qm.redis.xrevrange(stream, count=1)
         if last:
-            ms, seq = parse_id(last[0][0])
+            ms, seq = parse_id(text(last[0][0]))
             qm.redis.xtrim(stream, minid=format_id((ms, seq + 1)), approximate=False)
             assert qm.redis.xlen(stream) == 0
     tail = read_tail(qm.redis, PARTITIONS, mongo_db, first)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from pymongo.database import Database
 
@@ -10,6 +10,7 @@ from ledger.tasks import Priority
 from projections.runner import all_projections, projector
 from streams import QueueManager, keys
 from streams.registry import EVENT_TASK_TYPES
+from streams.replies import entries as stream_entries
 from streams.retention import trim
 from streams.retry import RetryPolicy
 
@@ -38,10 +39,12 @@ def test_trim_waits_for_every_group(qm: QueueManager,
     # a worker takes 10 entries and dies with them pending
     p = keys.partition_of("r", PARTITIONS)
     stream = keys.stream(p, Priority.NORMAL)
-    taken = qm.redis.xreadgroup("workers", "doomed", {stream: ">"}, count=10)
+    # a RESP2 client (the default): a list of [stream, entries] pairs
+    taken = cast(list[list[Any]],
+                 qm.redis.xreadgroup("workers", "doomed", {stream: ">"}, count=10))
     first_pending = taken[0][1][0][0]
     assert trim(qm.redis, PARTITIONS, keep_ms=0) == 0  # the oldest pending is the first
-    assert qm.redis.xrange(stream)[0][0] == first_pending
+    assert stream_entries(qm.redis, stream)[0][0] == first_pending
     # everything handled: all of it may go, the archive keeps it
     qm.worker(claim_idle_ms=0).run_until_idle()
     assert trim(qm.redis, PARTITIONS, keep_ms=60_000) == 0  # younger than the window
@@ -51,7 +54,8 @@ def test_trim_waits_for_every_group(qm: QueueManager,
     # new events keep flowing after a trim
     qm.purchase("r", 5, "after")
     projector(qm.redis, PARTITIONS, mongo_db, all_projections()[0]).run_until_idle()
-    assert mongo_db.balances.find_one({"_id": "r"})["balance"] == 35
+    doc = mongo_db.balances.find_one({"_id": "r"})
+    assert doc is not None and doc["balance"] == 35
 
 
 def run_every_group(qm: QueueManager, db: Database[Any], archive_retry: RetryPolicy) -> None:
@@ -73,7 +77,7 @@ def test_an_event_the_archive_dead_lettered_is_never_trimmed(
     for i in range(5):
         qm.purchase("r", 1, f"t{i}")
     stream = keys.stream(keys.partition_of("r", PARTITIONS), Priority.NORMAL)
-    ids = [eid.decode() for eid, _ in qm.redis.xrange(stream)]
+    ids = [eid.decode() for eid, _ in stream_entries(qm.redis, stream)]
     mongo_db.events.create_index("entry_id", unique=True)
     mongo_db.events.insert_one({"_id": "squatter", "entry_id": ids[2]})
     quick = RetryPolicy(max_attempts=2, base_ms=1, max_ms=5)
@@ -83,7 +87,7 @@ def test_an_event_the_archive_dead_lettered_is_never_trimmed(
     assert mongo_db.events.find_one({"_id": "r:3"}) is None
 
     assert trim(qm.redis, PARTITIONS, keep_ms=0) == 2
-    assert [eid.decode() for eid, _ in qm.redis.xrange(stream)] == ids[2:]
+    assert [eid.decode() for eid, _ in stream_entries(qm.redis, stream)] == ids[2:]
     assert trim(qm.redis, PARTITIONS, keep_ms=0) == 0
 
     # poison the archive dead-letters too is not an event: it holds nothing back
@@ -91,7 +95,7 @@ def test_an_event_the_archive_dead_lettered_is_never_trimmed(
                   {"k": "garbage"})
     run_every_group(qm, mongo_db, quick)
     assert trim(qm.redis, PARTITIONS, keep_ms=0) == 1
-    assert [eid.decode() for eid, _ in qm.redis.xrange(stream)] == ids[2:]
+    assert [eid.decode() for eid, _ in stream_entries(qm.redis, stream)] == ids[2:]
 
     # requeued once the clash is gone: archived, and the stream may go
     mongo_db.events.delete_one({"_id": "squatter"})

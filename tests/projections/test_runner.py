@@ -101,7 +101,8 @@ def test_poison_entries_are_dead_lettered_and_projection_goes_on(
                                                         "v": "oops"})
     qm.purchase("a", 10, "t1")
     project_until_idle(qm.redis, PARTITIONS, mongo_db)
-    assert mongo_db.balances.find_one({"_id": "a"})["balance"] == 10
+    doc = mongo_db.balances.find_one({"_id": "a"})
+    assert doc is not None and doc["balance"] == 10
     groups = {d.group for d in qm.dead_letters()}
     assert groups == {"proj:balances", "proj:credit_scores", "proj:events"}
 
@@ -126,7 +127,8 @@ def test_projector_waits_out_a_database_outage(qm: QueueManager, tmp_path: Path)
             server.start()
             eventually(lambda: (db.balances.find_one({"_id": "b"}) or {}).get("version") == 6,
                        timeout=20, interval=0.1, message="projector did not catch up")
-            assert db.balances.find_one({"_id": "b"})["balance"] == 50
+            doc = db.balances.find_one({"_id": "b"})
+            assert doc is not None and doc["balance"] == 50
             assert qm.dead_letters() == []
         finally:
             worker.stop()

@@ -17,6 +17,7 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
+from redis.typing import KeyT, StreamIdT
 
 from ledger.errors import LedgerError
 from ledger.events import Totals
@@ -110,8 +111,8 @@ class LedgerMachine(RuleBasedStateMachine):
     def crash_a_projector_mid_round(self, name: str) -> None:
         # a consumer reads a round (the entries become pending to it) and dies
         self.crashes += 1
-        streams = {keys.stream(p, lv): ">" for p in range(PARTITIONS)
-                   for lv in keys.LEVELS_DESC}
+        streams: dict[KeyT, StreamIdT] = {keys.stream(p, lv): ">" for p in range(PARTITIONS)
+                                          for lv in keys.LEVELS_DESC}
         ensure_groups(self.redis, PARTITIONS, f"proj:{name}")
         self.redis.xreadgroup(f"proj:{name}", f"crashed-{self.crashes}", streams, count=3)
 
@@ -159,7 +160,8 @@ class LedgerMachine(RuleBasedStateMachine):
         for user, states in self.history.items():
             doc = self.db.balances.find_one({"_id": user})
             assert doc is not None and doc["version"] == len(states)
-            assert self.db.credit_scores.find_one({"_id": user})["version"] == len(states)
+            score = self.db.credit_scores.find_one({"_id": user})
+            assert score is not None and score["version"] == len(states)
             assert self.db.events.count_documents({"user_id": user}) == len(states)
         pending = sum(self.redis.xpending(keys.stream(p, lv), group_of(proj))["pending"]
                       for p in range(PARTITIONS) for lv in keys.LEVELS_DESC

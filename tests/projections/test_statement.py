@@ -14,6 +14,7 @@ from pymongo.database import Database
 from ledger.errors import ChainBroken, UnknownAccount
 from projections.statement import COLUMNS, iso_utc, statement, write
 from streams import QueueManager
+from streams.replies import text
 
 from .conftest import PARTITIONS, Cli, all_streams, parser, project, traffic, trim_half
 
@@ -97,7 +98,7 @@ def test_unknown_account_and_broken_history(qm: QueueManager,
     for stream in all_streams():  # archived: the streams may go
         last = qm.redis.xrevrange(stream, count=1)
         if last:
-            ms, seq = last[0][0].decode().split("-")
+            ms, seq = text(last[0][0]).split("-")
             qm.redis.xtrim(stream, minid=f"{ms}-{int(seq) + 1}", approximate=False)
     assert len(statement(qm.redis, PARTITIONS, mongo_db, "b")) == 2
     mongo_db.events.update_one({"_id": "b:2"}, {"$set": {"amount": 1000,
@@ -143,7 +144,7 @@ def test_cli_export_hostile_input(qm: QueueManager, mongo_db: Database[Any], cli
     for stream in all_streams():
         last = qm.redis.xrevrange(stream, count=1)
         if last:
-            ms, seq = last[0][0].decode().split("-")
+            ms, seq = text(last[0][0]).split("-")
             qm.redis.xtrim(stream, minid=f"{ms}-{int(seq) + 1}", approximate=False)
     assert cli("audit", "export", "--user", "h") == 1
     assert "does not verify" in capsys.readouterr().err

@@ -10,13 +10,14 @@ import pytest
 from ledger.errors import IdempotencyKeyReused, ValidationError
 from streams import QueueManager
 from streams.errors import UnknownDeadLetter
+from streams.replies import text
 
 from ..strategies import nest
 
 
 def nothing_written(qm: QueueManager) -> bool:
     """Only the partition-count record may exist."""
-    return {k.decode() for k in qm.redis.keys("*")} <= {"ledger:meta"}
+    return {text(k) for k in qm.redis.keys("*")} <= {"ledger:meta"}
 
 
 @pytest.mark.parametrize("kwargs, field", [

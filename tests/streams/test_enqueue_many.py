@@ -20,7 +20,7 @@ def test_tasks_are_queued_in_order_and_each_runs_once(
         make_worker: Callable[..., Worker]) -> None:
     seen: list[int] = []
 
-    def handler(data: Mapping[str, Any], db: Any) -> bool:
+    def handler(data: Mapping[str, Any], db_manager: Any) -> bool:
         seen.append(int(data["i"]))
         return True
 

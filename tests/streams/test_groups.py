@@ -13,6 +13,7 @@ from api.dev.embedded import EmbeddedRedis
 from streams import StreamsConfig, keys
 from streams.errors import Unavailable
 from streams.groups import GroupInfo, acked_below, groups
+from streams.replies import text
 from streams.retention import trim, trim_point
 from streams.status import queue_stats, task_status
 from tests.conftest import MakeRedisServer
@@ -38,7 +39,7 @@ def test_groups_of_a_missing_stream_are_none(client: redis_py.Redis) -> None:
 
 
 def test_groups_report_pending_and_the_acknowledged_mark(client: redis_py.Redis) -> None:
-    ids = [client.xadd(STREAM, {"n": str(i)}).decode() for i in range(3)]
+    ids = [text(client.xadd(STREAM, {"n": str(i)})) for i in range(3)]
     client.xgroup_create(STREAM, "g", id="0")
     client.xgroup_create(STREAM, "idle", id="$")
     client.xreadgroup("g", "c1", {STREAM: ">"}, count=2)

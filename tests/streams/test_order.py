@@ -11,6 +11,8 @@ from streams import HandlerRegistry, QueueManager, Worker, keys
 from streams.deadletters import list_dead
 from streams.handlers import DBManager
 from streams.ids import format_id, parse_id
+from streams.replies import entries as stream_entries
+from tests.streamlog import xadd_fields
 
 from .conftest import PARTITIONS
 
@@ -39,11 +41,11 @@ def test_one_accounts_events_reach_the_handler_in_version_order(
                        for i in range(40))])
     # the same 41 entries, all in one millisecond (seq 0..40), as a fast batch gives them
     stream = keys.stream(keys.partition_of("ord", PARTITIONS), Priority.NORMAL)
-    entries = qm.redis.xrange(stream)
+    entries = stream_entries(qm.redis, stream)
     assert len(entries) == 41
     qm.redis.delete(stream)
     for seq, (_, fields) in enumerate(entries):
-        qm.redis.xadd(stream, fields, id=f"1700000000000-{seq}")
+        qm.redis.xadd(stream, xadd_fields(fields), id=f"1700000000000-{seq}")
 
     worker = make_worker(batch=64 * PARTITIONS)  # one round takes them all
     assert worker.step() == 41

@@ -14,11 +14,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
-import redis as redis_py
 
 from ledger.tasks import Priority
 from streams import HandlerRegistry, QueueManager, Scheduler, StreamsConfig, Worker, keys
+from streams.connection import RedisClient
 from streams.queue_manager import TASK_ID_NAMESPACE
+from streams.replies import entries as stream_entries
 from tests.helpers import eventually
 
 from .conftest import PARTITIONS
@@ -32,12 +33,12 @@ def config(redis_url: str) -> StreamsConfig:
     return StreamsConfig(redis_url=redis_url, partitions=PARTITIONS, idempotency_ttl_s=TTL_S)
 
 
-def redis_ms(client: redis_py.Redis) -> int:
+def redis_ms(client: RedisClient) -> int:
     secs, micros = client.time()
     return int(secs) * 1000 + int(micros) // 1000
 
 
-def wait_until_redis_ms(client: redis_py.Redis, ms: int, timeout: float = 10.0) -> None:
+def wait_until_redis_ms(client: RedisClient, ms: int, timeout: float = 10.0) -> None:
     """Poll Redis's clock (the one the scripts use) until it reaches ``ms``."""
     eventually(lambda: redis_ms(client) >= ms, timeout=timeout, interval=0.02,
                message="Redis's clock did not reach the due time")
@@ -45,7 +46,9 @@ def wait_until_redis_ms(client: redis_py.Redis, ms: int, timeout: float = 10.0) 
 
 def due_at(qm: QueueManager, task_id: str) -> int:
     p = keys.partition_of(task_id, PARTITIONS)
-    return int(qm.redis.hget(keys.task(p, task_id), "due_at"))
+    due = qm.redis.hget(keys.task(p, task_id), "due_at")
+    assert due is not None, f"no due_at in the record of {task_id}"
+    return int(due)
 
 
 def test_delayed_task_keeps_its_data_past_the_ttl_and_scheduler_downtime(
@@ -99,5 +102,5 @@ def test_tick_counts_only_what_it_moved(qm: QueueManager,
         assert scheduler.tick() == 1
     assert scheduler.pending() == 0 and scheduler.missing == 2
     assert gone1 in caplog.text and gone2 in caplog.text
-    entries = qm.redis.xrange(keys.stream(0, Priority.NORMAL))
+    entries = stream_entries(qm.redis, keys.stream(0, Priority.NORMAL))
     assert [fields[b"id"].decode() for _, fields in entries] == [kept]

