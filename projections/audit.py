@@ -65,7 +65,7 @@ from .log import (
 )
 from .projection import Recorded
 from .scores import score_fields
-from .store import BALANCES, CREDIT_SCORES, EVENTS
+from .store import BALANCES, CREDIT_SCORES, EVENTS, Document
 
 # what a Mismatch is about
 UNDECODABLE = "undecodable"
@@ -138,7 +138,7 @@ class AuditReport:
                 "lagging": [m.as_dict() for m in self.lagging]}
 
 
-def audit(client: RedisClient, partitions: int, db: Database[Any], *, user: str | None = None,
+def audit(client: RedisClient, partitions: int, db: Database[Document], *, user: str | None = None,
           page: int = PAGE,
           progress: Callable[[str, int, int | None], None] | None = None) -> AuditReport:
     """Audit every account (or ``user``'s); see the module doc for what is checked.
@@ -370,7 +370,7 @@ def _state_differences(event: Event, email: str, state: Mapping[str, str]
 # -- views --------------------------------------------------------------------------
 
 
-def _documents(db: Database[Any], name: str, user: str | None,
+def _documents(db: Database[Document], name: str, user: str | None,
                page: int) -> dict[str, dict[str, Any]]:
     query: dict[str, Any] = {} if user is None else {"_id": user}
     return {str(doc["_id"]): dict(doc) for doc in db[name].find(query, batch_size=page)}

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
 
 from pymongo.collection import Collection
 
-from .store import CHECKPOINTS
+from .store import CHECKPOINTS, Document
 
 MS_DIGITS, SEQ_DIGITS = 15, 10
 
@@ -31,7 +30,7 @@ def unpad(padded: str) -> str:
     return f"{int(ms)}-{int(seq)}"
 
 
-def advance(coll: Collection[Any], projection: str, positions: Mapping[str, str]) -> None:
+def advance(coll: Collection[Document], projection: str, positions: Mapping[str, str]) -> None:
     """Move the projection's positions forward (never back)."""
     if not positions:
         return
@@ -40,7 +39,7 @@ def advance(coll: Collection[Any], projection: str, positions: Mapping[str, str]
                      "$set": {"updated_at": datetime.now(UTC)}}, upsert=True)
 
 
-def positions(coll: Collection[Any], projection: str) -> dict[str, str]:
+def positions(coll: Collection[Document], projection: str) -> dict[str, str]:
     doc = coll.find_one({"_id": projection}) or {}
     return {s: unpad(p) for s, p in (doc.get("positions") or {}).items()}
 

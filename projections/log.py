@@ -43,7 +43,7 @@ from streams.replies import entries, text
 
 from .archive import event_from_document
 from .projection import Recorded
-from .store import EVENTS
+from .store import EVENTS, Document
 
 PAGE = 1000
 
@@ -216,7 +216,7 @@ class LogSources:
         return dict(sorted(out.items()))
 
 
-def read_log(client: RedisClient, partitions: int, db: Database[Any], *,
+def read_log(client: RedisClient, partitions: int, db: Database[Document], *,
              user: str | None = None, page: int = PAGE,
              progress: Progress | None = None) -> Log:
     """Every account's events (or one account's), in version order, each once."""
@@ -229,7 +229,7 @@ def streams_of(partitions: int, user: str | None = None) -> list[str]:
     return [keys.stream(p, level) for p in parts for level in keys.LEVELS_DESC]
 
 
-def read_sources(client: RedisClient, partitions: int, db: Database[Any], *,
+def read_sources(client: RedisClient, partitions: int, db: Database[Document], *,
                  user: str | None = None, page: int = PAGE,
                  progress: Progress | None = None) -> LogSources:
     """Read the streams, then the archive (see the module's note on order)."""
@@ -243,7 +243,7 @@ def read_sources(client: RedisClient, partitions: int, db: Database[Any], *,
     return sources
 
 
-def read_tail(client: RedisClient, partitions: int, db: Database[Any], after: LogSources, *,
+def read_tail(client: RedisClient, partitions: int, db: Database[Document], after: LogSources, *,
               page: int = PAGE) -> Log:
     """The events that reached the log after ``after`` was read (and that it lacks).
 
@@ -281,7 +281,7 @@ def read_tail(client: RedisClient, partitions: int, db: Database[Any], after: Lo
             if (kept := [e for e in events if e.id not in known])}
 
 
-def iter_archive(db: Database[Any], *, user: str | None = None, page: int = PAGE,
+def iter_archive(db: Database[Document], *, user: str | None = None, page: int = PAGE,
                  query: Mapping[str, Any] | None = None) -> Iterator[dict[str, Any]]:
     """Archive documents in ``_id`` order, ``page`` documents per server reply.
 

@@ -32,7 +32,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 from pymongo.collection import Collection
 from pymongo.database import Database
@@ -45,7 +44,7 @@ from .log import LoggedEvent, read_sources, read_tail
 from .projection import Insert, Projection, Write
 from .runner import apply_writes
 from .scores import CreditScores
-from .store import BALANCES, CREDIT_SCORES, EVENTS
+from .store import BALANCES, CREDIT_SCORES, EVENTS, Document
 
 VIEWS: dict[str, Callable[[], Projection]] = {BALANCES: Balances, CREDIT_SCORES: CreditScores}
 ALL: tuple[str, ...] = (BALANCES, CREDIT_SCORES, EVENTS)
@@ -83,8 +82,8 @@ class ReplayResult:
                 f"{self.seconds:.2f} s ({self.rate:,.0f} events/s)")
 
 
-def replay(client: RedisClient, partitions: int, db: Database[Any], *,
-           only: Iterable[str] = ALL, into: Database[Any] | None = None, batch: int = BATCH,
+def replay(client: RedisClient, partitions: int, db: Database[Document], *,
+           only: Iterable[str] = ALL, into: Database[Document] | None = None, batch: int = BATCH,
            progress: Progress | None = None, observer: Observer | None = None) -> ReplayResult:
     """Rebuild the chosen read models of ``db`` from the log (see the module doc)."""
     chosen = list(dict.fromkeys(only))
@@ -149,7 +148,7 @@ def replay(client: RedisClient, partitions: int, db: Database[Any], *,
     return result
 
 
-def _insert(db: Database[Any], collection: str, events: Sequence[LoggedEvent], batch: int,
+def _insert(db: Database[Document], collection: str, events: Sequence[LoggedEvent], batch: int,
             show: Progress) -> int:
     """Archive documents for ``events`` (a duplicate ``_id`` means: already there)."""
     plan = Archive()
@@ -163,7 +162,7 @@ def _insert(db: Database[Any], collection: str, events: Sequence[LoggedEvent], b
 
 
 @contextmanager
-def _swapped_in(db: Database[Any], name: str, model: Collection[Any], *,
+def _swapped_in(db: Database[Document], name: str, model: Collection[Document], *,
                 before: Callable[[], None] = lambda: None) -> Iterator[str]:
     """A fresh collection (named for the block to build in) that replaces ``name``
     in one rename when the block ends (``before`` is called just ahead of it);
@@ -179,7 +178,7 @@ def _swapped_in(db: Database[Any], name: str, model: Collection[Any], *,
         raise
 
 
-def _create_like(db: Database[Any], name: str, model: Collection[Any]) -> None:
+def _create_like(db: Database[Document], name: str, model: Collection[Document]) -> None:
     """Create ``name`` with ``model``'s secondary indexes (a rename replaces the target's)."""
     db.drop_collection(name)
     db.create_collection(name)

@@ -33,7 +33,7 @@ from .archive import Archive
 from .balances import Balances
 from .projection import Insert, Projection, Recorded, Upsert, Write
 from .scores import CreditScores
-from .store import CHECKPOINTS, DUPLICATE_KEY, EVENTS, StoreUnavailable, ensure_indexes
+from .store import CHECKPOINTS, DUPLICATE_KEY, EVENTS, Document, StoreUnavailable, ensure_indexes
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def to_operation(write: Write) -> InsertOne[Any] | UpdateOne:
                      {"$set": dict(write.fields)}, upsert=True)
 
 
-def apply_writes(db: Database[Any], collection: str, writes: Sequence[Write]) -> None:
+def apply_writes(db: Database[Document], collection: str, writes: Sequence[Write]) -> None:
     """One unordered bulk write; "already there / already newer" is success.
 
     A duplicate ``_id`` (11000) is resolved per write, never assumed: an upsert
@@ -77,7 +77,7 @@ def apply_writes(db: Database[Any], collection: str, writes: Sequence[Write]) ->
         _settle_duplicates(coll, [writes[e["index"]] for e in errors])
 
 
-def _settle_duplicates(coll: Collection[Any], clashed: Sequence[Write]) -> None:
+def _settle_duplicates(coll: Collection[Document], clashed: Sequence[Write]) -> None:
     """Finish the writes whose bulk write answered "duplicate key" (see ``apply_writes``)."""
     upserts = [w for w in clashed if isinstance(w, Upsert)]
     if upserts:
@@ -97,7 +97,7 @@ def _settle_duplicates(coll: Collection[Any], clashed: Sequence[Write]) -> None:
 class ProjectionProcessor:
     """Applies one projection to a round of deliveries."""
 
-    def __init__(self, projection: Projection, db: Database[Any], *,
+    def __init__(self, projection: Projection, db: Database[Document], *,
                  stopping: threading.Event | None = None, max_wait_s: float = 5.0) -> None:
         self.projection = projection
         self.db = db
@@ -156,7 +156,7 @@ class ProjectionProcessor:
                 self.stopping.wait(delay)
 
 
-def projector(client: RedisClient, partitions: int, db: Database[Any], projection: Projection,
+def projector(client: RedisClient, partitions: int, db: Database[Document], projection: Projection,
               *, batch: int = 2000, claim_idle_ms: int = 30_000, block_ms: int = 500,
               reclaim_every_ms: int = 100, retry: RetryPolicy | None = None) -> Worker:
     """A consumer in ``proj:<name>`` that applies ``projection`` to ``db``."""
@@ -173,7 +173,7 @@ def projector(client: RedisClient, partitions: int, db: Database[Any], projectio
     return worker
 
 
-def project_until_idle(client: RedisClient, partitions: int, db: Database[Any],
+def project_until_idle(client: RedisClient, partitions: int, db: Database[Document],
                        projections: Sequence[Projection] | None = None,
                        timeout: float = 60.0) -> int:
     """Run every projector until nothing is left (tests, demo, ``--burst``)."""

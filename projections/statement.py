@@ -30,6 +30,7 @@ from streams.connection import RedisClient
 from streams.times import iso_utc
 
 from .log import read_log
+from .store import Document
 
 COLUMNS: Final = ("version", "time", "kind", "amount", "balance", "purchased_total",
                   "used_total", "reason", "currency", "transaction_id", "event_id", "hash")
@@ -51,7 +52,7 @@ def row(event: Event) -> dict[str, Any]:
     }
 
 
-def statement(client: RedisClient, partitions: int, db: Database[Any],
+def statement(client: RedisClient, partitions: int, db: Database[Document],
               user: str) -> list[dict[str, Any]]:
     """The statement rows of ``user``'s verified history.
 

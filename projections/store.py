@@ -88,6 +88,7 @@ MAX_FIND_LIMIT = 1000
 _INT64 = (-(2**63), 2**63 - 1)
 
 Document = dict[str, Any]
+"""A MongoDB document as pymongo returns it (the read models' and handlers' collections)."""
 
 
 DUPLICATE_KEY = 11000
@@ -137,7 +138,7 @@ def connect(url: str, **kw: Any) -> pymongo.MongoClient[Document]:
 class MongoDBManager:
     """The original system's ``db_manager`` over one database, limited to ``allowed``."""
 
-    def __init__(self, db: Database[Any], allowed: frozenset[str]) -> None:
+    def __init__(self, db: Database[Document], allowed: frozenset[str]) -> None:
         self._db = db
         self._allowed = frozenset(allowed)
         # Keep the caller's w (e.g. "majority") and add the journal.
@@ -258,14 +259,14 @@ class MongoDBManager:
     def _next_id(self) -> object:
         return ObjectId()
 
-    def _already_done(self, coll: Collection[Any], doc_id: object) -> bool:
+    def _already_done(self, coll: Collection[Document], doc_id: object) -> bool:
         return False
 
     def _target(self, op: str, collection: str, query: Document) -> tuple[bool, object]:
         """(found, _id) of the document ``op`` acts on (unbound: the first match now)."""
         return _first_writable(self._db.get_collection(collection), collection, query)
 
-    def _collection(self, name: object, *, write: bool = False) -> Collection[Any]:
+    def _collection(self, name: object, *, write: bool = False) -> Collection[Document]:
         if not isinstance(name, str) or not name:
             raise ValidationError("collection", "collection must be a non-empty string")
         if name in READ_MODELS:
@@ -285,7 +286,7 @@ class MongoDBManager:
 class EventDBManager(MongoDBManager):
     """A ``MongoDBManager`` bound to one delivery: id-less inserts get ids from the event id."""
 
-    def __init__(self, db: Database[Any], allowed: frozenset[str], event_id: str) -> None:
+    def __init__(self, db: Database[Document], allowed: frozenset[str], event_id: str) -> None:
         super().__init__(db, allowed)
         self.event_id = event_id
         self._inserted = 0
@@ -295,7 +296,7 @@ class EventDBManager(MongoDBManager):
         self._inserted += 1
         return self.event_id if self._inserted == 1 else f"{self.event_id}:{self._inserted}"
 
-    def _already_done(self, coll: Collection[Any], doc_id: object) -> bool:
+    def _already_done(self, coll: Collection[Document], doc_id: object) -> bool:
         # The duplicate may be another unique index; only our own _id means "done".
         with _translated():
             return coll.find_one({"_id": doc_id}, projection={"_id": 1}) is not None
@@ -323,7 +324,7 @@ class EventDBManager(MongoDBManager):
                     raise StoreUnavailable(f"target record {key!r} vanished") from None
         return bool(record["found"]), record.get("target")
 
-    def _ensure_ttl(self, records: Collection[Any]) -> None:
+    def _ensure_ttl(self, records: Collection[Document]) -> None:
         """Expire old records (housekeeping: a failure to make the index is only logged)."""
         if not self._shared["ttl_index"]:
             try:
@@ -342,7 +343,7 @@ _NOT_AN_EVENT = {"_id": {"$not": EVENT_ID_RE}}
 """Matches the documents of an event-record collection that are not recorded events."""
 
 
-def _first_writable(coll: Collection[Any], collection: str, query: Document
+def _first_writable(coll: Collection[Document], collection: str, query: Document
                     ) -> tuple[bool, object]:
     """(found, _id) of the first match by ``_id`` that a task may change: in an
     event-record collection, recorded events are skipped; a filter that matches
@@ -399,6 +400,6 @@ def _translated(field: str | None = None) -> Iterator[None]:
         raise ValidationError(field, f"cannot be stored: {exc}") from None
 
 
-def ensure_indexes(db: Database[Any]) -> None:
+def ensure_indexes(db: Database[Document]) -> None:
     """Indexes the readers need: an account's archived events by version."""
     db[EVENTS].create_index([("user_id", 1), ("version", 1)], name="user_version")

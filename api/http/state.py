@@ -12,13 +12,14 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 
 import anyio.to_thread
 from anyio import CapacityLimiter
 from pymongo.database import Database
 from starlette.requests import HTTPConnection
 
+from projections.store import Document
 from streams import QueueManager
 from streams.connection import RedisClient
 
@@ -40,7 +41,7 @@ class AppState:
     settings: Settings
     redis: RedisClient
     qm: QueueManager
-    db: Database[Any] | None
+    db: Database[Document] | None
     limiter: CapacityLimiter
     waiters: Counter[str] = field(default_factory=Counter)
     """Open ``?min_version`` waits per caller (rate-limit bucket id); event loop only."""
