@@ -54,7 +54,7 @@ from streams.ids import EntryId, parse_id
 
 from .archive import archive_document
 from .balances import balance_fields
-from .log import (
+from .eventlog import (
     PAGE,
     LoggedEvent,
     LogSources,

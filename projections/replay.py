@@ -2,7 +2,7 @@
 
 For each chosen view (``balances``, ``credit_scores``):
 
-1. read the log (``projections.log``: the archive joined with the streams);
+1. read the log (``projections.eventlog``: the archive joined with the streams);
 2. build the view into a fresh collection ``<name>__replay_<ms>`` with the very
    projection the live projector runs (``plan`` + ``runner.apply_writes``), so
    the result is what projecting the log produces, document for document; the
@@ -40,7 +40,7 @@ from streams.connection import RedisClient
 
 from .archive import Archive
 from .balances import Balances
-from .log import LoggedEvent, read_sources, read_tail
+from .eventlog import LoggedEvent, read_sources, read_tail
 from .projection import Insert, Projection, Write
 from .runner import apply_writes
 from .scores import CreditScores

@@ -29,7 +29,7 @@ from streams.codec import event_id
 from streams.connection import RedisClient
 from streams.times import iso_utc
 
-from .log import read_log
+from .eventlog import read_log
 from .store import Document
 
 COLUMNS: Final = ("version", "time", "kind", "amount", "balance", "purchased_total",

@@ -1,7 +1,7 @@
 """The priority streams read straight from Redis, for tests and benchmarks.
 
 Every entry of every priority stream, in pages, and each account's events from
-them. Production reads the log through ``projections.log`` (streams joined with
+them. Production reads the log through ``projections.eventlog`` (streams joined with
 the archive, since streams may be trimmed); tests and benchmarks want what the
 streams themselves hold, so this lives beside them and is not shipped.
 

@@ -313,7 +313,7 @@ def test_balances_document_deleted_or_invented(ledger: QueueManager,
 def test_balances_document_rolled_back(ledger: QueueManager, mongo_db: Database[Any]) -> None:
     """An older, once-correct state is stale: its projector acknowledged the newer events."""
     from projections.balances import balance_fields
-    from projections.log import read_log
+    from projections.eventlog import read_log
     events = read_log(ledger.redis, PARTITIONS, mongo_db)["u4"]
     assert len(events) >= 3
     old = balance_fields(events[-3].event)

@@ -14,7 +14,7 @@ from pymongo.database import Database
 
 from ledger.accounts import fold
 from ledger.scores import credit_score
-from projections.log import read_log
+from projections.eventlog import read_log
 from projections.replay import replay
 from projections.runner import all_projections, projector
 from streams import QueueManager

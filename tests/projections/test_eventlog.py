@@ -7,7 +7,7 @@ from typing import Any
 from pymongo.database import Database
 
 from projections.archive import archive_document
-from projections.log import (
+from projections.eventlog import (
     LogSources,
     iter_archive,
     read_log,
