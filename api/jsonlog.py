@@ -37,8 +37,7 @@ from streams.times import iso_utc
 if TYPE_CHECKING:
     from .http.timing import Timed
 
-REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id",
-                                                                        default=None)
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 EVENT_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("event_id", default=None)
 TASK_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("task_id", default=None)
 _CONTEXT = {"request_id": REQUEST_ID, "event_id": EVENT_ID, "task_id": TASK_ID}
@@ -47,8 +46,11 @@ HEADER = "x-request-id"
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 
 # attributes every LogRecord has: anything else came through ``extra``
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime",
-                                                                          "taskName"}
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
 
 
 def _jsonable(value: Any) -> Any:
@@ -65,8 +67,12 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per record, on one line."""
 
     def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {"ts": iso_utc(int(record.created * 1000)), "level": record.levelname,
-                               "logger": record.name, "msg": record.getMessage()}
+        out: dict[str, Any] = {
+            "ts": iso_utc(int(record.created * 1000)),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
         for name, var in _CONTEXT.items():
             value = getattr(record, name, None) or var.get()
             if value:
@@ -119,9 +125,18 @@ access_log = logging.getLogger("api.access")
 def log_access(timed: Timed) -> None:
     """The access line of a finished request (a ``RequestTimer`` observer)."""
     method, path = timed.scope.get("method"), timed.scope.get("path")
-    access_log.info("%s %s %d", method, path, timed.status,
-                    extra={"method": method, "path": path, "status": timed.status,
-                           "duration_ms": round(timed.seconds * 1000, 2)})
+    access_log.info(
+        "%s %s %d",
+        method,
+        path,
+        timed.status,
+        extra={
+            "method": method,
+            "path": path,
+            "status": timed.status,
+            "duration_ms": round(timed.seconds * 1000, 2),
+        },
+    )
 
 
 class RequestIdMiddleware:
@@ -136,15 +151,17 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = next((v.decode("latin-1") for k, v in scope.get("headers", [])
-                      if k == HEADER.encode()), "")
+        given = next(
+            (v.decode("latin-1") for k, v in scope.get("headers", []) if k == HEADER.encode()), ""
+        )
         request_id = given if _VALID_ID.match(given) else uuid.uuid4().hex
         token = REQUEST_ID.set(request_id)
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", [])
-                           if k.lower() != HEADER.encode()]
+                headers = [
+                    (k, v) for k, v in message.get("headers", []) if k.lower() != HEADER.encode()
+                ]
                 headers.append((HEADER.encode(), request_id.encode()))
                 message = {**message, "headers": headers}
             await send(message)

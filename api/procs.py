@@ -61,6 +61,7 @@ def _die_with(parent: int, sig: int) -> Callable[[], None]:
         prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
         if os.getppid() != parent:  # the parent died before prctl took effect
             os.kill(os.getpid(), sig)
+
     return preexec
 
 

@@ -55,8 +55,10 @@ class SecretValueError(ValueError):
 
 # -- value parsers: str -> value, or ValueError(reason) ------------------------------------
 _INT_RE = re.compile(r"[+-]?[0-9]{1,18}")
-_NUM_RE = re.compile(r"[+-]?(?:[0-9]{1,15}(?:\.[0-9]{0,17})?|\.[0-9]{1,17})"
-                     r"(?:[eE][+-]?[0-9]{1,3})?")
+_NUM_RE = re.compile(
+    r"[+-]?(?:[0-9]{1,15}(?:\.[0-9]{0,17})?|\.[0-9]{1,17})"
+    r"(?:[eE][+-]?[0-9]{1,3})?"
+)
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _MODULE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}(?:\.[A-Za-z_][A-Za-z0-9_]{0,63}){0,15}")
 _HOST_RE = re.compile(r"[A-Za-z0-9.:%\[\]-]{1,253}")
@@ -66,6 +68,7 @@ _KEY_RE = re.compile(r"[!-~]{16,512}")  # visible ASCII: it travels in an HTTP h
 
 def integer(lo: int, hi: int) -> Parse[int]:
     """A whole number in ``lo..hi`` (ASCII digits only: no ``1_000``, no full-width digits)."""
+
     def parse(raw: str) -> int:
         text = raw.strip()
         if not _INT_RE.fullmatch(text):
@@ -74,12 +77,14 @@ def integer(lo: int, hi: int) -> Parse[int]:
         if not lo <= value <= hi:
             raise ValueError(f"is not between {lo} and {hi}")
         return value
+
     parse.__name__ = "integer"
     return parse
 
 
 def number(lo: float, hi: float) -> Parse[float]:
     """A finite decimal number in ``lo..hi`` (no nan, inf or ``1_0``)."""
+
     def parse(raw: str) -> float:
         text = raw.strip()
         if not _NUM_RE.fullmatch(text):
@@ -88,6 +93,7 @@ def number(lo: float, hi: float) -> Parse[float]:
         if not (math.isfinite(value) and lo <= value <= hi):
             raise ValueError(f"is not between {lo:g} and {hi:g}")
         return value
+
     parse.__name__ = "number"
     return parse
 
@@ -98,12 +104,14 @@ def choice(*values: str) -> Parse[str]:
         if text not in values:
             raise ValueError(f"is not one of {', '.join(values)}")
         return text
+
     parse.__name__ = "choice"
     return parse
 
 
 def names(pattern: re.Pattern[str] = _NAME_RE, what: str = "name") -> Parse[tuple[str, ...]]:
     """A comma-separated list of at least one name matching ``pattern``."""
+
     def parse(raw: str) -> tuple[str, ...]:
         items = tuple(dict.fromkeys(i.strip() for i in raw.split(",") if i.strip()))
         if not items:
@@ -111,6 +119,7 @@ def names(pattern: re.Pattern[str] = _NAME_RE, what: str = "name") -> Parse[tupl
         if len(items) > 64 or not all(pattern.fullmatch(i) for i in items):
             raise ValueError(f"is not a comma-separated list of {what}s")
         return items
+
     parse.__name__ = "names"
     return parse
 
@@ -124,8 +133,9 @@ def redis_url(raw: str) -> str:
     if scheme not in ("redis", "rediss", "unix", "redis+cluster"):
         raise ValueError("is not a redis://, rediss://, unix:// or redis+cluster:// URL")
     from redis.connection import parse_url
+
     try:
-        parse_url("redis" + text[len(scheme):] if scheme == "redis+cluster" else text)  # type: ignore[no-untyped-call]
+        parse_url("redis" + text[len(scheme) :] if scheme == "redis+cluster" else text)  # type: ignore[no-untyped-call]
         parts = urlsplit(text)
         _ = parts.port
     except ValueError:
@@ -144,6 +154,7 @@ def mongo_url(raw: str) -> str:
     if not text.startswith("mongodb://"):
         raise ValueError("is not a mongodb:// or mongodb+srv:// URL")
     from pymongo.uri_parser import parse_uri
+
     try:
         parse_uri(text)
     except Exception:
@@ -153,9 +164,8 @@ def mongo_url(raw: str) -> str:
 
 def db_name(raw: str) -> str:
     text = raw.strip()
-    if not text or len(text.encode()) > 63 or not text.isprintable() \
-            or _DB_FORBIDDEN & set(text):
-        raise ValueError("is not a database name (1-63 characters, none of /\\. \"$*<>:|?)")
+    if not text or len(text.encode()) > 63 or not text.isprintable() or _DB_FORBIDDEN & set(text):
+        raise ValueError('is not a database name (1-63 characters, none of /\\. "$*<>:|?)')
     return text
 
 
@@ -241,28 +251,43 @@ class FromEnv:
 
 def _argtype(parse: Parse[T]) -> Callable[[str], T]:
     """``parse`` for argparse: a refusal becomes argparse's one usage error."""
+
     def convert(raw: str) -> T:
         try:
             return parse(raw)
         except ValueError as exc:
             shown = str(exc) if isinstance(exc, SecretValueError) else f"{_shown(raw)} {exc}"
             raise argparse.ArgumentTypeError(shown) from None
+
     convert.__name__ = parse.__name__
     return convert
 
 
-def add_option(parser: argparse.ArgumentParser, flag: str, *, env: str, parse: Parse[Any],
-               default: Any, help: str, shown_default: str | None = None,
-               **kwargs: Any) -> None:
+def add_option(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    *,
+    env: str,
+    parse: Parse[Any],
+    default: Any,
+    help: str,
+    shown_default: str | None = None,
+    **kwargs: Any,
+) -> None:
     """``--flag`` that reads ``env`` when not given; its help names the variable."""
     shown = str(default) if shown_default is None else shown_default
-    parser.add_argument(flag, type=_argtype(parse), default=FromEnv(env, parse, default),
-                        help=f"{help} (default {shown}; env {env})".replace("%", "%%"),
-                        **kwargs)
+    parser.add_argument(
+        flag,
+        type=_argtype(parse),
+        default=FromEnv(env, parse, default),
+        help=f"{help} (default {shown}; env {env})".replace("%", "%%"),
+        **kwargs,
+    )
 
 
-def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None
-            ) -> argparse.Namespace:
+def resolve(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> argparse.Namespace:
     """Replace every ``FromEnv`` default by the variable's value (or the default).
 
     Records in ``args.env_sources`` which options came from which variable, so
@@ -303,31 +328,38 @@ class Settings:
     """… and the burst it allows."""
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, *,
-                 server: bool = True) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, server: bool = True) -> Settings:
         """Every setting from the environment; ``server=False`` skips the HTTP API's
         own (API keys, rate limit), which the other commands never read."""
         env = os.environ if environ is None else environ
         d = cls()
-        base = cls(redis_url=env_value(env, REDIS_URL, redis_url, None),
-                   mongo_url=env_value(env, MONGO_URL, mongo_url, None),
-                   mongo_db=env_value(env, MONGO_DB, db_name, d.mongo_db),
-                   partitions=env_value(env, PARTITIONS, PARTITIONS_VALUE, d.partitions),
-                   extra_collections=env_value(env, COLLECTIONS, collections, ()))
+        base = cls(
+            redis_url=env_value(env, REDIS_URL, redis_url, None),
+            mongo_url=env_value(env, MONGO_URL, mongo_url, None),
+            mongo_db=env_value(env, MONGO_DB, db_name, d.mongo_db),
+            partitions=env_value(env, PARTITIONS, PARTITIONS_VALUE, d.partitions),
+            extra_collections=env_value(env, COLLECTIONS, collections, ()),
+        )
         return base.with_server_env(env) if server else base
 
     def with_server_env(self, environ: Mapping[str, str] | None = None) -> Settings:
         """These settings plus the API keys and rate limit from the environment."""
         env = os.environ if environ is None else environ
-        return replace(self, api_keys=env_value(env, API_KEYS, api_keys, {}),
-                       rate_per_s=env_value(env, RATE_PER_S, RATE_VALUE, self.rate_per_s),
-                       rate_burst=env_value(env, RATE_BURST, BURST_VALUE, self.rate_burst))
+        return replace(
+            self,
+            api_keys=env_value(env, API_KEYS, api_keys, {}),
+            rate_per_s=env_value(env, RATE_PER_S, RATE_VALUE, self.rate_per_s),
+            rate_burst=env_value(env, RATE_BURST, BURST_VALUE, self.rate_burst),
+        )
 
     def streams(self) -> StreamsConfig:
         if self.redis_url is None:
             raise ConfigError("REDIS_URL is not set (only `ledger demo` starts its own Redis)")
-        return StreamsConfig(redis_url=self.redis_url, partitions=self.partitions,
-                             extra_collections=self.extra_collections)
+        return StreamsConfig(
+            redis_url=self.redis_url,
+            partitions=self.partitions,
+            extra_collections=self.extra_collections,
+        )
 
 
 PARTITIONS_VALUE = integer(1, 1024)

@@ -38,10 +38,18 @@ def timed(fn: Callable[[], int]) -> tuple[int, float]:
     return n, time.perf_counter() - t0
 
 
-SMALL: dict[Any, Any] = {"k": "credits_used", "u": "user-00001", "v": "7", "a": "-50",
-                         "b": "950"}
-EVENT: dict[Any, Any] = {**SMALL, "t": "1790000000000", "p": "1000", "x": "50",
-                         "tx": "report", "r": "", "ph": "8f" * 20, "h": "3c" * 20, "q": "default"}
+SMALL: dict[Any, Any] = {"k": "credits_used", "u": "user-00001", "v": "7", "a": "-50", "b": "950"}
+EVENT: dict[Any, Any] = {
+    **SMALL,
+    "t": "1790000000000",
+    "p": "1000",
+    "x": "50",
+    "tx": "report",
+    "r": "",
+    "ph": "8f" * 20,
+    "h": "3c" * 20,
+    "q": "default",
+}
 """An entry shaped like a ledger event: the fields append.lua writes."""
 
 
@@ -65,7 +73,7 @@ def ledger_appends(qm: QueueManager, cmds: list[Command], batch: int) -> int:
                 qm.append(cmd)
         return len(cmds)
     for i in range(0, len(cmds), batch):
-        qm.append_batch([(c, Priority.NORMAL, None) for c in cmds[i:i + batch]])
+        qm.append_batch([(c, Priority.NORMAL, None) for c in cmds[i : i + batch]])
     return len(cmds)
 
 
@@ -78,29 +86,44 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory() as tmp, \
-            EmbeddedRedis(Path(tmp), appendfsync=args.fsync) as server:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        EmbeddedRedis(Path(tmp), appendfsync=args.fsync) as server,
+    ):
         client = redis.Redis.from_url(server.url)
-        qm = QueueManager(config=StreamsConfig(redis_url=server.url, partitions=4),
-                          client=redis.Redis.from_url(server.url))
+        qm = QueueManager(
+            config=StreamsConfig(redis_url=server.url, partitions=4),
+            client=redis.Redis.from_url(server.url),
+        )
         users = user_ids(1000, prefix="bench")
         ledger_appends(qm, registrations(users), args.batch)
         # top every account up so uses mostly succeed (a realistic accept rate)
         warm = [c for c in credit_traffic(users, args.events + args.single, seed=11)]
 
         def row(name: str, n: int, secs: float) -> None:
-            rows.append({"case": name, "events": n, "seconds": round(secs, 3),
-                         "events_per_s": round(n / secs)})
+            rows.append(
+                {
+                    "case": name,
+                    "events": n,
+                    "seconds": round(secs, 3),
+                    "events_per_s": round(n / secs),
+                }
+            )
 
         row("raw XADD, one by one", *timed(lambda: raw_xadd(client, args.single, 1)))
-        row(f"raw XADD, pipelined x{args.batch}",
-            *timed(lambda: raw_xadd(client, args.events, args.batch)))
-        row(f"raw XADD event-shaped, x{args.batch}",
-            *timed(lambda: raw_xadd(client, args.events, args.batch, EVENT)))
-        row("ledger append, one by one",
-            *timed(lambda: ledger_appends(qm, warm[:args.single], 1)))
-        row(f"ledger append_batch x{args.batch}",
-            *timed(lambda: ledger_appends(qm, warm[args.single:], args.batch)))
+        row(
+            f"raw XADD, pipelined x{args.batch}",
+            *timed(lambda: raw_xadd(client, args.events, args.batch)),
+        )
+        row(
+            f"raw XADD event-shaped, x{args.batch}",
+            *timed(lambda: raw_xadd(client, args.events, args.batch, EVENT)),
+        )
+        row("ledger append, one by one", *timed(lambda: ledger_appends(qm, warm[: args.single], 1)))
+        row(
+            f"ledger append_batch x{args.batch}",
+            *timed(lambda: ledger_appends(qm, warm[args.single :], args.batch)),
+        )
         qm.close()
         client.close()
 
@@ -115,11 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         event = f"{r['ratio_vs_event_shaped']:.0%}" if "ratio_vs_event_shaped" in r else ""
         print(f"{r['case']:<34}{r['events']:>8}{r['events_per_s']:>11,}{ratio:>9}{event:>10}")
     met = rows[4]["ratio_vs_raw"] >= 0.5
-    print(f"target batched append >= 50% of raw pipelined XADD: {rows[4]['ratio_vs_raw']:.0%}, "
-          f"{'met' if met else 'missed'}")
+    print(
+        f"target batched append >= 50% of raw pipelined XADD: {rows[4]['ratio_vs_raw']:.0%}, "
+        f"{'met' if met else 'missed'}"
+    )
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "append.json").write_text(json.dumps({"fsync": args.fsync, "rows": rows},
-                                                    indent=2))
+    (RESULTS / "append.json").write_text(json.dumps({"fsync": args.fsync, "rows": rows}, indent=2))
     return 0
 
 

@@ -41,14 +41,21 @@ def facts(redis_url: str) -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"nproc": os.cpu_count(), "cpu": model, "redis": info.get("redis_version"),
-            "python": platform.python_version(),
-            "command": " ".join(["python -m bench." + Path(sys.argv[0]).stem, *sys.argv[1:]])}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "redis": info.get("redis_version"),
+        "python": platform.python_version(),
+        "command": " ".join(["python -m bench." + Path(sys.argv[0]).stem, *sys.argv[1:]]),
+    }
 
 
 def print_facts(f: Mapping[str, Any]) -> None:
-    print(f"# nproc={f['nproc']} cpu={f['cpu']!r} redis-server {f['redis']} "
-          f"python {f['python']}\n# command: {f['command']}", flush=True)
+    print(
+        f"# nproc={f['nproc']} cpu={f['cpu']!r} redis-server {f['redis']} "
+        f"python {f['python']}\n# command: {f['command']}",
+        flush=True,
+    )
 
 
 def write(name: str, payload: Mapping[str, Any]) -> Path:
@@ -66,23 +73,37 @@ def pct(values: Sequence[float], q: float) -> float | None:
 
 
 def summary(values: Sequence[float]) -> dict[str, Any]:
-    return {"n": len(values), "p50": pct(values, 0.50), "p99": pct(values, 0.99),
-            "max": max(values) if values else None}
+    return {
+        "n": len(values),
+        "p50": pct(values, 0.50),
+        "p99": pct(values, 0.99),
+        "max": max(values) if values else None,
+    }
 
 
 # -- child processes ---------------------------------------------------------------
-def spawn(args: Sequence[str], log: Path, env: Mapping[str, str] | None = None
-          ) -> subprocess.Popen[bytes]:
+def spawn(
+    args: Sequence[str], log: Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """A child in its own session, output to ``log``, cwd the repository root; it dies
     with the benchmark (``api.procs``), so an interrupted run leaves nothing behind."""
-    full = {k: v for k, v in os.environ.items()
-            if k not in ("REDIS_URL", "MONGO_URL", "LEDGER_PARTITIONS")}
+    full = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("REDIS_URL", "MONGO_URL", "LEDGER_PARTITIONS")
+    }
     full.update(env or {})
     full["PYTHONPATH"] = str(ROOT)
     with open(log, "ab") as out:
-        return popen_child(list(args), stdout=out, stderr=subprocess.STDOUT,
-                           stdin=subprocess.DEVNULL, cwd=ROOT, env=full,
-                           start_new_session=True)
+        return popen_child(
+            list(args),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=ROOT,
+            env=full,
+            start_new_session=True,
+        )
 
 
 def ledger(*args: str) -> list[str]:
@@ -106,7 +127,7 @@ def stop(procs: Sequence[subprocess.Popen[bytes]], timeout: float = 20.0) -> Non
 
 def _stat(pid: int) -> list[str]:
     text = Path(f"/proc/{pid}/stat").read_text()
-    return text[text.rindex(")") + 2:].split()  # fields from 3 (state) on
+    return text[text.rindex(")") + 2 :].split()  # fields from 3 (state) on
 
 
 def descendants(pid: int) -> list[int]:
@@ -170,22 +191,24 @@ def wait_until(pred: Callable[[], bool], timeout: float, every: float = 0.02) ->
 
 
 # -- the queue ------------------------------------------------------------------------
-def task_times(client: redis.Redis, partitions: int, ids: Sequence[str]
-               ) -> list[tuple[int, int, int, str]]:
+def task_times(
+    client: redis.Redis, partitions: int, ids: Sequence[str]
+) -> list[tuple[int, int, int, str]]:
     """(enqueued_at, started_at, finished_at, status) in ms for each task id."""
     out = []
     for i in range(0, len(ids), 1000):
         pipe = client.pipeline(transaction=False)
-        for t in ids[i:i + 1000]:
-            pipe.hmget(keys.task(keys.partition_of(t, partitions), t),
-                       ["enqueued_at", "started_at", "finished_at", "status"])
+        for t in ids[i : i + 1000]:
+            pipe.hmget(
+                keys.task(keys.partition_of(t, partitions), t),
+                ["enqueued_at", "started_at", "finished_at", "status"],
+            )
         for e, s, f, st in pipe.execute():
             out.append((int(e or 0), int(s or 0), int(f or 0), (st or b"").decode()))
     return out
 
 
-def groups_idle(client: redis.Redis, partitions: int, groups: Sequence[str] | None = None
-                ) -> bool:
+def groups_idle(client: redis.Redis, partitions: int, groups: Sequence[str] | None = None) -> bool:
     """Every group on every priority stream has nothing undelivered and nothing pending."""
     for p in range(partitions):
         for level in keys.LEVELS_DESC:

@@ -70,22 +70,40 @@ def ms(values: list[float], q: float) -> float:
 
 
 def latency_row(lat: list[float]) -> dict[str, Any]:
-    return {"p50_ms": ms(lat, 0.50), "p99_ms": ms(lat, 0.99), "p999_ms": ms(lat, 0.999),
-            "max_ms": round(max(lat) * 1000, 2) if lat else 0.0, "samples": len(lat)}
+    return {
+        "p50_ms": ms(lat, 0.50),
+        "p99_ms": ms(lat, 0.99),
+        "p999_ms": ms(lat, 0.999),
+        "max_ms": round(max(lat) * 1000, 2) if lat else 0.0,
+        "samples": len(lat),
+    }
 
 
 def request_for(mode: str, batch: int, tag: str, i: int) -> tuple[str, str]:
     """(path, JSON body) of request ``i`` of a load-generator thread."""
     if mode == "single":
         user = f"bench-{(hash(tag) + i) % USERS:05d}"
-        return (f"/api/accounts/{user}/purchases",
-                json.dumps({"amount": 5, "currency": "USD", "transaction_id": f"{tag}-{i}"}))
-    return ("/api/events:batch",
-            json.dumps({"events": [{"kind": "purchase",
-                                    "user_id": f"bench-{(i * batch + j) % USERS:05d}",
-                                    "amount": 5, "currency": "USD",
-                                    "transaction_id": f"{tag}-{i}-{j}"}
-                                   for j in range(batch)]}))
+        return (
+            f"/api/accounts/{user}/purchases",
+            json.dumps({"amount": 5, "currency": "USD", "transaction_id": f"{tag}-{i}"}),
+        )
+    return (
+        "/api/events:batch",
+        json.dumps(
+            {
+                "events": [
+                    {
+                        "kind": "purchase",
+                        "user_id": f"bench-{(i * batch + j) % USERS:05d}",
+                        "amount": 5,
+                        "currency": "USD",
+                        "transaction_id": f"{tag}-{i}-{j}",
+                    }
+                    for j in range(batch)
+                ]
+            }
+        ),
+    )
 
 
 def post(conn: http.client.HTTPConnection, path: str, body: str) -> bool:
@@ -106,8 +124,7 @@ class Tally:
     last_done: float = 0.0
 
 
-def _post_counted(conn: http.client.HTTPConnection, path: str, body: str,
-                  tally: Tally) -> None:
+def _post_counted(conn: http.client.HTTPConnection, path: str, body: str, tally: Tally) -> None:
     """One POST, counted as ok or as an error (a broken connection is reopened)."""
     try:
         good = post(conn, path, body)
@@ -120,8 +137,9 @@ def _post_counted(conn: http.client.HTTPConnection, path: str, body: str,
         tally.errors += 1
 
 
-def _closed_thread(port: int, mode: str, batch: int, seconds: float, tag: str,
-                   tally: Tally) -> None:
+def _closed_thread(
+    port: int, mode: str, batch: int, seconds: float, tag: str, tally: Tally
+) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     deadline = time.monotonic() + seconds
     i = 0
@@ -134,27 +152,39 @@ def _closed_thread(port: int, mode: str, batch: int, seconds: float, tag: str,
     conn.close()
 
 
-def _closed_process(port: int, mode: str, batch: int, seconds: float, threads: int, seed: int,
-                    queue: Any) -> None:
+def _closed_process(
+    port: int, mode: str, batch: int, seconds: float, threads: int, seed: int, queue: Any
+) -> None:
     tallies = [Tally() for _ in range(threads)]
-    pool = [threading.Thread(target=_closed_thread,
-                             args=(port, mode, batch, seconds,
-                                   f"{mode}{seed}t{t}{time.time_ns()}", tallies[t]))
-            for t in range(threads)]
+    pool = [
+        threading.Thread(
+            target=_closed_thread,
+            args=(port, mode, batch, seconds, f"{mode}{seed}t{t}{time.time_ns()}", tallies[t]),
+        )
+        for t in range(threads)
+    ]
     for t in pool:
         t.start()
     for t in pool:
         t.join()
-    queue.put(([x for tl in tallies for x in tl.lat], sum(tl.ok for tl in tallies),
-               sum(tl.errors for tl in tallies)))
+    queue.put(
+        (
+            [x for tl in tallies for x in tl.lat],
+            sum(tl.ok for tl in tallies),
+            sum(tl.errors for tl in tallies),
+        )
+    )
 
 
-def closed_loop(port: int, mode: str, batch: int, seconds: float, clients: int
-                ) -> dict[str, Any]:
+def closed_loop(port: int, mode: str, batch: int, seconds: float, clients: int) -> dict[str, Any]:
     queue: Any = mp.Queue()
-    procs = [mp.Process(target=_closed_process,
-                        args=(port, mode, batch, seconds, max(1, clients // PROCESSES), i, queue))
-             for i in range(PROCESSES)]
+    procs = [
+        mp.Process(
+            target=_closed_process,
+            args=(port, mode, batch, seconds, max(1, clients // PROCESSES), i, queue),
+        )
+        for i in range(PROCESSES)
+    ]
     t0 = time.monotonic()
     for p in procs:
         p.start()
@@ -165,16 +195,34 @@ def closed_loop(port: int, mode: str, batch: int, seconds: float, clients: int
     lat = [x for r in results for x in r[0]]
     requests = sum(r[1] for r in results)
     per = batch if mode == "batch" else 1
-    return {"load": "closed", "offered_rps": None, "requests_per_s": round(requests / elapsed),
-            "events_per_s": round(requests * per / elapsed), **latency_row(lat),
-            "late_p99_ms": None, "late_max_ms": None, "requests": requests,
-            "errors": sum(r[2] for r in results), "unsent": 0}
+    return {
+        "load": "closed",
+        "offered_rps": None,
+        "requests_per_s": round(requests / elapsed),
+        "events_per_s": round(requests * per / elapsed),
+        **latency_row(lat),
+        "late_p99_ms": None,
+        "late_max_ms": None,
+        "requests": requests,
+        "errors": sum(r[2] for r in results),
+        "unsent": 0,
+    }
 
 
 # -- open loop: fixed offered load, latency from the scheduled time ----------------------
-def _open_thread(conn: http.client.HTTPConnection, mode: str, batch: int, rate: float,
-                 start: float, slots: int, stride: int, offset: int, stop_at: float, tag: str,
-                 tally: Tally) -> None:
+def _open_thread(
+    conn: http.client.HTTPConnection,
+    mode: str,
+    batch: int,
+    rate: float,
+    start: float,
+    slots: int,
+    stride: int,
+    offset: int,
+    stop_at: float,
+    tag: str,
+    tally: Tally,
+) -> None:
     for i in range(offset, slots, stride):
         path, body = request_for(mode, batch, tag, i)
         scheduled = start + i / rate
@@ -193,8 +241,19 @@ def _open_thread(conn: http.client.HTTPConnection, mode: str, batch: int, rate: 
     conn.close()
 
 
-def _open_process(port: int, mode: str, batch: int, rate: float, seconds: float, threads: int,
-                  index: int, ready: Any, go: Any, start_at: Any, queue: Any) -> None:
+def _open_process(
+    port: int,
+    mode: str,
+    batch: int,
+    rate: float,
+    seconds: float,
+    threads: int,
+    index: int,
+    ready: Any,
+    go: Any,
+    start_at: Any,
+    queue: Any,
+) -> None:
     conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=30) for _ in range(threads)]
     for c in conns:
         c.connect()
@@ -206,30 +265,57 @@ def _open_process(port: int, mode: str, batch: int, rate: float, seconds: float,
     stop_at = start + seconds + max(2.0, seconds)
     tallies = [Tally() for _ in range(threads)]
     tag = f"open-{mode}{index}-{time.time_ns()}"
-    pool = [threading.Thread(target=_open_thread,
-                             args=(conns[t], mode, batch, rate, start, slots, stride,
-                                   index * threads + t, stop_at, f"{tag}t{t}", tallies[t]))
-            for t in range(threads)]
+    pool = [
+        threading.Thread(
+            target=_open_thread,
+            args=(
+                conns[t],
+                mode,
+                batch,
+                rate,
+                start,
+                slots,
+                stride,
+                index * threads + t,
+                stop_at,
+                f"{tag}t{t}",
+                tallies[t],
+            ),
+        )
+        for t in range(threads)
+    ]
     for t in pool:
         t.start()
     for t in pool:
         t.join()
-    queue.put(([x for tl in tallies for x in tl.lat], [x for tl in tallies for x in tl.late],
-               sum(tl.ok for tl in tallies), sum(tl.errors for tl in tallies),
-               sum(tl.unsent for tl in tallies), max(tl.last_done for tl in tallies)))
+    queue.put(
+        (
+            [x for tl in tallies for x in tl.lat],
+            [x for tl in tallies for x in tl.late],
+            sum(tl.ok for tl in tallies),
+            sum(tl.errors for tl in tallies),
+            sum(tl.unsent for tl in tallies),
+            max(tl.last_done for tl in tallies),
+        )
+    )
 
 
-def open_loop(port: int, mode: str, batch: int, rate: float, seconds: float, clients: int
-              ) -> dict[str, Any]:
+def open_loop(
+    port: int, mode: str, batch: int, rate: float, seconds: float, clients: int
+) -> dict[str, Any]:
     """``rate`` requests/s offered for ``seconds``, spread over 2 processes x threads."""
     threads = max(1, clients // PROCESSES)
     ready: Any = mp.Queue()
     queue: Any = mp.Queue()
     go = mp.Event()
     start_at: Any = mp.Value("d", 0.0)
-    procs = [mp.Process(target=_open_process,
-                        args=(port, mode, batch, rate, seconds, threads, i, ready, go, start_at,
-                              queue)) for i in range(PROCESSES)]
+    procs = [
+        mp.Process(
+            target=_open_process,
+            args=(port, mode, batch, rate, seconds, threads, i, ready, go, start_at, queue),
+        )
+        for i in range(PROCESSES)
+    ]
     for p in procs:
         p.start()
     for _ in procs:
@@ -246,12 +332,18 @@ def open_loop(port: int, mode: str, batch: int, rate: float, seconds: float, cli
     elapsed = max(r[5] for r in results) - start
     per = batch if mode == "batch" else 1
     done = ok + errors
-    return {"load": "open", "offered_rps": round(rate, 1),
-            "requests_per_s": round(ok / elapsed) if elapsed > 0 else 0,
-            "events_per_s": round(ok * per / elapsed) if elapsed > 0 else 0,
-            **latency_row(lat), "late_p99_ms": ms(late, 0.99),
-            "late_max_ms": round(max(late) * 1000, 2) if late else 0.0,
-            "requests": done, "errors": errors, "unsent": unsent}
+    return {
+        "load": "open",
+        "offered_rps": round(rate, 1),
+        "requests_per_s": round(ok / elapsed) if elapsed > 0 else 0,
+        "events_per_s": round(ok * per / elapsed) if elapsed > 0 else 0,
+        **latency_row(lat),
+        "late_p99_ms": ms(late, 0.99),
+        "late_max_ms": round(max(late) * 1000, 2) if late else 0.0,
+        "requests": done,
+        "errors": errors,
+        "unsent": unsent,
+    }
 
 
 # -- the Python client, and raw XADD -----------------------------------------------------
@@ -262,17 +354,36 @@ def python_client(qm: QueueManager, mode: str, batch: int, seconds: float) -> di
     t_start = time.monotonic()
     while time.monotonic() < deadline:
         size = 1 if mode == "single" else batch
-        items = [(Purchase(user_id=f"bench-{(n + j) % USERS:05d}", amount=5, currency="USD",
-                           transaction_id=f"py-{mode}-{n}-{j}"), Priority.NORMAL, None)
-                 for j in range(size)]
+        items = [
+            (
+                Purchase(
+                    user_id=f"bench-{(n + j) % USERS:05d}",
+                    amount=5,
+                    currency="USD",
+                    transaction_id=f"py-{mode}-{n}-{j}",
+                ),
+                Priority.NORMAL,
+                None,
+            )
+            for j in range(size)
+        ]
         t0 = time.monotonic()
         qm.append_batch(items)
         lat.append(time.monotonic() - t0)
         n += size
     elapsed = time.monotonic() - t_start
-    return {"load": "closed", "offered_rps": None, "requests_per_s": round(len(lat) / elapsed),
-            "events_per_s": round(n / elapsed), **latency_row(lat), "late_p99_ms": None,
-            "late_max_ms": None, "requests": len(lat), "errors": 0, "unsent": 0}
+    return {
+        "load": "closed",
+        "offered_rps": None,
+        "requests_per_s": round(len(lat) / elapsed),
+        "events_per_s": round(n / elapsed),
+        **latency_row(lat),
+        "late_p99_ms": None,
+        "late_max_ms": None,
+        "requests": len(lat),
+        "errors": 0,
+        "unsent": 0,
+    }
 
 
 def raw_entries(n: int) -> list[dict[str, str]]:
@@ -283,11 +394,23 @@ def raw_entries(n: int) -> list[dict[str, str]]:
         user = f"bench-{i % USERS:05d}"
         v = 2 + i // USERS  # version 1 is the registration
         bought = 5 * (v - 1)
-        out.append({"k": "credits_purchased", "u": user, "v": str(v), "t": str(now + i),
-                    "a": "5", "b": str(bought), "p": str(bought), "x": "0", "tx": "USD",
-                    "r": f"raw-{i:08d}",
-                    "ph": hashlib.sha1(f"{user}:{v - 1}".encode()).hexdigest(),
-                    "h": hashlib.sha1(f"{user}:{v}".encode()).hexdigest(), "q": "default"})
+        out.append(
+            {
+                "k": "credits_purchased",
+                "u": user,
+                "v": str(v),
+                "t": str(now + i),
+                "a": "5",
+                "b": str(bought),
+                "p": str(bought),
+                "x": "0",
+                "tx": "USD",
+                "r": f"raw-{i:08d}",
+                "ph": hashlib.sha1(f"{user}:{v - 1}".encode()).hexdigest(),
+                "h": hashlib.sha1(f"{user}:{v}".encode()).hexdigest(),
+                "q": "default",
+            }
+        )
     return out
 
 
@@ -297,7 +420,7 @@ def raw_xadd(client: redis.Redis, entries: list[dict[str, str]], pipeline: int) 
     t0 = time.perf_counter()
     for i in range(0, len(entries), pipeline):
         pipe = client.pipeline(transaction=False)
-        for e in entries[i:i + pipeline]:
+        for e in entries[i : i + pipeline]:
             pipe.xadd(RAW_STREAM, e)  # type: ignore[arg-type]
         pipe.execute()
     secs = time.perf_counter() - t0
@@ -308,7 +431,7 @@ def raw_xadd(client: redis.Redis, entries: list[dict[str, str]], pipeline: int) 
 def raw_pair(client: redis.Redis, n: int, pipeline: int) -> tuple[float, float]:
     full = raw_entries(n)
     five = [{k: e[k] for k in ("k", "u", "v", "a", "b")} for e in full]
-    raw_xadd(client, full[:min(n, 2000)], pipeline)  # warm-up
+    raw_xadd(client, full[: min(n, 2000)], pipeline)  # warm-up
     return raw_xadd(client, full, pipeline), raw_xadd(client, five, pipeline)
 
 
@@ -322,15 +445,21 @@ def _fmt(v: Any, spec: str = "") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--seconds", type=float, default=8.0, help="length of each run")
     ap.add_argument("--workers", default="1,2", help="uvicorn worker counts, comma separated")
     ap.add_argument("--batch", type=int, default=100, help="events per batch request")
-    ap.add_argument("--clients", type=int, default=16,
-                    help="HTTP connections (2 processes x clients/2 threads)")
-    ap.add_argument("--load", type=float, default=0.5,
-                    help="open-loop offered load, as a fraction of the closed-loop max")
+    ap.add_argument(
+        "--clients", type=int, default=16, help="HTTP connections (2 processes x clients/2 threads)"
+    )
+    ap.add_argument(
+        "--load",
+        type=float,
+        default=0.5,
+        help="open-loop offered load, as a fraction of the closed-loop max",
+    )
     ap.add_argument("--raw-events", type=int, default=20_000)
     ap.add_argument("--raw-pipeline", type=int, default=200)
     args = ap.parse_args(argv)
@@ -342,32 +471,54 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp)) as server:
         client = redis.Redis.from_url(server.url)
-        qm = QueueManager(config=StreamsConfig(redis_url=server.url, partitions=PARTITIONS),
-                          client=client)
-        qm.append_batch([(c, Priority.NORMAL, None) for c in
-                         registrations(user_ids(USERS, prefix="bench"))])
+        qm = QueueManager(
+            config=StreamsConfig(redis_url=server.url, partitions=PARTITIONS), client=client
+        )
+        qm.append_batch(
+            [(c, Priority.NORMAL, None) for c in registrations(user_ids(USERS, prefix="bench"))]
+        )
         raw_before = raw_pair(client, args.raw_events, args.raw_pipeline)
-        print(f"raw XADD pipelined x{args.raw_pipeline} (before): 13 fields "
-              f"{raw_before[0]:,.0f}/s, 5 fields {raw_before[1]:,.0f}/s", flush=True)
+        print(
+            f"raw XADD pipelined x{args.raw_pipeline} (before): 13 fields "
+            f"{raw_before[0]:,.0f}/s, 5 fields {raw_before[1]:,.0f}/s",
+            flush=True,
+        )
         for workers in (int(w) for w in args.workers.split(",")):
             port = free_port()
             with Deployment(server.url, partitions=PARTITIONS, log_level="WARNING") as deployment:
-                deployment.start("api", "serve", "--port", str(port), "--workers", str(workers),
-                                 "--rate-per-s", "0")
+                deployment.start(
+                    "api",
+                    "serve",
+                    "--port",
+                    str(port),
+                    "--workers",
+                    str(workers),
+                    "--rate-per-s",
+                    "0",
+                )
                 wait_healthy(port)
                 for mode in ("single", "batch"):
                     top = closed_loop(port, mode, args.batch, args.seconds, args.clients)
                     show({"via": "HTTP", "mode": mode, "uvicorn_workers": workers, **top})
                     rate = max(1.0, args.load * top["requests_per_s"])
                     r = open_loop(port, mode, args.batch, rate, args.seconds, args.clients)
-                    show({"via": "HTTP", "mode": f"{mode}, open loop",
-                          "uvicorn_workers": workers, **r})
+                    show(
+                        {
+                            "via": "HTTP",
+                            "mode": f"{mode}, open loop",
+                            "uvicorn_workers": workers,
+                            **r,
+                        }
+                    )
         for mode in ("single", "batch"):
             r = python_client(qm, mode, args.batch, args.seconds)
             show({"via": "Python client", "mode": mode, "uvicorn_workers": None, **r})
         raw_after = raw_pair(client, args.raw_events, args.raw_pipeline)
-        print(f"raw XADD pipelined x{args.raw_pipeline} (after): 13 fields "
-              f"{raw_after[0]:,.0f}/s, 5 fields {raw_after[1]:,.0f}/s", flush=True)
+        print(
+            f"raw XADD pipelined x{args.raw_pipeline} (after): 13 fields "
+            f"{raw_after[0]:,.0f}/s, 5 fields {raw_after[1]:,.0f}/s",
+            flush=True,
+        )
         qm.close()
 
     raw13 = (raw_before[0] + raw_after[0]) / 2
@@ -382,46 +533,72 @@ def main(argv: list[str] | None = None) -> int:
             r["target"] = f">= {BATCH_RAW_TARGET:.0%} of raw pipelined XADD events/s"
             r["met"] = r["vs_raw_xadd"] >= BATCH_RAW_TARGET
     for label, pair in (("before", raw_before), ("after", raw_after), ("mean", (raw13, raw5))):
-        for fields, value in (("13 fields (ledger event shape)", pair[0]),
-                              ("5 fields (k u v a b)", pair[1])):
-            rows.append({"via": "raw XADD", "mode": f"pipelined x{args.raw_pipeline}, {fields}",
-                         "measured": label, "uvicorn_workers": None, "events": args.raw_events,
-                         "events_per_s": round(value)})
+        for fields, value in (
+            ("13 fields (ledger event shape)", pair[0]),
+            ("5 fields (k u v a b)", pair[1]),
+        ):
+            rows.append(
+                {
+                    "via": "raw XADD",
+                    "mode": f"pipelined x{args.raw_pipeline}, {fields}",
+                    "measured": label,
+                    "uvicorn_workers": None,
+                    "events": args.raw_events,
+                    "events_per_s": round(value),
+                }
+            )
 
-    head = (f"{'via':<14}{'mode':<20}{'wk':>3}{'offered':>9}{'req/s':>8}{'events/s':>10}"
-            f"{'vs raw':>8}{'vs raw5':>8}{'p50 ms':>8}{'p99 ms':>8}{'p999 ms':>9}"
-            f"{'late p99':>9}{'late max':>9}{'n':>7}{'err':>5}{'unsent':>7}")
-    print(f"\nHTTP and Python-client appends (batch = {args.batch} events/request; "
-          f"{args.clients} HTTP connections over {PROCESSES} processes; open loop at "
-          f"{args.load:g} x the closed-loop req/s; {args.seconds:g} s each)")
+    head = (
+        f"{'via':<14}{'mode':<20}{'wk':>3}{'offered':>9}{'req/s':>8}{'events/s':>10}"
+        f"{'vs raw':>8}{'vs raw5':>8}{'p50 ms':>8}{'p99 ms':>8}{'p999 ms':>9}"
+        f"{'late p99':>9}{'late max':>9}{'n':>7}{'err':>5}{'unsent':>7}"
+    )
+    print(
+        f"\nHTTP and Python-client appends (batch = {args.batch} events/request; "
+        f"{args.clients} HTTP connections over {PROCESSES} processes; open loop at "
+        f"{args.load:g} x the closed-loop req/s; {args.seconds:g} s each)"
+    )
     print(head)
     for r in rows:
         if r["via"] == "raw XADD":
             continue
-        print(f"{r['via']:<14}{r['mode']:<20}{_fmt(r['uvicorn_workers']):>3}"
-              f"{_fmt(r['offered_rps'], ',.0f'):>9}{r['requests_per_s']:>8,}"
-              f"{r['events_per_s']:>10,}{r['vs_raw_xadd']:>8.1%}{r['vs_raw_xadd_5_fields']:>8.1%}"
-              f"{r['p50_ms']:>8}{r['p99_ms']:>8}{r['p999_ms']:>9}{_fmt(r['late_p99_ms']):>9}"
-              f"{_fmt(r['late_max_ms']):>9}{r['samples']:>7}{r['errors']:>5}{r['unsent']:>7}")
-    print(f"raw XADD pipelined x{args.raw_pipeline}, {args.raw_events:,} entries, same Redis: "
-          f"13 fields {raw13:,.0f}/s (before {raw_before[0]:,.0f}, after {raw_after[0]:,.0f}); "
-          f"5 fields {raw5:,.0f}/s (before {raw_before[1]:,.0f}, after {raw_after[1]:,.0f})")
-    print("closed-loop p50/p99/p999: send -> answer; open-loop: scheduled send -> answer "
-          "(late = actual send - scheduled); 'vs raw' = events/s / raw 13-field XADD")
+        print(
+            f"{r['via']:<14}{r['mode']:<20}{_fmt(r['uvicorn_workers']):>3}"
+            f"{_fmt(r['offered_rps'], ',.0f'):>9}{r['requests_per_s']:>8,}"
+            f"{r['events_per_s']:>10,}{r['vs_raw_xadd']:>8.1%}{r['vs_raw_xadd_5_fields']:>8.1%}"
+            f"{r['p50_ms']:>8}{r['p99_ms']:>8}{r['p999_ms']:>9}{_fmt(r['late_p99_ms']):>9}"
+            f"{_fmt(r['late_max_ms']):>9}{r['samples']:>7}{r['errors']:>5}{r['unsent']:>7}"
+        )
+    print(
+        f"raw XADD pipelined x{args.raw_pipeline}, {args.raw_events:,} entries, same Redis: "
+        f"13 fields {raw13:,.0f}/s (before {raw_before[0]:,.0f}, after {raw_after[0]:,.0f}); "
+        f"5 fields {raw5:,.0f}/s (before {raw_before[1]:,.0f}, after {raw_after[1]:,.0f})"
+    )
+    print(
+        "closed-loop p50/p99/p999: send -> answer; open-loop: scheduled send -> answer "
+        "(late = actual send - scheduled); 'vs raw' = events/s / raw 13-field XADD"
+    )
     print("targets:")
     for r in rows:
         if "met" not in r:
             continue
         if r["mode"] == "single, open loop":
-            print(f"  single HTTP p99 {r['p99_ms']} ms at {r['offered_rps']:,.0f} req/s offered "
-                  f"({args.load:g} x max), {r['uvicorn_workers']} worker(s): "
-                  f"< {SINGLE_P99_TARGET_MS:g} ms {'MET' if r['met'] else 'NOT MET'}"
-                  + (f" ({r['unsent']} unsent, {r['errors']} errors)"
-                     if r["unsent"] or r["errors"] else ""))
+            print(
+                f"  single HTTP p99 {r['p99_ms']} ms at {r['offered_rps']:,.0f} req/s offered "
+                f"({args.load:g} x max), {r['uvicorn_workers']} worker(s): "
+                f"< {SINGLE_P99_TARGET_MS:g} ms {'MET' if r['met'] else 'NOT MET'}"
+                + (
+                    f" ({r['unsent']} unsent, {r['errors']} errors)"
+                    if r["unsent"] or r["errors"]
+                    else ""
+                )
+            )
         else:
-            print(f"  batch HTTP {r['events_per_s']:,} events/s, {r['uvicorn_workers']} "
-                  f"worker(s) = {r['vs_raw_xadd']:.1%} of raw pipelined XADD: "
-                  f">= {BATCH_RAW_TARGET:.0%} {'MET' if r['met'] else 'NOT MET'}")
+            print(
+                f"  batch HTTP {r['events_per_s']:,} events/s, {r['uvicorn_workers']} "
+                f"worker(s) = {r['vs_raw_xadd']:.1%} of raw pipelined XADD: "
+                f">= {BATCH_RAW_TARGET:.0%} {'MET' if r['met'] else 'NOT MET'}"
+            )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "http.json").write_text(json.dumps(rows, indent=2))
     return 0

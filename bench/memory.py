@@ -61,8 +61,9 @@ def usage(client: redis.Redis, pattern: str, limit: int | None = None) -> tuple[
 
 
 def xlen_all(client: redis.Redis) -> int:
-    return sum(int(client.xlen(keys.stream(p, lv)))
-               for p in range(PARTITIONS) for lv in keys.LEVELS_DESC)
+    return sum(
+        int(client.xlen(keys.stream(p, lv))) for p in range(PARTITIONS) for lv in keys.LEVELS_DESC
+    )
 
 
 def per_event(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -74,61 +75,81 @@ def per_event(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         users = user_ids(args.accounts, prefix="mem")
         regs = registrations(users)
         for i in range(0, len(regs), 500):
-            qm.append_batch([(c, Priority.NORMAL, None) for c in regs[i:i + 500]])
+            qm.append_batch([(c, Priority.NORMAL, None) for c in regs[i : i + 500]])
         m1 = used(client)
         cmds = list(credit_traffic(users, args.events, seed=4))
         for i in range(0, len(cmds), 500):
-            qm.append_batch([(c, Priority.NORMAL, None) for c in cmds[i:i + 500]])
+            qm.append_batch([(c, Priority.NORMAL, None) for c in cmds[i : i + 500]])
         m2 = used(client)
         n_events = xlen_all(client)
         credit_events = n_events - args.accounts
-        streams = sum(int(client.memory_usage(keys.stream(p, lv), samples=0) or 0)
-                      for p in range(PARTITIONS) for lv in keys.LEVELS_DESC)
+        streams = sum(
+            int(client.memory_usage(keys.stream(p, lv), samples=0) or 0)
+            for p in range(PARTITIONS)
+            for lv in keys.LEVELS_DESC
+        )
         n_acct, acct = usage(client, "ledger:{p*}:acct:*", 500)
         n_txn, txn = usage(client, "ledger:{p*}:txn:*", 500)
         client.flushall()
         m3 = used(client)
         pipe = client.pipeline(transaction=False)
         for i in range(n_events):  # varying values and a 40-hex hash, like an event
-            fields: dict[Any, Any] = {"k": "credits_used", "u": f"mem-{i % 2000:05d}",
-                                      "v": i % 97, "a": -50 - i % 7, "b": 950 + i,
-                                      "h": hashlib.sha1(str(i).encode()).hexdigest()}
+            fields: dict[Any, Any] = {
+                "k": "credits_used",
+                "u": f"mem-{i % 2000:05d}",
+                "v": i % 97,
+                "a": -50 - i % 7,
+                "b": 950 + i,
+                "h": hashlib.sha1(str(i).encode()).hexdigest(),
+            }
             pipe.xadd("raw", fields)
         pipe.execute()
         raw_used = used(client) - m3
         raw_stream = int(client.memory_usage("raw", samples=0) or 0)
         qm.close()
         client.close()
-    return {"accounts": args.accounts, "credit_events_accepted": credit_events,
-            "stream_entries": n_events,
-            "used_per_account_with_registration_B": round((m1 - m0) / args.accounts),
-            "used_per_credit_event_B": round((m2 - m1) / credit_events),
-            "stream_bytes_per_entry_B": round(streams / n_events),
-            "account_hash_B": round(acct / max(1, n_acct)),
-            "txn_hash_per_account_B": round(txn / max(1, n_txn)),
-            "raw_xadd_used_per_entry_B": round(raw_used / n_events),
-            "raw_stream_bytes_per_entry_B": round(raw_stream / n_events)}
+    return {
+        "accounts": args.accounts,
+        "credit_events_accepted": credit_events,
+        "stream_entries": n_events,
+        "used_per_account_with_registration_B": round((m1 - m0) / args.accounts),
+        "used_per_credit_event_B": round((m2 - m1) / credit_events),
+        "stream_bytes_per_entry_B": round(streams / n_events),
+        "account_hash_B": round(acct / max(1, n_acct)),
+        "txn_hash_per_account_B": round(txn / max(1, n_txn)),
+        "raw_xadd_used_per_entry_B": round(raw_used / n_events),
+        "raw_stream_bytes_per_entry_B": round(raw_stream / n_events),
+    }
 
 
 def bounded(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     with EmbeddedRedis(tmp / "r2") as rs, EmbeddedMongo(tmp / "m2") as ms:
         client = redis.Redis.from_url(rs.url)
-        common = ["--redis-url", rs.url, "--mongo-url", ms.url, "--partitions",
-                  str(PARTITIONS), "--log-level", "WARNING"]
+        common = [
+            "--redis-url",
+            rs.url,
+            "--mongo-url",
+            ms.url,
+            "--partitions",
+            str(PARTITIONS),
+            "--log-level",
+            "WARNING",
+        ]
         port = free_port()
         log = tmp / "procs.log"
-        kinds = {"api": spawn(ledger("serve", *common, "--port", str(port)), log),
-                 "worker-1": spawn(ledger("worker", *common, "--concurrency", "4"), log),
-                 "worker-2": spawn(ledger("worker", *common, "--concurrency", "4"), log),
-                 "projector": spawn(ledger("project", *common, "--trim-after-ms", "2000"), log),
-                 "scheduler": spawn(ledger("scheduler", *common), log)}
+        kinds = {
+            "api": spawn(ledger("serve", *common, "--port", str(port)), log),
+            "worker-1": spawn(ledger("worker", *common, "--concurrency", "4"), log),
+            "worker-2": spawn(ledger("worker", *common, "--concurrency", "4"), log),
+            "projector": spawn(ledger("project", *common, "--trim-after-ms", "2000"), log),
+            "scheduler": spawn(ledger("scheduler", *common), log),
+        }
         samples: list[tuple[float, int, int]] = []
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
 
             def post(path: str, body: dict[str, Any]) -> int:
-                conn.request("POST", path, json.dumps(body),
-                             {"Content-Type": "application/json"})
+                conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
                 resp = conn.getresponse()
                 resp.read()
                 return resp.status
@@ -149,8 +170,10 @@ def bounded(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 if time.time() >= next_sample:
                     samples.append((round(time.time() - t0, 1), xlen_all(client), used(client)))
                     next_sample += 1.0
-                s = post(f"/api/accounts/{users[i % len(users)]}/purchases",
-                         {"amount": 10, "currency": "USD", "transaction_id": f"m-{i}"})
+                s = post(
+                    f"/api/accounts/{users[i % len(users)]}/purchases",
+                    {"amount": 10, "currency": "USD", "transaction_id": f"m-{i}"},
+                )
                 statuses[s] = statuses.get(s, 0) + 1
             samples.append((round(time.time() - t0, 1), xlen_all(client), used(client)))
             rss = {k: peak_rss_kb(p.pid) for k, p in kinds.items()}
@@ -159,16 +182,24 @@ def bounded(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             stop(list(kinds.values()))
         client.close()
     lens = [s[1] for s in samples]
-    return {"seconds": secs, "rate_per_s": args.rate, "http_statuses": statuses,
-            "xlen_max": max(lens), "xlen_final": lens[-1],
-            "used_memory_max_B": max(s[2] for s in samples),
-            "used_memory_final_B": samples[-1][2], "appended": n,
-            "peak_rss_kB": rss, "samples": samples}
+    return {
+        "seconds": secs,
+        "rate_per_s": args.rate,
+        "http_statuses": statuses,
+        "xlen_max": max(lens),
+        "xlen_final": lens[-1],
+        "used_memory_max_B": max(s[2] for s in samples),
+        "used_memory_final_B": samples[-1][2],
+        "appended": n,
+        "peak_rss_kB": rss,
+        "samples": samples,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--accounts", type=int, default=2000)
     ap.add_argument("--events", type=int, default=20_000)
     ap.add_argument("--minutes", type=float, default=1.0, help="steady-load duration")
@@ -180,23 +211,35 @@ def main(argv: list[str] | None = None) -> int:
             f = facts(rs.url)
         print_facts(f)
         pe = per_event(args, tmp)
-        print(f"\nRedis bytes ({pe['accounts']} accounts, {pe['credit_events_accepted']} "
-              f"accepted credit events, {pe['stream_entries']} stream entries)")
+        print(
+            f"\nRedis bytes ({pe['accounts']} accounts, {pe['credit_events_accepted']} "
+            f"accepted credit events, {pe['stream_entries']} stream entries)"
+        )
         for k, v in pe.items():
             if k.endswith("_B"):
                 print(f"  {k[:-2].replace('_', ' '):<44}{v:>8,} B")
-        print(f"  ratio used per credit event / raw XADD entry  "
-              f"{pe['used_per_credit_event_B'] / pe['raw_xadd_used_per_entry_B']:>8.2f}",
-              flush=True)
+        print(
+            f"  ratio used per credit event / raw XADD entry  "
+            f"{pe['used_per_credit_event_B'] / pe['raw_xadd_used_per_entry_B']:>8.2f}",
+            flush=True,
+        )
         bd = bounded(args, tmp)
-    print(f"\nsteady {bd['rate_per_s']:g} purchases/s over HTTP for {bd['seconds']:g} s with "
-          f"`ledger project --trim-after-ms 2000` (HTTP statuses {bd['http_statuses']})")
-    print(f"  XLEN of all streams: max {bd['xlen_max']:,}, final {bd['xlen_final']:,} "
-          f"(of {bd['appended']:,} appended)")
-    print(f"  used_memory: max {bd['used_memory_max_B'] / 2**20:.1f} MiB, final "
-          f"{bd['used_memory_final_B'] / 2**20:.1f} MiB")
-    print("  peak RSS (VmHWM): " + ", ".join(f"{k} {v / 1024:.0f} MiB"
-                                              for k, v in bd["peak_rss_kB"].items()))
+    print(
+        f"\nsteady {bd['rate_per_s']:g} purchases/s over HTTP for {bd['seconds']:g} s with "
+        f"`ledger project --trim-after-ms 2000` (HTTP statuses {bd['http_statuses']})"
+    )
+    print(
+        f"  XLEN of all streams: max {bd['xlen_max']:,}, final {bd['xlen_final']:,} "
+        f"(of {bd['appended']:,} appended)"
+    )
+    print(
+        f"  used_memory: max {bd['used_memory_max_B'] / 2**20:.1f} MiB, final "
+        f"{bd['used_memory_final_B'] / 2**20:.1f} MiB"
+    )
+    print(
+        "  peak RSS (VmHWM): "
+        + ", ".join(f"{k} {v / 1024:.0f} MiB" for k, v in bd["peak_rss_kB"].items())
+    )
     write("memory", {"facts": f, "args": vars(args), "per_event": pe, "bounded": bd})
     return 0
 

@@ -55,8 +55,11 @@ from ledger.tasks import Priority
 from streams import QueueManager, StreamsConfig
 
 PARTITIONS = 4
-SUMS = {"ledger": "bench:sum:ledger", "ledger_many": "bench:sum:ledger-many",
-        "dramatiq": "bench:sum:dramatiq"}
+SUMS = {
+    "ledger": "bench:sum:ledger",
+    "ledger_many": "bench:sum:ledger-many",
+    "dramatiq": "bench:sum:dramatiq",
+}
 LABELS = {"ledger": "ledger", "ledger_many": "ledger, enqueue_many", "dramatiq": "dramatiq"}
 
 
@@ -65,52 +68,94 @@ def total(client: redis.Redis, key: str) -> int:
 
 
 def hash_ints(client: redis.Redis, key: str) -> dict[str, int]:
-    return {(k.decode() if isinstance(k, bytes) else k): int(v)
-            for k, v in client.hgetall(key).items()}
+    return {
+        (k.decode() if isinstance(k, bytes) else k): int(v) for k, v in client.hgetall(key).items()
+    }
 
 
 class System:
     """How to enqueue to, and run workers of, one of the two systems."""
 
-    def __init__(self, name: str, url: str, broker_url: str, args: argparse.Namespace,
-                 tmp: Path) -> None:
+    def __init__(
+        self, name: str, url: str, broker_url: str, args: argparse.Namespace, tmp: Path
+    ) -> None:
         self.name, self.url, self.args, self.tmp = name, url, args, tmp
         self.key = SUMS[name]
-        self.env = {"BENCH_REDIS_URL": url, "BENCH_SUM_KEY": self.key,
-                    "BENCH_DRAMATIQ_URL": broker_url}
+        self.env = {
+            "BENCH_REDIS_URL": url,
+            "BENCH_SUM_KEY": self.key,
+            "BENCH_DRAMATIQ_URL": broker_url,
+        }
         self.send: Callable[[str, int, str | None], Any]
         self.send_many: Callable[[list[tuple[str, int]]], Any] | None = None
         self.is_ledger = name.startswith("ledger")
         if self.is_ledger:
             qm = QueueManager(config=StreamsConfig(redis_url=url, partitions=PARTITIONS))
             self.send = lambda u, a, tag: qm.enqueue(
-                "default", "hincr", {"user": u, "amount": a} if tag is None
-                else {"user": u, "amount": a, "tag": tag}, priority=Priority.NORMAL)
+                "default",
+                "hincr",
+                {"user": u, "amount": a} if tag is None else {"user": u, "amount": a, "tag": tag},
+                priority=Priority.NORMAL,
+            )
             if name == "ledger_many":
                 many = args.many
                 self.send_many = lambda work: [
-                    qm.enqueue_many("default", "hincr",
-                                    [{"user": u, "amount": a} for u, a in work[i:i + many]],
-                                    Priority.NORMAL)
-                    for i in range(0, len(work), many)]
+                    qm.enqueue_many(
+                        "default",
+                        "hincr",
+                        [{"user": u, "amount": a} for u, a in work[i : i + many]],
+                        Priority.NORMAL,
+                    )
+                    for i in range(0, len(work), many)
+                ]
         else:
             os.environ.update(self.env)
             from bench import peer_dramatiq
+
             actor = peer_dramatiq.hincr
             self.send = lambda u, a, tag: actor.send(u, a, tag)
 
     def start(self) -> list[subprocess.Popen[bytes]]:
         log = self.tmp / f"{self.name}-workers.log"
         if self.is_ledger:
-            return [spawn(ledger("worker", "--redis-url", self.url, "--partitions",
-                                 str(PARTITIONS), "--import", "bench.peer_handlers",
-                                 "--concurrency", str(self.args.concurrency),
-                                 "--log-level", "WARNING"), log, self.env)
-                    for _ in range(self.args.processes)]
+            return [
+                spawn(
+                    ledger(
+                        "worker",
+                        "--redis-url",
+                        self.url,
+                        "--partitions",
+                        str(PARTITIONS),
+                        "--import",
+                        "bench.peer_handlers",
+                        "--concurrency",
+                        str(self.args.concurrency),
+                        "--log-level",
+                        "WARNING",
+                    ),
+                    log,
+                    self.env,
+                )
+                for _ in range(self.args.processes)
+            ]
         import sys
-        return [spawn([sys.executable, "-m", "dramatiq", "bench.peer_dramatiq",
-                       "--processes", str(self.args.processes),
-                       "--threads", str(self.args.threads)], log, self.env)]
+
+        return [
+            spawn(
+                [
+                    sys.executable,
+                    "-m",
+                    "dramatiq",
+                    "bench.peer_dramatiq",
+                    "--processes",
+                    str(self.args.processes),
+                    "--threads",
+                    str(self.args.threads),
+                ],
+                log,
+                self.env,
+            )
+        ]
 
     def wait_ready(self, client: redis.Redis) -> None:
         """One warm-up message through the running workers (amount 0, then forgotten)."""
@@ -122,8 +167,15 @@ class System:
             raise RuntimeError(f"{self.name} workers did not come up (see {self.tmp})")
 
 
-def drain(sys_: System, client: redis.Redis, redis_pid: int, n: int, users: int,
-          rng: random.Random, expected: dict[str, int]) -> dict[str, Any]:
+def drain(
+    sys_: System,
+    client: redis.Redis,
+    redis_pid: int,
+    n: int,
+    users: int,
+    rng: random.Random,
+    expected: dict[str, int],
+) -> dict[str, Any]:
     work = [(f"u{rng.randrange(users):04d}", rng.randrange(1, 100)) for _ in range(n)]
     for u, a in work:
         expected[u] = expected.get(u, 0) + a
@@ -163,17 +215,29 @@ def drain(sys_: System, client: redis.Redis, redis_pid: int, n: int, users: int,
     counted = n - int(done_frac * n)
     secs = t_end - first[0]
     drain_cpu = cpu_end - first[2]
-    return {"tasks": n, "enqueue_s": round(enq_s, 3), "enqueue_per_s": round(n / enq_s),
-            "drain_tasks_timed": counted, "drain_s": round(secs, 3),
-            "drain_per_s": round(counted / secs),
-            "cpu_ms_enqueue_per_task": round(enq_cpu / n, 3),
-            "cpu_ms_drain_per_task": round(drain_cpu / counted, 3),
-            "cpu_ms_per_task": round(enq_cpu / n + drain_cpu / counted, 3),
-            "totals_ok": ok}
+    return {
+        "tasks": n,
+        "enqueue_s": round(enq_s, 3),
+        "enqueue_per_s": round(n / enq_s),
+        "drain_tasks_timed": counted,
+        "drain_s": round(secs, 3),
+        "drain_per_s": round(counted / secs),
+        "cpu_ms_enqueue_per_task": round(enq_cpu / n, 3),
+        "cpu_ms_drain_per_task": round(drain_cpu / counted, 3),
+        "cpu_ms_per_task": round(enq_cpu / n + drain_cpu / counted, 3),
+        "totals_ok": ok,
+    }
 
 
-def latency(sys_: System, client: redis.Redis, rate: float, secs: float, users: int,
-            rng: random.Random, expected: dict[str, int]) -> dict[str, Any]:
+def latency(
+    sys_: System,
+    client: redis.Redis,
+    rate: float,
+    secs: float,
+    users: int,
+    rng: random.Random,
+    expected: dict[str, int],
+) -> dict[str, Any]:
     procs = sys_.start()
     try:
         sys_.wait_ready(client)
@@ -198,30 +262,45 @@ def latency(sys_: System, client: redis.Redis, rate: float, secs: float, users: 
         stop(procs)
     lat = [round(done[t] - s, 1) for t, s in sent.items() if t in done]
     got = hash_ints(client, sys_.key)
-    return {"offered_per_s": rate, "seconds": secs, "sent": n, "done": len(lat),
-            "producer_behind_s": round(behind, 3), "latency_ms": summary(lat),
-            "totals_ok": got == expected}
+    return {
+        "offered_per_s": rate,
+        "seconds": secs,
+        "sent": n,
+        "done": len(lat),
+        "producer_behind_s": round(behind, 3),
+        "latency_ms": summary(lat),
+        "totals_ok": got == expected,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--tasks", type=int, default=20_000)
     ap.add_argument("--users", type=int, default=1000)
     ap.add_argument("--processes", type=int, default=2, help="worker processes, each system")
     ap.add_argument("--threads", type=int, default=8, help="Dramatiq threads per process")
-    ap.add_argument("--concurrency", type=int, default=4,
-                    help="ledger consumers (threads) per worker process")
+    ap.add_argument(
+        "--concurrency", type=int, default=4, help="ledger consumers (threads) per worker process"
+    )
     ap.add_argument("--latency-s", type=float, default=10.0)
-    ap.add_argument("--rate", type=float, default=0.0,
-                    help="offered load for the latency phase (default: half the slower drain)")
-    ap.add_argument("--many", type=int, default=500,
-                    help="tasks per enqueue_many call (the ledger's second run)")
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="offered load for the latency phase (default: half the slower drain)",
+    )
+    ap.add_argument(
+        "--many",
+        type=int,
+        default=500,
+        help="tasks per enqueue_many call (the ledger's second run)",
+    )
     ap.add_argument("--raw", type=int, default=20_000, help="raw HINCRBY calls (the floor)")
     args = ap.parse_args(argv)
 
-    with tempfile.TemporaryDirectory() as tmp_s, \
-            EmbeddedRedis(Path(tmp_s) / "redis") as rs:
+    with tempfile.TemporaryDirectory() as tmp_s, EmbeddedRedis(Path(tmp_s) / "redis") as rs:
         tmp = Path(tmp_s)
         f = facts(rs.url)
         print_facts(f)
@@ -235,32 +314,53 @@ def main(argv: list[str] | None = None) -> int:
         raw_rate = args.raw / (time.perf_counter() - t0)
         print(f"raw HINCRBY one by one: {raw_rate:,.0f}/s", flush=True)
 
-        systems = {name: System(name, rs.url, broker_url, args, tmp)
-                   for name in ("ledger", "ledger_many", "dramatiq")}
+        systems = {
+            name: System(name, rs.url, broker_url, args, tmp)
+            for name in ("ledger", "ledger_many", "dramatiq")
+        }
         expected: dict[str, dict[str, int]] = {name: {} for name in systems}
         results: dict[str, dict[str, Any]] = {}
         for name, s in systems.items():
-            results[name] = {"drain": drain(s, client, rs.pid, args.tasks, args.users,
-                                            random.Random(1), expected[name])}
+            results[name] = {
+                "drain": drain(
+                    s, client, rs.pid, args.tasks, args.users, random.Random(1), expected[name]
+                )
+            }
             d = results[name]["drain"]
-            print(f"{LABELS[name]:<22} enqueue {d['enqueue_per_s']:>7,}/s  drain "
-                  f"{d['drain_per_s']:>7,}/s  CPU {d['cpu_ms_per_task']:.3f} ms/task  "
-                  f"totals ok: {d['totals_ok']}", flush=True)
+            print(
+                f"{LABELS[name]:<22} enqueue {d['enqueue_per_s']:>7,}/s  drain "
+                f"{d['drain_per_s']:>7,}/s  CPU {d['cpu_ms_per_task']:.3f} ms/task  "
+                f"totals ok: {d['totals_ok']}",
+                flush=True,
+            )
         rate = args.rate or round(min(r["drain"]["drain_per_s"] for r in results.values()) / 2)
         for name in ("ledger", "dramatiq"):
-            results[name]["latency"] = latency(systems[name], client, rate, args.latency_s,
-                                               args.users, random.Random(2), expected[name])
+            results[name]["latency"] = latency(
+                systems[name],
+                client,
+                rate,
+                args.latency_s,
+                args.users,
+                random.Random(2),
+                expected[name],
+            )
             lt = results[name]["latency"]
-            print(f"{name:<9} at {rate}/s: p50 {lt['latency_ms']['p50']} ms  p99 "
-                  f"{lt['latency_ms']['p99']} ms  max {lt['latency_ms']['max']} ms  "
-                  f"({lt['done']}/{lt['sent']} done, totals ok: {lt['totals_ok']})", flush=True)
+            print(
+                f"{name:<9} at {rate}/s: p50 {lt['latency_ms']['p50']} ms  p99 "
+                f"{lt['latency_ms']['p99']} ms  max {lt['latency_ms']['max']} ms  "
+                f"({lt['done']}/{lt['sent']} done, totals ok: {lt['totals_ok']})",
+                flush=True,
+            )
         client.close()
 
     theirs = results["dramatiq"]
-    ratios = {name: {"drain": results[name]["drain"]["drain_per_s"]
-                     / theirs["drain"]["drain_per_s"],
-                     "cpu": results[name]["drain"]["cpu_ms_per_task"]
-                     / theirs["drain"]["cpu_ms_per_task"]} for name in ("ledger", "ledger_many")}
+    ratios = {
+        name: {
+            "drain": results[name]["drain"]["drain_per_s"] / theirs["drain"]["drain_per_s"],
+            "cpu": results[name]["drain"]["cpu_ms_per_task"] / theirs["drain"]["cpu_ms_per_task"],
+        }
+        for name in ("ledger", "ledger_many")
+    }
     rows = [
         ("drain, tasks/s", "drain_per_s", "{:,}"),
         ("enqueue, tasks/s", "enqueue_per_s", "{:,}"),
@@ -268,40 +368,65 @@ def main(argv: list[str] | None = None) -> int:
         ("  of which enqueue side", "cpu_ms_enqueue_per_task", "{:.3f}"),
         ("  of which drain side", "cpu_ms_drain_per_task", "{:.3f}"),
     ]
-    print(f"\n{args.tasks} HINCRBY tasks, {args.processes} worker processes each "
-          f"(ledger --concurrency {args.concurrency}, dramatiq --threads {args.threads}); "
-          f"ratios are ledger / dramatiq")
-    print(f"{'figure':<34}{'ledger':>10}{'ratio':>7}{'ledger, many':>14}{'ratio':>7}"
-          f"{'dramatiq':>10}")
+    print(
+        f"\n{args.tasks} HINCRBY tasks, {args.processes} worker processes each "
+        f"(ledger --concurrency {args.concurrency}, dramatiq --threads {args.threads}); "
+        f"ratios are ledger / dramatiq"
+    )
+    print(
+        f"{'figure':<34}{'ledger':>10}{'ratio':>7}{'ledger, many':>14}{'ratio':>7}{'dramatiq':>10}"
+    )
     for label, key, fmt in rows:
         a, m, b = (results[n]["drain"][key] for n in ("ledger", "ledger_many", "dramatiq"))
-        print(f"{label:<34}{fmt.format(a):>10}{a / b:>7.2f}{fmt.format(m):>14}{m / b:>7.2f}"
-              f"{fmt.format(b):>10}")
+        print(
+            f"{label:<34}{fmt.format(a):>10}{a / b:>7.2f}{fmt.format(m):>14}{m / b:>7.2f}"
+            f"{fmt.format(b):>10}"
+        )
     for q in ("p50", "p99", "max"):
         a, b = (results[n]["latency"]["latency_ms"][q] for n in ("ledger", "dramatiq"))
-        print(f"{'latency ' + q + ' ms at ' + str(rate) + '/s':<34}{a:>10.1f}"
-              f"{(a / b if b else float('nan')):>7.2f}{'':>21}{b:>10.1f}")
-    checked = {LABELS[n]: r["drain"]["totals_ok"] and r.get("latency", {"totals_ok": True})[
-        "totals_ok"] for n, r in results.items()}
-    print("totals checked (every user's sum equals what was enqueued): "
-          + ", ".join(f"{k} {v}" for k, v in checked.items()))
+        print(
+            f"{'latency ' + q + ' ms at ' + str(rate) + '/s':<34}{a:>10.1f}"
+            f"{(a / b if b else float('nan')):>7.2f}{'':>21}{b:>10.1f}"
+        )
+    checked = {
+        LABELS[n]: r["drain"]["totals_ok"] and r.get("latency", {"totals_ok": True})["totals_ok"]
+        for n, r in results.items()
+    }
+    print(
+        "totals checked (every user's sum equals what was enqueued): "
+        + ", ".join(f"{k} {v}" for k, v in checked.items())
+    )
     for n in ("ledger", "dramatiq"):
         lt = results[n]["latency"]
         if lt["done"] < lt["sent"]:
-            print(f"  {LABELS[n]}: {lt['sent'] - lt['done']} of {lt['sent']} latency-phase tasks "
-                  "not done within 60 s of the last send")
+            print(
+                f"  {LABELS[n]}: {lt['sent'] - lt['done']} of {lt['sent']} latency-phase tasks "
+                "not done within 60 s of the last send"
+            )
     targets = {}
     for name in ("ledger", "ledger_many"):
         r = ratios[name]
-        targets[name] = {"drain >= 3x dramatiq": r["drain"] >= 3,
-                         "cpu/task <= 0.5x dramatiq": r["cpu"] <= 0.5}
-        print(f"targets, {LABELS[name]}: drain ratio {r['drain']:.2f} (>= 3: "
-              f"{r['drain'] >= 3}), CPU ratio {r['cpu']:.2f} (<= 0.5: {r['cpu'] <= 0.5})")
-    write("peers", {"facts": f, "args": vars(args), "raw_hincrby_per_s": round(raw_rate),
-                    "latency_rate_per_s": rate, "results": results,
-                    "ratios": {n: {k: round(v, 3) for k, v in r.items()}
-                               for n, r in ratios.items()},
-                    "totals_ok": checked, "targets": targets})
+        targets[name] = {
+            "drain >= 3x dramatiq": r["drain"] >= 3,
+            "cpu/task <= 0.5x dramatiq": r["cpu"] <= 0.5,
+        }
+        print(
+            f"targets, {LABELS[name]}: drain ratio {r['drain']:.2f} (>= 3: "
+            f"{r['drain'] >= 3}), CPU ratio {r['cpu']:.2f} (<= 0.5: {r['cpu'] <= 0.5})"
+        )
+    write(
+        "peers",
+        {
+            "facts": f,
+            "args": vars(args),
+            "raw_hincrby_per_s": round(raw_rate),
+            "latency_rate_per_s": rate,
+            "results": results,
+            "ratios": {n: {k: round(v, 3) for k, v in r.items()} for n, r in ratios.items()},
+            "totals_ok": checked,
+            "targets": targets,
+        },
+    )
     return 0
 
 

@@ -46,11 +46,26 @@ PARTITIONS = 4
 TARGET_P99_MS = 50
 
 
-def start_workers(url: str, n: int, concurrency: int, log: Path
-                  ) -> list[subprocess.Popen[bytes]]:
-    procs = [spawn(ledger("worker", "--redis-url", url, "--partitions", str(PARTITIONS),
-                          "--import", "bench.peer_handlers", "--concurrency", str(concurrency),
-                          "--log-level", "WARNING"), log) for _ in range(n)]
+def start_workers(url: str, n: int, concurrency: int, log: Path) -> list[subprocess.Popen[bytes]]:
+    procs = [
+        spawn(
+            ledger(
+                "worker",
+                "--redis-url",
+                url,
+                "--partitions",
+                str(PARTITIONS),
+                "--import",
+                "bench.peer_handlers",
+                "--concurrency",
+                str(concurrency),
+                "--log-level",
+                "WARNING",
+            ),
+            log,
+        )
+        for _ in range(n)
+    ]
     return procs
 
 
@@ -71,8 +86,7 @@ def low_left(client: redis.Redis) -> int:
     return left
 
 
-def critical(qm: QueueManager, client: redis.Redis, rate: float, secs: float
-             ) -> dict[str, Any]:
+def critical(qm: QueueManager, client: redis.Redis, rate: float, secs: float) -> dict[str, Any]:
     n = int(rate * secs)
     ids = []
     backlog_at_send = []
@@ -85,23 +99,35 @@ def critical(qm: QueueManager, client: redis.Redis, rate: float, secs: float
         backlog_at_send.append(low_left(client))
         ids.append(qm.enqueue("high_priority", "noop", {"i": i}, priority=Priority.CRITICAL))
     low_at_end = low_left(client)
-    wait_until(lambda: all(s == "completed" for *_, s in task_times(client, PARTITIONS, ids)),
-               60, 0.1)
+    wait_until(
+        lambda: all(s == "completed" for *_, s in task_times(client, PARTITIONS, ids)), 60, 0.1
+    )
     times = task_times(client, PARTITIONS, ids)
     # only the tasks sent while LOW still had work count as "under backlog"
-    done = [(e, s, f) for (e, s, f, st), low in zip(times, backlog_at_send, strict=True)
-            if st == "completed" and (low > 0 or low_before == 0)]
-    return {"rate_per_s": rate, "seconds": secs, "sent": n, "completed": len(done),
-            "counted": len(done), "low_left_before": low_before, "low_left_after": low_at_end,
-            "sent_while_low_backlogged": sum(1 for low in backlog_at_send if low > 0),
-            "all_completed": all(st == "completed" for *_, st in times),
-            "enqueue_to_start_ms": summary([s - e for e, s, _ in done]),
-            "enqueue_to_finish_ms": summary([f - e for e, _, f in done])}
+    done = [
+        (e, s, f)
+        for (e, s, f, st), low in zip(times, backlog_at_send, strict=True)
+        if st == "completed" and (low > 0 or low_before == 0)
+    ]
+    return {
+        "rate_per_s": rate,
+        "seconds": secs,
+        "sent": n,
+        "completed": len(done),
+        "counted": len(done),
+        "low_left_before": low_before,
+        "low_left_after": low_at_end,
+        "sent_while_low_backlogged": sum(1 for low in backlog_at_send if low > 0),
+        "all_completed": all(st == "completed" for *_, st in times),
+        "enqueue_to_start_ms": summary([s - e for e, s, _ in done]),
+        "enqueue_to_finish_ms": summary([f - e for e, _, f in done]),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--backlog", type=int, default=100_000)
     ap.add_argument("--workers", type=int, default=2, help="worker processes")
     ap.add_argument("--concurrency", type=int, default=4, help="consumers per worker process")
@@ -124,11 +150,18 @@ def main(argv: list[str] | None = None) -> int:
             stop(procs)
         t0 = time.perf_counter()
         for i in range(0, args.backlog, 500):
-            qm.enqueue_many("low_priority", "noop",
-                            [{"i": j} for j in range(i, min(i + 500, args.backlog))], Priority.LOW)
+            qm.enqueue_many(
+                "low_priority",
+                "noop",
+                [{"i": j} for j in range(i, min(i + 500, args.backlog))],
+                Priority.LOW,
+            )
         fill_s = time.perf_counter() - t0
-        print(f"filled LOW with {args.backlog:,} tasks in {fill_s:.1f} s "
-              f"({args.backlog / fill_s:,.0f}/s pipelined)", flush=True)
+        print(
+            f"filled LOW with {args.backlog:,} tasks in {fill_s:.1f} s "
+            f"({args.backlog / fill_s:,.0f}/s pipelined)",
+            flush=True,
+        )
         procs = start_workers(rs.url, args.workers, args.concurrency, log)
         try:
             warm(qm)
@@ -138,23 +171,38 @@ def main(argv: list[str] | None = None) -> int:
         qm.close()
         client.close()
 
-    print(f"\nCRITICAL at {args.rate:g}/s for {args.seconds:g} s, {args.workers} worker "
-          f"processes x {args.concurrency} consumers (ms, Redis server time)")
+    print(
+        f"\nCRITICAL at {args.rate:g}/s for {args.seconds:g} s, {args.workers} worker "
+        f"processes x {args.concurrency} consumers (ms, Redis server time)"
+    )
     print(f"{'case':<44}{'n':>5}{'p50':>6}{'p99':>6}{'max':>6}   LOW left before -> after")
     for name, r in (("idle", idle), (f"{args.backlog:,} LOW backlog", loaded)):
         for what in ("enqueue_to_start_ms", "enqueue_to_finish_ms"):
             s = r[what]
-            print(f"{name + ', ' + what[:-3].replace('_', ' '):<44}{s['n']:>5}{s['p50']:>6}"
-                  f"{s['p99']:>6}{s['max']:>6}   {r['low_left_before']:,} -> "
-                  f"{r['low_left_after']:,}")
+            print(
+                f"{name + ', ' + what[:-3].replace('_', ' '):<44}{s['n']:>5}{s['p50']:>6}"
+                f"{s['p99']:>6}{s['max']:>6}   {r['low_left_before']:,} -> "
+                f"{r['low_left_after']:,}"
+            )
     p99 = loaded["enqueue_to_finish_ms"]["p99"]
     met = p99 is not None and p99 < TARGET_P99_MS and loaded["all_completed"]
-    print(f"target CRITICAL p99 enqueue->finish < {TARGET_P99_MS} ms under backlog: "
-          f"{p99} ms, {'met' if met else 'MISSED'} ({loaded['counted']} of {loaded['sent']} "
-          f"sent while LOW had work; all completed: {loaded['all_completed']})")
-    write("priority", {"facts": f, "args": vars(args), "fill_s": round(fill_s, 2),
-                       "idle": idle, "backlog": loaded, "target_p99_ms": TARGET_P99_MS,
-                       "met": met})
+    print(
+        f"target CRITICAL p99 enqueue->finish < {TARGET_P99_MS} ms under backlog: "
+        f"{p99} ms, {'met' if met else 'MISSED'} ({loaded['counted']} of {loaded['sent']} "
+        f"sent while LOW had work; all completed: {loaded['all_completed']})"
+    )
+    write(
+        "priority",
+        {
+            "facts": f,
+            "args": vars(args),
+            "fill_s": round(fill_s, 2),
+            "idle": idle,
+            "backlog": loaded,
+            "target_p99_ms": TARGET_P99_MS,
+            "met": met,
+        },
+    )
     return 0
 
 

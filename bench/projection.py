@@ -45,42 +45,64 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
 
     def row(case: str, n: int, secs: float, **extra: Any) -> None:
-        rows.append({"case": case, "events": n, "seconds": round(secs, 2),
-                     "events_per_s": round(n / secs), **extra})
+        rows.append(
+            {
+                "case": case,
+                "events": n,
+                "seconds": round(secs, 2),
+                "events_per_s": round(n / secs),
+                **extra,
+            }
+        )
         print(f"{case:<50}{n:>8}{n / secs:>10,.0f}/s", flush=True)
 
-    with tempfile.TemporaryDirectory() as tmp, \
-            EmbeddedRedis(Path(tmp) / "r") as rs, EmbeddedMongo(Path(tmp) / "m") as ms:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        EmbeddedRedis(Path(tmp) / "r") as rs,
+        EmbeddedMongo(Path(tmp) / "m") as ms,
+    ):
         client = redis.Redis.from_url(rs.url)
-        qm = QueueManager(config=StreamsConfig(redis_url=rs.url, partitions=PARTITIONS),
-                          client=client)
+        qm = QueueManager(
+            config=StreamsConfig(redis_url=rs.url, partitions=PARTITIONS), client=client
+        )
         users = user_ids(args.users, prefix="bench")
         qm.append_batch([(c, Priority.NORMAL, None) for c in registrations(users)])
         cmds = list(credit_traffic(users, args.events, seed=3))
         for i in range(0, len(cmds), 500):
-            qm.append_batch([(c, Priority.NORMAL, None) for c in cmds[i:i + 500]])
+            qm.append_batch([(c, Priority.NORMAL, None) for c in cmds[i : i + 500]])
         n_events = sum(1 for _ in iter_entries(client, PARTITIONS))
-        print(f"log: {n_events} events over {args.users} accounts; "
-              f"batches of {args.batch} entries\n")
+        print(
+            f"log: {n_events} events over {args.users} accounts; batches of {args.batch} entries\n"
+        )
         mongo = connect(ms.url)
 
         raw = mongo.bench_raw.docs
         t0 = time.perf_counter()
         for i in range(0, n_events, args.batch):
-            raw.bulk_write([UpdateOne({"_id": f"d{j}"}, {"$set": {"v": j, "b": j * 3}},
-                                      upsert=True)
-                            for j in range(i, min(n_events, i + args.batch))], ordered=False)
+            raw.bulk_write(
+                [
+                    UpdateOne({"_id": f"d{j}"}, {"$set": {"v": j, "b": j * 3}}, upsert=True)
+                    for j in range(i, min(n_events, i + args.batch))
+                ],
+                ordered=False,
+            )
         row("raw bulk upsert, one per document", n_events, time.perf_counter() - t0)
 
-        for name, projection in (("balances, no coalescing", Balances(coalescing=False)),
-                                 ("balances, coalescing", Balances())):
+        for name, projection in (
+            ("balances, no coalescing", Balances(coalescing=False)),
+            ("balances, coalescing", Balances()),
+        ):
             db = mongo[f"bench_{name.split(',')[1].strip().replace(' ', '_')}"]
             worker = projector(client, PARTITIONS, db, projection, batch=args.batch)
             group = f"proj:{projection.name}"
             t0 = time.perf_counter()
             worker.run_until_idle(timeout=3600)
-            row(f"projector {name}", n_events, time.perf_counter() - t0,
-                writes=db.balances.count_documents({}))
+            row(
+                f"projector {name}",
+                n_events,
+                time.perf_counter() - t0,
+                writes=db.balances.count_documents({}),
+            )
             for p in range(PARTITIONS):  # let the next run read the log again
                 for key in client.scan_iter(f"ledger:{{p{p}}}:*"):
                     if client.type(key) == b"stream":
@@ -90,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         for each in all_projections():
             projector(client, PARTITIONS, db, each, batch=args.batch).run_until_idle(3600)
-        row("all three projectors (balances, scores, archive)", n_events,
-            time.perf_counter() - t0)
+        row("all three projectors (balances, scores, archive)", n_events, time.perf_counter() - t0)
         mongo.close()
         client.close()
 
@@ -100,8 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         r["ratio_vs_raw"] = round(r["events_per_s"] / base, 2)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "projection.json").write_text(json.dumps(rows, indent=2))
-    print("\nratios vs raw bulk upsert: " +
-          ", ".join(f"{r['case']}: {r['ratio_vs_raw']}x" for r in rows[1:]))
+    print(
+        "\nratios vs raw bulk upsert: "
+        + ", ".join(f"{r['case']}: {r['ratio_vs_raw']}x" for r in rows[1:])
+    )
     return 0
 
 

@@ -31,18 +31,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--users", type=int, default=5_000)
     args = ap.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp, \
-            EmbeddedRedis(Path(tmp) / "r") as rs, EmbeddedMongo(Path(tmp) / "m") as ms:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        EmbeddedRedis(Path(tmp) / "r") as rs,
+        EmbeddedMongo(Path(tmp) / "m") as ms,
+    ):
         client = redis.Redis.from_url(rs.url)
-        qm = QueueManager(config=StreamsConfig(redis_url=rs.url, partitions=PARTITIONS),
-                          client=client)
+        qm = QueueManager(
+            config=StreamsConfig(redis_url=rs.url, partitions=PARTITIONS), client=client
+        )
         users = user_ids(args.users, prefix="bench")
         qm.append_batch([(c, Priority.NORMAL, None) for c in registrations(users)])
         sent = 0
         while sum(1 for _ in iter_entries(client, PARTITIONS)) < args.events:
             cmds = list(credit_traffic(users, 20_000, seed=sent))
             for i in range(0, len(cmds), 500):
-                qm.append_batch([(c, Priority.NORMAL, None) for c in cmds[i:i + 500]])
+                qm.append_batch([(c, Priority.NORMAL, None) for c in cmds[i : i + 500]])
             sent += len(cmds)
         n = sum(1 for _ in iter_entries(client, PARTITIONS))
         mongo = connect(ms.url)
@@ -50,12 +54,22 @@ def main(argv: list[str] | None = None) -> int:
         result = replay(client, PARTITIONS, mongo.ledger, only=(BALANCES, CREDIT_SCORES))
         secs = time.perf_counter() - t0
         print(result.summary())
-        print(f"replayed {n} events of {args.users} accounts into balances and credit_scores "
-              f"in {secs:.1f} s: {n / secs:,.0f} events/s")
+        print(
+            f"replayed {n} events of {args.users} accounts into balances and credit_scores "
+            f"in {secs:.1f} s: {n / secs:,.0f} events/s"
+        )
         RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "replay.json").write_text(json.dumps(
-            {"events": n, "accounts": args.users, "seconds": round(secs, 2),
-             "events_per_s": round(n / secs)}, indent=2))
+        (RESULTS / "replay.json").write_text(
+            json.dumps(
+                {
+                    "events": n,
+                    "accounts": args.users,
+                    "seconds": round(secs, 2),
+                    "events_per_s": round(n / secs),
+                },
+                indent=2,
+            )
+        )
         mongo.close()
         qm.close()
     return 0

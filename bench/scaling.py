@@ -69,12 +69,28 @@ def run(n_procs: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         qm = QueueManager(config=StreamsConfig(redis_url=rs.url, partitions=PARTITIONS))
         data = [{"user": f"u{i % 1000}", "amount": 1} for i in range(args.tasks)]
         for i in range(0, len(data), 500):
-            qm.enqueue_many("default", args.handler, data[i:i + 500], Priority.NORMAL)
+            qm.enqueue_many("default", args.handler, data[i : i + 500], Priority.NORMAL)
         env = {"BENCH_REDIS_URL": rs.url}
-        procs = [spawn(ledger("worker", "--redis-url", rs.url, "--partitions", str(PARTITIONS),
-                              "--import", "bench.peer_handlers", "--concurrency",
-                              str(args.concurrency), "--log-level", "WARNING"),
-                       tmp / "workers.log", env) for _ in range(n_procs)]
+        procs = [
+            spawn(
+                ledger(
+                    "worker",
+                    "--redis-url",
+                    rs.url,
+                    "--partitions",
+                    str(PARTITIONS),
+                    "--import",
+                    "bench.peer_handlers",
+                    "--concurrency",
+                    str(args.concurrency),
+                    "--log-level",
+                    "WARNING",
+                ),
+                tmp / "workers.log",
+                env,
+            )
+            for _ in range(n_procs)
+        ]
         try:
             while processed(client) == 0:
                 time.sleep(0.005)
@@ -89,14 +105,20 @@ def run(n_procs: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         counted = args.tasks - first
         qm.close()
         client.close()
-        return {"processes": n_procs, "tasks": args.tasks, "timed": counted,
-                "seconds": round(secs, 3), "tasks_per_s": round(counted / secs),
-                "worker_cpu_ms_per_task": round(cpu / counted, 3)}
+        return {
+            "processes": n_procs,
+            "tasks": args.tasks,
+            "timed": counted,
+            "seconds": round(secs, 3),
+            "tasks_per_s": round(counted / secs),
+            "worker_cpu_ms_per_task": round(cpu / counted, 3),
+        }
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--tasks", type=int, default=20_000)
     ap.add_argument("--procs", default="1,2,4")
     ap.add_argument("--concurrency", type=int, default=4, help="consumers per process")
@@ -113,18 +135,24 @@ def main(argv: list[str] | None = None) -> int:
         for n in (int(x) for x in args.procs.split(",")):
             rows.append(run(n, args, tmp))
             r = rows[-1]
-            print(f"{n} worker process(es): {r['tasks_per_s']:,} tasks/s "
-                  f"({r['worker_cpu_ms_per_task']} worker CPU ms/task)", flush=True)
+            print(
+                f"{n} worker process(es): {r['tasks_per_s']:,} tasks/s "
+                f"({r['worker_cpu_ms_per_task']} worker CPU ms/task)",
+                flush=True,
+            )
     base = rows[0]["tasks_per_s"]
     print(f"\n{args.tasks:,} {args.handler} tasks, --concurrency {args.concurrency} per process")
     print(f"{'processes':>9}{'tasks/s':>10}{'vs 1':>7}{'vs raw':>8}{'CPU ms/task':>13}")
     for r in rows:
         r["speedup"] = round(r["tasks_per_s"] / base, 2)
         r["vs_raw"] = round(r["tasks_per_s"] / floor, 3)
-        print(f"{r['processes']:>9}{r['tasks_per_s']:>10,}{r['speedup']:>7.2f}"
-              f"{r['vs_raw']:>8.0%}{r['worker_cpu_ms_per_task']:>13}")
-    write("scaling", {"facts": f, "args": vars(args), "raw_floor_per_s": round(floor),
-                      "rows": rows})
+        print(
+            f"{r['processes']:>9}{r['tasks_per_s']:>10,}{r['speedup']:>7.2f}"
+            f"{r['vs_raw']:>8.0%}{r['worker_cpu_ms_per_task']:>13}"
+        )
+    write(
+        "scaling", {"facts": f, "args": vars(args), "raw_floor_per_s": round(floor), "rows": rows}
+    )
     return 0
 
 

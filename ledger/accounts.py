@@ -40,16 +40,24 @@ class Account:
 def next_totals(totals: Totals, event: Event) -> Totals:
     """The totals an event of this kind and amount leads to from ``totals``."""
     if isinstance(event, CreditsPurchased):
-        return Totals(balance=totals.balance + event.credits,
-                      purchased=totals.purchased + event.credits, used=totals.used)
+        return Totals(
+            balance=totals.balance + event.credits,
+            purchased=totals.purchased + event.credits,
+            used=totals.used,
+        )
     if isinstance(event, CreditsUsed):
-        return Totals(balance=totals.balance - event.credits,
-                      purchased=totals.purchased, used=totals.used + event.credits)
+        return Totals(
+            balance=totals.balance - event.credits,
+            purchased=totals.purchased,
+            used=totals.used + event.credits,
+        )
     if isinstance(event, CreditsAdjusted):
-        return Totals(balance=totals.balance + event.delta,
-                      purchased=totals.purchased, used=totals.used)
-    raise IntegrityError(f"user {event.user_id!r}: unexpected {event.kind or 'event'} "
-                         f"at version {event.version}")
+        return Totals(
+            balance=totals.balance + event.delta, purchased=totals.purchased, used=totals.used
+        )
+    raise IntegrityError(
+        f"user {event.user_id!r}: unexpected {event.kind or 'event'} at version {event.version}"
+    )
 
 
 def _check_amount(event: Event) -> None:
@@ -60,19 +68,26 @@ def _check_amount(event: Event) -> None:
     else:
         ok = True
     if not ok:
-        raise IntegrityError(f"user {event.user_id!r} version {event.version}: "
-                             f"amount {event.amount} is out of range for {event.kind}")
+        raise IntegrityError(
+            f"user {event.user_id!r} version {event.version}: "
+            f"amount {event.amount} is out of range for {event.kind}"
+        )
 
 
 def _check_totals(event: Event) -> None:
     after = event.after
     if after.balance < 0:
-        raise IntegrityError(f"user {event.user_id!r} version {event.version}: "
-                             f"negative balance {after.balance}")
-    if not (after.balance <= MAX_CREDITS and 0 <= after.purchased <= MAX_CREDITS
-            and 0 <= after.used <= MAX_CREDITS):
-        raise IntegrityError(f"user {event.user_id!r} version {event.version}: "
-                             "a total is out of range")
+        raise IntegrityError(
+            f"user {event.user_id!r} version {event.version}: negative balance {after.balance}"
+        )
+    if not (
+        after.balance <= MAX_CREDITS
+        and 0 <= after.purchased <= MAX_CREDITS
+        and 0 <= after.used <= MAX_CREDITS
+    ):
+        raise IntegrityError(
+            f"user {event.user_id!r} version {event.version}: a total is out of range"
+        )
 
 
 def apply(account: Account | None, event: Event) -> Account:
@@ -87,15 +102,18 @@ def apply(account: Account | None, event: Event) -> Account:
         if event.version != 1:
             raise VersionGap(event.user_id, 1, event.version)
         if not isinstance(event, UserRegistered):
-            raise IntegrityError(f"user {event.user_id!r}: history starts with "
-                                 f"{event.kind or 'an event'}, not a registration")
+            raise IntegrityError(
+                f"user {event.user_id!r}: history starts with "
+                f"{event.kind or 'an event'}, not a registration"
+            )
         head, prev, email = GENESIS, ZERO, event.email
     else:
         if event.version != account.version + 1:
             raise VersionGap(account.user_id, account.version + 1, event.version)
         if event.user_id != account.user_id:
-            raise ChainBroken(account.user_id, event.version,
-                              f"event belongs to user {event.user_id!r}")
+            raise ChainBroken(
+                account.user_id, event.version, f"event belongs to user {event.user_id!r}"
+            )
         if isinstance(event, UserRegistered):
             raise ChainBroken(account.user_id, event.version, "registered a second time")
         head, prev, email = account.head, account.totals, account.email
@@ -106,11 +124,17 @@ def apply(account: Account | None, event: Event) -> Account:
     _check_amount(event)
     expected = ZERO if isinstance(event, UserRegistered) else next_totals(prev, event)
     if event.after != expected:
-        raise ChainBroken(event.user_id, event.version,
-                          f"totals {event.after} do not follow from {prev}")
+        raise ChainBroken(
+            event.user_id, event.version, f"totals {event.after} do not follow from {prev}"
+        )
     _check_totals(event)
-    return Account(user_id=event.user_id, email=email, version=event.version,
-                   totals=event.after, head=event.hash)
+    return Account(
+        user_id=event.user_id,
+        email=email,
+        version=event.version,
+        totals=event.after,
+        head=event.hash,
+    )
 
 
 def fold(events: Iterable[Event]) -> Account | None:

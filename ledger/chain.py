@@ -24,30 +24,74 @@ def _piece(value: str | int) -> bytes:
     return str(len(raw)).encode("ascii") + b":" + raw
 
 
-def canonical(kind: str, user_id: str, version: int, at_ms: int, amount: int,
-              balance: int, purchased: int, used: int, text: str, ref: str,
-              prev_hash: str) -> bytes:
+def canonical(
+    kind: str,
+    user_id: str,
+    version: int,
+    at_ms: int,
+    amount: int,
+    balance: int,
+    purchased: int,
+    used: int,
+    text: str,
+    ref: str,
+    prev_hash: str,
+) -> bytes:
     """The bytes an event's hash covers (mirrored field for field by append.lua)."""
     return b"".join(
         _piece(v)
-        for v in (kind, user_id, version, at_ms, amount, balance, purchased, used,
-                  text, ref, prev_hash)
+        for v in (
+            kind,
+            user_id,
+            version,
+            at_ms,
+            amount,
+            balance,
+            purchased,
+            used,
+            text,
+            ref,
+            prev_hash,
+        )
     )
 
 
-def link(kind: str, user_id: str, version: int, at_ms: int, amount: int, balance: int,
-         purchased: int, used: int, text: str, ref: str, prev_hash: str) -> str:
+def link(
+    kind: str,
+    user_id: str,
+    version: int,
+    at_ms: int,
+    amount: int,
+    balance: int,
+    purchased: int,
+    used: int,
+    text: str,
+    ref: str,
+    prev_hash: str,
+) -> str:
     """The hash of an event with these fields."""
-    data = canonical(kind, user_id, version, at_ms, amount, balance, purchased, used,
-                     text, ref, prev_hash)
+    data = canonical(
+        kind, user_id, version, at_ms, amount, balance, purchased, used, text, ref, prev_hash
+    )
     return hashlib.sha1(data).hexdigest()
 
 
 def hash_of(event: Event) -> str:
     """Recompute an event's hash from its fields (ignores ``event.hash``)."""
     a = event.after
-    return link(event.kind, event.user_id, event.version, event.at_ms, event.amount,
-                a.balance, a.purchased, a.used, event.text, event.ref, event.prev_hash)
+    return link(
+        event.kind,
+        event.user_id,
+        event.version,
+        event.at_ms,
+        event.amount,
+        a.balance,
+        a.purchased,
+        a.used,
+        event.text,
+        event.ref,
+        event.prev_hash,
+    )
 
 
 def verify(events: Iterable[Event]) -> ChainBroken | VersionGap | None:

@@ -59,6 +59,7 @@ DEFAULT_CURRENCY: Final = "USD"
 # exists is valid: ``parse`` builds them from untrusted bodies, code builds them
 # directly, and nothing needs to check one twice.
 
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RegisterUser:
     user_id: str
@@ -128,6 +129,7 @@ _FIELDS: Final[Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
 
 # --- field checks ---------------------------------------------------------------
 
+
 def _text(value: object, field: str, max_len: int) -> str:
     if not isinstance(value, str):
         raise ValidationError(field, f"{field} must be a string")
@@ -156,8 +158,7 @@ def check_user_id(value: object, field: str = "user_id") -> str:
 
 
 def check_transaction_id(value: object, field: str = "transaction_id") -> str:
-    return _matching(value, field, TRANSACTION_ID_RE,
-                     "1-128 of the characters A-Z a-z 0-9 . _ : -")
+    return _matching(value, field, TRANSACTION_ID_RE, "1-128 of the characters A-Z a-z 0-9 . _ : -")
 
 
 def check_currency(value: object, field: str = "currency") -> str:
@@ -184,6 +185,7 @@ def check_reason(value: object, field: str = "reason", *, required: bool = False
 
 
 # --- parse ----------------------------------------------------------------------
+
 
 def parse(kind: str, body: Mapping[str, object]) -> Command:
     """The command ``kind`` described by ``body``, or ``ValidationError(field=...)``."""
@@ -220,6 +222,7 @@ def check(command: Command) -> Command:
 
 # --- decide ---------------------------------------------------------------------
 
+
 def _sealed(event: Event) -> Event:
     return replace(event, hash=hash_of(event))
 
@@ -236,29 +239,44 @@ def decide(account: Account | None, command: Command, *, at_ms: int) -> Event:
     command = check(command)
     user_id = command.user_id
     if account is not None and account.user_id != user_id:
-        raise ValidationError("user_id", f"command for {user_id!r} applied to "
-                                         f"account {account.user_id!r}")
+        raise ValidationError(
+            "user_id", f"command for {user_id!r} applied to account {account.user_id!r}"
+        )
     if isinstance(command, RegisterUser):
         if account is not None:
             raise DuplicateUser(user_id)
-        return _sealed(UserRegistered(user_id=user_id, version=1, at_ms=at_ms, after=ZERO,
-                                      prev_hash=GENESIS, hash="", email=command.email))
+        return _sealed(
+            UserRegistered(
+                user_id=user_id,
+                version=1,
+                at_ms=at_ms,
+                after=ZERO,
+                prev_hash=GENESIS,
+                hash="",
+                email=command.email,
+            )
+        )
     if account is None:
         raise UnknownAccount(user_id)
 
     before = account.totals
     if isinstance(command, Purchase):
         change, requested = command.amount, 0
-        after = Totals(balance=before.balance + change,
-                       purchased=before.purchased + change, used=before.used)
+        after = Totals(
+            balance=before.balance + change, purchased=before.purchased + change, used=before.used
+        )
     elif isinstance(command, Use):
         change, requested = -command.amount, command.amount
-        after = Totals(balance=before.balance + change,
-                       purchased=before.purchased, used=before.used + command.amount)
+        after = Totals(
+            balance=before.balance + change,
+            purchased=before.purchased,
+            used=before.used + command.amount,
+        )
     else:
         change, requested = command.delta, -command.delta
-        after = Totals(balance=before.balance + change,
-                       purchased=before.purchased, used=before.used)
+        after = Totals(
+            balance=before.balance + change, purchased=before.purchased, used=before.used
+        )
     if after.balance < 0:
         raise InsufficientCredits(user_id, before.balance, requested)
     if max(after.balance, after.purchased, after.used) > MAX_CREDITS:
@@ -267,23 +285,45 @@ def decide(account: Account | None, command: Command, *, at_ms: int) -> Event:
     version, head = account.version + 1, account.head
     event: Event
     if isinstance(command, Purchase):
-        event = CreditsPurchased(user_id=user_id, version=version, at_ms=at_ms, after=after,
-                                 prev_hash=head, hash="", credits=command.amount,
-                                 currency=command.currency,
-                                 transaction_id=command.transaction_id)
+        event = CreditsPurchased(
+            user_id=user_id,
+            version=version,
+            at_ms=at_ms,
+            after=after,
+            prev_hash=head,
+            hash="",
+            credits=command.amount,
+            currency=command.currency,
+            transaction_id=command.transaction_id,
+        )
     elif isinstance(command, Use):
-        event = CreditsUsed(user_id=user_id, version=version, at_ms=at_ms, after=after,
-                            prev_hash=head, hash="", credits=command.amount,
-                            reason=command.reason)
+        event = CreditsUsed(
+            user_id=user_id,
+            version=version,
+            at_ms=at_ms,
+            after=after,
+            prev_hash=head,
+            hash="",
+            credits=command.amount,
+            reason=command.reason,
+        )
     else:
-        event = CreditsAdjusted(user_id=user_id, version=version, at_ms=at_ms, after=after,
-                                prev_hash=head, hash="", delta=command.delta,
-                                reason=command.reason)
+        event = CreditsAdjusted(
+            user_id=user_id,
+            version=version,
+            at_ms=at_ms,
+            after=after,
+            prev_hash=head,
+            hash="",
+            delta=command.delta,
+            reason=command.reason,
+        )
     return _sealed(event)
 
 
-def apply_command(account: Account | None, command: Command, *,
-                  at_ms: int) -> tuple[Account, Event]:
+def apply_command(
+    account: Account | None, command: Command, *, at_ms: int
+) -> tuple[Account, Event]:
     """Decide and apply in one step: the new account and the event it took."""
     event = decide(account, command, at_ms=at_ms)
     return apply(account, event), event

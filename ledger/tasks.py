@@ -85,8 +85,9 @@ def check_priority(value: object, field: str = "priority") -> Priority:
     if type(value) is Priority:
         return value
     if isinstance(value, bool) or not isinstance(value, int) or value not in (1, 2, 3, 4):
-        raise ValidationError(field, f"{field} must be one of 1 (low), 2 (normal), "
-                                     "3 (high), 4 (critical)")
+        raise ValidationError(
+            field, f"{field} must be one of 1 (low), 2 (normal), 3 (high), 4 (critical)"
+        )
     return Priority(value)
 
 
@@ -126,8 +127,7 @@ class _Budget:
         self.used += n
         self.most += most
         if self.used > MAX_TASK_BYTES:
-            raise PayloadTooLarge(self.field, f"{self.field} is larger than "
-                                              f"{MAX_TASK_BYTES} bytes")
+            raise PayloadTooLarge(self.field, f"{self.field} is larger than {MAX_TASK_BYTES} bytes")
 
 
 def _walk(value: object, path: str, depth: int, budget: _Budget) -> None:
@@ -190,8 +190,13 @@ def check_task_data(data: object, field: str = "task_data") -> dict[str, Any]:
     return data
 
 
-def check_task(queue_name: object, task_type: object, data: object,
-               priority: object = Priority.NORMAL, delay: object = 0) -> CheckedTask:
+def check_task(
+    queue_name: object,
+    task_type: object,
+    data: object,
+    priority: object = Priority.NORMAL,
+    delay: object = 0,
+) -> CheckedTask:
     """Check every input of an enqueue; errors name the field (``ValidationError``)."""
     return CheckedTask(
         queue_name=check_name(queue_name, "queue_name", QUEUE_NAME_RE),
@@ -204,19 +209,31 @@ def check_task(queue_name: object, task_type: object, data: object,
 
 # --- the default DB handler's task form ---------------------------------------------
 
-DEFAULT_COLLECTIONS: Final = frozenset({
-    "users", "credit_purchases", "credit_usage", "credit_updates",
-    "credit_calculations", "notifications", "analytics",
-})
+DEFAULT_COLLECTIONS: Final = frozenset(
+    {
+        "users",
+        "credit_purchases",
+        "credit_usage",
+        "credit_updates",
+        "credit_calculations",
+        "notifications",
+        "analytics",
+    }
+)
 """The original system's collections: what the default DB handler may touch."""
 READ_MODEL_COLLECTIONS: Final = frozenset({"balances", "credit_scores", "events", "checkpoints"})
 """Owned by the projectors; never writable through task data."""
 WORKER_COLLECTIONS: Final = frozenset({"task_targets"})
 """Kept by the workers (the target each update or delete of a delivery resolved
 to, so a redelivery acts on the same document); never writable through task data."""
-EVENT_RECORD_COLLECTIONS: Final = frozenset({
-    "users", "credit_purchases", "credit_usage", "credit_updates",
-})
+EVENT_RECORD_COLLECTIONS: Final = frozenset(
+    {
+        "users",
+        "credit_purchases",
+        "credit_usage",
+        "credit_updates",
+    }
+)
 """Where the workers record ledger events, each under its event id."""
 EVENT_ID_PATTERN: Final = r"^[A-Za-z0-9._@:-]{1,128}:[0-9]+$"
 """The form of a ledger event id, ``"<user_id>:<version>"`` (a user id may hold ":").
@@ -255,10 +272,13 @@ def check_not_event_id(collection: str, value: object, field: str) -> None:
     """Refuse an ``_id`` a task names (inserts, or matches in a filter) that could be a
     recorded ledger event's: unforgeable records need ids tasks cannot take."""
     if collection in EVENT_RECORD_COLLECTIONS and is_event_id(value):
-        raise ValidationError(field, f"{field}: _id {value!r} has the form of a ledger event "
-                                     f"id ('<user_id>:<version>'); in {collection!r} such ids "
-                                     "belong to the events the workers record, which tasks "
-                                     "cannot write")
+        raise ValidationError(
+            field,
+            f"{field}: _id {value!r} has the form of a ledger event "
+            f"id ('<user_id>:<version>'); in {collection!r} such ids "
+            "belong to the events the workers record, which tasks "
+            "cannot write",
+        )
 
 
 def allowed_collections(extra: Iterable[str] = ()) -> frozenset[str]:
@@ -291,8 +311,7 @@ def _absent(task: Mapping[str, Any], key: str, operation: str) -> None:
         raise ValidationError(f"task_data.{key}", f"{operation} takes no {key}")
 
 
-def check_db_task(data: Mapping[str, Any], allowed: frozenset[str] = DEFAULT_COLLECTIONS
-                  ) -> DbTask:
+def check_db_task(data: Mapping[str, Any], allowed: frozenset[str] = DEFAULT_COLLECTIONS) -> DbTask:
     """Check a task for the default DB handler against the ``allowed`` collections.
 
     insert needs ``data``; update needs non-empty ``data`` (without ``_id``) and a
@@ -309,8 +328,9 @@ def check_db_task(data: Mapping[str, Any], allowed: frozenset[str] = DEFAULT_COL
             raise ValidationError(_path("task_data", key), f"unknown field {key!r}")
     operation = task.get("operation")
     if not isinstance(operation, str) or operation not in OPERATIONS:
-        raise ValidationError("task_data.operation",
-                              "operation must be one of insert, update, delete")
+        raise ValidationError(
+            "task_data.operation", "operation must be one of insert, update, delete"
+        )
     collection = task.get("collection")
     if not isinstance(collection, str):
         raise ValidationError("task_data.collection", "collection must be a string")

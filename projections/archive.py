@@ -19,9 +19,20 @@ from .projection import Insert, Recorded, Write
 from .store import EVENTS
 
 # archive field -> stream field (the codec's names)
-_FIELDS = {"kind": "k", "user_id": "u", "version": "v", "at_ms": "t", "amount": "a",
-           "balance_after": "b", "purchased_total": "p", "used_total": "x", "text": "tx",
-           "ref": "r", "prev_hash": "ph", "hash": "h"}
+_FIELDS = {
+    "kind": "k",
+    "user_id": "u",
+    "version": "v",
+    "at_ms": "t",
+    "amount": "a",
+    "balance_after": "b",
+    "purchased_total": "p",
+    "used_total": "x",
+    "text": "tx",
+    "ref": "r",
+    "prev_hash": "ph",
+    "hash": "h",
+}
 _INTS = {"version", "at_ms", "amount", "balance_after", "purchased_total", "used_total"}
 
 

@@ -99,12 +99,19 @@ class Mismatch:
     found: Any = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"user_id": self.user_id, "what": self.what, "where": self.where,
-                "expected": _plain(self.expected), "found": _plain(self.found)}
+        return {
+            "user_id": self.user_id,
+            "what": self.what,
+            "where": self.where,
+            "expected": _plain(self.expected),
+            "found": _plain(self.found),
+        }
 
     def __str__(self) -> str:
-        return (f"{self.user_id}: {self.what} at {self.where}: expected {_show(self.expected)}, "
-                f"found {_show(self.found)}")
+        return (
+            f"{self.user_id}: {self.what} at {self.where}: expected {_show(self.expected)}, "
+            f"found {_show(self.found)}"
+        )
 
 
 @dataclass(slots=True, kw_only=True)
@@ -125,22 +132,34 @@ class AuditReport:
 
     def summary(self) -> str:
         n = len(self.mismatches)
-        text = (f"audited {self.accounts} accounts, {self.events} events: "
-                f"{n} {'mismatch' if n == 1 else 'mismatches'}")
+        text = (
+            f"audited {self.accounts} accounts, {self.events} events: "
+            f"{n} {'mismatch' if n == 1 else 'mismatches'}"
+        )
         if self.lagging:
             text += f" ({len(self.lagging)} views still catching up)"
         return text
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "accounts": self.accounts, "events": self.events,
-                "mismatched_accounts": self.users(),
-                "mismatches": [m.as_dict() for m in self.mismatches],
-                "lagging": [m.as_dict() for m in self.lagging]}
+        return {
+            "ok": self.ok,
+            "accounts": self.accounts,
+            "events": self.events,
+            "mismatched_accounts": self.users(),
+            "mismatches": [m.as_dict() for m in self.mismatches],
+            "lagging": [m.as_dict() for m in self.lagging],
+        }
 
 
-def audit(client: RedisClient, partitions: int, db: Database[Document], *, user: str | None = None,
-          page: int = PAGE,
-          progress: Callable[[str, int, int | None], None] | None = None) -> AuditReport:
+def audit(
+    client: RedisClient,
+    partitions: int,
+    db: Database[Document],
+    *,
+    user: str | None = None,
+    page: int = PAGE,
+    progress: Callable[[str, int, int | None], None] | None = None,
+) -> AuditReport:
     """Audit every account (or ``user``'s); see the module doc for what is checked.
 
     ``progress`` is told ``(label, done, total or None)`` while the log is read
@@ -151,8 +170,7 @@ def audit(client: RedisClient, partitions: int, db: Database[Document], *, user:
     heads = stream_heads(client, streams)
     views = {name: _documents(db, name, user, page) for name in VIEWS}
     states = _states(client, partitions, user)
-    counted = None if progress is None else (
-        lambda n: progress("audit: reading the log", n, None))
+    counted = None if progress is None else (lambda n: progress("audit: reading the log", n, None))
     sources = read_sources(client, partitions, db, user=user, page=page, progress=counted)
     log = sources.log()
 
@@ -176,47 +194,82 @@ def audit(client: RedisClient, partitions: int, db: Database[Document], *, user:
 # -- the log and its copies -----------------------------------------------------
 
 
-def _check_sources(sources: LogSources, log: Mapping[str, Sequence[LoggedEvent]],
-                   marks: Mapping[str, Mapping[str, EntryId]], out: list[Mismatch]) -> None:
+def _check_sources(
+    sources: LogSources,
+    log: Mapping[str, Sequence[LoggedEvent]],
+    marks: Mapping[str, Mapping[str, EntryId]],
+    out: list[Mismatch],
+) -> None:
     for bad in sources.undecodable:
-        out.append(Mismatch(user_id=bad.user_id, what=UNDECODABLE, where=bad.where,
-                            expected="a valid event", found=bad.error))
+        out.append(
+            Mismatch(
+                user_id=bad.user_id,
+                what=UNDECODABLE,
+                where=bad.where,
+                expected="a valid event",
+                found=bad.error,
+            )
+        )
     for doc in sources.archive.values():
         if doc.event is None:
             continue
         content = event_id(doc.event.user_id, doc.event.version)
         if doc.doc_id != content:
-            out.append(Mismatch(user_id=doc.event.user_id, what=ARCHIVE_ID, where=doc.where,
-                                expected=content, found=doc.doc_id))
+            out.append(
+                Mismatch(
+                    user_id=doc.event.user_id,
+                    what=ARCHIVE_ID,
+                    where=doc.where,
+                    expected=content,
+                    found=doc.doc_id,
+                )
+            )
     for eid, copies in sources.stream_copies.items():
         if len(copies) > 1:
-            out.append(Mismatch(user_id=copies[0].event.user_id, what=DUPLICATE,
-                                where=", ".join(c.where for c in copies),
-                                expected=f"one entry for event {eid}",
-                                found=f"{len(copies)} entries"))
+            out.append(
+                Mismatch(
+                    user_id=copies[0].event.user_id,
+                    what=DUPLICATE,
+                    where=", ".join(c.where for c in copies),
+                    expected=f"one entry for event {eid}",
+                    found=f"{len(copies)} entries",
+                )
+            )
     archive_group = "proj:" + EVENTS
     for events in log.values():
         for logged in events:
             arch, copy = logged.archived, logged.stream
             if arch is not None and copy is not None:
                 requeued = sources.requeued.get(logged.id, set())
-                _compare_archive(logged, arch.document, copy.stream, copy.entry_id, requeued,
-                                 out)
+                _compare_archive(logged, arch.document, copy.stream, copy.entry_id, requeued, out)
             elif arch is not None:
                 _check_archived_only(logged, sources, out)
             elif copy is not None:
                 mark = marks.get(copy.stream, {}).get(archive_group)
                 if mark is not None and parse_id(copy.entry_id) < mark:
-                    out.append(Mismatch(user_id=logged.event.user_id, what=NOT_ARCHIVED,
-                                        where=f"{EVENTS}/{logged.id}",
-                                        expected=f"the event of {copy.where}", found=None))
+                    out.append(
+                        Mismatch(
+                            user_id=logged.event.user_id,
+                            what=NOT_ARCHIVED,
+                            where=f"{EVENTS}/{logged.id}",
+                            expected=f"the event of {copy.where}",
+                            found=None,
+                        )
+                    )
 
 
-def _compare_archive(logged: LoggedEvent, doc: Mapping[str, Any], stream: str, entry_id: str,
-                     requeued: set[tuple[str, str]], out: list[Mismatch]) -> None:
+def _compare_archive(
+    logged: LoggedEvent,
+    doc: Mapping[str, Any],
+    stream: str,
+    entry_id: str,
+    requeued: set[tuple[str, str]],
+    out: list[Mismatch],
+) -> None:
     assert logged.stream is not None
-    expected = archive_document(Recorded(stream=stream, entry_id=entry_id,
-                                         event=logged.stream.event))
+    expected = archive_document(
+        Recorded(stream=stream, entry_id=entry_id, event=logged.stream.event)
+    )
     position = (doc.get("stream"), doc.get("entry_id"))
     if position in requeued:  # archived from a requeued copy: that position is right too
         expected.update(stream=position[0], entry_id=position[1])
@@ -224,36 +277,58 @@ def _compare_archive(logged: LoggedEvent, doc: Mapping[str, Any], stream: str, e
     for key in sorted(set(expected) | set(doc), key=_field_order(expected)):
         want, got = expected.get(key, _ABSENT), doc.get(key, _ABSENT)
         if not _same(want, got):
-            out.append(Mismatch(user_id=logged.event.user_id, what=ARCHIVE_DIFFERS,
-                                where=f"{EVENTS}/{doc.get('_id')}.{key} vs "
-                                      f"{stream} {entry_id}",
-                                expected=_opt(want), found=_opt(got)))
+            out.append(
+                Mismatch(
+                    user_id=logged.event.user_id,
+                    what=ARCHIVE_DIFFERS,
+                    where=f"{EVENTS}/{doc.get('_id')}.{key} vs {stream} {entry_id}",
+                    expected=_opt(want),
+                    found=_opt(got),
+                )
+            )
 
 
-def _check_archived_only(logged: LoggedEvent, sources: LogSources,
-                         out: list[Mismatch]) -> None:
+def _check_archived_only(logged: LoggedEvent, sources: LogSources, out: list[Mismatch]) -> None:
     arch = logged.archived
     assert arch is not None
     user = logged.event.user_id
     position = arch.position
     extent = sources.streams.get(position[0]) if position is not None else None
     if position is None or extent is None:
-        out.append(Mismatch(user_id=user, what=ARCHIVE_DIFFERS, where=f"{arch.where}.stream",
-                            expected="a stream position of the account's partition",
-                            found=f"{arch.document.get('stream')!r} "
-                                  f"{arch.document.get('entry_id')!r}"))
+        out.append(
+            Mismatch(
+                user_id=user,
+                what=ARCHIVE_DIFFERS,
+                where=f"{arch.where}.stream",
+                expected="a stream position of the account's partition",
+                found=f"{arch.document.get('stream')!r} {arch.document.get('entry_id')!r}",
+            )
+        )
         return
     stream, entry_id = position
     if extent.deleted(entry_id):
-        out.append(Mismatch(user_id=user, what=DELETED, where=f"{stream} {entry_id}",
-                            expected=f"the entry of {logged.id} (archived, not trimmed: "
-                                     f"the stream starts at {extent.first_id})",
-                            found=None))
+        out.append(
+            Mismatch(
+                user_id=user,
+                what=DELETED,
+                where=f"{stream} {entry_id}",
+                expected=f"the entry of {logged.id} (archived, not trimmed: "
+                f"the stream starts at {extent.first_id})",
+                found=None,
+            )
+        )
     elif entry_id in extent.present and (stream, entry_id) not in sources.requeued.get(
-            logged.id, set()):
-        out.append(Mismatch(user_id=user, what=ARCHIVE_DIFFERS, where=f"{arch.where}.entry_id",
-                            expected=f"the position of {logged.id}",
-                            found=f"{stream} {entry_id}, which holds another entry"))
+        logged.id, set()
+    ):
+        out.append(
+            Mismatch(
+                user_id=user,
+                what=ARCHIVE_DIFFERS,
+                where=f"{arch.where}.entry_id",
+                expected=f"the position of {logged.id}",
+                found=f"{stream} {entry_id}, which holds another entry",
+            )
+        )
 
 
 def _check_chain(user: str, events: Sequence[LoggedEvent], out: list[Mismatch]) -> None:
@@ -272,16 +347,29 @@ def _check_chain(user: str, events: Sequence[LoggedEvent], out: list[Mismatch]) 
     if broken is None:
         return
     if isinstance(broken, VersionGap):
-        out.append(Mismatch(user_id=user, what=VERSION_GAP, where=f"log of {user}",
-                            expected=f"version {broken.expected}",
-                            found=f"version {broken.got}"))
+        out.append(
+            Mismatch(
+                user_id=user,
+                what=VERSION_GAP,
+                where=f"log of {user}",
+                expected=f"version {broken.expected}",
+                found=f"version {broken.got}",
+            )
+        )
         return
     version = broken.version if isinstance(broken, ChainBroken) else 0
     at = by_version.get(version)
     where = _where(at) if at is not None else f"log of {user}"
     what = CHAIN_BROKEN if isinstance(broken, ChainBroken) else INTEGRITY
-    out.append(Mismatch(user_id=user, what=what, where=where,
-                        expected="an event that verifies", found=broken.message))
+    out.append(
+        Mismatch(
+            user_id=user,
+            what=what,
+            where=where,
+            expected="an event that verifies",
+            found=broken.message,
+        )
+    )
 
 
 # -- Redis account state ------------------------------------------------------------
@@ -296,12 +384,13 @@ def _states(client: RedisClient, partitions: int, user: str | None) -> dict[str,
         with translate():
             for p in range(partitions):
                 prefix = keys.account(p, "")
-                names.extend(k.decode() if isinstance(k, bytes) else k
-                             for k in client.scan_iter(match=_glob_escape(prefix) + "*",
-                                                       count=1000))
+                names.extend(
+                    k.decode() if isinstance(k, bytes) else k
+                    for k in client.scan_iter(match=_glob_escape(prefix) + "*", count=1000)
+                )
     out: dict[str, dict[str, str]] = {}
     for start in range(0, len(names), PAGE):
-        chunk = names[start:start + PAGE]
+        chunk = names[start : start + PAGE]
         with translate():
             pipe = client.pipeline(transaction=False)
             for name in chunk:
@@ -310,41 +399,76 @@ def _states(client: RedisClient, partitions: int, user: str | None) -> dict[str,
         for name, raw in zip(chunk, replies, strict=True):
             if raw:
                 owner = name.split(":acct:", 1)[1]
-                out[owner] = {k.decode(errors="replace"): v.decode(errors="replace")
-                              for k, v in raw.items()}
+                out[owner] = {
+                    k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()
+                }
     return out
 
 
-def _check_state(user: str, partitions: int, events: Sequence[LoggedEvent],
-                 state: Mapping[str, str] | None, out: list[Mismatch]) -> None:
+def _check_state(
+    user: str,
+    partitions: int,
+    events: Sequence[LoggedEvent],
+    state: Mapping[str, str] | None,
+    out: list[Mismatch],
+) -> None:
     where = keys.account(keys.partition_of(user, partitions), user)
     newest = events[-1].event.version if events else 0
     if state is None:
         if events:
-            out.append(Mismatch(user_id=user, what=NO_STATE, where=where,
-                                expected=f"version {newest}", found=None))
+            out.append(
+                Mismatch(
+                    user_id=user,
+                    what=NO_STATE,
+                    where=where,
+                    expected=f"version {newest}",
+                    found=None,
+                )
+            )
         return
     try:
         version = int(state.get("version", ""))
     except ValueError:
-        out.append(Mismatch(user_id=user, what=STATE, where=f"{where}.version",
-                            expected=f"an integer (log: {newest})",
-                            found=state.get("version")))
+        out.append(
+            Mismatch(
+                user_id=user,
+                what=STATE,
+                where=f"{where}.version",
+                expected=f"an integer (log: {newest})",
+                found=state.get("version"),
+            )
+        )
         return
     if version > newest:
-        out.append(Mismatch(user_id=user, what=MISSING_EVENTS, where=where,
-                            expected=f"events up to version {version}",
-                            found=f"the log ends at version {newest}"))
+        out.append(
+            Mismatch(
+                user_id=user,
+                what=MISSING_EVENTS,
+                where=where,
+                expected=f"events up to version {version}",
+                found=f"the log ends at version {newest}",
+            )
+        )
         return
     # the state was read before the log: the log may have newer events
     event = next((e.event for e in events if e.event.version == version), None)
     if event is None:
-        out.append(Mismatch(user_id=user, what=STATE, where=f"{where}.version",
-                            expected="a version the log holds", found=version))
+        out.append(
+            Mismatch(
+                user_id=user,
+                what=STATE,
+                where=f"{where}.version",
+                expected="a version the log holds",
+                found=version,
+            )
+        )
         return
     first = events[0].event
-    email = first.email if isinstance(first, UserRegistered) and first.version == 1 \
-        else state.get("email", "")  # (a history without registration: the chain check)
+    email = (
+        first.email
+        if isinstance(first, UserRegistered) and first.version == 1
+        else state.get("email", "")
+    )  # (a history without registration: the chain check)
     found = _state_differences(event, email, state)
     if found and version < newest:
         # all but the version as of the newest event: the version was changed
@@ -352,33 +476,46 @@ def _check_state(user: str, partitions: int, events: Sequence[LoggedEvent],
         if set(against_newest) == {"version"}:
             found = against_newest
     for key, (want, got) in found.items():
-        out.append(Mismatch(user_id=user, what=STATE, where=f"{where}.{key}",
-                            expected=want, found=got))
+        out.append(
+            Mismatch(user_id=user, what=STATE, where=f"{where}.{key}", expected=want, found=got)
+        )
 
 
-def _state_differences(event: Event, email: str, state: Mapping[str, str]
-                       ) -> dict[str, tuple[str | None, str | None]]:
+def _state_differences(
+    event: Event, email: str, state: Mapping[str, str]
+) -> dict[str, tuple[str | None, str | None]]:
     a = event.after
-    expected = {"version": str(event.version), "balance": str(a.balance),
-                "purchased": str(a.purchased), "used": str(a.used), "head": event.hash,
-                "email": email}
-    return {key: (expected.get(key), state.get(key))
-            for key in sorted(set(expected) | set(state))
-            if expected.get(key) != state.get(key)}
+    expected = {
+        "version": str(event.version),
+        "balance": str(a.balance),
+        "purchased": str(a.purchased),
+        "used": str(a.used),
+        "head": event.hash,
+        "email": email,
+    }
+    return {
+        key: (expected.get(key), state.get(key))
+        for key in sorted(set(expected) | set(state))
+        if expected.get(key) != state.get(key)
+    }
 
 
 # -- views --------------------------------------------------------------------------
 
 
-def _documents(db: Database[Document], name: str, user: str | None,
-               page: int) -> dict[str, dict[str, Any]]:
+def _documents(
+    db: Database[Document], name: str, user: str | None, page: int
+) -> dict[str, dict[str, Any]]:
     query: dict[str, Any] = {} if user is None else {"_id": user}
     return {str(doc["_id"]): dict(doc) for doc in db[name].find(query, batch_size=page)}
 
 
-def _owed_version(events: Sequence[LoggedEvent], group: str,
-                  marks: Mapping[str, Mapping[str, EntryId]],
-                  heads: Mapping[str, tuple[EntryId | None, EntryId | None]]) -> int:
+def _owed_version(
+    events: Sequence[LoggedEvent],
+    group: str,
+    marks: Mapping[str, Mapping[str, EntryId]],
+    heads: Mapping[str, tuple[EntryId | None, EntryId | None]],
+) -> int:
     """The newest version a view must already show: of the events its projector
     acknowledged, and of those gone from their stream before the views were read
     (a projector can never be given those any more)."""
@@ -398,29 +535,55 @@ def _owed_version(events: Sequence[LoggedEvent], group: str,
     return owed
 
 
-def _check_view(view: str, fields: ViewFields, user: str, events: Sequence[LoggedEvent],
-                doc: Mapping[str, Any] | None, owed: int, report: AuditReport) -> None:
+def _check_view(
+    view: str,
+    fields: ViewFields,
+    user: str,
+    events: Sequence[LoggedEvent],
+    doc: Mapping[str, Any] | None,
+    owed: int,
+    report: AuditReport,
+) -> None:
     out = report.mismatches
     where = f"{view}/{user}"
     if not events:
         if doc is not None:
-            out.append(Mismatch(user_id=user, what=VIEW_WITHOUT_EVENTS, where=where,
-                                expected=None, found=f"version {doc.get('version')}"))
+            out.append(
+                Mismatch(
+                    user_id=user,
+                    what=VIEW_WITHOUT_EVENTS,
+                    where=where,
+                    expected=None,
+                    found=f"version {doc.get('version')}",
+                )
+            )
         return
     newest = events[-1].event.version
     if doc is None:
-        note = Mismatch(user_id=user, what=view if owed else LAGGING, where=where,
-                        expected=f"version {owed or newest}", found=None)
+        note = Mismatch(
+            user_id=user,
+            what=view if owed else LAGGING,
+            where=where,
+            expected=f"version {owed or newest}",
+            found=None,
+        )
         (out if owed else report.lagging).append(note)
         return
     raw_version = doc.get("version")
-    version = raw_version if isinstance(raw_version, int) \
-        and not isinstance(raw_version, bool) else -1
+    version = (
+        raw_version if isinstance(raw_version, int) and not isinstance(raw_version, bool) else -1
+    )
     logged = next((e for e in events if e.event.version == version), None)
     if logged is None:
-        out.append(Mismatch(user_id=user, what=view, where=f"{where}.version",
-                            expected=f"a version the log holds (newest {newest})",
-                            found=raw_version))
+        out.append(
+            Mismatch(
+                user_id=user,
+                what=view,
+                where=f"{where}.version",
+                expected=f"a version the log holds (newest {newest})",
+                found=raw_version,
+            )
+        )
         return
     expected = {"_id": user, **fields(logged.event)}
     differs = False
@@ -428,18 +591,34 @@ def _check_view(view: str, fields: ViewFields, user: str, events: Sequence[Logge
         want, got = expected.get(key, _ABSENT), doc.get(key, _ABSENT)
         if not _same(want, got):
             differs = True
-            out.append(Mismatch(user_id=user, what=view, where=f"{where}.{key}",
-                                expected=_opt(want), found=_opt(got)))
+            out.append(
+                Mismatch(
+                    user_id=user,
+                    what=view,
+                    where=f"{where}.{key}",
+                    expected=_opt(want),
+                    found=_opt(got),
+                )
+            )
     if differs or version == newest:
         return
     if version < owed:
-        out.append(Mismatch(user_id=user, what=view, where=f"{where}.version",
-                            expected=f"at least {owed} (acknowledged by its projector, or "
-                                     "gone from the stream before it could read it)",
-                            found=version))
+        out.append(
+            Mismatch(
+                user_id=user,
+                what=view,
+                where=f"{where}.version",
+                expected=f"at least {owed} (acknowledged by its projector, or "
+                "gone from the stream before it could read it)",
+                found=version,
+            )
+        )
     else:
-        report.lagging.append(Mismatch(user_id=user, what=LAGGING, where=where,
-                                       expected=f"version {newest}", found=version))
+        report.lagging.append(
+            Mismatch(
+                user_id=user, what=LAGGING, where=where, expected=f"version {newest}", found=version
+            )
+        )
 
 
 # -- helpers ------------------------------------------------------------------------

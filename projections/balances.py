@@ -1,6 +1,6 @@
 """The ``balances`` read model: one document per account, its latest state.
 
-    {_id: user_id, balance, version, purchased_total, used_total, updated_at}
+{_id: user_id, balance, version, purchased_total, used_total, updated_at}
 """
 
 from __future__ import annotations
@@ -17,8 +17,13 @@ from .store import BALANCES
 
 def balance_fields(event: Event) -> dict[str, Any]:
     a = event.after
-    return {"balance": a.balance, "version": event.version, "purchased_total": a.purchased,
-            "used_total": a.used, "updated_at": utc(event.at_ms)}
+    return {
+        "balance": a.balance,
+        "version": event.version,
+        "purchased_total": a.purchased,
+        "used_total": a.used,
+        "updated_at": utc(event.at_ms),
+    }
 
 
 class Balances:
@@ -30,5 +35,7 @@ class Balances:
 
     def plan(self, batch: Sequence[Recorded]) -> Sequence[Write]:
         chosen = coalesce(batch) if self.coalescing else batch
-        return [Upsert(key=r.event.user_id, version=r.event.version,
-                       fields=balance_fields(r.event)) for r in chosen]
+        return [
+            Upsert(key=r.event.user_id, version=r.event.version, fields=balance_fields(r.event))
+            for r in chosen
+        ]

@@ -34,9 +34,14 @@ def advance(coll: Collection[Document], projection: str, positions: Mapping[str,
     """Move the projection's positions forward (never back)."""
     if not positions:
         return
-    coll.update_one({"_id": projection},
-                    {"$max": {f"positions.{s}": pad(e) for s, e in positions.items()},
-                     "$set": {"updated_at": datetime.now(UTC)}}, upsert=True)
+    coll.update_one(
+        {"_id": projection},
+        {
+            "$max": {f"positions.{s}": pad(e) for s, e in positions.items()},
+            "$set": {"updated_at": datetime.now(UTC)},
+        },
+        upsert=True,
+    )
 
 
 def positions(coll: Collection[Document], projection: str) -> dict[str, str]:

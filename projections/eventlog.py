@@ -50,6 +50,7 @@ PAGE = 1000
 Progress = Callable[[int], None]
 """Called with the number of entries and documents read so far."""
 
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StreamCopy:
     """An event as its stream entry holds it."""
@@ -201,8 +202,9 @@ class LogSources:
             chosen = copies[0]
             if arch is not None and arch.position is not None:
                 # of several stream copies, prefer the one the archive recorded
-                chosen = next((c for c in copies
-                               if (c.stream, c.entry_id) == arch.position), chosen)
+                chosen = next(
+                    (c for c in copies if (c.stream, c.entry_id) == arch.position), chosen
+                )
             merged[eid] = LoggedEvent(event=chosen.event, stream=chosen, archived=arch)
         for eid, arch in archived.items():
             if eid not in merged:
@@ -216,9 +218,15 @@ class LogSources:
         return dict(sorted(out.items()))
 
 
-def read_log(client: RedisClient, partitions: int, db: Database[Document], *,
-             user: str | None = None, page: int = PAGE,
-             progress: Progress | None = None) -> Log:
+def read_log(
+    client: RedisClient,
+    partitions: int,
+    db: Database[Document],
+    *,
+    user: str | None = None,
+    page: int = PAGE,
+    progress: Progress | None = None,
+) -> Log:
     """Every account's events (or one account's), in version order, each once."""
     return read_sources(client, partitions, db, user=user, page=page, progress=progress).log()
 
@@ -229,9 +237,15 @@ def streams_of(partitions: int, user: str | None = None) -> list[str]:
     return [keys.stream(p, level) for p in parts for level in keys.LEVELS_DESC]
 
 
-def read_sources(client: RedisClient, partitions: int, db: Database[Document], *,
-                 user: str | None = None, page: int = PAGE,
-                 progress: Progress | None = None) -> LogSources:
+def read_sources(
+    client: RedisClient,
+    partitions: int,
+    db: Database[Document],
+    *,
+    user: str | None = None,
+    page: int = PAGE,
+    progress: Progress | None = None,
+) -> LogSources:
     """Read the streams, then the archive (see the module's note on order)."""
     sources = LogSources()
     counter = _Counter(progress)
@@ -243,8 +257,14 @@ def read_sources(client: RedisClient, partitions: int, db: Database[Document], *
     return sources
 
 
-def read_tail(client: RedisClient, partitions: int, db: Database[Document], after: LogSources, *,
-              page: int = PAGE) -> Log:
+def read_tail(
+    client: RedisClient,
+    partitions: int,
+    db: Database[Document],
+    after: LogSources,
+    *,
+    page: int = PAGE,
+) -> Log:
     """The events that reached the log after ``after`` was read (and that it lacks).
 
     Per stream: nothing if its last-generated id has not moved; else the entries
@@ -260,8 +280,9 @@ def read_tail(client: RedisClient, partitions: int, db: Database[Document], afte
         if now is None or now == extent.last_generated:
             continue
         start = "-" if extent.last_read is None else "(" + extent.last_read
-        _read_stream(client, stream, tail, user=None, page=page, counter=_Counter(None),
-                     start=start)
+        _read_stream(
+            client, stream, tail, user=None, page=page, counter=_Counter(None), start=start
+        )
         first = tail.streams[stream].first_id
         since = None if extent.last_read is None else parse_id(extent.last_read)
         if first is None or since is None or parse_id(first) > since:
@@ -277,12 +298,18 @@ def read_tail(client: RedisClient, partitions: int, db: Database[Document], afte
             if since is None or parse_id(pos[1]) > since:
                 _add_archived(tail, doc)
     log = tail.log()
-    return {u: kept for u, events in log.items()
-            if (kept := [e for e in events if e.id not in known])}
+    return {
+        u: kept for u, events in log.items() if (kept := [e for e in events if e.id not in known])
+    }
 
 
-def iter_archive(db: Database[Document], *, user: str | None = None, page: int = PAGE,
-                 query: Mapping[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+def iter_archive(
+    db: Database[Document],
+    *,
+    user: str | None = None,
+    page: int = PAGE,
+    query: Mapping[str, Any] | None = None,
+) -> Iterator[dict[str, Any]]:
     """Archive documents in ``_id`` order, ``page`` documents per server reply.
 
     One cursor, continued with ``getMore``: the server keeps its place, where
@@ -320,8 +347,16 @@ def _last_generated(client: RedisClient, stream: str) -> str | None:
     return text(info.get("last-generated-id"))
 
 
-def _read_stream(client: RedisClient, stream: str, sources: LogSources, *, user: str | None,
-                 page: int, counter: _Counter, start: str = "-") -> None:
+def _read_stream(
+    client: RedisClient,
+    stream: str,
+    sources: LogSources,
+    *,
+    user: str | None,
+    page: int,
+    counter: _Counter,
+    start: str = "-",
+) -> None:
     last_generated = _last_generated(client, stream)
     present: set[str] = set()
     last_read: str | None = None
@@ -340,13 +375,18 @@ def _read_stream(client: RedisClient, stream: str, sources: LogSources, *, user:
     with translate():
         head = entries(client, stream, count=1)
     first = head[0][0].decode() if head else None
-    sources.streams[stream] = StreamExtent(stream=stream, first_id=first, last_read=last_read,
-                                           last_generated=last_generated,
-                                           present=frozenset(present))
+    sources.streams[stream] = StreamExtent(
+        stream=stream,
+        first_id=first,
+        last_read=last_read,
+        last_generated=last_generated,
+        present=frozenset(present),
+    )
 
 
-def _add_entry(sources: LogSources, stream: str, entry_id: str, fields: Mapping[bytes, bytes],
-               user: str | None) -> None:
+def _add_entry(
+    sources: LogSources, stream: str, entry_id: str, fields: Mapping[bytes, bytes], user: str | None
+) -> None:
     if fields.get(b"k") == TASK_KIND.encode():
         return
     owner = fields.get(b"u", b"").decode(errors="replace")
@@ -360,8 +400,9 @@ def _add_entry(sources: LogSources, stream: str, entry_id: str, fields: Mapping[
     try:
         message = decode(fields)
     except DecodeError as exc:
-        sources.undecodable.append(Undecodable(where=f"{stream} {entry_id}", user_id=owner,
-                                               error=str(exc)))
+        sources.undecodable.append(
+            Undecodable(where=f"{stream} {entry_id}", user_id=owner, error=str(exc))
+        )
         return
     if not isinstance(message, EventMessage):  # pragma: no cover - tasks returned above
         return
@@ -381,13 +422,18 @@ def _add_archived(sources: LogSources, doc: Mapping[str, Any]) -> None:
     copy = _archive_copy(doc)
     sources.archive[copy.doc_id] = copy
     if copy.event is None:
-        sources.undecodable.append(Undecodable(where=copy.where,
-                                               user_id=str(doc.get("user_id", "")),
-                                               error="archive document does not decode"))
+        sources.undecodable.append(
+            Undecodable(
+                where=copy.where,
+                user_id=str(doc.get("user_id", "")),
+                error="archive document does not decode",
+            )
+        )
 
 
-def stream_heads(client: RedisClient, streams: Iterable[str]
-                 ) -> dict[str, tuple[EntryId | None, EntryId | None]]:
+def stream_heads(
+    client: RedisClient, streams: Iterable[str]
+) -> dict[str, tuple[EntryId | None, EntryId | None]]:
     """Per stream: (its first entry's id, None when empty; its last-generated id, None
     when there is no stream). An entry at or below the last-generated id but older
     than the first entry is gone from the stream (trimmed or deleted)."""
@@ -396,8 +442,10 @@ def stream_heads(client: RedisClient, streams: Iterable[str]
         generated = _last_generated(client, stream)
         with translate():
             head = entries(client, stream, count=1)
-        out[stream] = (parse_id(head[0][0]) if head else None,
-                       parse_id(generated) if generated is not None else None)
+        out[stream] = (
+            parse_id(head[0][0]) if head else None,
+            parse_id(generated) if generated is not None else None,
+        )
     return out
 
 
@@ -408,8 +456,10 @@ def acknowledged(client: RedisClient, streams: Iterable[str]) -> dict[str, dict[
     out: dict[str, dict[str, EntryId]] = {}
     for stream in streams:
         with translate():  # no such stream: no groups
-            out[stream] = {name: acked_below(client, stream, g) or g.after_last_delivered
-                           for name, g in groups(client, stream).items()}
+            out[stream] = {
+                name: acked_below(client, stream, g) or g.after_last_delivered
+                for name, g in groups(client, stream).items()
+            }
     return out
 
 

@@ -10,8 +10,14 @@ from pymongo.database import Database
 from .store import BALANCES, Document
 
 
-def wait_for_version(db: Database[Document], user_id: str, min_version: int, *,
-                     timeout: float = 2.0, poll: float = 0.02) -> dict[str, Any] | None:
+def wait_for_version(
+    db: Database[Document],
+    user_id: str,
+    min_version: int,
+    *,
+    timeout: float = 2.0,
+    poll: float = 0.02,
+) -> dict[str, Any] | None:
     """The balance document once it has ``version >= min_version``; None on timeout."""
     deadline = time.monotonic() + timeout
     while True:

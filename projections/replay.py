@@ -78,19 +78,28 @@ class ReplayResult:
         return self.events / self.seconds if self.seconds > 0 else 0.0
 
     def summary(self) -> str:
-        return (f"replayed {self.events} events of {self.accounts} accounts in "
-                f"{self.seconds:.2f} s ({self.rate:,.0f} events/s)")
+        return (
+            f"replayed {self.events} events of {self.accounts} accounts in "
+            f"{self.seconds:.2f} s ({self.rate:,.0f} events/s)"
+        )
 
 
-def replay(client: RedisClient, partitions: int, db: Database[Document], *,
-           only: Iterable[str] = ALL, into: Database[Document] | None = None, batch: int = BATCH,
-           progress: Progress | None = None, observer: Observer | None = None) -> ReplayResult:
+def replay(
+    client: RedisClient,
+    partitions: int,
+    db: Database[Document],
+    *,
+    only: Iterable[str] = ALL,
+    into: Database[Document] | None = None,
+    batch: int = BATCH,
+    progress: Progress | None = None,
+    observer: Observer | None = None,
+) -> ReplayResult:
     """Rebuild the chosen read models of ``db`` from the log (see the module doc)."""
     chosen = list(dict.fromkeys(only))
     unknown = [n for n in chosen if n not in ALL]
     if unknown:
-        raise ValueError(f"unknown read model(s): {', '.join(unknown)} "
-                         f"(known: {', '.join(ALL)})")
+        raise ValueError(f"unknown read model(s): {', '.join(unknown)} (known: {', '.join(ALL)})")
     if batch < 1:
         raise ValueError("batch must be at least 1")
     show: Progress = progress or (lambda label, done, total: None)
@@ -100,16 +109,23 @@ def replay(client: RedisClient, partitions: int, db: Database[Document], *,
     started = time.monotonic()
 
     tell("read")
-    sources = read_sources(client, partitions, db,
-                           progress=lambda n: show("replay: reading the log", n, None))
+    sources = read_sources(
+        client, partitions, db, progress=lambda n: show("replay: reading the log", n, None)
+    )
     log = sources.log()
     latest = [events[-1] for events in log.values()]
     n_events = sum(len(events) for events in log.values())
-    result = ReplayResult(events=n_events, accounts=len(log), seconds=0.0,
-                          database=target.name,
-                          gaps=[u for u, events in log.items()
-                                if [e.event.version for e in events]
-                                != list(range(1, len(events) + 1))])
+    result = ReplayResult(
+        events=n_events,
+        accounts=len(log),
+        seconds=0.0,
+        database=target.name,
+        gaps=[
+            u
+            for u, events in log.items()
+            if [e.event.version for e in events] != list(range(1, len(events) + 1))
+        ],
+    )
 
     views = [n for n in chosen if n in VIEWS]
     for name in views:
@@ -117,7 +133,7 @@ def replay(client: RedisClient, partitions: int, db: Database[Document], *,
         projection = VIEWS[name]()
         with _swapped_in(target, name, db[name], before=lambda: tell("swap")) as tmp:
             for start in range(0, len(latest), batch):
-                chunk = latest[start:start + batch]
+                chunk = latest[start : start + batch]
                 apply_writes(target, tmp, projection.plan([e.recorded() for e in chunk]))
                 show(f"replay: {name}", start + len(chunk), len(latest))
         result.swapped.append(name)
@@ -125,12 +141,15 @@ def replay(client: RedisClient, partitions: int, db: Database[Document], *,
     if views and live:
         tell("catch-up")
         tail = read_tail(client, partitions, db, sources)
-        newer = [events[-1] for user, events in tail.items()
-                 if user not in log or events[-1].event.version > log[user][-1].event.version]
+        newer = [
+            events[-1]
+            for user, events in tail.items()
+            if user not in log or events[-1].event.version > log[user][-1].event.version
+        ]
         for name in views:
             projection = VIEWS[name]()
             for start in range(0, len(newer), batch):
-                chunk = newer[start:start + batch]
+                chunk = newer[start : start + batch]
                 apply_writes(db, name, projection.plan([e.recorded() for e in chunk]))
         result.caught_up = len(newer)
 
@@ -138,8 +157,9 @@ def replay(client: RedisClient, partitions: int, db: Database[Document], *,
         tell("archive")
         every = [e for events in log.values() for e in events]
         if live:
-            result.archived = _insert(db, EVENTS, [e for e in every if e.archived is None],
-                                      batch, show)
+            result.archived = _insert(
+                db, EVENTS, [e for e in every if e.archived is None], batch, show
+            )
         else:
             with _swapped_in(target, EVENTS, db[EVENTS]) as tmp:
                 result.archived = _insert(target, tmp, every, batch, show)
@@ -148,12 +168,17 @@ def replay(client: RedisClient, partitions: int, db: Database[Document], *,
     return result
 
 
-def _insert(db: Database[Document], collection: str, events: Sequence[LoggedEvent], batch: int,
-            show: Progress) -> int:
+def _insert(
+    db: Database[Document],
+    collection: str,
+    events: Sequence[LoggedEvent],
+    batch: int,
+    show: Progress,
+) -> int:
     """Archive documents for ``events`` (a duplicate ``_id`` means: already there)."""
     plan = Archive()
     for start in range(0, len(events), batch):
-        chunk = events[start:start + batch]
+        chunk = events[start : start + batch]
         writes: Sequence[Write] = plan.plan([e.recorded() for e in chunk])
         assert all(isinstance(w, Insert) for w in writes)
         apply_writes(db, collection, writes)
@@ -162,8 +187,13 @@ def _insert(db: Database[Document], collection: str, events: Sequence[LoggedEven
 
 
 @contextmanager
-def _swapped_in(db: Database[Document], name: str, model: Collection[Document], *,
-                before: Callable[[], None] = lambda: None) -> Iterator[str]:
+def _swapped_in(
+    db: Database[Document],
+    name: str,
+    model: Collection[Document],
+    *,
+    before: Callable[[], None] = lambda: None,
+) -> Iterator[str]:
     """A fresh collection (named for the block to build in) that replaces ``name``
     in one rename when the block ends (``before`` is called just ahead of it);
     dropped instead if anything fails, so a half-built view is never swapped in."""

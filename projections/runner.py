@@ -50,8 +50,11 @@ def to_operation(write: Write) -> InsertOne[Any] | UpdateOne:
     if isinstance(write, Insert):
         return InsertOne(dict(write.document))
     assert isinstance(write, Upsert)
-    return UpdateOne({"_id": write.key, "version": {"$lt": write.version}},
-                     {"$set": dict(write.fields)}, upsert=True)
+    return UpdateOne(
+        {"_id": write.key, "version": {"$lt": write.version}},
+        {"$set": dict(write.fields)},
+        upsert=True,
+    )
 
 
 def apply_writes(db: Database[Document], collection: str, writes: Sequence[Write]) -> None:
@@ -72,7 +75,8 @@ def apply_writes(db: Database[Document], collection: str, writes: Sequence[Write
     except BulkWriteError as exc:
         errors = exc.details.get("writeErrors", [])
         if exc.details.get("writeConcernErrors") or any(
-                e.get("code") != DUPLICATE_KEY for e in errors):
+            e.get("code") != DUPLICATE_KEY for e in errors
+        ):
             raise
         _settle_duplicates(coll, [writes[e["index"]] for e in errors])
 
@@ -83,22 +87,35 @@ def _settle_duplicates(coll: Collection[Document], clashed: Sequence[Write]) -> 
     if upserts:
         # Without upsert the guarded update cannot clash on _id again: it updates an
         # older document or matches nothing because the stored one is as new or newer.
-        coll.bulk_write([UpdateOne({"_id": w.key, "version": {"$lt": w.version}},
-                                   {"$set": dict(w.fields)}) for w in upserts], ordered=False)
+        coll.bulk_write(
+            [
+                UpdateOne({"_id": w.key, "version": {"$lt": w.version}}, {"$set": dict(w.fields)})
+                for w in upserts
+            ],
+            ordered=False,
+        )
     inserts = [w.document["_id"] for w in clashed if isinstance(w, Insert)]
     if inserts:
         there = {d["_id"] for d in coll.find({"_id": {"$in": inserts}}, {"_id": 1})}
         missing = [i for i in inserts if i not in there]
         if missing:
-            raise DuplicateKeyError(f"{coll.name}: {missing[0]!r} clashes with another "
-                                    "document on a unique index", DUPLICATE_KEY)
+            raise DuplicateKeyError(
+                f"{coll.name}: {missing[0]!r} clashes with another document on a unique index",
+                DUPLICATE_KEY,
+            )
 
 
 class ProjectionProcessor:
     """Applies one projection to a round of deliveries."""
 
-    def __init__(self, projection: Projection, db: Database[Document], *,
-                 stopping: threading.Event | None = None, max_wait_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        projection: Projection,
+        db: Database[Document],
+        *,
+        stopping: threading.Event | None = None,
+        max_wait_s: float = 5.0,
+    ) -> None:
         self.projection = projection
         self.db = db
         self.stopping = stopping or threading.Event()
@@ -127,8 +144,9 @@ class ProjectionProcessor:
     @staticmethod
     def _recorded(d: Delivery) -> Recorded:
         assert isinstance(d.message, EventMessage)
-        return Recorded(stream=keys.stream(d.partition, d.level), entry_id=d.entry_id,
-                        event=d.message.event)
+        return Recorded(
+            stream=keys.stream(d.partition, d.level), entry_id=d.entry_id, event=d.message.event
+        )
 
     def _write(self, recorded: Sequence[Recorded]) -> None:
         apply_writes(self.db, self.projection.collection, self.projection.plan(recorded))
@@ -151,39 +169,71 @@ class ProjectionProcessor:
                 if self.stopping.is_set():
                     raise
                 delay = policy.backoff_ms(n) / 1000
-                log.warning("%s: database unavailable (%s); retrying in %.1fs",
-                            self.projection.name, exc, delay)
+                log.warning(
+                    "%s: database unavailable (%s); retrying in %.1fs",
+                    self.projection.name,
+                    exc,
+                    delay,
+                )
                 self.stopping.wait(delay)
 
 
-def projector(client: RedisClient, partitions: int, db: Database[Document], projection: Projection,
-              *, batch: int = 2000, claim_idle_ms: int = 30_000, block_ms: int = 500,
-              reclaim_every_ms: int = 100, retry: RetryPolicy | None = None) -> Worker:
+def projector(
+    client: RedisClient,
+    partitions: int,
+    db: Database[Document],
+    projection: Projection,
+    *,
+    batch: int = 2000,
+    claim_idle_ms: int = 30_000,
+    block_ms: int = 500,
+    reclaim_every_ms: int = 100,
+    retry: RetryPolicy | None = None,
+) -> Worker:
     """A consumer in ``proj:<name>`` that applies ``projection`` to ``db``."""
     if projection.collection == EVENTS:
         ensure_indexes(db)
     processor = ProjectionProcessor(projection, db)
-    worker = Worker(client, partitions, processor=processor,
-                    config=WorkerConfig(group=group_of(projection), batch=batch, track=False,
-                                        claim_idle_ms=claim_idle_ms, block_ms=block_ms,
-                                        reclaim_every_ms=reclaim_every_ms,
-                                        retry=retry or RetryPolicy(max_attempts=10, base_ms=200,
-                                                                   max_ms=30_000)))
+    worker = Worker(
+        client,
+        partitions,
+        processor=processor,
+        config=WorkerConfig(
+            group=group_of(projection),
+            batch=batch,
+            track=False,
+            claim_idle_ms=claim_idle_ms,
+            block_ms=block_ms,
+            reclaim_every_ms=reclaim_every_ms,
+            retry=retry or RetryPolicy(max_attempts=10, base_ms=200, max_ms=30_000),
+        ),
+    )
     processor.stopping = worker.stopping  # a stopping projector stops waiting for the database
     return worker
 
 
-def project_until_idle(client: RedisClient, partitions: int, db: Database[Document],
-                       projections: Sequence[Projection] | None = None,
-                       timeout: float = 60.0) -> int:
+def project_until_idle(
+    client: RedisClient,
+    partitions: int,
+    db: Database[Document],
+    projections: Sequence[Projection] | None = None,
+    timeout: float = 60.0,
+) -> int:
     """Run every projector until nothing is left (tests, demo, ``--burst``)."""
     deadline = time.monotonic() + timeout
     total = 0
     for p in projections or all_projections():
         total += projector(client, partitions, db, p).run_until_idle(
-            max(1.0, deadline - time.monotonic()))
+            max(1.0, deadline - time.monotonic())
+        )
     return total
 
 
-__all__ = ["ProjectionProcessor", "all_projections", "apply_writes", "group_of",
-           "project_until_idle", "projector"]
+__all__ = [
+    "ProjectionProcessor",
+    "all_projections",
+    "apply_writes",
+    "group_of",
+    "project_until_idle",
+    "projector",
+]

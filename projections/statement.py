@@ -32,8 +32,20 @@ from streams.times import iso_utc
 from .eventlog import read_log
 from .store import Document
 
-COLUMNS: Final = ("version", "time", "kind", "amount", "balance", "purchased_total",
-                  "used_total", "reason", "currency", "transaction_id", "event_id", "hash")
+COLUMNS: Final = (
+    "version",
+    "time",
+    "kind",
+    "amount",
+    "balance",
+    "purchased_total",
+    "used_total",
+    "reason",
+    "currency",
+    "transaction_id",
+    "event_id",
+    "hash",
+)
 FORMATS: Final = ("csv", "jsonl")
 TEXT_COLUMNS: Final = ("reason", "currency", "transaction_id")
 _FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
@@ -42,18 +54,24 @@ _FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
 def row(event: Event) -> dict[str, Any]:
     a = event.after
     return {
-        "version": event.version, "time": iso_utc(event.at_ms), "kind": event.kind,
-        "amount": event.amount, "balance": a.balance, "purchased_total": a.purchased,
+        "version": event.version,
+        "time": iso_utc(event.at_ms),
+        "kind": event.kind,
+        "amount": event.amount,
+        "balance": a.balance,
+        "purchased_total": a.purchased,
         "used_total": a.used,
         "reason": event.reason if isinstance(event, CreditsUsed | CreditsAdjusted) else "",
         "currency": event.currency if isinstance(event, CreditsPurchased) else "",
         "transaction_id": event.transaction_id if isinstance(event, CreditsPurchased) else "",
-        "event_id": event_id(event.user_id, event.version), "hash": event.hash,
+        "event_id": event_id(event.user_id, event.version),
+        "hash": event.hash,
     }
 
 
-def statement(client: RedisClient, partitions: int, db: Database[Document],
-              user: str) -> list[dict[str, Any]]:
+def statement(
+    client: RedisClient, partitions: int, db: Database[Document], user: str
+) -> list[dict[str, Any]]:
     """The statement rows of ``user``'s verified history.
 
     Raises ``UnknownAccount`` when the log has no event of ``user`` and the

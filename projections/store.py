@@ -123,8 +123,11 @@ def connect(url: str, **kw: Any) -> pymongo.MongoClient[Document]:
     arguments go to ``MongoClient``.
     """
     in_url = url.lower()
-    defaults = {"serverSelectionTimeoutMS": 5_000, "connectTimeoutMS": 5_000,
-                "socketTimeoutMS": 30_000}
+    defaults = {
+        "serverSelectionTimeoutMS": 5_000,
+        "connectTimeoutMS": 5_000,
+        "socketTimeoutMS": 30_000,
+    }
     options: dict[str, Any] = {
         **{k: v for k, v in defaults.items() if k.lower() + "=" not in in_url},
         "journal": True,
@@ -215,8 +218,9 @@ class MongoDBManager:
             errors = exc.details.get("writeErrors", [])
             clashes = [docs[e["index"]]["_id"] for e in errors]
             if any(e.get("code") != DUPLICATE_KEY for e in errors):
-                raise StoreUnavailable(f"insert into {collection!r} failed: "
-                                       f"{errors[0].get('errmsg', 'write error')}") from None
+                raise StoreUnavailable(
+                    f"insert into {collection!r} failed: {errors[0].get('errmsg', 'write error')}"
+                ) from None
             with _translated():
                 there = {d["_id"] for d in coll.find({"_id": {"$in": clashes}}, {"_id": 1})}
             missing = [i for i in clashes if i not in there]
@@ -272,8 +276,9 @@ class MongoDBManager:
         if name in READ_MODELS:
             raise ValidationError("collection", f"{name!r} is a read model: tasks cannot touch it")
         if name == TASK_TARGETS:
-            raise ValidationError("collection", f"{name!r} is kept by the workers: tasks cannot "
-                                                "touch it")
+            raise ValidationError(
+                "collection", f"{name!r} is kept by the workers: tasks cannot touch it"
+            )
         if name.startswith("system."):
             raise ValidationError("collection", f"{name!r} is a system collection")
         if name not in self._allowed:
@@ -312,8 +317,7 @@ class EventDBManager(MongoDBManager):
         if record is None:
             found, target = super()._target(op, collection, query)
             self._ensure_ttl(records)
-            record = {"_id": key, "found": found, "target": target,
-                      "at": datetime.now(UTC)}
+            record = {"_id": key, "found": found, "target": target, "at": datetime.now(UTC)}
             try:
                 with _translated():
                     records.insert_one(record)
@@ -343,20 +347,26 @@ _NOT_AN_EVENT = {"_id": {"$not": EVENT_ID_RE}}
 """Matches the documents of an event-record collection that are not recorded events."""
 
 
-def _first_writable(coll: Collection[Document], collection: str, query: Document
-                    ) -> tuple[bool, object]:
+def _first_writable(
+    coll: Collection[Document], collection: str, query: Document
+) -> tuple[bool, object]:
     """(found, _id) of the first match by ``_id`` that a task may change: in an
     event-record collection, recorded events are skipped; a filter that matches
     only those is refused, so the task fails with the reason."""
-    guarded = {"$and": [query, _NOT_AN_EVENT]} if collection in EVENT_RECORD_COLLECTIONS \
-        else query
+    guarded = {"$and": [query, _NOT_AN_EVENT]} if collection in EVENT_RECORD_COLLECTIONS else query
     with _translated():
         found = coll.find_one(guarded, projection={"_id": 1}, sort=[("_id", 1)])
-        if found is None and guarded is not query \
-                and coll.find_one(query, projection={"_id": 1}) is not None:
-            raise ValidationError("filter", f"the filter matches only ledger events recorded in "
-                                            f"{collection!r} (_id '<user_id>:<version>'), which "
-                                            "tasks cannot change")
+        if (
+            found is None
+            and guarded is not query
+            and coll.find_one(query, projection={"_id": 1}) is not None
+        ):
+            raise ValidationError(
+                "filter",
+                f"the filter matches only ledger events recorded in "
+                f"{collection!r} (_id '<user_id>:<version>'), which "
+                "tasks cannot change",
+            )
     return (False, None) if found is None else (True, found["_id"])
 
 

@@ -53,8 +53,9 @@ class Appended:
 def check_idempotency_key(key: object) -> str:
     """1-255 visible ASCII characters."""
     if not isinstance(key, str) or not IDEMPOTENCY_KEY_RE.match(key):
-        raise ValidationError("Idempotency-Key", "Idempotency-Key must be 1-255 visible ASCII "
-                              "characters")
+        raise ValidationError(
+            "Idempotency-Key", "Idempotency-Key must be 1-255 visible ASCII characters"
+        )
     return key
 
 
@@ -80,8 +81,9 @@ def fingerprint(kind: str, user_id: str, amount: int, text: str, ref: str) -> st
 class Appender:
     """Appends ledger commands as events to the partition's priority stream."""
 
-    def __init__(self, client: RedisClient, config: StreamsConfig,
-                 scripts: Scripts | None = None) -> None:
+    def __init__(
+        self, client: RedisClient, config: StreamsConfig, scripts: Scripts | None = None
+    ) -> None:
         self._redis = client
         self._config = config
         self._scripts = scripts or load(client)
@@ -115,8 +117,7 @@ class Appender:
         with translate():
             run_many(self._redis, self._calls(items, args, batches), settle)
             if self._config.wait_replicas:
-                acked = self._redis.wait(self._config.wait_replicas,
-                                         self._config.wait_timeout_ms)
+                acked = self._redis.wait(self._config.wait_replicas, self._config.wait_timeout_ms)
                 if acked < self._config.wait_replicas:
                     raise Unavailable(
                         f"appended, but only {acked} of {self._config.wait_replicas} replicas "
@@ -124,9 +125,12 @@ class Appender:
                     )
         return [r for r in results if r is not None]
 
-    def _calls(self, items: Sequence[tuple[Command, Priority, str | None]],
-               args: Sequence[tuple[str, int, str, str]],
-               batches: list[list[int]]) -> Iterator[Call]:
+    def _calls(
+        self,
+        items: Sequence[tuple[Command, Priority, str | None]],
+        args: Sequence[tuple[str, int, str, str]],
+        batches: list[list[int]],
+    ) -> Iterator[Call]:
         """The script calls for ``items``, each yielded when full; ``batches``
         receives the item indexes of each call, in the order yielded.
 
@@ -149,9 +153,12 @@ class Appender:
                 yield close(open_.pop(p))
             call = open_.get(p)
             if call is None:
-                call = open_[p] = (priority, [keys.stream(p, priority)],
-                                   [config.idempotency_ttl_s, MAX_CREDITS,
-                                    config.queue_for(priority)], [])
+                call = open_[p] = (
+                    priority,
+                    [keys.stream(p, priority)],
+                    [config.idempotency_ttl_s, MAX_CREDITS, config.queue_for(priority)],
+                    [],
+                )
             call[1].append(keys.account(p, user))
             if idem:
                 call[1].append(keys.idempotency(p, user, idem))
@@ -161,7 +168,7 @@ class Appender:
             call[2].extend((kind, user, amount, text, ref, "1" if idem else "0", fp))
             call[3].append(index)
             if len(call[3]) >= min(CHUNK, 4 << len(batches)):  # the first calls small,
-                yield close(open_.pop(p))                  # so Redis starts at once
+                yield close(open_.pop(p))  # so Redis starts at once
         for call in open_.values():
             yield close(call)
 
@@ -171,11 +178,17 @@ def _result(command: Command, idem: str | None, reply: list[bytes]) -> Appended 
     user = command.user_id
     if status == "ok":
         version = reply[1].decode()
-        return Appended(event_id=f"{user}:{version}", user_id=user, version=int(version),
-                        balance=int(reply[2]))
+        return Appended(
+            event_id=f"{user}:{version}", user_id=user, version=int(version), balance=int(reply[2])
+        )
     if status == "dup":
-        return Appended(event_id=reply[1].decode(), user_id=user, version=int(reply[2]),
-                        balance=int(reply[3]), duplicate=True)
+        return Appended(
+            event_id=reply[1].decode(),
+            user_id=user,
+            version=int(reply[2]),
+            balance=int(reply[3]),
+            duplicate=True,
+        )
     if status == "insufficient":
         requested = command.amount if isinstance(command, Use) else -getattr(command, "delta", 0)
         return InsufficientCredits(user, int(reply[1]), requested)

@@ -78,8 +78,7 @@ def decode(fields: Mapping[bytes, bytes]) -> Message:
     """The message in a stream entry; DecodeError for anything else (oversized too)."""
     size = sum(len(k) + len(v) for k, v in fields.items())
     if size > MAX_ENTRY_BYTES:
-        raise DecodeError(f"entry of {size} bytes is over the {MAX_ENTRY_BYTES}-byte bound",
-                          fields)
+        raise DecodeError(f"entry of {size} bytes is over the {MAX_ENTRY_BYTES}-byte bound", fields)
     try:
         kind = fields[b"k"].decode()
         if kind == TASK_KIND:
@@ -87,20 +86,30 @@ def decode(fields: Mapping[bytes, bytes]) -> Message:
             if not isinstance(data, dict):
                 raise ValueError("task data is not a map")
             return TaskMessage(
-                task_id=fields[b"id"].decode(), queue_name=fields[b"q"].decode(),
-                task_type=fields[b"ty"].decode(), data=data,
+                task_id=fields[b"id"].decode(),
+                queue_name=fields[b"q"].decode(),
+                task_type=fields[b"ty"].decode(),
+                data=data,
                 enqueued_at_ms=int(fields[b"t"]),
             )
         return EventMessage(event=decode_event(fields), queue_name=fields[b"q"].decode())
     except DecodeError:
         raise
-    except (KeyError, ValueError, TypeError, UnicodeDecodeError,
-            msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+    except (
+        KeyError,
+        ValueError,
+        TypeError,
+        UnicodeDecodeError,
+        msgpack.ExtraData,
+        msgpack.FormatError,
+        msgpack.StackError,
+    ) as exc:
         raise DecodeError(f"undecodable entry: {exc!r}", fields) from None
 
 
 def decode_event(fields: Mapping[bytes, bytes]) -> Event:
     """A ledger event from the fields append.lua wrote."""
+
     def s(name: bytes) -> str:
         return fields[name].decode()
 
@@ -111,7 +120,11 @@ def decode_event(fields: Mapping[bytes, bytes]) -> Event:
     if kind not in EVENT_TYPES:
         raise DecodeError(f"unknown event kind {kind!r}", fields)
     common: dict[str, Any] = dict(
-        user_id=s(b"u"), version=n(b"v"), at_ms=n(b"t"), prev_hash=s(b"ph"), hash=s(b"h"),
+        user_id=s(b"u"),
+        version=n(b"v"),
+        at_ms=n(b"t"),
+        prev_hash=s(b"ph"),
+        hash=s(b"h"),
         after=Totals(balance=n(b"b"), purchased=n(b"p"), used=n(b"x")),
     )
     amount, text = n(b"a"), s(b"tx")
@@ -128,9 +141,18 @@ def event_fields(event: Event, queue_name: str) -> dict[str, str]:
     """The stream fields of an event, exactly as append.lua writes them."""
     a = event.after
     return {
-        "k": event.kind, "u": event.user_id, "v": str(event.version), "t": str(event.at_ms),
-        "a": str(event.amount), "b": str(a.balance), "p": str(a.purchased), "x": str(a.used),
-        "tx": event.text, "r": event.ref, "ph": event.prev_hash, "h": event.hash,
+        "k": event.kind,
+        "u": event.user_id,
+        "v": str(event.version),
+        "t": str(event.at_ms),
+        "a": str(event.amount),
+        "b": str(a.balance),
+        "p": str(a.purchased),
+        "x": str(a.used),
+        "tx": event.text,
+        "r": event.ref,
+        "ph": event.prev_hash,
+        "h": event.hash,
         "q": queue_name,
     }
 
@@ -139,18 +161,23 @@ def event_data(event: Event) -> dict[str, Any]:
     """The ``data`` a task handler receives for a ledger event (the original field names)."""
     a = event.after
     data: dict[str, Any] = {
-        "event_id": event_id(event.user_id, event.version), "kind": event.kind,
-        "user_id": event.user_id, "version": event.version, "at_ms": event.at_ms,
+        "event_id": event_id(event.user_id, event.version),
+        "kind": event.kind,
+        "user_id": event.user_id,
+        "version": event.version,
+        "at_ms": event.at_ms,
     }
     if isinstance(event, UserRegistered):
         data["email"] = event.email
     elif isinstance(event, CreditsPurchased):
-        data.update(amount=event.credits, currency=event.currency,
-                    transaction_id=event.transaction_id)
+        data.update(
+            amount=event.credits, currency=event.currency, transaction_id=event.transaction_id
+        )
     elif isinstance(event, CreditsUsed):
         data.update(amount=event.credits, reason=event.reason)
     elif isinstance(event, CreditsAdjusted):
         data.update(delta=event.delta, reason=event.reason)
-    data.update(balance_after=a.balance, purchased_total=a.purchased, used_total=a.used,
-                hash=event.hash)
+    data.update(
+        balance_after=a.balance, purchased_total=a.purchased, used_total=a.used, hash=event.hash
+    )
     return data

@@ -66,5 +66,8 @@ class StreamsConfig:
         except ValueError:
             raise ConfigError("LEDGER_PARTITIONS must be an integer") from None
         extra = tuple(c for c in env.get("LEDGER_COLLECTIONS", "").split(",") if c.strip())
-        return cls(redis_url=env.get("REDIS_URL", DEFAULT_REDIS_URL), partitions=partitions,
-                   extra_collections=tuple(c.strip() for c in extra))
+        return cls(
+            redis_url=env.get("REDIS_URL", DEFAULT_REDIS_URL),
+            partitions=partitions,
+            extra_collections=tuple(c.strip() for c in extra),
+        )

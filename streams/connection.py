@@ -26,7 +26,7 @@ def connect(url: str, **kwargs: Any) -> RedisClient:
     opts: dict[str, Any] = {"socket_connect_timeout": 5, "health_check_interval": 30}
     opts.update(kwargs)
     if url.startswith(CLUSTER_SCHEME):
-        return RedisCluster.from_url("redis://" + url[len(CLUSTER_SCHEME):], **opts)
+        return RedisCluster.from_url("redis://" + url[len(CLUSTER_SCHEME) :], **opts)
     return redis.Redis.from_url(url, **opts)
 
 
@@ -59,8 +59,9 @@ def ensure_partitions(client: RedisClient, partitions: int) -> None:
         )
 
 
-def ensure_groups(client: RedisClient, partitions: int, group: str,
-                  levels: Iterable[Priority] = keys.LEVELS_DESC) -> None:
+def ensure_groups(
+    client: RedisClient, partitions: int, group: str, levels: Iterable[Priority] = keys.LEVELS_DESC
+) -> None:
     """Create ``group`` on every stream from its very first entry (idempotent)."""
     with translate():
         for p in range(partitions):

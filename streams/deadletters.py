@@ -39,10 +39,15 @@ def _letter(p: int, entry_id: str, raw: dict[bytes, bytes]) -> DeadLetter:
     f = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
     kind = f.get("k", "?")
     return DeadLetter(
-        id=f"p{p}:{entry_id}", stream=f.get("_stream", ""), original_id=f.get("_id", ""),
-        group=f.get("_group", ""), error=f.get("_error", ""),
-        attempts=int(f.get("_attempts") or 0), at_ms=int(f.get("_at") or 0),
-        queue_name=f.get("_queue", ""), kind=kind,
+        id=f"p{p}:{entry_id}",
+        stream=f.get("_stream", ""),
+        original_id=f.get("_id", ""),
+        group=f.get("_group", ""),
+        error=f.get("_error", ""),
+        attempts=int(f.get("_attempts") or 0),
+        at_ms=int(f.get("_at") or 0),
+        queue_name=f.get("_queue", ""),
+        kind=kind,
         task_id=f.get("id") if kind == "task" else None,
         task_type=f.get("ty") if kind == "task" else None,
         user_id=f.get("u") if kind != "task" else None,
@@ -62,8 +67,9 @@ def list_dead(client: RedisClient, partitions: int, limit: int = 100) -> list[De
         for p in range(partitions):
             pipe.xrevrange(keys.dead(p), count=limit)
         replies = pipe.execute()
-    letters = [_letter(p, eid.decode(), raw)
-               for p, entries in enumerate(replies) for eid, raw in entries]
+    letters = [
+        _letter(p, eid.decode(), raw) for p, entries in enumerate(replies) for eid, raw in entries
+    ]
     letters.sort(key=_newest_first, reverse=True)
     return letters[:limit]
 
@@ -83,8 +89,16 @@ def requeue(client: RedisClient, scripts: Scripts, partitions: int, dead_id: str
         raise UnknownDeadLetter(f"no dead letter {dead_id!r}")
     p, entry_id = int(m.group(1)), m.group(2)
     with translate():
-        reply = run_many(client, [(scripts.requeue, [keys.dead(p), keys.attempts(p)],
-                                   [entry_id, keys.tag(p) + ":task:"])])[0]
+        reply = run_many(
+            client,
+            [
+                (
+                    scripts.requeue,
+                    [keys.dead(p), keys.attempts(p)],
+                    [entry_id, keys.tag(p) + ":task:"],
+                )
+            ],
+        )[0]
     if reply[0] != b"ok":
         raise UnknownDeadLetter(f"no dead letter {dead_id!r}")
     return str(reply[1].decode())

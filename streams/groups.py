@@ -40,10 +40,13 @@ class GroupInfo:
 def parse_group(raw: Mapping[str, object]) -> GroupInfo:
     """One ``XINFO GROUPS`` item."""
     lag = raw.get("lag")
-    return GroupInfo(name=text(raw.get("name")), consumers=_int(raw.get("consumers")),
-                     pending=_int(raw.get("pending")),
-                     last_delivered=parse_id(text(raw.get("last-delivered-id") or "0-0")),
-                     lag=None if lag is None else _int(lag))
+    return GroupInfo(
+        name=text(raw.get("name")),
+        consumers=_int(raw.get("consumers")),
+        pending=_int(raw.get("pending")),
+        last_delivered=parse_id(text(raw.get("last-delivered-id") or "0-0")),
+        lag=None if lag is None else _int(lag),
+    )
 
 
 def parse_groups(reply: Iterable[Mapping[str, object]]) -> dict[str, GroupInfo]:
@@ -87,5 +90,12 @@ def _int(value: object) -> int:
     return value if isinstance(value, int) else int(text(value))
 
 
-__all__ = ["GroupInfo", "acked_below", "groups", "oldest_pending", "parse_group",
-           "parse_groups", "pending_min"]
+__all__ = [
+    "GroupInfo",
+    "acked_below",
+    "groups",
+    "oldest_pending",
+    "parse_group",
+    "parse_groups",
+    "pending_min",
+]

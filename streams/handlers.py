@@ -17,15 +17,15 @@ class DBManager(Protocol):
 
     def find_one(self, collection: str, filter: Mapping[str, Any]) -> dict[str, Any] | None: ...
 
-    def find_many(self, collection: str, filter: Mapping[str, Any] | None = None,
-                  limit: int = 100) -> list[dict[str, Any]]: ...
+    def find_many(
+        self, collection: str, filter: Mapping[str, Any] | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]: ...
 
     def insert(self, collection: str, document: Mapping[str, Any]) -> str:
         """Insert one document and return its ``_id`` (idempotent per delivery)."""
         ...
 
-    def update(self, collection: str, filter: Mapping[str, Any],
-               data: Mapping[str, Any]) -> int:
+    def update(self, collection: str, filter: Mapping[str, Any], data: Mapping[str, Any]) -> int:
         """``$set`` the fields of ``data`` on the first match; returns the match count."""
         ...
 

@@ -78,5 +78,14 @@ def settle_args(outcome: Outcome) -> tuple[str, int, str]:
             return "dead", attempts, error
 
 
-__all__ = ["Acknowledged", "DeadLettered", "NotRun", "Outcome", "RetryLater", "Skipped",
-           "Succeeded", "begun", "settle_args"]
+__all__ = [
+    "Acknowledged",
+    "DeadLettered",
+    "NotRun",
+    "Outcome",
+    "RetryLater",
+    "Skipped",
+    "Succeeded",
+    "begun",
+    "settle_args",
+]

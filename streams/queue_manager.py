@@ -49,9 +49,15 @@ TASK_ID_NAMESPACE = uuid.UUID("6f1c3a52-8d0e-4d3b-9a57-3c2e1f0b7a10")
 class QueueManager:
     """Producer, registry and reader of the queue; ``worker()`` makes consumers."""
 
-    def __init__(self, redis_url: str | None = None, *, config: StreamsConfig | None = None,
-                 client: RedisClient | None = None, db: BoundDBManager | None = None,
-                 registry: HandlerRegistry = default_registry) -> None:
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        *,
+        config: StreamsConfig | None = None,
+        client: RedisClient | None = None,
+        db: BoundDBManager | None = None,
+        registry: HandlerRegistry = default_registry,
+    ) -> None:
         self.config = config or StreamsConfig.from_env()
         if redis_url is not None:
             self.config = replace(self.config, redis_url=redis_url)
@@ -70,12 +76,19 @@ class QueueManager:
             self._checked = True
 
     # -- the original API ---------------------------------------------------------
-    def enqueue(self, queue_name: str, task_type: str, task_data: Mapping[str, Any],
-                priority: Priority | int | None = None, delay: float = 0,
-                idempotency_key: str | None = None) -> str:
+    def enqueue(
+        self,
+        queue_name: str,
+        task_type: str,
+        task_data: Mapping[str, Any],
+        priority: Priority | int | None = None,
+        delay: float = 0,
+        idempotency_key: str | None = None,
+    ) -> str:
         """Queue a task; returns its id. ``priority`` defaults to the queue's."""
-        task_id, call = self._enqueue_call(queue_name, task_type, task_data, priority, delay,
-                                           idempotency_key)
+        task_id, call = self._enqueue_call(
+            queue_name, task_type, task_data, priority, delay, idempotency_key
+        )
         self._ready()
         with translate():
             reply = run_many(self.redis, [call])[0]
@@ -86,9 +99,14 @@ class QueueManager:
             return self.enqueue(queue_name, task_type, task_data, priority, delay)
         return task_id
 
-    def enqueue_many(self, queue_name: str, task_type: str,
-                     tasks_data: Sequence[Mapping[str, Any]],
-                     priority: Priority | int | None = None, delay: float = 0) -> list[str]:
+    def enqueue_many(
+        self,
+        queue_name: str,
+        task_type: str,
+        tasks_data: Sequence[Mapping[str, Any]],
+        priority: Priority | int | None = None,
+        delay: float = 0,
+    ) -> list[str]:
         """Queue many tasks of one kind in one round trip; returns their ids in order.
 
         Every task is checked before any is queued: one bad item (its error names
@@ -117,18 +135,28 @@ class QueueManager:
                 ids[i] = self.enqueue(queue_name, task_type, tasks_data[i], priority, delay)
         return ids
 
-    def _enqueue_call(self, queue_name: str, task_type: str, task_data: Mapping[str, Any],
-                      priority: Priority | int | None, delay: float,
-                      idempotency_key: str | None = None) -> tuple[str, Call]:
+    def _enqueue_call(
+        self,
+        queue_name: str,
+        task_type: str,
+        task_data: Mapping[str, Any],
+        priority: Priority | int | None,
+        delay: float,
+        idempotency_key: str | None = None,
+    ) -> tuple[str, Call]:
         """Check one task; (its id, the enqueue.lua call that queues it)."""
         spec = self.config.queue(queue_name) if isinstance(queue_name, str) else None
         if spec is None:
             known = ", ".join(q.name for q in self.config.queues)
             raise ValidationError("queue_name", f"unknown queue {queue_name!r} (known: {known})")
-        task = check_task(queue_name, task_type, task_data,
-                          spec.priority if priority is None else priority, delay)
-        if "operation" in task.data and "collection" in task.data \
-                and self.registry.get(task.task_type) is None:
+        task = check_task(
+            queue_name, task_type, task_data, spec.priority if priority is None else priority, delay
+        )
+        if (
+            "operation" in task.data
+            and "collection" in task.data
+            and self.registry.get(task.task_type) is None
+        ):
             check_db_task(task.data, self.allowed)
         data = pack(task.data)
         if len(data) > MAX_TASK_BYTES:
@@ -138,15 +166,37 @@ class QueueManager:
             task_id = str(uuid.uuid5(TASK_ID_NAMESPACE, idempotency_key))
         else:
             task_id = str(uuid.uuid4())
-        fp = "" if idempotency_key is None else hashlib.sha1(b"\x1f".join([
-            task.queue_name.encode(), task.task_type.encode(), data,
-            str(int(task.priority)).encode(), str(task.delay_ms).encode()])).hexdigest()
+        fp = (
+            ""
+            if idempotency_key is None
+            else hashlib.sha1(
+                b"\x1f".join(
+                    [
+                        task.queue_name.encode(),
+                        task.task_type.encode(),
+                        data,
+                        str(int(task.priority)).encode(),
+                        str(task.delay_ms).encode(),
+                    ]
+                )
+            ).hexdigest()
+        )
         p = keys.partition_of(task_id, self.config.partitions)
-        return task_id, (self.scripts.enqueue,
-                         [keys.stream(p, task.priority), keys.task(p, task_id), keys.scheduled(p)],
-                         [task_id, task.queue_name, task.task_type, data, int(task.priority),
-                          task.delay_ms, fp, "1" if idempotency_key else "0",
-                          self.config.idempotency_ttl_s])
+        return task_id, (
+            self.scripts.enqueue,
+            [keys.stream(p, task.priority), keys.task(p, task_id), keys.scheduled(p)],
+            [
+                task_id,
+                task.queue_name,
+                task.task_type,
+                data,
+                int(task.priority),
+                task.delay_ms,
+                fp,
+                "1" if idempotency_key else "0",
+                self.config.idempotency_ttl_s,
+            ],
+        )
 
     def register_handler(self, task_type: str, handler: Handler) -> None:
         """``handler(data, db_manager) -> bool`` runs tasks of ``task_type``."""
@@ -163,41 +213,87 @@ class QueueManager:
         return stats[queue_name] if queue_name is not None else stats
 
     # -- ledger calls -------------------------------------------------------------
-    def register_user(self, user_id: str, email: str, *, priority: Priority = Priority.NORMAL,
-                      idempotency_key: str | None = None) -> Appended:
-        return self.append(RegisterUser(user_id=user_id, email=email), priority=priority,
-                           idempotency_key=idempotency_key)
+    def register_user(
+        self,
+        user_id: str,
+        email: str,
+        *,
+        priority: Priority = Priority.NORMAL,
+        idempotency_key: str | None = None,
+    ) -> Appended:
+        return self.append(
+            RegisterUser(user_id=user_id, email=email),
+            priority=priority,
+            idempotency_key=idempotency_key,
+        )
 
-    def purchase(self, user_id: str, amount: int, transaction_id: str, currency: str = "USD",
-                 *, priority: Priority = Priority.NORMAL,
-                 idempotency_key: str | None = None) -> Appended:
-        return self.append(Purchase(user_id=user_id, amount=amount, currency=currency,
-                                    transaction_id=transaction_id),
-                           priority=priority, idempotency_key=idempotency_key)
+    def purchase(
+        self,
+        user_id: str,
+        amount: int,
+        transaction_id: str,
+        currency: str = "USD",
+        *,
+        priority: Priority = Priority.NORMAL,
+        idempotency_key: str | None = None,
+    ) -> Appended:
+        return self.append(
+            Purchase(
+                user_id=user_id, amount=amount, currency=currency, transaction_id=transaction_id
+            ),
+            priority=priority,
+            idempotency_key=idempotency_key,
+        )
 
-    def use(self, user_id: str, amount: int, reason: str = "", *,
-            priority: Priority = Priority.NORMAL, idempotency_key: str | None = None) -> Appended:
-        return self.append(Use(user_id=user_id, amount=amount, reason=reason),
-                           priority=priority, idempotency_key=idempotency_key)
+    def use(
+        self,
+        user_id: str,
+        amount: int,
+        reason: str = "",
+        *,
+        priority: Priority = Priority.NORMAL,
+        idempotency_key: str | None = None,
+    ) -> Appended:
+        return self.append(
+            Use(user_id=user_id, amount=amount, reason=reason),
+            priority=priority,
+            idempotency_key=idempotency_key,
+        )
 
-    def adjust(self, user_id: str, delta: int, reason: str, *,
-               priority: Priority = Priority.NORMAL,
-               idempotency_key: str | None = None) -> Appended:
-        return self.append(Adjust(user_id=user_id, delta=delta, reason=reason),
-                           priority=priority, idempotency_key=idempotency_key)
+    def adjust(
+        self,
+        user_id: str,
+        delta: int,
+        reason: str,
+        *,
+        priority: Priority = Priority.NORMAL,
+        idempotency_key: str | None = None,
+    ) -> Appended:
+        return self.append(
+            Adjust(user_id=user_id, delta=delta, reason=reason),
+            priority=priority,
+            idempotency_key=idempotency_key,
+        )
 
-    def append(self, command: Command, *, priority: Priority = Priority.NORMAL,
-               idempotency_key: str | None = None) -> Appended:
+    def append(
+        self,
+        command: Command,
+        *,
+        priority: Priority = Priority.NORMAL,
+        idempotency_key: str | None = None,
+    ) -> Appended:
         """Append one checked command atomically (raises the domain error if refused)."""
         result = self.append_batch([(command, priority, idempotency_key)])[0]
         if isinstance(result, LedgerError):
             raise result
         return result
 
-    def append_batch(self, items: Sequence[tuple[Command, Priority | int, str | None]]
-                     ) -> list[Appended | LedgerError]:
+    def append_batch(
+        self, items: Sequence[tuple[Command, Priority | int, str | None]]
+    ) -> list[Appended | LedgerError]:
         """Many appends in one round trip; each is atomic on its own."""
         from ledger.tasks import check_priority
+
         checked = [(check(cmd), check_priority(prio), key) for cmd, prio, key in items]
         self._ready()
         return self.appender.append_many(checked)
@@ -210,9 +306,14 @@ class QueueManager:
         if not raw:
             return None
         f = {text(k): text(v) for k, v in raw.items()}
-        return {"user_id": user_id, "version": int(f["version"]), "balance": int(f["balance"]),
-                "purchased_total": int(f["purchased"]), "used_total": int(f["used"]),
-                "head": f["head"]}
+        return {
+            "user_id": user_id,
+            "version": int(f["version"]),
+            "balance": int(f["balance"]),
+            "purchased_total": int(f["purchased"]),
+            "used_total": int(f["used"]),
+            "head": f["head"],
+        }
 
     # -- operators ------------------------------------------------------------------
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
@@ -228,8 +329,14 @@ class QueueManager:
         if overrides:
             base = replace(base, **overrides)
         self._ready()
-        return Worker(self.redis, self.config.partitions, db=self.db, registry=self.registry,
-                      config=base, scripts=self.scripts)
+        return Worker(
+            self.redis,
+            self.config.partitions,
+            db=self.db,
+            registry=self.registry,
+            config=base,
+            scripts=self.scripts,
+        )
 
     def start_workers(self, count: int | None = None, **overrides: Any) -> None:
         """Run ``count`` consumer threads (default: the queues' configured workers)."""

@@ -53,8 +53,9 @@ class HandlerRegistry:
     def types(self) -> list[str]:
         return sorted(self._handlers)
 
-    def resolve_task(self, task_type: str, data: Mapping[str, Any],
-                     allowed: frozenset[str]) -> Handler | None:
+    def resolve_task(
+        self, task_type: str, data: Mapping[str, Any], allowed: frozenset[str]
+    ) -> Handler | None:
         """The handler for a task: registered, else the default DB handler if it fits."""
         handler = self.get(task_type)
         if handler is None and "operation" in data and "collection" in data:
@@ -97,10 +98,13 @@ class EventRecorder:
         return True
 
 
-def handler(task_type: str, registry: HandlerRegistry = default_registry
-            ) -> Callable[[Handler], Handler]:
+def handler(
+    task_type: str, registry: HandlerRegistry = default_registry
+) -> Callable[[Handler], Handler]:
     """Decorator form of ``register_handler``."""
+
     def register(fn: Handler) -> Handler:
         registry.register(task_type, fn)
         return fn
+
     return register

@@ -23,8 +23,9 @@ def text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def entries(client: RedisClient, stream: str, *, min: str = "-", max: str = "+",
-            count: int | None = None) -> list[Entry]:
+def entries(
+    client: RedisClient, stream: str, *, min: str = "-", max: str = "+", count: int | None = None
+) -> list[Entry]:
     """``XRANGE`` of ``stream`` (empty when it does not exist)."""
     return cast(list[Entry], client.xrange(stream, min=min, max=max, count=count) or [])
 

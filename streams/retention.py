@@ -37,8 +37,10 @@ ARCHIVE_GROUP = "proj:events"
 REQUIRED_GROUPS = ("workers", "proj:balances", "proj:credit_scores", ARCHIVE_GROUP)
 _PAGE = 500
 
-def trim_point(client: RedisClient, stream: str,
-               required: Iterable[str] = REQUIRED_GROUPS) -> EntryId | None:
+
+def trim_point(
+    client: RedisClient, stream: str, required: Iterable[str] = REQUIRED_GROUPS
+) -> EntryId | None:
     """The smallest entry id some group still needs; None if a required group is missing."""
     with translate():
         found = groups(client, stream)
@@ -53,8 +55,9 @@ def trim_point(client: RedisClient, stream: str,
     return point
 
 
-def held_by_dead_letters(client: RedisClient, partition: int,
-                         group: str = ARCHIVE_GROUP) -> dict[str, EntryId]:
+def held_by_dead_letters(
+    client: RedisClient, partition: int, group: str = ARCHIVE_GROUP
+) -> dict[str, EntryId]:
     """Per stream of ``partition``: the oldest original id of an event that ``group``
     dead-lettered and that is still in the partition's dead letters."""
     held: dict[str, EntryId] = {}
@@ -80,14 +83,22 @@ def held_by_dead_letters(client: RedisClient, partition: int,
         start = f"{ms}-{seq + 1}"
 
 
-def trim(client: RedisClient, partitions: int, *, keep_ms: int,
-         required: Iterable[str] = REQUIRED_GROUPS, now_ms: int | None = None) -> int:
+def trim(
+    client: RedisClient,
+    partitions: int,
+    *,
+    keep_ms: int,
+    required: Iterable[str] = REQUIRED_GROUPS,
+    now_ms: int | None = None,
+) -> int:
     """Trim every stream; returns the number of entries removed."""
     horizon = ((now_ms if now_ms is not None else int(time.time() * 1000)) - keep_ms, 0)
     removed = 0
     for p in range(partitions):
-        points = {stream: trim_point(client, stream, required)
-                  for stream in (keys.stream(p, level) for level in keys.LEVELS_DESC)}
+        points = {
+            stream: trim_point(client, stream, required)
+            for stream in (keys.stream(p, level) for level in keys.LEVELS_DESC)
+        }
         # Read the dead letters after the points: settle.lua dead-letters and acks in
         # one step, so an entry acknowledged before a point was taken is seen here.
         held = held_by_dead_letters(client, p)
@@ -96,8 +107,12 @@ def trim(client: RedisClient, partitions: int, *, keep_ms: int,
                 continue
             limit = min(point, horizon)
             if stream in held and held[stream] < limit:
-                log.warning("%s: not trimmed past %d-%d, an event the archive dead-lettered "
-                            "(requeue it with `ledger dlq requeue`)", stream, *held[stream])
+                log.warning(
+                    "%s: not trimmed past %d-%d, an event the archive dead-lettered "
+                    "(requeue it with `ledger dlq requeue`)",
+                    stream,
+                    *held[stream],
+                )
                 limit = held[stream]
             ms, seq = limit
             with translate():

@@ -20,8 +20,15 @@ log = logging.getLogger(__name__)
 
 
 class Scheduler:
-    def __init__(self, client: RedisClient, partitions: int, *, batch: int = 500,
-                 interval_ms: int = 50, scripts: Scripts | None = None) -> None:
+    def __init__(
+        self,
+        client: RedisClient,
+        partitions: int,
+        *,
+        batch: int = 500,
+        interval_ms: int = 50,
+        scripts: Scripts | None = None,
+    ) -> None:
         self.redis = client
         self.partitions = partitions
         self.batch = batch
@@ -36,18 +43,27 @@ class Scheduler:
         moved = 0
         while True:
             with translate():
-                replies: list[list[Any]] = run_many(self.redis, [
-                    (self.scripts.schedule,
-                     [keys.scheduled(p), *(keys.stream(p, lv) for lv in keys.LEVELS_DESC)],
-                     [keys.tag(p) + ":task:", self.batch]) for p in range(self.partitions)])
+                replies: list[list[Any]] = run_many(
+                    self.redis,
+                    [
+                        (
+                            self.scripts.schedule,
+                            [keys.scheduled(p), *(keys.stream(p, lv) for lv in keys.LEVELS_DESC)],
+                            [keys.tag(p) + ":task:", self.batch],
+                        )
+                        for p in range(self.partitions)
+                    ],
+                )
             taken = 0
             for count, missing in replies:
                 moved += int(count)
                 taken = max(taken, int(count) + len(missing))
                 if missing:
                     self.missing += len(missing)
-                    log.error("scheduled tasks due with no record (not run): %s",
-                              ", ".join(m.decode() for m in missing))
+                    log.error(
+                        "scheduled tasks due with no record (not run): %s",
+                        ", ".join(m.decode() for m in missing),
+                    )
             if taken < self.batch:
                 return moved
 

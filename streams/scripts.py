@@ -42,8 +42,9 @@ PRELUDES = {"begin": ("owned",), "settle": ("owned",)}
 @cache
 def source(name: str) -> str:
     parts = [*PRELUDES.get(name, ()), name]
-    return "".join((files("streams") / "lua" / f"{part}.lua").read_text(encoding="utf-8")
-                   for part in parts)
+    return "".join(
+        (files("streams") / "lua" / f"{part}.lua").read_text(encoding="utf-8") for part in parts
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +64,9 @@ def load(client: RedisClient) -> Scripts:
     return Scripts(**{name: client.register_script(source(name)) for name in NAMES})
 
 
-def run_many(client: RedisClient, calls: Iterable[Call],
-             each: Callable[[int, Any], None] | None = None) -> list[Any]:
+def run_many(
+    client: RedisClient, calls: Iterable[Call], each: Callable[[int, Any], None] | None = None
+) -> list[Any]:
     """Run script calls by pipelined EVALSHA; return their replies in order.
 
     ``calls`` may be a generator: each call is written to the socket as soon as
@@ -89,8 +91,9 @@ def run_many(client: RedisClient, calls: Iterable[Call],
     return replies
 
 
-def _send_all(client: Any, calls: Iterable[Call],
-              each: Callable[[int, Any], None] | None = None) -> tuple[list[Any], list[Call]]:
+def _send_all(
+    client: Any, calls: Iterable[Call], each: Callable[[int, Any], None] | None = None
+) -> tuple[list[Any], list[Call]]:
     """(replies, the calls sent); an error reply is returned in its place.
 
     ``client`` is ``Any`` here: the connection-level calls below are untyped in redis-py."""
@@ -112,8 +115,11 @@ def _send_all(client: Any, calls: Iterable[Call],
     def packed(call: Call) -> bytes:
         script, keys, args = call
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
-        return b"".join(conn.pack_command(*command)) if _hiredis_pack is None \
+        return (
+            b"".join(conn.pack_command(*command))
+            if _hiredis_pack is None
             else _hiredis_pack(command)
+        )
 
     try:
         if isinstance(calls, list):  # all known: one write (each write is a costly syscall)

@@ -19,8 +19,18 @@ from .groups import GroupInfo, groups
 from .replies import text
 from .times import iso_utc as iso_utc  # re-exported until api/ imports streams.times
 
-STATUS_FIELDS = ("status", "attempts", "queue_name", "task_type", "enqueued_at", "started_at",
-                 "finished_at", "last_error", "due_at", "retry_at")
+STATUS_FIELDS = (
+    "status",
+    "attempts",
+    "queue_name",
+    "task_type",
+    "enqueued_at",
+    "started_at",
+    "finished_at",
+    "last_error",
+    "due_at",
+    "retry_at",
+)
 TIME_FIELDS = {"enqueued_at", "started_at", "finished_at", "due_at", "retry_at"}
 
 
@@ -51,8 +61,12 @@ def _percentile(sorted_values: list[int], q: float) -> int | None:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
-def queue_stats(client: RedisClient, config: StreamsConfig, group: str = "workers",
-                queue_name: str | None = None) -> dict[str, dict[str, Any]]:
+def queue_stats(
+    client: RedisClient,
+    config: StreamsConfig,
+    group: str = "workers",
+    queue_name: str | None = None,
+) -> dict[str, dict[str, Any]]:
     """Per queue: length, pending, lag, consumers, counters, rate and latency."""
     specs = [q for q in config.queues if queue_name in (None, q.name)]
     bucket = int(time.time() * 1000) // 10000
@@ -67,21 +81,24 @@ def queue_stats(client: RedisClient, config: StreamsConfig, group: str = "worker
                 pipe.lrange(keys.latencies(p, spec.name), 0, -1)
                 pipe.hgetall(keys.throughput(p, spec.name))
             replies = pipe.execute()
-            infos = [groups(client, keys.stream(p, spec.priority)).get(group)
-                     for p in range(config.partitions)]
+            infos = [
+                groups(client, keys.stream(p, spec.priority)).get(group)
+                for p in range(config.partitions)
+            ]
             out[spec.name] = _summarise(spec.name, spec.priority, replies, infos, bucket)
     return out
 
 
-def _summarise(name: str, priority: Priority, replies: list[Any],
-               infos: list[GroupInfo | None], bucket: int) -> dict[str, Any]:
+def _summarise(
+    name: str, priority: Priority, replies: list[Any], infos: list[GroupInfo | None], bucket: int
+) -> dict[str, Any]:
     """A group missing on a stream (not created yet) counts nothing and leaves lag unknown."""
     length = 0
     counters = {"processed": 0, "failed": 0, "retried": 0, "dead": 0}
     latencies: list[int] = []
     recent = 0
     for i in range(0, len(replies), 4):
-        xlen, stats, lat, tput = replies[i:i + 4]
+        xlen, stats, lat, tput = replies[i : i + 4]
         length += int(xlen)
         for counter in counters:
             counters[counter] += int(stats.get(f"{counter}:{name}".encode(), 0))
@@ -99,8 +116,11 @@ def _summarise(name: str, priority: Priority, replies: list[Any],
         "consumers": max((g.consumers for g in found), default=0),
         **counters,
         "rate_per_s": round(recent / 60, 2),
-        "latency_ms": {"p50": _percentile(latencies, 0.5), "p95": _percentile(latencies, 0.95),
-                       "p99": _percentile(latencies, 0.99)},
+        "latency_ms": {
+            "p50": _percentile(latencies, 0.5),
+            "p95": _percentile(latencies, 0.95),
+            "p99": _percentile(latencies, 0.99),
+        },
     }
 
 

@@ -116,17 +116,23 @@ def consumer_name() -> str:
 class Worker:
     """Processes entries of ``config.levels`` in every partition."""
 
-    def __init__(self, client: RedisClient, partitions: int, *,
-                 db: BoundDBManager | None = None,
-                 registry: HandlerRegistry = default_registry,
-                 config: WorkerConfig | None = None, consumer: str | None = None,
-                 scripts: Scripts | None = None, processor: Processor | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        client: RedisClient,
+        partitions: int,
+        *,
+        db: BoundDBManager | None = None,
+        registry: HandlerRegistry = default_registry,
+        config: WorkerConfig | None = None,
+        consumer: str | None = None,
+        scripts: Scripts | None = None,
+        processor: Processor | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.redis = client
         self.partitions = partitions
         self.config = config or WorkerConfig()
-        self.processor = processor or TaskProcessor(registry, db,
-                                                    self.config.allowed_collections)
+        self.processor = processor or TaskProcessor(registry, db, self.config.allowed_collections)
         self.consumer = consumer or consumer_name()
         self.scripts = scripts or load(client)
         self.clock = clock
@@ -195,22 +201,44 @@ class Worker:
             return []
         self._next_reclaim = now + self.config.reclaim_every_ms / 1000
         with translate():
-            replies = run_many(self.redis, [
-                (self.scripts.reclaim,
-                 [keys.retry(p, self.config.group), keys.attempts(p), keys.cursor(p),
-                  *(keys.stream(p, lv) for lv in keys.LEVELS_DESC)],
-                 [self.config.group, self.consumer, self.config.claim_idle_ms,
-                  self.config.batch, self._level_digits])
-                for p in range(self.partitions)])
+            replies = run_many(
+                self.redis,
+                [
+                    (
+                        self.scripts.reclaim,
+                        [
+                            keys.retry(p, self.config.group),
+                            keys.attempts(p),
+                            keys.cursor(p),
+                            *(keys.stream(p, lv) for lv in keys.LEVELS_DESC),
+                        ],
+                        [
+                            self.config.group,
+                            self.consumer,
+                            self.config.claim_idle_ms,
+                            self.config.batch,
+                            self._level_digits,
+                        ],
+                    )
+                    for p in range(self.partitions)
+                ],
+            )
         return _flat_deliveries(replies)
 
     def _read(self) -> list[Delivery]:
         share = per_partition(self.config.batch, self.partitions)
         with translate():
-            replies = run_many(self.redis, [
-                (self.scripts.read, [keys.stream(p, lv) for lv in keys.LEVELS_DESC],
-                 [self.config.group, self.consumer, share, self._level_digits])
-                for p in range(self.partitions)])
+            replies = run_many(
+                self.redis,
+                [
+                    (
+                        self.scripts.read,
+                        [keys.stream(p, lv) for lv in keys.LEVELS_DESC],
+                        [self.config.group, self.consumer, share, self._level_digits],
+                    )
+                    for p in range(self.partitions)
+                ],
+            )
         return _flat_deliveries(replies)
 
     def _wait_for_work(self) -> list[Delivery]:
@@ -219,11 +247,13 @@ class Worker:
         if is_cluster(self.redis):
             self.stopping.wait(wait_ms / 1000)
             return []
-        streams: dict[KeyT, StreamIdT] = {keys.stream(p, lv): ">" for lv in self._levels
-                                          for p in range(self.partitions)}
+        streams: dict[KeyT, StreamIdT] = {
+            keys.stream(p, lv): ">" for lv in self._levels for p in range(self.partitions)
+        }
         with translate():
-            reply = self.redis.xreadgroup(self.config.group, self.consumer, streams,
-                                          count=self.config.batch, block=wait_ms)
+            reply = self.redis.xreadgroup(
+                self.config.group, self.consumer, streams, count=self.config.batch, block=wait_ms
+            )
         return _deliveries(reply)
 
     # -- processing -------------------------------------------------------------
@@ -245,8 +275,10 @@ class Worker:
             elif isinstance(d.message, DecodeError):
                 d.outcome = DeadLettered(d.attempts, f"poison entry: {d.message}")
             elif d.attempts > self.config.retry.max_attempts:
-                d.outcome = DeadLettered(d.attempts, f"gave up after {d.attempts - 1} "
-                                         "attempts (consumer crashed or timed out)")
+                d.outcome = DeadLettered(
+                    d.attempts,
+                    f"gave up after {d.attempts - 1} attempts (consumer crashed or timed out)",
+                )
             else:
                 runnable.append(d)
         # stream order is numeric (ms, seq): as text "…-10" would run before "…-2"
@@ -263,8 +295,9 @@ class Worker:
         for d in runnable:
             if d.done:
                 born = min(_born_ms(d.message), started_ms)
-                d.outcome = (Succeeded(max(0, now_ms - born)) if self.config.track
-                             else Acknowledged())
+                d.outcome = (
+                    Succeeded(max(0, now_ms - born)) if self.config.track else Acknowledged()
+                )
             else:
                 d.outcome = self._failed(d, d.error or "not processed", d.retry_delay_ms)
         self._settle(by_partition)
@@ -279,12 +312,25 @@ class Worker:
     def _begin(self, by_partition: Mapping[int, Sequence[Delivery]]) -> None:
         order = list(by_partition.items())
         with translate():
-            replies = run_many(self.redis, [
-                (self.scripts.begin, [keys.attempts(p), *(self._task_key(p, d) for d in ds),
-                                      *(keys.stream(p, d.level) for d in ds)],
-                 [self.config.group, self.consumer,
-                  *(f"{self._rank_key(d.level)}|{d.entry_id}" for d in ds)])
-                for p, ds in order])
+            replies = run_many(
+                self.redis,
+                [
+                    (
+                        self.scripts.begin,
+                        [
+                            keys.attempts(p),
+                            *(self._task_key(p, d) for d in ds),
+                            *(keys.stream(p, d.level) for d in ds),
+                        ],
+                        [
+                            self.config.group,
+                            self.consumer,
+                            *(f"{self._rank_key(d.level)}|{d.entry_id}" for d in ds),
+                        ],
+                    )
+                    for p, ds in order
+                ],
+            )
         for (_, ds), counts in zip(order, replies, strict=True):
             for d, n in zip(ds, counts, strict=True):
                 answer = begun(int(n))
@@ -298,24 +344,40 @@ class Worker:
         if policy.exhausted(d.attempts):
             return DeadLettered(d.attempts, error)
         delay = delay_ms if delay_ms is not None else policy.backoff_ms(d.attempts, self._rand)
-        log.info("entry %s failed (attempt %d), retry in %d ms: %s",
-                 d.entry_id, d.attempts, delay, error)
+        log.info(
+            "entry %s failed (attempt %d), retry in %d ms: %s", d.entry_id, d.attempts, delay, error
+        )
         return RetryLater(delay, error)
 
     def _settle(self, by_partition: Mapping[int, Sequence[Delivery]]) -> None:
         calls = []
         for p, ds in by_partition.items():
-            args: list[ScriptArg] = [self.config.group, self.config.status_ttl_s, keys.tag(p) + ":",
-                               self.consumer]
+            args: list[ScriptArg] = [
+                self.config.group,
+                self.config.status_ttl_s,
+                keys.tag(p) + ":",
+                self.consumer,
+            ]
             for d in ds:
                 op, number, error = settle_args(d.outcome or RetryLater(0, "no outcome"))
-                queue = "unknown" if isinstance(d.message, DecodeError | None) \
-                    else d.message.queue_name
+                queue = (
+                    "unknown" if isinstance(d.message, DecodeError | None) else d.message.queue_name
+                )
                 args += [op, self._rank_key(d.level), d.entry_id, queue, number, error]
-            calls.append((self.scripts.settle,
-                          [keys.attempts(p), keys.stats(p), keys.retry(p, self.config.group),
-                           keys.dead(p), *(keys.stream(p, lv) for lv in keys.LEVELS_DESC),
-                           *(self._task_key(p, d) for d in ds)], args))
+            calls.append(
+                (
+                    self.scripts.settle,
+                    [
+                        keys.attempts(p),
+                        keys.stats(p),
+                        keys.retry(p, self.config.group),
+                        keys.dead(p),
+                        *(keys.stream(p, lv) for lv in keys.LEVELS_DESC),
+                        *(self._task_key(p, d) for d in ds),
+                    ],
+                    args,
+                )
+            )
         with translate():
             run_many(self.redis, calls)
 
@@ -323,8 +385,9 @@ class Worker:
 class TaskProcessor:
     """Runs each entry's handler: registered ones, else the built-ins."""
 
-    def __init__(self, registry: HandlerRegistry, db: BoundDBManager | None,
-                 allowed: frozenset[str]) -> None:
+    def __init__(
+        self, registry: HandlerRegistry, db: BoundDBManager | None, allowed: frozenset[str]
+    ) -> None:
         self.registry = registry
         self.db = db
         self.allowed = allowed
@@ -400,8 +463,14 @@ def _flat_deliveries(replies: Sequence[Sequence[Any]]) -> list[Delivery]:
     out = []
     for p, flat in enumerate(replies):
         for i in range(0, len(flat), 3):
-            out.append(Delivery(partition=p, level=keys.LEVELS_DESC[int(flat[i]) - 1],
-                                entry_id=flat[i + 1].decode(), fields=_pairs(flat[i + 2])))
+            out.append(
+                Delivery(
+                    partition=p,
+                    level=keys.LEVELS_DESC[int(flat[i]) - 1],
+                    entry_id=flat[i + 1].decode(),
+                    fields=_pairs(flat[i + 2]),
+                )
+            )
     return out
 
 
@@ -416,6 +485,7 @@ def _deliveries(reply: Any) -> list[Delivery]:
         p, level = keys.parse_stream(stream.decode())
         for entry_id, fields in entries:
             if fields:  # None: deleted before it could be delivered
-                out.append(Delivery(partition=p, level=level, entry_id=entry_id.decode(),
-                                    fields=fields))
+                out.append(
+                    Delivery(partition=p, level=level, entry_id=entry_id.decode(), fields=fields)
+                )
     return out

@@ -36,8 +36,16 @@ PING_TIMEOUT_S = 3.0
 THREAD_GRACE_S = 5.0
 _probes: dict[tuple[str, int | None], MongoClient[dict[str, Any]]] = {}
 # Threads that outlive a test by design: library housekeeping, not test work.
-BACKGROUND_THREADS = ("pymongo", "asyncio_", "ThreadPoolExecutor", "AnyIO worker",
-                      "Dummy-", "playwright", "Thread-Monitor", "pydevd")
+BACKGROUND_THREADS = (
+    "pymongo",
+    "asyncio_",
+    "ThreadPoolExecutor",
+    "AnyIO worker",
+    "Dummy-",
+    "playwright",
+    "Thread-Monitor",
+    "pydevd",
+)
 
 
 def _children(pid: int) -> dict[int, int]:
@@ -51,7 +59,7 @@ def _children(pid: int) -> dict[int, int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat[stat.rindex(")") + 2 :].split()
         if fields[0] == "Z":
             continue
         child = int(entry.name)
@@ -77,9 +85,12 @@ def _kill(pids: list[int]) -> None:
 
 def _redis_answers(server: EmbeddedRedis) -> bool:
     try:
-        with redis_py.Redis(port=server.port, socket_timeout=PING_TIMEOUT_S,
-                            socket_connect_timeout=PING_TIMEOUT_S,
-                            retry=Retry(NoBackoff(), 0)) as client:
+        with redis_py.Redis(
+            port=server.port,
+            socket_timeout=PING_TIMEOUT_S,
+            socket_connect_timeout=PING_TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0),
+        ) as client:
             return bool(client.ping())
     except (redis_py.RedisError, OSError):
         return False
@@ -92,8 +103,9 @@ def _probe_client(server: EmbeddedMongo) -> MongoClient[dict[str, Any]]:
     if key not in _probes:
         _close_probes()
         ms = int(PING_TIMEOUT_S * 1000)
-        _probes[key] = connect(server.url, serverSelectionTimeoutMS=ms, socketTimeoutMS=ms,
-                               connectTimeoutMS=ms)
+        _probes[key] = connect(
+            server.url, serverSelectionTimeoutMS=ms, socketTimeoutMS=ms, connectTimeoutMS=ms
+        )
     return _probes[key]
 
 
@@ -135,8 +147,11 @@ def _ensure_serving(request: pytest.FixtureRequest) -> None:
         server = request.getfixturevalue(name)
         if server.pid is not None and answers(server):
             continue
-        _say(request.config, f"{request.node.nodeid}: the session's {name} did not answer "
-                             f"within {PING_TIMEOUT_S:g}s; restarting it")
+        _say(
+            request.config,
+            f"{request.node.nodeid}: the session's {name} did not answer "
+            f"within {PING_TIMEOUT_S:g}s; restarting it",
+        )
         server.kill()
         server.start()
 
@@ -148,14 +163,19 @@ def _hygiene(request: pytest.FixtureRequest) -> Iterator[None]:
     processes_before = _children(me)
     threads_before = set(threading.enumerate())
     yield
-    left = {pid: start for pid, start in _children(me).items()
-            if processes_before.get(pid) != start}
+    left = {
+        pid: start for pid, start in _children(me).items() if processes_before.get(pid) != start
+    }
     _kill(sorted(left))
     deadline = time.monotonic() + THREAD_GRACE_S
     while True:
-        running = [t for t in threading.enumerate()
-                   if t not in threads_before and t.is_alive()
-                   and not t.name.startswith(BACKGROUND_THREADS)]
+        running = [
+            t
+            for t in threading.enumerate()
+            if t not in threads_before
+            and t.is_alive()
+            and not t.name.startswith(BACKGROUND_THREADS)
+        ]
         if not running or time.monotonic() > deadline:
             break
         time.sleep(0.05)

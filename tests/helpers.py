@@ -19,10 +19,14 @@ TIMEOUT_S = 30.0
 INTERVAL_S = 0.05
 
 
-def eventually(check: Callable[[], T], *, timeout: float = TIMEOUT_S,
-               interval: float = INTERVAL_S,
-               message: str | Callable[[], str] = "condition not reached",
-               ignoring: tuple[type[Exception], ...] = ()) -> T:
+def eventually(
+    check: Callable[[], T],
+    *,
+    timeout: float = TIMEOUT_S,
+    interval: float = INTERVAL_S,
+    message: str | Callable[[], str] = "condition not reached",
+    ignoring: tuple[type[Exception], ...] = (),
+) -> T:
     """Call ``check`` until it returns a truthy value, and return that value.
 
     ``check`` is a predicate (``lambda: doc_count() == 3``), a probe whose
@@ -51,8 +55,9 @@ def eventually(check: Callable[[], T], *, timeout: float = TIMEOUT_S,
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             seen = f"last error: {error!r}" if error is not None else f"last value: {last!r}"
-            hint = ("; a check that asserts must return True"
-                    if error is None and last is None else "")
+            hint = (
+                "; a check that asserts must return True" if error is None and last is None else ""
+            )
             text = message() if callable(message) else message
             raise AssertionError(f"{text} (waited {timeout:g}s; {seen}{hint})") from error
         time.sleep(min(interval, remaining))

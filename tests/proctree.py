@@ -20,7 +20,7 @@ Proc = tuple[int, int]  # (pid, start time in clock ticks since boot)
 
 def _stat(pid: int) -> list[str]:
     text = Path(f"/proc/{pid}/stat").read_text()
-    return text[text.rindex(")") + 2:].split()  # fields from 3 (state) on
+    return text[text.rindex(")") + 2 :].split()  # fields from 3 (state) on
 
 
 def proc(pid: int) -> Proc:

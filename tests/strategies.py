@@ -33,8 +33,7 @@ from ledger.money import MAX_CREDITS
 
 E = TypeVar("E", bound=Event)
 
-QUICK = settings(max_examples=60, deadline=None,
-                 suppress_health_check=[HealthCheck.too_slow])
+QUICK = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 """Property tests: enough examples to find edge cases, few enough for CI."""
 
 # --- valid values -----------------------------------------------------------------
@@ -55,16 +54,15 @@ def currencies() -> st.SearchStrategy[str]:
     return st.text(alphabet=string.ascii_uppercase, min_size=3, max_size=3)
 
 
-_email_char = st.characters(
-    blacklist_categories=("Cs", "Cc"), blacklist_characters="@"
-).filter(lambda c: not c.isspace())
+_email_char = st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="@").filter(
+    lambda c: not c.isspace()
+)
 
 
 @st.composite
 def emails(draw: st.DrawFn) -> str:
     """Plain ``a.b@example.org`` addresses and unicode ones (always <= 254 chars)."""
-    plain = st.text(alphabet=string.ascii_letters + string.digits + ".-_+", min_size=1,
-                    max_size=64)
+    plain = st.text(alphabet=string.ascii_letters + string.digits + ".-_+", min_size=1, max_size=64)
     fancy = st.text(alphabet=_email_char, min_size=1, max_size=64)
     local = draw(st.one_of(plain, fancy))
     domain = draw(st.one_of(plain, fancy, st.just("x" * 189)))
@@ -82,8 +80,9 @@ def reasons(min_size: int = 0) -> st.SearchStrategy[str]:
 
 def amounts() -> st.SearchStrategy[int]:
     """Mostly small amounts (so spends often succeed), sometimes huge ones."""
-    return st.one_of(st.integers(1, 1_000), st.integers(1, MAX_CREDITS),
-                     st.sampled_from([1, MAX_CREDITS]))
+    return st.one_of(
+        st.integers(1, 1_000), st.integers(1, MAX_CREDITS), st.sampled_from([1, MAX_CREDITS])
+    )
 
 
 def deltas() -> st.SearchStrategy[int]:
@@ -92,8 +91,10 @@ def deltas() -> st.SearchStrategy[int]:
 
 # --- command bodies and commands --------------------------------------------------
 
-def bodies(kind: str, user_id: st.SearchStrategy[str] | None = None
-           ) -> st.SearchStrategy[dict[str, object]]:
+
+def bodies(
+    kind: str, user_id: st.SearchStrategy[str] | None = None
+) -> st.SearchStrategy[dict[str, object]]:
     """A valid JSON body for ``parse(kind, body)`` (optional fields sometimes left out)."""
     uid = user_id if user_id is not None else user_ids()
     if kind == "register_user":
@@ -104,25 +105,31 @@ def bodies(kind: str, user_id: st.SearchStrategy[str] | None = None
             optional={"currency": currencies()},
         )
     if kind == "use":
-        return st.fixed_dictionaries({"user_id": uid, "amount": amounts()},
-                                     optional={"reason": reasons()})
+        return st.fixed_dictionaries(
+            {"user_id": uid, "amount": amounts()}, optional={"reason": reasons()}
+        )
     if kind == "adjust":
-        return st.fixed_dictionaries({"user_id": uid, "delta": deltas(),
-                                      "reason": reasons(min_size=1)})
+        return st.fixed_dictionaries(
+            {"user_id": uid, "delta": deltas(), "reason": reasons(min_size=1)}
+        )
     raise ValueError(kind)
 
 
 KINDS = ("register_user", "purchase", "use", "adjust")
 
 
-def commands(users: Sequence[str], *, register: bool = True
-             ) -> st.SearchStrategy[Command]:
+def commands(users: Sequence[str], *, register: bool = True) -> st.SearchStrategy[Command]:
     """Valid commands (each may still be refused by ``decide``) for these users;
     ``register=False`` leaves out registrations."""
     uid = st.sampled_from(list(users))
     balance_changes = [
-        st.builds(Purchase, user_id=uid, amount=amounts(), currency=currencies(),
-                  transaction_id=transaction_ids()),
+        st.builds(
+            Purchase,
+            user_id=uid,
+            amount=amounts(),
+            currency=currencies(),
+            transaction_id=transaction_ids(),
+        ),
         st.builds(Use, user_id=uid, amount=amounts(), reason=reasons()),
         st.builds(Adjust, user_id=uid, delta=deltas(), reason=reasons(min_size=1)),
     ]
@@ -132,8 +139,7 @@ def commands(users: Sequence[str], *, register: bool = True
 
 
 @st.composite
-def histories(draw: st.DrawFn, min_events: int = 1, max_events: int = 12
-              ) -> list[Event]:
+def histories(draw: st.DrawFn, min_events: int = 1, max_events: int = 12) -> list[Event]:
     """One account's events as ``decide`` makes them: a registration, then
     purchases, uses and adjustments (refused commands are simply not recorded)."""
     uid = draw(user_ids(max_size=16))
@@ -142,8 +148,7 @@ def histories(draw: st.DrawFn, min_events: int = 1, max_events: int = 12
     events: list[Event] = []
     target = draw(st.integers(min_events, max_events))
     body = commands([uid], register=False)
-    event: Event | None = decide(None, RegisterUser(user_id=uid, email=draw(emails())),
-                                 at_ms=at_ms)
+    event: Event | None = decide(None, RegisterUser(user_id=uid, email=draw(emails())), at_ms=at_ms)
     for _ in range(max_events * 4):
         if event is not None:
             account = apply(account, event)
@@ -167,6 +172,7 @@ def reseal(event: E, **changes: Any) -> E:
 
 # --- hostile values ---------------------------------------------------------------
 
+
 def floats_for_money() -> st.SearchStrategy[float]:
     """Floats, including whole ones like 5.0, NaN and infinities."""
     return st.one_of(st.floats(), st.integers(-1000, 1000).map(float))
@@ -175,16 +181,22 @@ def floats_for_money() -> st.SearchStrategy[float]:
 def not_an_int() -> st.SearchStrategy[object]:
     """Anything a JSON body could carry in place of an integer of credits."""
     return st.one_of(
-        st.booleans(), floats_for_money(), st.none(), st.text(max_size=5),
-        st.integers(-5, 5).map(str), st.lists(st.integers(), max_size=2),
+        st.booleans(),
+        floats_for_money(),
+        st.none(),
+        st.text(max_size=5),
+        st.integers(-5, 5).map(str),
+        st.lists(st.integers(), max_size=2),
         st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
     )
 
 
 def out_of_range_ints() -> st.SearchStrategy[int]:
-    return st.one_of(st.integers(min_value=MAX_CREDITS + 1),
-                     st.integers(max_value=-MAX_CREDITS - 1),
-                     st.sampled_from([2**63, -(2**63) - 1, 2**64, 10**30]))
+    return st.one_of(
+        st.integers(min_value=MAX_CREDITS + 1),
+        st.integers(max_value=-MAX_CREDITS - 1),
+        st.sampled_from([2**63, -(2**63) - 1, 2**64, 10**30]),
+    )
 
 
 CONTROL_CHARS = [chr(c) for c in range(0x20)] + ["\x7f"]
@@ -204,8 +216,10 @@ def lone_surrogates() -> st.SearchStrategy[str]:
 
 
 def dollar_keys() -> st.SearchStrategy[str]:
-    return st.one_of(st.sampled_from(["$where", "$set", "$gt", "$ne", "$", "$$ROOT"]),
-                     st.text(max_size=10).map(lambda s: "$" + s))
+    return st.one_of(
+        st.sampled_from(["$where", "$set", "$gt", "$ne", "$", "$$ROOT"]),
+        st.text(max_size=10).map(lambda s: "$" + s),
+    )
 
 
 SURROGATES: tuple[Literal["Cs"]] = ("Cs",)  # typed: a bare ("Cs",) is tuple[str] to mypy
@@ -215,14 +229,17 @@ def json_values(max_leaves: int = 20) -> st.SearchStrategy[object]:
     """JSON-like data the task validation accepts (safe keys, int64, finite floats)."""
     keys = st.text(max_size=12).filter(lambda k: not k.startswith("$") and "\x00" not in k)
     leaves = st.one_of(
-        st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1),
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**63), 2**63 - 1),
         st.floats(allow_nan=False, allow_infinity=False),
         st.text(alphabet=st.characters(blacklist_categories=SURROGATES), max_size=20),
     )
     return st.recursive(
         leaves,
-        lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                st.dictionaries(keys, inner, max_size=4)),
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=4), st.dictionaries(keys, inner, max_size=4)
+        ),
         max_leaves=max_leaves,
     )
 
@@ -241,12 +258,14 @@ def nest(depth: int, leaf: object = 1, *, key: str = "k") -> dict[str, Any]:
 
 
 @st.composite
-def hostile_at_depth(draw: st.DrawFn, bad: st.SearchStrategy[tuple[str, object]]
-                     ) -> tuple[dict[str, Any], str]:
+def hostile_at_depth(
+    draw: st.DrawFn, bad: st.SearchStrategy[tuple[str, object]]
+) -> tuple[dict[str, Any], str]:
     """``(data, path)``: safe nesting with one bad ``(key, value)`` placed somewhere
     inside; ``path`` is the dotted field the error should name."""
-    keys = draw(st.lists(st.sampled_from(["a", "b", "filter", "data", "x_1"]),
-                         min_size=0, max_size=5))
+    keys = draw(
+        st.lists(st.sampled_from(["a", "b", "filter", "data", "x_1"]), min_size=0, max_size=5)
+    )
     bad_key, bad_value = draw(bad)
     value: Any = {bad_key: bad_value}
     for k in reversed(keys):

@@ -23,8 +23,9 @@ from streams.connection import RedisClient, translate
 from streams.replies import entries as stream_entries
 
 
-def iter_entries(client: RedisClient, partitions: int, page: int = 1000
-                 ) -> Iterator[tuple[str, str, Mapping[bytes, bytes]]]:
+def iter_entries(
+    client: RedisClient, partitions: int, page: int = 1000
+) -> Iterator[tuple[str, str, Mapping[bytes, bytes]]]:
     """(stream, entry id, fields) of every entry, stream by stream, oldest first."""
     for p in range(partitions):
         for level in keys.LEVELS_DESC:

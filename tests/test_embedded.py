@@ -233,8 +233,9 @@ def test_hold(redis_server, mongo_server):
 """
 
 
-def _wait_for_file(path: Path, owner: subprocess.Popen[bytes], log: Path,
-                   timeout: float = 60) -> str:
+def _wait_for_file(
+    path: Path, owner: subprocess.Popen[bytes], log: Path, timeout: float = 60
+) -> str:
     def failure() -> str:
         return f"no {path.name} (exit {owner.poll()}):\n{log.read_text(errors='replace')}"
 
@@ -250,21 +251,40 @@ def _wait_for_file(path: Path, owner: subprocess.Popen[bytes], log: Path,
 
 
 @pytest.mark.slow  # a pytest run in a subprocess, with its own servers
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL],
-                         ids=lambda s: signal.Signals(s).name)
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, signal.SIGKILL], ids=lambda s: signal.Signals(s).name
+)
 def test_a_stopped_test_run_leaves_no_servers(tmp_path: Path, signum: int) -> None:
     # A pytest run of its own, on this suite's fixtures (tests/conftest.py as a plugin).
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
     (tmp_path / "test_hold.py").write_text(HOLD_TEST)
     pids, log = tmp_path / "pids", tmp_path / "pytest.log"
-    env = {**os.environ, "LEDGER_TEST_PIDS": str(pids),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "LEDGER_TEST_PIDS": str(pids),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     with open(log, "wb") as out:
         run = subprocess.Popen(
-            [sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-p", "no:cacheprovider",
-             f"--basetemp={tmp_path / 'base'}", "test_hold.py"],
-            cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "tests.conftest",
+                "-p",
+                "no:cacheprovider",
+                f"--basetemp={tmp_path / 'base'}",
+                "test_hold.py",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     servers: list[Proc] = []
     try:
         servers = [proc(int(pid)) for pid in _wait_for_file(pids, run, log).split()]
@@ -316,8 +336,12 @@ def test_the_watchdog_ends_a_child_whose_parent_died(tmp_path: Path) -> None:
     with open(log, "wb") as out:
         middle = subprocess.Popen(
             [sys.executable, "-c", MIDDLE, WATCHED, str(watching), str(pid_file)],
-            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     child: list[Proc] = []
     try:
         child = [proc(int(_wait_for_file(pid_file, middle, log)))]

@@ -19,10 +19,27 @@ ROOT = Path(__file__).resolve().parent.parent
 def run_pytest(tmp_path: Path, source: str) -> subprocess.CompletedProcess[str]:
     (tmp_path / "test_inner.py").write_text(source)
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.guards",
-         "--rootdir", str(tmp_path), "-c", os.devnull, str(tmp_path / "test_inner.py")],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-        env={**os.environ, "PYTHONPATH": str(ROOT)})
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "tests.guards",
+            "--rootdir",
+            str(tmp_path),
+            "-c",
+            os.devnull,
+            str(tmp_path / "test_inner.py"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
 
 
 def alive(pid: int) -> bool:
@@ -34,9 +51,12 @@ def alive(pid: int) -> bool:
 
 
 def test_a_test_that_leaves_a_process_or_thread_errors_and_its_process_is_killed(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     pid_file = tmp_path / "pid"
-    result = run_pytest(tmp_path, f"""
+    result = run_pytest(
+        tmp_path,
+        f"""
 import subprocess, threading, time
 from pathlib import Path
 
@@ -49,7 +69,8 @@ def test_leaves_a_thread():
 
 def test_clean():
     threading.Thread(target=time.sleep, args=(0.2,), name="brief").start()
-""")
+""",
+    )
     out = result.stdout
     assert "3 passed, 2 errors" in out, out
     assert "left 1 process(es) running (killed)" in out, out
@@ -59,9 +80,12 @@ def test_clean():
 
 
 @pytest.mark.parametrize("fixture", ["redis_server", "mongo_server"])
-def test_a_wedged_session_server_is_restarted_for_the_next_test(tmp_path: Path,
-                                                                fixture: str) -> None:
-    result = run_pytest(tmp_path, f"""
+def test_a_wedged_session_server_is_restarted_for_the_next_test(
+    tmp_path: Path, fixture: str
+) -> None:
+    result = run_pytest(
+        tmp_path,
+        f"""
 import os, signal
 import pytest
 import redis
@@ -87,7 +111,9 @@ def test_meets_a_working_server({fixture}):
         with connect({fixture}.url, socketTimeoutMS=2000) as client:
             client.t.c.insert_one({{"_id": 1}})
             assert client.t.c.find_one() == {{"_id": 1}}
-""")
+""",
+    )
     assert "2 passed" in result.stdout, result.stdout + result.stderr
-    assert f"the session's {fixture} did not answer within 3s; restarting it" in result.stdout, \
+    assert f"the session's {fixture} did not answer within 3s; restarting it" in result.stdout, (
         result.stdout
+    )

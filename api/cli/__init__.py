@@ -9,5 +9,13 @@ one command that reaches ``api.dev``, and only when it runs.
 from .exits import RET_CONNECT, RET_ERROR, RET_IMPORT, RET_OK, RET_USAGE, Exit
 from .main import build_parser, main
 
-__all__ = ["RET_CONNECT", "RET_ERROR", "RET_IMPORT", "RET_OK", "RET_USAGE", "Exit",
-           "build_parser", "main"]
+__all__ = [
+    "RET_CONNECT",
+    "RET_ERROR",
+    "RET_IMPORT",
+    "RET_OK",
+    "RET_USAGE",
+    "Exit",
+    "build_parser",
+    "main",
+]

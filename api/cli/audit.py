@@ -26,44 +26,65 @@ ONLY_CHOICES = ("balances", "credit_scores", "events")
 FORMATS = ("csv", "jsonl")
 
 
-def add_parsers(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
-                common: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_parsers(
+    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    common: Callable[[argparse.ArgumentParser], None],
+) -> None:
     """Add ``replay`` and ``audit`` (with ``audit export``) to ``ledger``'s subcommands."""
     replay = sub.add_parser(
-        "replay", help="rebuild read models from the log (archive + streams)",
+        "replay",
+        help="rebuild read models from the log (archive + streams)",
         description="Rebuild balances, credit_scores and the events archive from the log "
         "into fresh collections and swap them in (renameCollection with dropTarget), then "
         "apply the events that arrived meanwhile. Live projectors may keep running. The "
-        "archive is never dropped: only the events it lacks are inserted.")
+        "archive is never dropped: only the events it lacks are inserted.",
+    )
     common(replay)
-    replay.add_argument("--only", default=None, metavar="NAMES",
-                        help="comma-separated read models: balances,credit_scores,events "
-                        "(default: all)")
-    replay.add_argument("--into", default=None, metavar="DBNAME",
-                        help="build the read models in this database instead of swapping "
-                        "them into the live one")
-    replay.add_argument("--batch", type=int, default=1000,
-                        help="accounts (or archive documents) per bulk write")
-    replay.add_argument("--progress", action="store_true",
-                        help="show progress on stderr even when it is not a terminal")
+    replay.add_argument(
+        "--only",
+        default=None,
+        metavar="NAMES",
+        help="comma-separated read models: balances,credit_scores,events (default: all)",
+    )
+    replay.add_argument(
+        "--into",
+        default=None,
+        metavar="DBNAME",
+        help="build the read models in this database instead of swapping them into the live one",
+    )
+    replay.add_argument(
+        "--batch", type=int, default=1000, help="accounts (or archive documents) per bulk write"
+    )
+    replay.add_argument(
+        "--progress",
+        action="store_true",
+        help="show progress on stderr even when it is not a terminal",
+    )
 
     audit = sub.add_parser(
-        "audit", help="check the log, Redis and the read models against each other",
+        "audit",
+        help="check the log, Redis and the read models against each other",
         description="Re-fold every account from the log, verify its SHA-1 hash chain, and "
         "compare it with the Redis account state, the balances and credit_scores documents "
         "and each event's archive and stream copies. Exit 0 when everything agrees, 1 when "
-        "anything differs, 5 when --user names no account.")
+        "anything differs, 5 when --user names no account.",
+    )
     common(audit)
     audit.add_argument("--user", default=None, metavar="ID", help="audit one account")
     audit.add_argument("--json", action="store_true", help="print a JSON document")
-    audit.add_argument("--progress", action="store_true",
-                       help="show progress on stderr even when it is not a terminal")
+    audit.add_argument(
+        "--progress",
+        action="store_true",
+        help="show progress on stderr even when it is not a terminal",
+    )
     asub = audit.add_subparsers(dest="audit_command", metavar="{export}")
     export = asub.add_parser(
-        "export", help="an account statement (CSV or JSON lines)",
+        "export",
+        help="an account statement (CSV or JSON lines)",
         description="One row per event in version order: time (UTC), kind, signed amount, "
         "balance after it, purchased/used totals, reason/currency/transaction id, event id "
-        "and hash. The account's history is verified first.")
+        "and hash. The account's history is verified first.",
+    )
     before = len(export._actions)
     common(export)
     # Options given before `export` (ledger audit --mongo-url … export) must not be
@@ -72,8 +93,9 @@ def add_parsers(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
         action.default = argparse.SUPPRESS
     export.add_argument("--user", required=True, metavar="ID", help="the account")
     export.add_argument("--format", choices=FORMATS, default="csv", help="default: csv")
-    export.add_argument("--out", default=None, metavar="FILE",
-                        help="write to FILE instead of stdout")
+    export.add_argument(
+        "--out", default=None, metavar="FILE", help="write to FILE instead of stdout"
+    )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -128,12 +150,12 @@ def _check_partitions(client: Any, partitions: int) -> None:
     with translate():
         stored = client.hget(keys.META, "partitions")
     if stored is not None and int(stored) != partitions:
-        raise ConfigError(f"this Redis holds a ledger with {int(stored)} partitions; "
-                          f"configured {partitions}")
+        raise ConfigError(
+            f"this Redis holds a ledger with {int(stored)} partitions; configured {partitions}"
+        )
 
 
-def _replay(prog: str, args: argparse.Namespace, client: Any, partitions: int,
-            db: Any) -> int:
+def _replay(prog: str, args: argparse.Namespace, client: Any, partitions: int, db: Any) -> int:
     from pymongo.errors import InvalidName
 
     from projections.replay import replay
@@ -143,8 +165,12 @@ def _replay(prog: str, args: argparse.Namespace, client: Any, partitions: int,
         only = [n.strip() for n in args.only.split(",") if n.strip()]
         unknown = sorted(set(only) - set(ONLY_CHOICES))
         if unknown or not only:
-            return _fail(prog, f"unknown read model(s): {', '.join(unknown) or '(none given)'} "
-                         f"(choose from {', '.join(ONLY_CHOICES)})", RET_USAGE)
+            return _fail(
+                prog,
+                f"unknown read model(s): {', '.join(unknown) or '(none given)'} "
+                f"(choose from {', '.join(ONLY_CHOICES)})",
+                RET_USAGE,
+            )
     if args.batch < 1:
         return _fail(prog, "--batch must be at least 1", RET_USAGE)
     try:
@@ -154,27 +180,32 @@ def _replay(prog: str, args: argparse.Namespace, client: Any, partitions: int,
     if into is not None and into.name in ("admin", "local", "config"):
         return _fail(prog, f"--into: {into.name!r} is a system database", RET_USAGE)
     with progress_bars(bool(args.progress)) as progress:
-        result = replay(client, partitions, db, only=only, into=into, batch=args.batch,
-                        progress=progress)
+        result = replay(
+            client, partitions, db, only=only, into=into, batch=args.batch, progress=progress
+        )
     where = "swapped into" if into is None or into.name == db.name else "built in"
     for name in result.swapped:
         print(f"{name}: rebuilt and {where} database {result.database!r}")
     if "events" in only:
-        print(f"events: {result.archived} archive documents inserted "
-              f"into database {result.database!r}")
+        print(
+            f"events: {result.archived} archive documents inserted "
+            f"into database {result.database!r}"
+        )
     if result.caught_up:
         print(f"caught up {result.caught_up} accounts that changed during the replay")
     if result.gaps:
         shown = ", ".join(repr(u) for u in result.gaps[:10])
         more = f" and {len(result.gaps) - 10} more" if len(result.gaps) > 10 else ""
-        print(f"{prog}: warning: {len(result.gaps)} accounts have version gaps "
-              f"({shown}{more}); run `ledger audit`", file=sys.stderr)
+        print(
+            f"{prog}: warning: {len(result.gaps)} accounts have version gaps "
+            f"({shown}{more}); run `ledger audit`",
+            file=sys.stderr,
+        )
     print(result.summary())
     return RET_OK
 
 
-def _audit(prog: str, args: argparse.Namespace, client: Any, partitions: int,
-           db: Any) -> int:
+def _audit(prog: str, args: argparse.Namespace, client: Any, partitions: int, db: Any) -> int:
     from projections.audit import audit
 
     with progress_bars(bool(args.progress)) as progress:
@@ -192,8 +223,7 @@ def _audit(prog: str, args: argparse.Namespace, client: Any, partitions: int,
     return RET_OK if report.ok else RET_MISMATCH
 
 
-def _export(prog: str, args: argparse.Namespace, client: Any, partitions: int,
-            db: Any) -> int:
+def _export(prog: str, args: argparse.Namespace, client: Any, partitions: int, db: Any) -> int:
     from ledger.errors import IntegrityError, UnknownAccount
     from projections.statement import statement, write
 
@@ -202,8 +232,12 @@ def _export(prog: str, args: argparse.Namespace, client: Any, partitions: int,
     except UnknownAccount:
         return _fail(prog, f"no account for user {args.user!r}", RET_NOT_FOUND)
     except IntegrityError as exc:
-        return _fail(prog, f"the history of {args.user!r} does not verify ({exc.message}); "
-                     f"run `ledger audit --user {args.user}`", RET_MISMATCH)
+        return _fail(
+            prog,
+            f"the history of {args.user!r} does not verify ({exc.message}); "
+            f"run `ledger audit --user {args.user}`",
+            RET_MISMATCH,
+        )
     if args.out is None:
         write(rows, args.format, sys.stdout)
         sys.stdout.flush()
@@ -217,5 +251,13 @@ def _export(prog: str, args: argparse.Namespace, client: Any, partitions: int,
     return RET_OK
 
 
-__all__ = ["COMMANDS", "RET_CONNECT", "RET_MISMATCH", "RET_NOT_FOUND", "RET_OK", "RET_USAGE",
-           "add_parsers", "run"]
+__all__ = [
+    "COMMANDS",
+    "RET_CONNECT",
+    "RET_MISMATCH",
+    "RET_NOT_FOUND",
+    "RET_OK",
+    "RET_USAGE",
+    "add_parsers",
+    "run",
+]

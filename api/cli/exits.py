@@ -33,5 +33,13 @@ RET_IMPORT = Exit.IMPORT
 RET_CONNECT = Exit.CONNECT
 RET_NOT_FOUND = Exit.NOT_FOUND
 
-__all__ = ["RET_CONNECT", "RET_ERROR", "RET_IMPORT", "RET_MISMATCH", "RET_NOT_FOUND", "RET_OK",
-           "RET_USAGE", "Exit"]
+__all__ = [
+    "RET_CONNECT",
+    "RET_ERROR",
+    "RET_IMPORT",
+    "RET_MISMATCH",
+    "RET_NOT_FOUND",
+    "RET_OK",
+    "RET_USAGE",
+    "Exit",
+]

@@ -33,17 +33,43 @@ log = logging.getLogger("ledger")
 
 def _common(p: argparse.ArgumentParser) -> None:
     """The connection options every command has; nothing is read until ``resolve``."""
-    add_option(p, "--redis-url", env=cfg.REDIS_URL, parse=cfg.redis_url,
-               default=None, shown_default="none", help="redis:// or redis+cluster:// URL")
-    add_option(p, "--mongo-url", env=cfg.MONGO_URL, parse=cfg.mongo_url,
-               default=None, shown_default="none", help="MongoDB URL")
-    add_option(p, "--mongo-db", env=cfg.MONGO_DB, parse=cfg.db_name,
-               default="ledger", help="database name")
-    add_option(p, "--partitions", env=cfg.PARTITIONS, parse=cfg.PARTITIONS_VALUE,
-               default=DEFAULT_PARTITIONS, help="stream partitions; fixed for a deployment")
-    add_option(p, "--log-level", env=cfg.LOG_LEVEL,
-               parse=cfg.choice(*cfg.LOG_LEVELS), default="INFO",
-               help="one of " + ", ".join(cfg.LOG_LEVELS))
+    add_option(
+        p,
+        "--redis-url",
+        env=cfg.REDIS_URL,
+        parse=cfg.redis_url,
+        default=None,
+        shown_default="none",
+        help="redis:// or redis+cluster:// URL",
+    )
+    add_option(
+        p,
+        "--mongo-url",
+        env=cfg.MONGO_URL,
+        parse=cfg.mongo_url,
+        default=None,
+        shown_default="none",
+        help="MongoDB URL",
+    )
+    add_option(
+        p, "--mongo-db", env=cfg.MONGO_DB, parse=cfg.db_name, default="ledger", help="database name"
+    )
+    add_option(
+        p,
+        "--partitions",
+        env=cfg.PARTITIONS,
+        parse=cfg.PARTITIONS_VALUE,
+        default=DEFAULT_PARTITIONS,
+        help="stream partitions; fixed for a deployment",
+    )
+    add_option(
+        p,
+        "--log-level",
+        env=cfg.LOG_LEVEL,
+        parse=cfg.choice(*cfg.LOG_LEVELS),
+        default="INFO",
+        help="one of " + ", ".join(cfg.LOG_LEVELS),
+    )
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -52,9 +78,14 @@ def _settings(args: argparse.Namespace) -> Settings:
     env = os.environ
     none: dict[str, str] = {}
     keys = env_value(env, cfg.API_KEYS, cfg.api_keys, none) if args.command == "serve" else none
-    return Settings(redis_url=args.redis_url, mongo_url=args.mongo_url, mongo_db=args.mongo_db,
-                    partitions=args.partitions, api_keys=keys,
-                    extra_collections=env_value(env, cfg.COLLECTIONS, cfg.collections, ()))
+    return Settings(
+        redis_url=args.redis_url,
+        mongo_url=args.mongo_url,
+        mongo_db=args.mongo_db,
+        partitions=args.partitions,
+        api_keys=keys,
+        extra_collections=env_value(env, cfg.COLLECTIONS, cfg.collections, ()),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,45 +98,107 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--events", type=int, default=5000, help="synthetic credit events")
     demo.add_argument("--workers", type=int, default=2, help="worker processes")
     demo.add_argument("--keep", action="store_true", help="keep the data directory")
-    demo.add_argument("--once", action="store_true",
-                      help="exit after the first load and its proof (no continuous traffic)")
+    demo.add_argument(
+        "--once",
+        action="store_true",
+        help="exit after the first load and its proof (no continuous traffic)",
+    )
 
     worker = sub.add_parser("worker", help="run task handlers (the `workers` group)")
     _common(worker)
-    add_option(worker, "--import", dest="imports", env="LEDGER_IMPORT",
-               parse=cfg.module_names, default=(), shown_default="none",
-               metavar="MODULE[,MODULE]", action=_Extend,
-               help="import modules that register handlers (repeatable or comma-separated)")
-    add_option(worker, "--concurrency", env="LEDGER_CONCURRENCY",
-               parse=cfg.integer(1, 1024), default=None,
-               shown_default="the queues' configured workers", help="consumer threads")
-    add_option(worker, "--queues", env="LEDGER_QUEUES", parse=cfg.names(), default=None,
-               shown_default="all", help="comma-separated queue names to serve")
+    add_option(
+        worker,
+        "--import",
+        dest="imports",
+        env="LEDGER_IMPORT",
+        parse=cfg.module_names,
+        default=(),
+        shown_default="none",
+        metavar="MODULE[,MODULE]",
+        action=_Extend,
+        help="import modules that register handlers (repeatable or comma-separated)",
+    )
+    add_option(
+        worker,
+        "--concurrency",
+        env="LEDGER_CONCURRENCY",
+        parse=cfg.integer(1, 1024),
+        default=None,
+        shown_default="the queues' configured workers",
+        help="consumer threads",
+    )
+    add_option(
+        worker,
+        "--queues",
+        env="LEDGER_QUEUES",
+        parse=cfg.names(),
+        default=None,
+        shown_default="all",
+        help="comma-separated queue names to serve",
+    )
     worker.add_argument("--burst", action="store_true", help="exit once nothing is left")
-    add_option(worker, "--max-attempts", env="LEDGER_MAX_ATTEMPTS",
-               parse=cfg.integer(1, 1000), default=5,
-               help="deliveries before an entry is dead-lettered")
-    add_option(worker, "--backoff-ms", env="LEDGER_BACKOFF_MS",
-               parse=cfg.integer(1, MAX_MS), default=1000, help="first retry delay")
-    add_option(worker, "--claim-idle-ms", env="LEDGER_CLAIM_IDLE_MS",
-               parse=cfg.integer(1, MAX_MS), default=60_000,
-               help="take over entries of a consumer silent this long")
+    add_option(
+        worker,
+        "--max-attempts",
+        env="LEDGER_MAX_ATTEMPTS",
+        parse=cfg.integer(1, 1000),
+        default=5,
+        help="deliveries before an entry is dead-lettered",
+    )
+    add_option(
+        worker,
+        "--backoff-ms",
+        env="LEDGER_BACKOFF_MS",
+        parse=cfg.integer(1, MAX_MS),
+        default=1000,
+        help="first retry delay",
+    )
+    add_option(
+        worker,
+        "--claim-idle-ms",
+        env="LEDGER_CLAIM_IDLE_MS",
+        parse=cfg.integer(1, MAX_MS),
+        default=60_000,
+        help="take over entries of a consumer silent this long",
+    )
 
     project = sub.add_parser("project", help="build the MongoDB read models from the log")
     _common(project)
-    add_option(project, "--only", env="LEDGER_ONLY", parse=cfg.names(), default=None,
-               shown_default="all", help="comma-separated projections "
-               "(balances,credit_scores,events)")
-    add_option(project, "--batch", env="LEDGER_BATCH", parse=cfg.integer(1, 100_000),
-               default=2000, help="entries per round: more coalesce into fewer writes")
+    add_option(
+        project,
+        "--only",
+        env="LEDGER_ONLY",
+        parse=cfg.names(),
+        default=None,
+        shown_default="all",
+        help="comma-separated projections (balances,credit_scores,events)",
+    )
+    add_option(
+        project,
+        "--batch",
+        env="LEDGER_BATCH",
+        parse=cfg.integer(1, 100_000),
+        default=2000,
+        help="entries per round: more coalesce into fewer writes",
+    )
     project.add_argument("--burst", action="store_true", help="exit once nothing is left")
-    add_option(project, "--claim-idle-ms", env="LEDGER_CLAIM_IDLE_MS",
-               parse=cfg.integer(1, MAX_MS), default=30_000,
-               help="take over entries of a projector silent this long")
-    add_option(project, "--trim-after-ms", env="LEDGER_TRIM_AFTER_MS",
-               parse=cfg.integer(0, MAX_MS), default=0,
-               help="trim stream entries every group has acknowledged and that are older "
-               "than this (0: never trim)")
+    add_option(
+        project,
+        "--claim-idle-ms",
+        env="LEDGER_CLAIM_IDLE_MS",
+        parse=cfg.integer(1, MAX_MS),
+        default=30_000,
+        help="take over entries of a projector silent this long",
+    )
+    add_option(
+        project,
+        "--trim-after-ms",
+        env="LEDGER_TRIM_AFTER_MS",
+        parse=cfg.integer(0, MAX_MS),
+        default=0,
+        help="trim stream entries every group has acknowledged and that are older "
+        "than this (0: never trim)",
+    )
 
     sched = sub.add_parser("scheduler", help="move delayed tasks onto their streams when due")
     _common(sched)
@@ -129,11 +222,17 @@ def build_parser() -> argparse.ArgumentParser:
 class _Extend(argparse.Action):
     """``--import a --import b,c`` -> (a, b, c): each value is already a tuple of names."""
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         before = getattr(namespace, self.dest, ())
-        setattr(namespace, self.dest,
-                (*(() if isinstance(before, cfg.FromEnv) else before), *values))
+        setattr(
+            namespace, self.dest, (*(() if isinstance(before, cfg.FromEnv) else before), *values)
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -144,6 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ledger: error: {exc}", file=sys.stderr)
         return RET_USAGE
     from ..jsonlog import configure
+
     configure(args.log_level)  # one JSON object per line
     from pymongo.errors import ConnectionFailure
 
@@ -156,6 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return audit.run(args, _settings(args))
         if args.command == "demo":
             from ..dev.demo import run_demo
+
             return run_demo(args, _settings(args))
         if args.command == "worker":
             return _worker(args, _settings(args))
@@ -180,38 +281,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         return RET_CONNECT
 
 
-def _pick(wanted: Sequence[str], known: list[str], prog: str, option: str,
-          what: str) -> set[str] | None:
+def _pick(
+    wanted: Sequence[str], known: list[str], prog: str, option: str, what: str
+) -> set[str] | None:
     """The names of an option if all are known; None (after saying why) if not.
 
     ``option`` is its flag, or the variable it came from.
     """
     unknown = set(wanted) - set(known)
     if unknown:
-        print(f"{prog}: error: {option}: unknown {what}(s): {', '.join(sorted(unknown))} "
-              f"(known: {', '.join(known)})", file=sys.stderr)
+        print(
+            f"{prog}: error: {option}: unknown {what}(s): {', '.join(sorted(unknown))} "
+            f"(known: {', '.join(known)})",
+            file=sys.stderr,
+        )
         return None
     return set(wanted)
 
 
 def _on_term(stop: Any) -> None:
     """SIGTERM and SIGINT finish the current round, then exit."""
+
     def handler(signum: int, frame: object) -> None:
         log.info("signal %d: draining", signum)
         stop()
+
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
 
 
 def queue_manager(settings: Settings) -> Any:
     from streams import QueueManager
+
     db = None
     if settings.mongo_url:
         from ledger.tasks import allowed_collections
         from projections.store import MongoDBManager, connect
+
         client = connect(settings.mongo_url)
-        db = MongoDBManager(client[settings.mongo_db],
-                            allowed_collections(settings.extra_collections))
+        db = MongoDBManager(
+            client[settings.mongo_db], allowed_collections(settings.extra_collections)
+        )
     return QueueManager(config=settings.streams(), db=db)
 
 
@@ -220,28 +330,44 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
         try:
             importlib.import_module(name)
         except Exception as exc:
-            print(f"ledger worker: {source(args, 'imports', '--import')}: cannot import "
-                  f"{name!r}: {exc}", file=sys.stderr)
+            print(
+                f"ledger worker: {source(args, 'imports', '--import')}: cannot import "
+                f"{name!r}: {exc}",
+                file=sys.stderr,
+            )
             return RET_IMPORT
     from ledger.tasks import Priority
     from streams import RetryPolicy
+
     qm = queue_manager(settings)
     queues = qm.config.queues
     if args.queues:
-        wanted = _pick(args.queues, [q.name for q in queues], "ledger worker",
-                       source(args, "queues", "--queues"), "queue")
+        wanted = _pick(
+            args.queues,
+            [q.name for q in queues],
+            "ledger worker",
+            source(args, "queues", "--queues"),
+            "queue",
+        )
         if wanted is None:
             return RET_USAGE
         queues = tuple(q for q in queues if q.name in wanted)
     # Without --queues every level is served, CRITICAL included (no queue names it,
     # but events and tasks may be appended at CRITICAL priority).
-    levels: tuple[Priority, ...] = tuple(sorted(
-        {q.priority for q in queues} if args.queues else set(Priority), reverse=True))
+    levels: tuple[Priority, ...] = tuple(
+        sorted({q.priority for q in queues} if args.queues else set(Priority), reverse=True)
+    )
     concurrency = args.concurrency or sum(q.workers for q in queues)
-    overrides = dict(levels=levels, claim_idle_ms=args.claim_idle_ms,
-                     retry=RetryPolicy(max_attempts=args.max_attempts, base_ms=args.backoff_ms,
-                                       max_ms=max(args.backoff_ms, 300_000)),
-                     allowed_collections=qm.allowed)
+    overrides = dict(
+        levels=levels,
+        claim_idle_ms=args.claim_idle_ms,
+        retry=RetryPolicy(
+            max_attempts=args.max_attempts,
+            base_ms=args.backoff_ms,
+            max_ms=max(args.backoff_ms, 300_000),
+        ),
+        allowed_collections=qm.allowed,
+    )
     if args.burst:
         worker = qm.worker(**overrides)
         handled = worker.run_until_idle(timeout=3600)
@@ -250,8 +376,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     done = threading.Event()
     _on_term(done.set)
     qm.start_workers(concurrency, **overrides)
-    log.info("worker up: %d consumers on %s", concurrency,
-             ", ".join(lv.name for lv in levels))
+    log.info("worker up: %d consumers on %s", concurrency, ", ".join(lv.name for lv in levels))
     done.wait()
     qm.stop_workers()
     log.info("worker stopped cleanly")
@@ -269,16 +394,25 @@ def _project(args: argparse.Namespace, settings: Settings) -> int:
         return RET_USAGE
     chosen = all_projections()
     if args.only:
-        wanted = _pick(args.only, [p.name for p in chosen], "ledger project",
-                       source(args, "only", "--only"), "projection")
+        wanted = _pick(
+            args.only,
+            [p.name for p in chosen],
+            "ledger project",
+            source(args, "only", "--only"),
+            "projection",
+        )
         if wanted is None:
             return RET_USAGE
         chosen = [p for p in chosen if p.name in wanted]
     client = connect(settings.streams().redis_url)
     ensure_partitions(client, settings.partitions)
     db = mongo(settings.mongo_url)[settings.mongo_db]
-    workers = [projector(client, settings.partitions, db, p, batch=args.batch,
-                         claim_idle_ms=args.claim_idle_ms) for p in chosen]
+    workers = [
+        projector(
+            client, settings.partitions, db, p, batch=args.batch, claim_idle_ms=args.claim_idle_ms
+        )
+        for p in chosen
+    ]
     if args.burst:
         for w in workers:
             w.run_until_idle(timeout=3600)
@@ -286,16 +420,22 @@ def _project(args: argparse.Namespace, settings: Settings) -> int:
         return RET_OK
     done = threading.Event()
     _on_term(done.set)
-    threads = [threading.Thread(target=w.run, name=f"projector-{p.name}", daemon=True)
-               for w, p in zip(workers, chosen, strict=True)]
+    threads = [
+        threading.Thread(target=w.run, name=f"projector-{p.name}", daemon=True)
+        for w, p in zip(workers, chosen, strict=True)
+    ]
     for t in threads:
         t.start()
     log.info("projectors up: %s", ", ".join(p.name for p in chosen))
     while not done.wait(5.0):
         if args.trim_after_ms > 0:
             try:
-                removed = trim(client, settings.partitions, keep_ms=args.trim_after_ms,
-                               required=("workers", *(group_of(p) for p in all_projections())))
+                removed = trim(
+                    client,
+                    settings.partitions,
+                    keep_ms=args.trim_after_ms,
+                    required=("workers", *(group_of(p) for p in all_projections())),
+                )
             except Exception:  # trimming is housekeeping: never stop projecting for it
                 log.exception("trimming failed; will try again")
                 continue
@@ -312,6 +452,7 @@ def _project(args: argparse.Namespace, settings: Settings) -> int:
 def _scheduler(settings: Settings) -> int:
     from streams import Scheduler
     from streams.connection import connect, ensure_partitions
+
     client = connect(settings.streams().redis_url)
     ensure_partitions(client, settings.partitions)
     scheduler = Scheduler(client, settings.partitions)
@@ -325,6 +466,7 @@ def _stats(args: argparse.Namespace, settings: Settings) -> int:
     import json
 
     from streams import QueueManager
+
     qm = QueueManager(config=settings.streams())
     print(json.dumps(qm.get_queue_stats(args.queue), indent=2))
     return RET_OK
@@ -333,11 +475,15 @@ def _stats(args: argparse.Namespace, settings: Settings) -> int:
 def _dlq(args: argparse.Namespace, settings: Settings) -> int:
     from streams import QueueManager
     from streams.errors import UnknownDeadLetter
+
     qm = QueueManager(config=settings.streams())
     if args.dlq_command == "list":
         for d in qm.dead_letters(args.limit):
-            what = f"task {d.task_type} {d.task_id}" if d.kind == "task" else \
-                f"{d.kind} of {d.user_id}"
+            what = (
+                f"task {d.task_type} {d.task_id}"
+                if d.kind == "task"
+                else f"{d.kind} of {d.user_id}"
+            )
             print(f"{d.id}\t{d.queue_name}\t{what}\tattempts={d.attempts}\t{d.error}")
         return RET_OK
     status = RET_OK

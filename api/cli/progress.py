@@ -23,8 +23,9 @@ tqdm.monitor_interval = 0
 class ProgressBars:
     """A ``(label, done, total | None)`` callback drawing tqdm bars on ``stream``."""
 
-    def __init__(self, stream: TextIO | None = None, *, enabled: bool = True,
-                 interval: float = 0.1) -> None:
+    def __init__(
+        self, stream: TextIO | None = None, *, enabled: bool = True, interval: float = 0.1
+    ) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = enabled
         self.interval = interval
@@ -37,8 +38,14 @@ class ProgressBars:
         bar = self._bar
         if bar is None or label != self._label:
             self.close()
-            bar = tqdm(desc=label, total=total, file=self.stream, leave=False,
-                       mininterval=self.interval, dynamic_ncols=self.stream.isatty())
+            bar = tqdm(
+                desc=label,
+                total=total,
+                file=self.stream,
+                leave=False,
+                mininterval=self.interval,
+                dynamic_ncols=self.stream.isatty(),
+            )
             self._bar, self._label = bar, label
         if total is not None and bar.total != total:
             bar.total = total
@@ -53,8 +60,9 @@ class ProgressBars:
     def __enter__(self) -> ProgressBars:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 

@@ -28,28 +28,60 @@ RATE_ENV = cfg.RATE_PER_S
 BURST_ENV = cfg.RATE_BURST
 
 
-def add_parsers(sub: argparse._SubParsersAction,  # type: ignore[type-arg]
-                common: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_parsers(
+    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    common: Callable[[argparse.ArgumentParser], None],
+) -> None:
     """Add ``serve`` to ``ledger``'s subcommands."""
     serve = sub.add_parser(
-        "serve", help="serve the HTTP API (uvicorn)",
+        "serve",
+        help="serve the HTTP API (uvicorn)",
         description="Serve the HTTP API with uvicorn. API keys come from LEDGER_API_KEYS "
         "(key:role,...). Without keys every request is admin, so only a loopback host is "
-        "allowed unless --insecure is given.")
+        "allowed unless --insecure is given.",
+    )
     common(serve)
-    add_option(serve, "--host", env="LEDGER_HOST", parse=cfg.host, default="127.0.0.1",
-               help="address to bind")
-    add_option(serve, "--port", env="LEDGER_PORT", parse=cfg.integer(1, 65535), default=8000,
-               help="port")
-    add_option(serve, "--workers", env="LEDGER_WORKERS", parse=cfg.integer(1, 256),
-               default=1, help="uvicorn worker processes")
-    serve.add_argument("--insecure", action="store_true",
-                       help="allow a non-loopback host without API keys (everyone is admin)")
+    add_option(
+        serve,
+        "--host",
+        env="LEDGER_HOST",
+        parse=cfg.host,
+        default="127.0.0.1",
+        help="address to bind",
+    )
+    add_option(
+        serve, "--port", env="LEDGER_PORT", parse=cfg.integer(1, 65535), default=8000, help="port"
+    )
+    add_option(
+        serve,
+        "--workers",
+        env="LEDGER_WORKERS",
+        parse=cfg.integer(1, 256),
+        default=1,
+        help="uvicorn worker processes",
+    )
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback host without API keys (everyone is admin)",
+    )
     defaults = Settings()
-    add_option(serve, "--rate-per-s", env=RATE_ENV, parse=cfg.RATE_VALUE,
-               default=defaults.rate_per_s, help="per-key requests per second, 0 = no limit")
-    add_option(serve, "--rate-burst", env=BURST_ENV, parse=cfg.BURST_VALUE,
-               default=defaults.rate_burst, help="per-key burst")
+    add_option(
+        serve,
+        "--rate-per-s",
+        env=RATE_ENV,
+        parse=cfg.RATE_VALUE,
+        default=defaults.rate_per_s,
+        help="per-key requests per second, 0 = no limit",
+    )
+    add_option(
+        serve,
+        "--rate-burst",
+        env=BURST_ENV,
+        parse=cfg.BURST_VALUE,
+        default=defaults.rate_burst,
+        help="per-key burst",
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -63,10 +95,14 @@ def is_loopback(host: str) -> bool:
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes ``Settings.from_env`` (and ``app_from_env``) give ``settings``."""
-    env = {"MONGO_DB": settings.mongo_db, "LEDGER_PARTITIONS": str(settings.partitions),
-           "LEDGER_COLLECTIONS": ",".join(settings.extra_collections),
-           "LEDGER_API_KEYS": ",".join(f"{k}:{r}" for k, r in settings.api_keys.items()),
-           RATE_ENV: repr(settings.rate_per_s), BURST_ENV: str(settings.rate_burst)}
+    env = {
+        "MONGO_DB": settings.mongo_db,
+        "LEDGER_PARTITIONS": str(settings.partitions),
+        "LEDGER_COLLECTIONS": ",".join(settings.extra_collections),
+        "LEDGER_API_KEYS": ",".join(f"{k}:{r}" for k, r in settings.api_keys.items()),
+        RATE_ENV: repr(settings.rate_per_s),
+        BURST_ENV: str(settings.rate_burst),
+    }
     if settings.redis_url:
         env["REDIS_URL"] = settings.redis_url
     if settings.mongo_url:
@@ -83,6 +119,7 @@ def app_from_env() -> Any:
     """uvicorn's factory: the instrumented app, configured from the environment."""
     from ..http import metrics
     from ..http.app import create_app
+
     return metrics.instrument(create_app(settings_from_env()))
 
 
@@ -99,16 +136,28 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"ledger serve: error: {exc}", file=sys.stderr)
         return RET_USAGE
     if not settings.api_keys and not is_loopback(args.host) and not args.insecure:
-        print(f"ledger serve: refusing to listen on {args.host} without API keys: every "
-              "request would be admin. Set LEDGER_API_KEYS (key:role,...), bind a loopback "
-              "address, or pass --insecure.", file=sys.stderr)
+        print(
+            f"ledger serve: refusing to listen on {args.host} without API keys: every "
+            "request would be admin. Set LEDGER_API_KEYS (key:role,...), bind a loopback "
+            "address, or pass --insecure.",
+            file=sys.stderr,
+        )
         return RET_USAGE
     if not settings.redis_url:
         print("ledger serve: REDIS_URL is not set", file=sys.stderr)
         return RET_USAGE
     import uvicorn
+
     os.environ.update(settings_env(settings))
-    uvicorn.run(FACTORY, factory=True, host=args.host, port=args.port, workers=args.workers,
-                log_level=str(getattr(args, "log_level", "info")).lower(),
-                proxy_headers=False, server_header=False, log_config=None)
+    uvicorn.run(
+        FACTORY,
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=str(getattr(args, "log_level", "info")).lower(),
+        proxy_headers=False,
+        server_header=False,
+        log_config=None,
+    )
     return RET_OK

@@ -110,8 +110,9 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
         return RET_OK if proved else 128 + stop.signum
 
 
-def _start(stack: ExitStack, settings: Settings, workers: int, keep: bool
-           ) -> tuple[Settings, str, list[subprocess.Popen[bytes]]]:
+def _start(
+    stack: ExitStack, settings: Settings, workers: int, keep: bool
+) -> tuple[Settings, str, list[subprocess.Popen[bytes]]]:
     """The servers (unless given) and the processes, each stopped by ``stack``."""
     from .embedded import EmbeddedMongo, EmbeddedRedis, free_port
 
@@ -127,45 +128,69 @@ def _start(stack: ExitStack, settings: Settings, workers: int, keep: bool
         mongo = stack.enter_context(EmbeddedMongo(data_dir / "mongo"))
         mongo_url = mongo.url
         _say(f"Mongo-wire server on {mongo_url}")
-    settings = Settings(redis_url=redis_url, mongo_url=mongo_url, mongo_db=settings.mongo_db,
-                        partitions=settings.partitions,
-                        extra_collections=settings.extra_collections)
+    settings = Settings(
+        redis_url=redis_url,
+        mongo_url=mongo_url,
+        mongo_db=settings.mongo_db,
+        partitions=settings.partitions,
+        extra_collections=settings.extra_collections,
+    )
     port = free_port()
     procs = _start_processes(stack, settings, workers, port)
     base_url = f"http://127.0.0.1:{port}"
     _wait_for_api(base_url, procs)
     _say(f"\nAPI and dashboard: {base_url}/dashboard   (OpenAPI: {base_url}/openapi.json)")
-    _say("try:\n"
-         f"  curl -s {base_url}/api/accounts/user-00001/balance\n"
-         f"  curl -s -X POST {base_url}/api/accounts/user-00001/purchases "
-         "-H 'Content-Type: application/json' -H 'Idempotency-Key: demo-1' "
-         "-d '{\"amount\": 500, \"currency\": \"USD\", \"transaction_id\": \"demo-1\"}'\n"
-         f"  curl -s {base_url}/api/queue/stats\n")
+    _say(
+        "try:\n"
+        f"  curl -s {base_url}/api/accounts/user-00001/balance\n"
+        f"  curl -s -X POST {base_url}/api/accounts/user-00001/purchases "
+        "-H 'Content-Type: application/json' -H 'Idempotency-Key: demo-1' "
+        '-d \'{"amount": 500, "currency": "USD", "transaction_id": "demo-1"}\'\n'
+        f"  curl -s {base_url}/api/queue/stats\n"
+    )
     return settings, base_url, procs
 
 
-def _start_processes(stack: ExitStack, settings: Settings, workers: int, port: int
-                     ) -> list[subprocess.Popen[bytes]]:
-    deployment = Deployment(settings.redis_url or "", settings.mongo_url or "",
-                            mongo_db=settings.mongo_db, partitions=settings.partitions,
-                            log_level="WARNING")
+def _start_processes(
+    stack: ExitStack, settings: Settings, workers: int, port: int
+) -> list[subprocess.Popen[bytes]]:
+    deployment = Deployment(
+        settings.redis_url or "",
+        settings.mongo_url or "",
+        mongo_db=settings.mongo_db,
+        partitions=settings.partitions,
+        log_level="WARNING",
+    )
     stack.callback(deployment.stop)  # before the first start: a signal may come in between
     # Same process group as the demo (a terminal's Ctrl-C reaches them too), and
     # a parent-death signal: a SIGKILLed demo takes them along.
     for i in range(workers):
-        deployment.start(f"worker-{i}", "worker", "--import", "api.dev.demo_handlers",
-                         "--concurrency", "2", "--backoff-ms", "200", "--max-attempts", "3")
+        deployment.start(
+            f"worker-{i}",
+            "worker",
+            "--import",
+            "api.dev.demo_handlers",
+            "--concurrency",
+            "2",
+            "--backoff-ms",
+            "200",
+            "--max-attempts",
+            "3",
+        )
     deployment.start("scheduler", "scheduler")
     deployment.start("projector", "project", "--trim-after-ms", "60000")
     deployment.start("api", "serve", "--host", "127.0.0.1", "--port", str(port))
     procs = list(deployment.procs.values())
-    _say(f"started the API, {workers} worker processes, the projectors and a scheduler "
-         f"(pids {', '.join(str(p.pid) for p in procs)})")
+    _say(
+        f"started the API, {workers} worker processes, the projectors and a scheduler "
+        f"(pids {', '.join(str(p.pid) for p in procs)})"
+    )
     return procs
 
 
-def _drive(settings: Settings, args: argparse.Namespace,
-           procs: list[subprocess.Popen[bytes]]) -> int:
+def _drive(
+    settings: Settings, args: argparse.Namespace, procs: list[subprocess.Popen[bytes]]
+) -> int:
     from ledger.errors import LedgerError
     from ledger.tasks import Priority
     from streams import QueueManager
@@ -202,24 +227,45 @@ def _drive(settings: Settings, args: argparse.Namespace,
     t0 = time.perf_counter()
     rest = traffic[half:]
     for i in range(0, len(rest), 200):
-        for result in qm.append_batch([(c, Priority.NORMAL, None) for c in rest[i:i + 200]]):
+        for result in qm.append_batch([(c, Priority.NORMAL, None) for c in rest[i : i + 200]]):
             count(result)
     t_batch = time.perf_counter() - t0
-    _say(f"credit events: {half} single appends at {half / t_single:,.0f}/s, "
-         f"{len(rest)} batched (200 per round trip) at {len(rest) / t_batch:,.0f}/s")
-    _say(f"  accepted {outcome['accepted']}, duplicates recognised {outcome['duplicate']}, "
-         f"refused (would overdraw) {outcome['refused']}")
+    _say(
+        f"credit events: {half} single appends at {half / t_single:,.0f}/s, "
+        f"{len(rest)} batched (200 per round trip) at {len(rest) / t_batch:,.0f}/s"
+    )
+    _say(
+        f"  accepted {outcome['accepted']}, duplicates recognised {outcome['duplicate']}, "
+        f"refused (would overdraw) {outcome['refused']}"
+    )
 
-    tasks = [qm.enqueue("high_priority", "credit_calculation", {"user_id": u})
-             for u in users[:20]]
-    tasks += [qm.enqueue("default", "analytics_event", {
-        "operation": "insert", "collection": "analytics",
-        "data": {"event": "demo_started", "n": i}}) for i in range(10)]
-    tasks += [qm.enqueue("low_priority", "send_notification",
-                         {"to": f"{u}@example.com", "text": "welcome"}, delay=1.0)
-              for u in users[:5]]
-    tasks.append(qm.enqueue("default", "send_notification",
-                            {"to": "nobody@example.invalid", "text": "bounce"}))
+    tasks = [qm.enqueue("high_priority", "credit_calculation", {"user_id": u}) for u in users[:20]]
+    tasks += [
+        qm.enqueue(
+            "default",
+            "analytics_event",
+            {
+                "operation": "insert",
+                "collection": "analytics",
+                "data": {"event": "demo_started", "n": i},
+            },
+        )
+        for i in range(10)
+    ]
+    tasks += [
+        qm.enqueue(
+            "low_priority",
+            "send_notification",
+            {"to": f"{u}@example.com", "text": "welcome"},
+            delay=1.0,
+        )
+        for u in users[:5]
+    ]
+    tasks.append(
+        qm.enqueue(
+            "default", "send_notification", {"to": "nobody@example.invalid", "text": "bounce"}
+        )
+    )
     _say(f"enqueued {len(tasks)} original-style tasks (5 delayed by 1 s, 1 that must fail)")
 
     _wait_drained(qm, procs, timeout=120)
@@ -241,6 +287,7 @@ def _backlog(qm: Any) -> int:
     """Entries some group (workers or projectors) has not finished, plus delayed tasks."""
     from streams import keys
     from streams.scheduler import Scheduler
+
     total = Scheduler(qm.redis, qm.config.partitions).pending()
     for p in range(qm.config.partitions):
         for level in keys.LEVELS_DESC:
@@ -259,8 +306,10 @@ def _report(qm: Any, settings: Settings, tasks: list[str], outcome: dict[str, in
     _say("\nqueue       processed failed retried dead  p50ms p99ms")
     for name, s in qm.get_queue_stats().items():
         lat = s["latency_ms"]
-        _say(f"{name:<12}{s['processed']:>9}{s['failed']:>7}{s['retried']:>8}{s['dead']:>5}"
-             f"{lat['p50'] or 0:>7}{lat['p99'] or 0:>6}")
+        _say(
+            f"{name:<12}{s['processed']:>9}{s['failed']:>7}{s['retried']:>8}{s['dead']:>5}"
+            f"{lat['p50'] or 0:>7}{lat['p99'] or 0:>6}"
+        )
     statuses: dict[str, int] = {}
     for t in tasks:
         st = (qm.get_task_status(t) or {}).get("status", "unknown")
@@ -274,10 +323,14 @@ def _report(qm: Any, settings: Settings, tasks: list[str], outcome: dict[str, in
     _say(f"audit: {report.summary()}")
     for m in report.mismatches[:10]:
         _say(f"  {m}")
-    recorded = sum(db[c].count_documents({}) for c in
-                   ("users", "credit_purchases", "credit_usage", "credit_updates"))
-    _say(f"original collections hold {recorded} event records for {report.events} events "
-         f"(each exactly once)")
+    recorded = sum(
+        db[c].count_documents({})
+        for c in ("users", "credit_purchases", "credit_usage", "credit_updates")
+    )
+    _say(
+        f"original collections hold {recorded} event records for {report.events} events "
+        f"(each exactly once)"
+    )
     ok = report.ok and not report.lagging and recorded == report.events
     _say("\ndemo OK" if ok else "\ndemo FOUND MISMATCHES")
     return RET_OK if ok else RET_MISMATCH
@@ -298,8 +351,12 @@ def _wait_for_api(base_url: str, procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 def _post(url: str, body: Any) -> Any:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
@@ -307,8 +364,7 @@ def _post(url: str, body: Any) -> Any:
         return json.loads(exc.read() or b"{}")
 
 
-def _keep_traffic_flowing(base_url: str, users: int, procs: list[subprocess.Popen[bytes]]
-                          ) -> int:
+def _keep_traffic_flowing(base_url: str, users: int, procs: list[subprocess.Popen[bytes]]) -> int:
     """Credit traffic through the HTTP API until a stop signal (the dashboard moves)."""
     from .loadgen import as_batch_item, credit_traffic, user_ids
 
@@ -320,16 +376,21 @@ def _keep_traffic_flowing(base_url: str, users: int, procs: list[subprocess.Pope
         round_no += 1
         if any(p.poll() is not None for p in procs):
             raise SystemExit("a demo process exited; see its output above")
-        items = [as_batch_item(c) for c in
-                 credit_traffic(names, 20, seed=1000 + round_no)]
+        items = [as_batch_item(c) for c in credit_traffic(names, 20, seed=1000 + round_no)]
         result = _post(f"{base_url}/api/events:batch", {"events": items})
         sent += len(items)
         accepted += int(result.get("accepted", 0))
         if round_no % 10 == 0:
-            _post(f"{base_url}/api/queue/enqueue", {
-                "queue_name": "low_priority", "task_type": "credit_calculation",
-                "task_data": {"user_id": names[round_no % len(names)]},
-                "priority": 1, "delay": 0})
+            _post(
+                f"{base_url}/api/queue/enqueue",
+                {
+                    "queue_name": "low_priority",
+                    "task_type": "credit_calculation",
+                    "task_data": {"user_id": names[round_no % len(names)]},
+                    "priority": 1,
+                    "delay": 0,
+                },
+            )
         if round_no % 20 == 0:
             _say(f"  sent {sent} events over HTTP, {accepted} accepted")
         time.sleep(0.5)

@@ -15,11 +15,9 @@ from streams.handlers import DBManager
 
 def credit_calculation(data: Mapping[str, Any], db_manager: DBManager) -> bool:
     """The original example: store a user's credit calculation."""
-    purchases = db_manager.find_many("credit_purchases", {"user_id": data["user_id"]},
-                                     limit=1000)
+    purchases = db_manager.find_many("credit_purchases", {"user_id": data["user_id"]}, limit=1000)
     total = sum(int(p.get("amount", 0)) for p in purchases)
-    db_manager.insert("credit_calculations", {"user_id": data["user_id"],
-                                              "purchased_seen": total})
+    db_manager.insert("credit_calculations", {"user_id": data["user_id"], "purchased_seen": total})
     return True
 
 

@@ -38,18 +38,30 @@ class Deployment:
     """Named ``python -m <module> …`` children of one deployment; a context manager
     that stops them all on exit."""
 
-    def __init__(self, redis_url: str | None = None, mongo_url: str | None = None, *,
-                 mongo_db: str | None = None, partitions: int | None = None,
-                 log_level: str | None = None, log_dir: Path | None = None,
-                 env: Mapping[str, str] | None = None, cwd: Path | None = None,
-                 new_session: bool = False) -> None:
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        mongo_url: str | None = None,
+        *,
+        mongo_db: str | None = None,
+        partitions: int | None = None,
+        log_level: str | None = None,
+        log_dir: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        new_session: bool = False,
+    ) -> None:
         """``env`` is laid over the inherited environment last (it may set connection
         variables too). ``log_level`` becomes ``LEDGER_LOG_LEVEL``. With ``log_dir``
         each process appends its output to ``<log_dir>/<name>.log``. With
         ``new_session`` each child leads its own session and signals go to its whole
         process group (children that fork, like uvicorn's ``--workers``)."""
-        given = {"REDIS_URL": redis_url, "MONGO_URL": mongo_url, "MONGO_DB": mongo_db,
-                 "LEDGER_PARTITIONS": None if partitions is None else str(partitions)}
+        given = {
+            "REDIS_URL": redis_url,
+            "MONGO_URL": mongo_url,
+            "MONGO_DB": mongo_db,
+            "LEDGER_PARTITIONS": None if partitions is None else str(partitions),
+        }
         base = {k: v for k, v in os.environ.items() if k not in CONNECTION_ENV}
         base.update({k: v for k, v in given.items() if v is not None})
         if log_level is not None:
@@ -65,8 +77,9 @@ class Deployment:
         self._commands: dict[str, tuple[list[str], dict[str, Any]]] = {}
         self._logs: list[IO[bytes]] = []
 
-    def start(self, name: str, *args: str, module: str = "api",
-              **popen: Any) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, *args: str, module: str = "api", **popen: Any
+    ) -> subprocess.Popen[bytes]:
         """Start ``python -m <module> *args`` as ``name`` (``module`` is the ``ledger``
         command unless told otherwise); ``popen`` goes to ``subprocess.Popen``."""
         argv = [sys.executable, "-m", module, *args]
@@ -75,8 +88,7 @@ class Deployment:
 
     def _spawn(self, name: str) -> subprocess.Popen[bytes]:
         argv, popen = self._commands[name]
-        kwargs: dict[str, Any] = {"cwd": self.cwd, "start_new_session": self.new_session,
-                                  **popen}
+        kwargs: dict[str, Any] = {"cwd": self.cwd, "start_new_session": self.new_session, **popen}
         if self.log_dir is not None and "stdout" not in kwargs:
             log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in close()
             self._logs.append(log)
@@ -141,6 +153,10 @@ class Deployment:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()

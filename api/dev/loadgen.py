@@ -30,22 +30,33 @@ def credit_traffic(users: list[str], count: int, seed: int = 7) -> Iterator[Comm
         user = rng.choice(users)
         roll = rng.random()
         if roll < 0.40:
-            p = Purchase(user_id=user, amount=rng.choice((100, 250, 500, 1000)),
-                         currency="USD", transaction_id=f"tx-{seed}-{i}")
+            p = Purchase(
+                user_id=user,
+                amount=rng.choice((100, 250, 500, 1000)),
+                currency="USD",
+                transaction_id=f"tx-{seed}-{i}",
+            )
             bought.append(p)
             yield p
         elif roll < 0.45 and bought:
             yield rng.choice(bought)  # a client retry: must be a duplicate, not a new event
         elif roll < 0.90:
-            yield Use(user_id=user, amount=rng.choice((10, 50, 120, 400, 900)),
-                      reason=rng.choice(("api-call", "report", "export")))
+            yield Use(
+                user_id=user,
+                amount=rng.choice((10, 50, 120, 400, 900)),
+                reason=rng.choice(("api-call", "report", "export")),
+            )
         else:
-            yield Adjust(user_id=user, delta=rng.choice((-200, -50, 25, 100)),
-                         reason=rng.choice(("goodwill", "chargeback", "correction")))
+            yield Adjust(
+                user_id=user,
+                delta=rng.choice((-200, -50, 25, 100)),
+                reason=rng.choice(("goodwill", "chargeback", "correction")),
+            )
 
 
 def as_batch_item(command: Command) -> dict[str, object]:
     """The JSON item ``POST /api/events:batch`` takes for a command."""
-    kind = {RegisterUser: "register_user", Purchase: "purchase", Use: "use",
-            Adjust: "adjust"}[type(command)]
+    kind = {RegisterUser: "register_user", Purchase: "purchase", Use: "use", Adjust: "adjust"}[
+        type(command)
+    ]
     return {"kind": kind, **asdict(command)}

@@ -36,16 +36,17 @@ def build_state(settings: Settings) -> AppState:
     if settings.mongo_url:
         from projections.store import MongoDBManager
         from projections.store import connect as mongo_connect
+
         db = mongo_connect(settings.mongo_url, maxPoolSize=THREADS)[settings.mongo_db]
         manager = MongoDBManager(db, allowed_collections(settings.extra_collections))
     qm = QueueManager(config=settings.streams(), client=client, db=manager)
-    return AppState(settings=settings, redis=client, qm=qm, db=db,
-                    limiter=CapacityLimiter(THREADS))
+    return AppState(settings=settings, redis=client, qm=qm, db=db, limiter=CapacityLimiter(THREADS))
 
 
 def routes() -> list[BaseRoute]:
     from .openapi import routes as openapi_routes
     from .routes import ledger, ops, queue
+
     return [*ops.routes(), *queue.routes(), *ledger.routes(), *openapi_routes()]
 
 
@@ -63,7 +64,11 @@ def create_app(settings: Settings, state: AppState | None = None) -> Starlette:
                     s.db.client.close()
 
     handlers: dict[Any, Any] = dict(HANDLERS)
-    app = Starlette(routes=routes(), lifespan=lifespan, exception_handlers=handlers,
-                    middleware=[*metrics.middleware(), auth.middleware(), Middleware(RateLimit)])
+    app = Starlette(
+        routes=routes(),
+        lifespan=lifespan,
+        exception_handlers=handlers,
+        middleware=[*metrics.middleware(), auth.middleware(), Middleware(RateLimit)],
+    )
     app.router.redirect_slashes = False  # an API answers 404, not a redirect, for "/x/"
     return app

@@ -54,7 +54,7 @@ class Role(StrEnum):
     def scopes(self) -> list[str]:
         """This role and every weaker one: an admin has all three scopes."""
         order = list(Role)
-        return [r.value for r in order[:order.index(self) + 1]]
+        return [r.value for r in order[: order.index(self) + 1]]
 
 
 class Caller(BaseUser):
@@ -125,12 +125,15 @@ def check(request: Request, role: Role) -> None:
 
 def requires(role: Role) -> Callable[[Endpoint], Endpoint]:
     """Decorate a route: it runs only for a key with ``role`` (checked before anything else)."""
+
     def decorate(endpoint: Endpoint) -> Endpoint:
         @functools.wraps(endpoint)
         async def guarded(request: Request) -> Response:
             check(request, role)
             return await endpoint(request)
+
         return guarded
+
     return decorate
 
 

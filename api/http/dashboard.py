@@ -20,8 +20,8 @@ from starlette.routing import BaseRoute, Route
 # The script is a file of its own so the policy can forbid inline scripts.
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; "
-                               "connect-src 'self'; img-src 'self'; base-uri 'none'; "
-                               "form-action 'none'; frame-ancestors 'none'",
+    "connect-src 'self'; img-src 'self'; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
@@ -34,13 +34,11 @@ def asset(name: str) -> str:
 
 
 async def page(request: Request) -> Response:
-    return Response(asset("dashboard.html"), media_type="text/html",
-                    headers=SECURITY_HEADERS)
+    return Response(asset("dashboard.html"), media_type="text/html", headers=SECURITY_HEADERS)
 
 
 async def script(request: Request) -> Response:
-    return Response(asset("dashboard.js"), media_type="text/javascript",
-                    headers=SECURITY_HEADERS)
+    return Response(asset("dashboard.js"), media_type="text/javascript", headers=SECURITY_HEADERS)
 
 
 def routes() -> list[BaseRoute]:

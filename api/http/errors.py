@@ -40,8 +40,9 @@ class ApiError(Error):
 
     code = "api_error"
 
-    def __init__(self, message: str, *, field: str | None = None,
-                 headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, message: str, *, field: str | None = None, headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.field = field
         self.headers = dict(headers or {})
@@ -162,8 +163,14 @@ def response_for(exc: Error) -> JSONResponse:
     return JSONResponse(error_body(exc), status_code=status, headers=headers)
 
 
-def error_response(status: int, code: str, message: str, field: str | None = None,
-                   headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
     """An error body for an answer that is not an exception (404 unknown_task, 429, …)."""
     body: dict[str, Any] = {"error": code, "message": message}
     if field is not None:
@@ -182,8 +189,12 @@ async def on_error(request: Request, exc: Exception) -> Response:
 async def on_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     codes = {404: "not_found", 405: "method_not_allowed"}
-    return error_response(exc.status_code, codes.get(exc.status_code, "http_error"),
-                          str(exc.detail), headers=getattr(exc, "headers", None))
+    return error_response(
+        exc.status_code,
+        codes.get(exc.status_code, "http_error"),
+        str(exc.detail),
+        headers=getattr(exc, "headers", None),
+    )
 
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:
@@ -198,6 +209,20 @@ HANDLERS: Final[Mapping[Any, Any]] = {
 }
 
 
-__all__ = ["HANDLERS", "STATUS", "ApiError", "BadRequest", "BodyTooLarge", "Forbidden",
-           "MalformedJson", "TooManyWaiters", "Unauthorized", "UnsupportedMediaType",
-           "error_body", "error_response", "response_for", "status_and_code", "status_of"]
+__all__ = [
+    "HANDLERS",
+    "STATUS",
+    "ApiError",
+    "BadRequest",
+    "BodyTooLarge",
+    "Forbidden",
+    "MalformedJson",
+    "TooManyWaiters",
+    "Unauthorized",
+    "UnsupportedMediaType",
+    "error_body",
+    "error_response",
+    "response_for",
+    "status_and_code",
+    "status_of",
+]

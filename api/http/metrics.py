@@ -59,8 +59,19 @@ log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-DURATION_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                                       10.0)
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -75,7 +86,7 @@ def fmt_value(value: float) -> str:
         return "NaN"
     if math.isinf(value):
         return "+Inf" if value > 0 else "-Inf"
-    if float(value).is_integer() and abs(value) < 2 ** 53:
+    if float(value).is_integer() and abs(value) < 2**53:
         return str(int(value))
     return repr(float(value))
 
@@ -96,8 +107,14 @@ class Exposition:
             self._families[name] = (kind, help_text, [])
         return self._families[name][2]
 
-    def add(self, name: str, kind: str, help_text: str, value: float | None,
-            labels: Iterable[tuple[str, str]] = ()) -> None:
+    def add(
+        self,
+        name: str,
+        kind: str,
+        help_text: str,
+        value: float | None,
+        labels: Iterable[tuple[str, str]] = (),
+    ) -> None:
         lines = self.family(name, kind, help_text)
         if value is not None:
             lines.append(sample(name, labels, value))
@@ -182,9 +199,12 @@ def record_append(outcome: str, count: int = 1, registry: Registry | None = None
     """
     reason = _REASON_RE.sub("_", outcome.lower())[:64] or "unknown"
     result = "accepted" if reason == "accepted" else "refused"
-    (registry or REGISTRY).inc("ledger_appends_total", "Appends by result and refusal reason",
-                               {"result": result, "reason": "" if result == "accepted"
-                                else reason}, count)
+    (registry or REGISTRY).inc(
+        "ledger_appends_total",
+        "Appends by result and refusal reason",
+        {"result": result, "reason": "" if result == "accepted" else reason},
+        count,
+    )
 
 
 # -- the timing middleware ------------------------------------------------------------------
@@ -219,12 +239,21 @@ def request_observer(registry: Registry | None = None) -> Observer:
     def observe(timed: Timed) -> None:
         route = timed.scope.get("route")
         template = getattr(route, "path", None) if route is not None else None
-        labels = {"method": method_label(str(timed.scope.get("method", ""))),
-                  "route": template if isinstance(template, str) else "<unmatched>"}
-        target.inc("ledger_http_requests_total", "HTTP requests by route and status",
-                   {**labels, "status": status_label(timed.status)})
-        target.observe("ledger_http_request_duration_seconds",
-                       "HTTP request latency by route", labels, timed.seconds)
+        labels = {
+            "method": method_label(str(timed.scope.get("method", ""))),
+            "route": template if isinstance(template, str) else "<unmatched>",
+        }
+        target.inc(
+            "ledger_http_requests_total",
+            "HTTP requests by route and status",
+            {**labels, "status": status_label(timed.status)},
+        )
+        target.observe(
+            "ledger_http_request_duration_seconds",
+            "HTTP request latency by route",
+            labels,
+            timed.seconds,
+        )
 
     return observe
 
@@ -272,16 +301,24 @@ class GroupStatus:
         return 0 if self.oldest_ms is None else max(0, now_ms - self.oldest_ms)
 
     def as_dict(self, now_ms: int) -> dict[str, Any]:
-        return {"group": self.group, "pending": self.pending, "lag": self.lag,
-                "lag_ms": self.lag_ms(now_ms),
-                "oldest_unacked_at": iso_utc(self.oldest_ms)}
+        return {
+            "group": self.group,
+            "pending": self.pending,
+            "lag": self.lag,
+            "lag_ms": self.lag_ms(now_ms),
+            "oldest_unacked_at": iso_utc(self.oldest_ms),
+        }
 
 
-def group_status(client: RedisClient, partitions: int,
-                 groups: Sequence[str]) -> dict[str, GroupStatus]:
+def group_status(
+    client: RedisClient, partitions: int, groups: Sequence[str]
+) -> dict[str, GroupStatus]:
     """Pending, lag and the oldest unacknowledged entry of each group (3 pipelined trips)."""
-    streams = [(keys.stream(p, lv), keys.LEVEL_NAMES[lv])
-               for p in range(partitions) for lv in keys.LEVELS_DESC]
+    streams = [
+        (keys.stream(p, lv), keys.LEVEL_NAMES[lv])
+        for p in range(partitions)
+        for lv in keys.LEVELS_DESC
+    ]
     out = {g: GroupStatus(group=g) for g in groups}
     with translate():
         pipe = client.pipeline(transaction=False)
@@ -300,9 +337,17 @@ def group_status(client: RedisClient, partitions: int,
                     rows.append((g, stream, level, 0, None, "0-0", False))
                     continue
                 raw_lag = i.get("lag")
-                rows.append((g, stream, level, int(i.get("pending") or 0),
-                             None if raw_lag is None else int(raw_lag),
-                             _text(i.get("last-delivered-id") or "0-0"), True))
+                rows.append(
+                    (
+                        g,
+                        stream,
+                        level,
+                        int(i.get("pending") or 0),
+                        None if raw_lag is None else int(raw_lag),
+                        _text(i.get("last-delivered-id") or "0-0"),
+                        True,
+                    )
+                )
         pipe = client.pipeline(transaction=False)
         for g, stream, _, pending, _, last, exists in rows:
             pipe.xrange(stream, min=_after(last), max="+", count=1)
@@ -339,11 +384,13 @@ def group_status(client: RedisClient, partitions: int,
 def projection_groups() -> dict[str, str]:
     """projection name -> its consumer group."""
     from projections.runner import all_projections, group_of
+
     return {p.name: group_of(p) for p in all_projections()}
 
 
-def projections_status(client: RedisClient, partitions: int, db: Any,
-                       now_ms: int | None = None) -> list[dict[str, Any]]:
+def projections_status(
+    client: RedisClient, partitions: int, db: Any, now_ms: int | None = None
+) -> list[dict[str, Any]]:
     """Per projection: its group's pending, lag, lag_ms and the last checkpoint time."""
     now = int(time.time() * 1000) if now_ms is None else now_ms
     names = projection_groups()
@@ -353,9 +400,9 @@ def projections_status(client: RedisClient, partitions: int, db: Any,
         from pymongo.errors import PyMongoError
 
         from projections.store import CHECKPOINTS
+
         try:
-            for doc in db[CHECKPOINTS].find({"_id": {"$in": list(names)}},
-                                            {"updated_at": 1}):
+            for doc in db[CHECKPOINTS].find({"_id": {"$in": list(names)}}, {"updated_at": 1}):
                 checkpoints[doc["_id"]] = doc.get("updated_at")
         except PyMongoError as exc:  # Redis still tells the lag; the time is unknown
             log.warning("checkpoints unavailable: %s", exc)
@@ -364,8 +411,13 @@ def projections_status(client: RedisClient, partitions: int, db: Any,
         at = checkpoints.get(name)
         if isinstance(at, datetime) and at.tzinfo is None:
             at = at.replace(tzinfo=UTC)
-        out.append({"projection": name, **status[group].as_dict(now),
-                    "checkpoint_at": iso_utc(round(at.timestamp() * 1000)) if at else None})
+        out.append(
+            {
+                "projection": name,
+                **status[group].as_dict(now),
+                "checkpoint_at": iso_utc(round(at.timestamp() * 1000)) if at else None,
+            }
+        )
     return out
 
 
@@ -387,59 +439,105 @@ def queues_status(client: RedisClient, config: StreamsConfig) -> dict[str, dict[
 
 
 # -- the whole page ------------------------------------------------------------------------
-def render(client: RedisClient, config: StreamsConfig, db: Any,
-           registry: Registry | None = None) -> str:
+def render(
+    client: RedisClient, config: StreamsConfig, db: Any, registry: Registry | None = None
+) -> str:
     """Every series, as exposition text (blocking: run it on the thread pool)."""
     from streams.deadletters import count_dead
 
     now = int(time.time() * 1000)
     out = Exposition()
     stats = queues_status(client, config)
-    gauges = {"length": "Entries in the queue's priority streams (XLEN, all partitions)",
-              "pending": "Entries delivered to workers and not yet acknowledged",
-              "lag": "Entries not yet delivered to workers (Redis 7)",
-              "consumers": "Consumers in the workers group (largest over partitions)"}
-    counters = {"processed": "Tasks and events processed", "failed": "Failed attempts",
-                "retried": "Attempts scheduled for retry", "dead": "Entries dead-lettered"}
+    gauges = {
+        "length": "Entries in the queue's priority streams (XLEN, all partitions)",
+        "pending": "Entries delivered to workers and not yet acknowledged",
+        "lag": "Entries not yet delivered to workers (Redis 7)",
+        "consumers": "Consumers in the workers group (largest over partitions)",
+    }
+    counters = {
+        "processed": "Tasks and events processed",
+        "failed": "Failed attempts",
+        "retried": "Attempts scheduled for retry",
+        "dead": "Entries dead-lettered",
+    }
     for queue, s in stats.items():
         for key, help_text in gauges.items():
             out.add(f"ledger_queue_{key}", "gauge", help_text, s.get(key), [("queue", queue)])
         for key, help_text in counters.items():
-            out.add(f"ledger_queue_{key}_total", "counter", help_text, s.get(key),
-                    [("queue", queue)])
+            out.add(
+                f"ledger_queue_{key}_total", "counter", help_text, s.get(key), [("queue", queue)]
+            )
     groups = group_status(client, config.partitions, ["workers"])
     for g in groups.values():
         for level, lv in g.levels.items():
             pair = [("group", g.group), ("level", level)]
-            out.add("ledger_group_pending", "gauge", "Pending entries of a group per level",
-                    lv.pending, pair)
-            out.add("ledger_group_lag", "gauge", "Undelivered entries of a group per level",
-                    lv.lag, pair)
-        out.add("ledger_group_lag_seconds", "gauge",
-                "Age of the oldest entry the group has not acknowledged",
-                g.lag_ms(now) / 1000, (("group", g.group),))
-    out.add("ledger_dead_letters", "gauge", "Dead letters kept (all partitions)",
-            count_dead(client, config.partitions))
+            out.add(
+                "ledger_group_pending",
+                "gauge",
+                "Pending entries of a group per level",
+                lv.pending,
+                pair,
+            )
+            out.add(
+                "ledger_group_lag",
+                "gauge",
+                "Undelivered entries of a group per level",
+                lv.lag,
+                pair,
+            )
+        out.add(
+            "ledger_group_lag_seconds",
+            "gauge",
+            "Age of the oldest entry the group has not acknowledged",
+            g.lag_ms(now) / 1000,
+            (("group", g.group),),
+        )
+    out.add(
+        "ledger_dead_letters",
+        "gauge",
+        "Dead letters kept (all partitions)",
+        count_dead(client, config.partitions),
+    )
     for p in projections_status(client, config.partitions, db, now):
         labels = [("projection", str(p["projection"]))]
-        out.add("ledger_projection_pending", "gauge", "Pending entries of a projector group",
-                p["pending"], labels)
-        out.add("ledger_projection_lag", "gauge", "Entries not yet delivered to a projector",
-                p["lag"], labels)
-        out.add("ledger_projection_lag_seconds", "gauge",
-                "Age of the oldest entry a projector has not acknowledged",
-                p["lag_ms"] / 1000, labels)
+        out.add(
+            "ledger_projection_pending",
+            "gauge",
+            "Pending entries of a projector group",
+            p["pending"],
+            labels,
+        )
+        out.add(
+            "ledger_projection_lag",
+            "gauge",
+            "Entries not yet delivered to a projector",
+            p["lag"],
+            labels,
+        )
+        out.add(
+            "ledger_projection_lag_seconds",
+            "gauge",
+            "Age of the oldest entry a projector has not acknowledged",
+            p["lag_ms"] / 1000,
+            labels,
+        )
         if p["checkpoint_at"] is not None:
             at = datetime.fromisoformat(p["checkpoint_at"].replace("Z", "+00:00"))
-            out.add("ledger_projection_checkpoint_timestamp_seconds", "gauge",
-                    "When the projection last wrote its checkpoint", at.timestamp(), labels)
+            out.add(
+                "ledger_projection_checkpoint_timestamp_seconds",
+                "gauge",
+                "When the projection last wrote its checkpoint",
+                at.timestamp(),
+                labels,
+            )
         else:
-            out.family("ledger_projection_checkpoint_timestamp_seconds", "gauge",
-                       "When the projection last wrote its checkpoint")
+            out.family(
+                "ledger_projection_checkpoint_timestamp_seconds",
+                "gauge",
+                "When the projection last wrote its checkpoint",
+            )
     (registry or REGISTRY).write(out)
     return out.render()
-
-
 
 
 def middleware() -> list[Any]:
@@ -448,8 +546,11 @@ def middleware() -> list[Any]:
     from starlette.middleware import Middleware
 
     from ..jsonlog import RequestIdMiddleware, log_access
-    return [Middleware(RequestIdMiddleware),
-            Middleware(RequestTimer, observers=(log_access, request_observer()))]
+
+    return [
+        Middleware(RequestIdMiddleware),
+        Middleware(RequestTimer, observers=(log_access, request_observer())),
+    ]
 
 
 def instrument(app: Any) -> Any:
@@ -461,7 +562,22 @@ def instrument(app: Any) -> Any:
     return app
 
 
-__all__ = ["CONTENT_TYPE", "METHODS", "REGISTRY", "Exposition", "GroupStatus",
-           "MetricsMiddleware", "Registry", "group_status", "instrument", "method_label",
-           "middleware", "projections_status", "queues_status", "record_append", "render",
-           "request_observer", "status_label"]
+__all__ = [
+    "CONTENT_TYPE",
+    "METHODS",
+    "REGISTRY",
+    "Exposition",
+    "GroupStatus",
+    "MetricsMiddleware",
+    "Registry",
+    "group_status",
+    "instrument",
+    "method_label",
+    "middleware",
+    "projections_status",
+    "queues_status",
+    "record_append",
+    "render",
+    "request_observer",
+    "status_label",
+]

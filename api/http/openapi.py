@@ -39,10 +39,14 @@ def ref(name: str) -> Schema:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def obj(required: dict[str, Schema], optional: dict[str, Schema] | None = None,
-        *, closed: bool = True) -> Schema:
-    schema: Schema = {"type": "object", "properties": {**required, **(optional or {})},
-                      "required": list(required)}
+def obj(
+    required: dict[str, Schema], optional: dict[str, Schema] | None = None, *, closed: bool = True
+) -> Schema:
+    schema: Schema = {
+        "type": "object",
+        "properties": {**required, **(optional or {})},
+        "required": list(required),
+    }
     if closed:
         schema["additionalProperties"] = False
     return schema
@@ -50,11 +54,18 @@ def obj(required: dict[str, Schema], optional: dict[str, Schema] | None = None,
 
 USER_ID: Final = {"type": "string", "pattern": USER_ID_PATTERN}
 AMOUNT: Final = {"type": "integer", "minimum": 1, "maximum": MAX_CREDITS}
-DELTA: Final = {"type": "integer", "minimum": -MAX_CREDITS, "maximum": MAX_CREDITS,
-                "not": {"const": 0}}
+DELTA: Final = {
+    "type": "integer",
+    "minimum": -MAX_CREDITS,
+    "maximum": MAX_CREDITS,
+    "not": {"const": 0},
+}
 REASON: Final = {"type": "string", "maxLength": MAX_REASON, "pattern": TEXT_PATTERN}
-ADJUST_REASON: Final = {**REASON, "minLength": 1,
-                        "pattern": r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$"}
+ADJUST_REASON: Final = {
+    **REASON,
+    "minLength": 1,
+    "pattern": r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$",
+}
 EMAIL: Final = {"type": "string", "maxLength": MAX_EMAIL, "pattern": EMAIL_PATTERN}
 CURRENCY: Final = {"type": "string", "pattern": CURRENCY_PATTERN}
 TRANSACTION_ID: Final = {"type": "string", "pattern": TRANSACTION_ID_PATTERN}
@@ -66,78 +77,184 @@ IDEM_ITEM: Final = {"type": "string", "pattern": IDEMPOTENCY_PATTERN}
 
 
 def _kind(kind: str, required: dict[str, Schema], optional: dict[str, Schema]) -> Schema:
-    return obj({"kind": {"const": kind}, "user_id": USER_ID, **required},
-               {**optional, "idempotency_key": IDEM_ITEM})
+    return obj(
+        {"kind": {"const": kind}, "user_id": USER_ID, **required},
+        {**optional, "idempotency_key": IDEM_ITEM},
+    )
 
 
 SCHEMAS: Final[dict[str, Schema]] = {
-    "Error": obj({"error": {"type": "string"}, "message": {"type": "string"}},
-                 {"field": {"type": ["string", "null"]},
-                  "balance": {"type": "integer"},
-                  "version": VERSION, "current_version": VERSION}),
+    "Error": obj(
+        {"error": {"type": "string"}, "message": {"type": "string"}},
+        {
+            "field": {"type": ["string", "null"]},
+            "balance": {"type": "integer"},
+            "version": VERSION,
+            "current_version": VERSION,
+        },
+    ),
     "RegisterUser": obj({"user_id": USER_ID, "email": EMAIL}),
-    "Purchase": obj({"amount": AMOUNT, "transaction_id": TRANSACTION_ID},
-                    {"currency": CURRENCY}),
+    "Purchase": obj({"amount": AMOUNT, "transaction_id": TRANSACTION_ID}, {"currency": CURRENCY}),
     "Use": obj({"amount": AMOUNT}, {"reason": REASON}),
     "Adjust": obj({"delta": DELTA, "reason": ADJUST_REASON}),
-    "Appended": obj({"event_id": {"type": "string"}, "user_id": USER_ID, "version": VERSION,
-                     "balance": CREDITS}),
-    "BatchRequest": obj({"events": {
-        "type": "array", "minItems": 1, "maxItems": MAX_BATCH,
-        "items": {"anyOf": [
-            _kind("register_user", {"email": EMAIL}, {}),
-            _kind("purchase", {"amount": AMOUNT, "transaction_id": TRANSACTION_ID},
-                  {"currency": CURRENCY}),
-            _kind("use", {"amount": AMOUNT}, {"reason": REASON}),
-            _kind("adjust", {"delta": DELTA, "reason": ADJUST_REASON}, {}),
-        ]}}}),
-    "BatchResult": obj({"accepted": {"type": "integer", "minimum": 0},
-                        "refused": {"type": "integer", "minimum": 0},
-                        "results": {"type": "array", "items": {"anyOf": [
-                            obj({"index": VERSION, "status": {"const": 201},
-                                 "event_id": {"type": "string"}, "user_id": USER_ID,
-                                 "version": VERSION, "balance": CREDITS,
-                                 "replayed": {"type": "boolean"}}),
-                            obj({"index": VERSION,
-                                 "status": {"type": "integer", "minimum": 400, "maximum": 499},
-                                 "error": {"type": "string"}, "message": {"type": "string"}},
-                                {"field": {"type": ["string", "null"]},
-                                 "balance": {"type": "integer"}}),
-                        ]}}}),
-    "Balance": obj({"user_id": USER_ID, "balance": CREDITS, "version": VERSION,
-                    "purchased_total": CREDITS, "used_total": CREDITS, "updated_at": WHEN}),
-    "CreditScore": obj({"user_id": USER_ID, "score": {"type": "integer"}, "version": VERSION,
-                        "purchased_total": CREDITS, "used_total": CREDITS,
-                        "updated_at": WHEN}),
-    "EventsPage": obj({"user_id": USER_ID, "next_after_version": {"type": ["integer", "null"]},
-                       "events": {"type": "array", "items": obj({
-                           "event_id": {"type": "string"},
-                           "kind": {"enum": ["user_registered", "credits_purchased",
-                                             "credits_used", "credits_adjusted"]},
-                           "version": VERSION, "at_ms": {"type": "integer"},
-                           "amount": {"type": "integer"}, "text": {"type": "string"},
-                           "ref": {"type": "string"}, "balance_after": CREDITS,
-                           "purchased_total": CREDITS, "used_total": CREDITS,
-                           "prev_hash": {"type": "string"}, "hash": {"type": "string"}})}}),
-    "Enqueue": obj({"queue_name": NAME, "task_type": NAME,
-                    "task_data": {"type": "object",
-                                  "propertyNames": {"not": {"pattern": "^\\$"}}}},
-                   {"priority": {"type": "integer", "enum": [1, 2, 3, 4]},
-                    "delay": {"type": "number", "minimum": 0, "maximum": MAX_DELAY_SECONDS}}),
-    "TaskAccepted": obj({"task_id": {"type": "string"}, "queue_name": NAME,
-                         "status": {"enum": ["queued", "scheduled"]}}),
-    "TaskStatus": obj({"task_id": {"type": "string"},
-                       "status": {"enum": ["queued", "scheduled", "processing", "retrying",
-                                           "completed", "failed"]},
-                       "attempts": VERSION, "queue_name": NAME, "task_type": NAME,
-                       "enqueued_at": WHEN, "started_at": WHEN, "finished_at": WHEN,
-                       "last_error": {"type": ["string", "null"]}}),
-    "QueueStat": obj({"queue_name": NAME, "priority": {"type": "string"},
-                      "length": VERSION, "pending": VERSION,
-                      "lag": {"type": ["integer", "null"]}, "consumers": VERSION,
-                      "processed": VERSION, "failed": VERSION, "retried": VERSION,
-                      "dead": VERSION, "rate_per_s": {"type": "number"},
-                      "latency_ms": {"type": "object"}}),
+    "Appended": obj(
+        {"event_id": {"type": "string"}, "user_id": USER_ID, "version": VERSION, "balance": CREDITS}
+    ),
+    "BatchRequest": obj(
+        {
+            "events": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_BATCH,
+                "items": {
+                    "anyOf": [
+                        _kind("register_user", {"email": EMAIL}, {}),
+                        _kind(
+                            "purchase",
+                            {"amount": AMOUNT, "transaction_id": TRANSACTION_ID},
+                            {"currency": CURRENCY},
+                        ),
+                        _kind("use", {"amount": AMOUNT}, {"reason": REASON}),
+                        _kind("adjust", {"delta": DELTA, "reason": ADJUST_REASON}, {}),
+                    ]
+                },
+            }
+        }
+    ),
+    "BatchResult": obj(
+        {
+            "accepted": {"type": "integer", "minimum": 0},
+            "refused": {"type": "integer", "minimum": 0},
+            "results": {
+                "type": "array",
+                "items": {
+                    "anyOf": [
+                        obj(
+                            {
+                                "index": VERSION,
+                                "status": {"const": 201},
+                                "event_id": {"type": "string"},
+                                "user_id": USER_ID,
+                                "version": VERSION,
+                                "balance": CREDITS,
+                                "replayed": {"type": "boolean"},
+                            }
+                        ),
+                        obj(
+                            {
+                                "index": VERSION,
+                                "status": {"type": "integer", "minimum": 400, "maximum": 499},
+                                "error": {"type": "string"},
+                                "message": {"type": "string"},
+                            },
+                            {"field": {"type": ["string", "null"]}, "balance": {"type": "integer"}},
+                        ),
+                    ]
+                },
+            },
+        }
+    ),
+    "Balance": obj(
+        {
+            "user_id": USER_ID,
+            "balance": CREDITS,
+            "version": VERSION,
+            "purchased_total": CREDITS,
+            "used_total": CREDITS,
+            "updated_at": WHEN,
+        }
+    ),
+    "CreditScore": obj(
+        {
+            "user_id": USER_ID,
+            "score": {"type": "integer"},
+            "version": VERSION,
+            "purchased_total": CREDITS,
+            "used_total": CREDITS,
+            "updated_at": WHEN,
+        }
+    ),
+    "EventsPage": obj(
+        {
+            "user_id": USER_ID,
+            "next_after_version": {"type": ["integer", "null"]},
+            "events": {
+                "type": "array",
+                "items": obj(
+                    {
+                        "event_id": {"type": "string"},
+                        "kind": {
+                            "enum": [
+                                "user_registered",
+                                "credits_purchased",
+                                "credits_used",
+                                "credits_adjusted",
+                            ]
+                        },
+                        "version": VERSION,
+                        "at_ms": {"type": "integer"},
+                        "amount": {"type": "integer"},
+                        "text": {"type": "string"},
+                        "ref": {"type": "string"},
+                        "balance_after": CREDITS,
+                        "purchased_total": CREDITS,
+                        "used_total": CREDITS,
+                        "prev_hash": {"type": "string"},
+                        "hash": {"type": "string"},
+                    }
+                ),
+            },
+        }
+    ),
+    "Enqueue": obj(
+        {
+            "queue_name": NAME,
+            "task_type": NAME,
+            "task_data": {"type": "object", "propertyNames": {"not": {"pattern": "^\\$"}}},
+        },
+        {
+            "priority": {"type": "integer", "enum": [1, 2, 3, 4]},
+            "delay": {"type": "number", "minimum": 0, "maximum": MAX_DELAY_SECONDS},
+        },
+    ),
+    "TaskAccepted": obj(
+        {
+            "task_id": {"type": "string"},
+            "queue_name": NAME,
+            "status": {"enum": ["queued", "scheduled"]},
+        }
+    ),
+    "TaskStatus": obj(
+        {
+            "task_id": {"type": "string"},
+            "status": {
+                "enum": ["queued", "scheduled", "processing", "retrying", "completed", "failed"]
+            },
+            "attempts": VERSION,
+            "queue_name": NAME,
+            "task_type": NAME,
+            "enqueued_at": WHEN,
+            "started_at": WHEN,
+            "finished_at": WHEN,
+            "last_error": {"type": ["string", "null"]},
+        }
+    ),
+    "QueueStat": obj(
+        {
+            "queue_name": NAME,
+            "priority": {"type": "string"},
+            "length": VERSION,
+            "pending": VERSION,
+            "lag": {"type": ["integer", "null"]},
+            "consumers": VERSION,
+            "processed": VERSION,
+            "failed": VERSION,
+            "retried": VERSION,
+            "dead": VERSION,
+            "rate_per_s": {"type": "number"},
+            "latency_ms": {"type": "object"},
+        }
+    ),
     "QueueStats": {"type": "object", "additionalProperties": ref("QueueStat")},
     "ExampleCreditPurchase": obj({}, {"user_id": USER_ID, "amount": AMOUNT}),
     "ExampleUserRegistration": obj({}, {"user_id": USER_ID, "email": EMAIL}),
@@ -147,40 +264,57 @@ SCHEMAS: Final[dict[str, Schema]] = {
 
 ERRORS: Final = {
     400: "malformed JSON (not UTF-8, NaN, duplicate keys, nested deeper than allowed)",
-    401: "no or unknown API key", 403: "the key's role may not do this",
+    401: "no or unknown API key",
+    403: "the key's role may not do this",
     404: "unknown account, task or queue",
     409: "conflict: overdraft (with the balance), duplicate user, reused key, limit, "
-         "or not yet projected (with version and current_version)",
+    "or not yet projected (with version and current_version)",
     413: f"body larger than {MAX_BODY_BYTES} bytes (or task_data too large)",
     415: "Content-Type is not application/json",
-    422: "a field breaks a rule; `field` names it", 429: "rate limited; see Retry-After",
+    422: "a field breaks a rule; `field` names it",
+    429: "rate limited; see Retry-After",
     503: "Redis or MongoDB unavailable; retry (with the same Idempotency-Key)",
 }
 BODY_ERRORS: Final = (400, 413, 415, 422)
 API_ERRORS: Final = (401, 403, 429, 503)
 
 
-def _param(name: str, where: str, schema: Schema, description: str = "",
-           required: bool = False) -> Schema:
-    return {"name": name, "in": where, "required": required or where == "path",
-            "schema": schema, "description": description}
+def _param(
+    name: str, where: str, schema: Schema, description: str = "", required: bool = False
+) -> Schema:
+    return {
+        "name": name,
+        "in": where,
+        "required": required or where == "path",
+        "schema": schema,
+        "description": description,
+    }
 
 
 USER_PARAM: Final = _param("user_id", "path", USER_ID, "the account")
-IDEM_PARAM: Final = _param("Idempotency-Key", "header", IDEM_ITEM,
-                           "a repeat returns the first response (Idempotent-Replayed: true)")
+IDEM_PARAM: Final = _param(
+    "Idempotency-Key",
+    "header",
+    IDEM_ITEM,
+    "a repeat returns the first response (Idempotent-Replayed: true)",
+)
 
 
 def _response(schema: str, description: str) -> Schema:
-    return {"description": description,
-            "content": {"application/json": {"schema": ref(schema)}}}
+    return {"description": description, "content": {"application/json": {"schema": ref(schema)}}}
 
 
-def op(summary: str, role: str | None, ok: dict[int, str], *, body: str | None = None,
-       params: tuple[Schema, ...] = (), errors: tuple[int, ...] = ()) -> Schema:
+def op(
+    summary: str,
+    role: str | None,
+    ok: dict[int, str],
+    *,
+    body: str | None = None,
+    params: tuple[Schema, ...] = (),
+    errors: tuple[int, ...] = (),
+) -> Schema:
     """One operation: ``ok`` maps success statuses to response schema names."""
-    responses: dict[str, Schema] = {str(s): _response(name, "success")
-                                    for s, name in ok.items()}
+    responses: dict[str, Schema] = {str(s): _response(name, "success") for s, name in ok.items()}
     codes = set(errors)
     if body is not None:
         codes.update(BODY_ERRORS)
@@ -188,94 +322,219 @@ def op(summary: str, role: str | None, ok: dict[int, str], *, body: str | None =
         codes.update(API_ERRORS)
     for code in sorted(codes):
         responses[str(code)] = _response("Error", ERRORS[code])
-    operation: Schema = {"summary": summary, "responses": responses,
-                         "security": [{"bearer": []}] if role else []}
+    operation: Schema = {
+        "summary": summary,
+        "responses": responses,
+        "security": [{"bearer": []}] if role else [],
+    }
     if role:
         operation["x-role"] = role
     if params:
         operation["parameters"] = list(params)
     if body is not None:
-        operation["requestBody"] = {"required": True, "content": {
-            "application/json": {"schema": ref(body)}}}
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": ref(body)}},
+        }
     return operation
 
 
 def _example(kind: str) -> Schema:
-    o = op(f"enqueue a sample {kind} task", "producer", {202: "TaskAccepted"},
-           body=f"Example{kind}")
+    o = op(
+        f"enqueue a sample {kind} task", "producer", {202: "TaskAccepted"}, body=f"Example{kind}"
+    )
     o["requestBody"]["required"] = False
     return {"post": o}
 
 
 PATHS: Final[dict[str, dict[str, Schema]]] = {
     "/health": {"get": op("the process is up", None, {200: "Any"})},
-    "/ready": {"get": op("Redis and MongoDB answer", None, {200: "Any"}, errors=())
-               | {"responses": {"200": _response("Any", "ready"),
-                                "503": _response("Any", "a dependency is down")}}},
+    "/ready": {
+        "get": op("Redis and MongoDB answer", None, {200: "Any"}, errors=())
+        | {
+            "responses": {
+                "200": _response("Any", "ready"),
+                "503": _response("Any", "a dependency is down"),
+            }
+        }
+    },
     "/openapi.json": {"get": op("this document", None, {200: "Any"})},
-    "/api/queue/enqueue": {"post": op("queue a task", "producer", {202: "TaskAccepted"},
-                                      body="Enqueue", params=(IDEM_PARAM,),
-                                      errors=(409,))},
-    "/api/queue/status/{task_id}": {"get": op(
-        "a task's status", "reader", {200: "TaskStatus"}, errors=(404,),
-        params=(_param("task_id", "path", {"type": "string"}),))},
+    "/api/queue/enqueue": {
+        "post": op(
+            "queue a task",
+            "producer",
+            {202: "TaskAccepted"},
+            body="Enqueue",
+            params=(IDEM_PARAM,),
+            errors=(409,),
+        )
+    },
+    "/api/queue/status/{task_id}": {
+        "get": op(
+            "a task's status",
+            "reader",
+            {200: "TaskStatus"},
+            errors=(404,),
+            params=(_param("task_id", "path", {"type": "string"}),),
+        )
+    },
     "/api/queue/stats": {"get": op("every queue's figures", "admin", {200: "QueueStats"})},
-    "/api/queue/stats/{queue_name}": {"get": op(
-        "one queue's figures", "admin", {200: "QueueStat"}, errors=(404,),
-        params=(_param("queue_name", "path", {"type": "string"}),))},
+    "/api/queue/stats/{queue_name}": {
+        "get": op(
+            "one queue's figures",
+            "admin",
+            {200: "QueueStat"},
+            errors=(404,),
+            params=(_param("queue_name", "path", {"type": "string"}),),
+        )
+    },
     "/api/queue/example/credit-purchase": _example("CreditPurchase"),
     "/api/queue/example/user-registration": _example("UserRegistration"),
     "/api/queue/example/credit-update": _example("CreditUpdate"),
-    "/api/users": {"post": op("register a user", "producer", {201: "Appended"},
-                              body="RegisterUser", params=(IDEM_PARAM,), errors=(409,))},
-    "/api/accounts/{user_id}/purchases": {"post": op(
-        "record a purchase", "producer", {201: "Appended"}, body="Purchase",
-        params=(USER_PARAM, IDEM_PARAM), errors=(404, 409))},
-    "/api/accounts/{user_id}/usage": {"post": op(
-        "spend credits (409 insufficient_credits with the balance)", "producer",
-        {201: "Appended"}, body="Use", params=(USER_PARAM, IDEM_PARAM), errors=(404, 409))},
-    "/api/accounts/{user_id}/adjustments": {"post": op(
-        "adjust a balance", "admin", {201: "Appended"}, body="Adjust",
-        params=(USER_PARAM, IDEM_PARAM), errors=(404, 409))},
-    "/api/events:batch": {"post": op(
-        f"up to {MAX_BATCH} appends, one result each (adjust items need admin)", "producer",
-        {200: "BatchResult"}, body="BatchRequest")},
-    "/api/accounts/{user_id}/balance": {"get": op(
-        "the projected balance; min_version waits (bounded) for read-your-writes", "reader",
-        {200: "Balance"}, errors=(404, 409, 422), params=(
-            USER_PARAM,
-            _param("min_version", "query", {"type": "integer", "minimum": 1,
-                                            "maximum": MAX_CREDITS}),
-            _param("wait_ms", "query", {"type": "integer", "minimum": 0,
-                                        "maximum": MAX_WAIT_MS, "default": DEFAULT_WAIT_MS})))},
-    "/api/accounts/{user_id}/credit-score": {"get": op(
-        "the projected credit score", "reader", {200: "CreditScore"},
-        errors=(404, 409, 422), params=(USER_PARAM,))},
-    "/api/accounts/{user_id}/events": {"get": op(
-        "the archived events, oldest first", "reader", {200: "EventsPage"},
-        errors=(404, 422), params=(
-            USER_PARAM,
-            _param("after_version", "query", {"type": "integer", "minimum": 0,
-                                              "maximum": MAX_CREDITS, "default": 0}),
-            _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE,
-                                      "default": DEFAULT_PAGE})))},
+    "/api/users": {
+        "post": op(
+            "register a user",
+            "producer",
+            {201: "Appended"},
+            body="RegisterUser",
+            params=(IDEM_PARAM,),
+            errors=(409,),
+        )
+    },
+    "/api/accounts/{user_id}/purchases": {
+        "post": op(
+            "record a purchase",
+            "producer",
+            {201: "Appended"},
+            body="Purchase",
+            params=(USER_PARAM, IDEM_PARAM),
+            errors=(404, 409),
+        )
+    },
+    "/api/accounts/{user_id}/usage": {
+        "post": op(
+            "spend credits (409 insufficient_credits with the balance)",
+            "producer",
+            {201: "Appended"},
+            body="Use",
+            params=(USER_PARAM, IDEM_PARAM),
+            errors=(404, 409),
+        )
+    },
+    "/api/accounts/{user_id}/adjustments": {
+        "post": op(
+            "adjust a balance",
+            "admin",
+            {201: "Appended"},
+            body="Adjust",
+            params=(USER_PARAM, IDEM_PARAM),
+            errors=(404, 409),
+        )
+    },
+    "/api/events:batch": {
+        "post": op(
+            f"up to {MAX_BATCH} appends, one result each (adjust items need admin)",
+            "producer",
+            {200: "BatchResult"},
+            body="BatchRequest",
+        )
+    },
+    "/api/accounts/{user_id}/balance": {
+        "get": op(
+            "the projected balance; min_version waits (bounded) for read-your-writes",
+            "reader",
+            {200: "Balance"},
+            errors=(404, 409, 422),
+            params=(
+                USER_PARAM,
+                _param(
+                    "min_version",
+                    "query",
+                    {"type": "integer", "minimum": 1, "maximum": MAX_CREDITS},
+                ),
+                _param(
+                    "wait_ms",
+                    "query",
+                    {
+                        "type": "integer",
+                        "minimum": 0,
+                        "maximum": MAX_WAIT_MS,
+                        "default": DEFAULT_WAIT_MS,
+                    },
+                ),
+            ),
+        )
+    },
+    "/api/accounts/{user_id}/credit-score": {
+        "get": op(
+            "the projected credit score",
+            "reader",
+            {200: "CreditScore"},
+            errors=(404, 409, 422),
+            params=(USER_PARAM,),
+        )
+    },
+    "/api/accounts/{user_id}/events": {
+        "get": op(
+            "the archived events, oldest first",
+            "reader",
+            {200: "EventsPage"},
+            errors=(404, 422),
+            params=(
+                USER_PARAM,
+                _param(
+                    "after_version",
+                    "query",
+                    {"type": "integer", "minimum": 0, "maximum": MAX_CREDITS, "default": 0},
+                ),
+                _param(
+                    "limit",
+                    "query",
+                    {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE},
+                ),
+            ),
+        )
+    },
     # operators' endpoints (api/routes/ops.py): listed when mounted
-    "/metrics": {"get": {"summary": "Prometheus metrics (admin when keys are configured)",
-                         "security": [{"bearer": []}], "responses": {
-        "200": {"description": "text exposition", "content": {"text/plain": {}}},
-        "401": _response("Error", ERRORS[401]), "403": _response("Error", ERRORS[403])}}},
-    "/dashboard": {"get": {"summary": "HTML dashboard", "security": [], "responses": {
-        "200": {"description": "a page", "content": {"text/html": {}}}}}},
-    "/dashboard/app.js": {"get": {"summary": "the dashboard's script", "security": [],
-                                  "responses": {"200": {"description": "JavaScript",
-                                                        "content": {"text/javascript": {}}}}}},
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus metrics (admin when keys are configured)",
+            "security": [{"bearer": []}],
+            "responses": {
+                "200": {"description": "text exposition", "content": {"text/plain": {}}},
+                "401": _response("Error", ERRORS[401]),
+                "403": _response("Error", ERRORS[403]),
+            },
+        }
+    },
+    "/dashboard": {
+        "get": {
+            "summary": "HTML dashboard",
+            "security": [],
+            "responses": {"200": {"description": "a page", "content": {"text/html": {}}}},
+        }
+    },
+    "/dashboard/app.js": {
+        "get": {
+            "summary": "the dashboard's script",
+            "security": [],
+            "responses": {"200": {"description": "JavaScript", "content": {"text/javascript": {}}}},
+        }
+    },
     "/api/dlq": {"get": op("dead letters", "admin", {200: "Any"}, errors=(422,))},
-    "/api/projections": {"get": op("projector groups: pending, lag, checkpoint", "reader",
-                                   {200: "Any"})},
+    "/api/projections": {
+        "get": op("projector groups: pending, lag, checkpoint", "reader", {200: "Any"})
+    },
     "/api/ops/overview": {"get": op("what the dashboard polls", "admin", {200: "Any"})},
-    "/api/dlq/{entry_id}/requeue": {"post": op(
-        "requeue a dead letter", "admin", {200: "Any"}, errors=(404,),
-        params=(_param("entry_id", "path", {"type": "string"}),))},
+    "/api/dlq/{entry_id}/requeue": {
+        "post": op(
+            "requeue a dead letter",
+            "admin",
+            {200: "Any"},
+            errors=(404,),
+            params=(_param("entry_id", "path", {"type": "string"}),),
+        )
+    },
 }
 
 
@@ -292,16 +551,23 @@ def mounted(routes: list[BaseRoute]) -> dict[str, set[str]]:
 def document(routes: list[BaseRoute]) -> Schema:
     """The OpenAPI document of the operations among ``routes``."""
     present = mounted(routes)
-    paths = {path: {m: o for m, o in ops.items() if m in present.get(path, set())}
-             for path, ops in PATHS.items()}
+    paths = {
+        path: {m: o for m, o in ops.items() if m in present.get(path, set())}
+        for path, ops in PATHS.items()
+    }
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Credit ledger", "version": "0.1.0",
-                 "description": "Event-sourced credit ledger on Redis Streams. Errors are "
-                                "{error, message, field?}. Roles: reader < producer < admin."},
+        "info": {
+            "title": "Credit ledger",
+            "version": "0.1.0",
+            "description": "Event-sourced credit ledger on Redis Streams. Errors are "
+            "{error, message, field?}. Roles: reader < producer < admin.",
+        },
         "paths": {p: ops for p, ops in paths.items() if ops},
-        "components": {"schemas": SCHEMAS,
-                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
     }
 
 

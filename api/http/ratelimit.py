@@ -78,7 +78,8 @@ class RateLimit:
         key = PREFIX + caller(request).identity
         try:
             allowed, wait_ms = await state.blocking(
-                self._take, key, settings.rate_per_s, max(1, settings.rate_burst))
+                self._take, key, settings.rate_per_s, max(1, settings.rate_burst)
+            )
         except Unavailable as exc:  # Redis down: the same 503 as any other call
             await response_for(exc)(scope, receive, send)
             return
@@ -86,9 +87,12 @@ class RateLimit:
             await self.app(scope, receive, send)
             return
         seconds = retry_after(wait_ms)
-        response = error_response(429, "rate_limited",
-                                  f"too many requests; retry after {seconds} s",
-                                  headers={"Retry-After": str(seconds)})
+        response = error_response(
+            429,
+            "rate_limited",
+            f"too many requests; retry after {seconds} s",
+            headers={"Retry-After": str(seconds)},
+        )
         await response(scope, receive, send)
 
     def _take(self, key: str, rate: float, burst: int) -> tuple[int, int]:

@@ -42,7 +42,9 @@ def _content_type_ok(value: str) -> bool:
     for param in params.split(";"):
         name, _, val = param.partition("=")
         if name.strip().lower() == "charset" and val.strip().strip('"').lower() not in (
-                "utf-8", "utf8"):
+            "utf-8",
+            "utf8",
+        ):
             return False
     return True
 
@@ -138,8 +140,9 @@ async def json_object(request: Request, *, optional: bool = False) -> dict[str, 
     return body
 
 
-def only_fields(body: Mapping[str, Any], required: tuple[str, ...],
-                optional: tuple[str, ...] = ()) -> None:
+def only_fields(
+    body: Mapping[str, Any], required: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> None:
     """Refuse unknown fields and report the first missing one (422, naming it)."""
     for key in body:
         if key not in required and key not in optional:
@@ -170,5 +173,6 @@ def query_int(request: Request, name: str, default: int | None, lo: int, hi: int
 def idempotency_key(request: Request) -> str | None:
     """The ``Idempotency-Key`` header, checked (1-255 visible ASCII)."""
     from streams.appender import check_idempotency_key
+
     key = request.headers.get("idempotency-key")
     return None if key is None else check_idempotency_key(key)

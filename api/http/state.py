@@ -53,8 +53,10 @@ class AppState:
         Only touched from the event loop, so no lock is needed.
         """
         if self.waiters[who] >= WAITERS_PER_KEY or self.waiters.total() >= WAITERS:
-            raise TooManyWaiters(f"at most {WAITERS_PER_KEY} min_version waits may be open "
-                                 "per API key; retry after 1 s")
+            raise TooManyWaiters(
+                f"at most {WAITERS_PER_KEY} min_version waits may be open "
+                "per API key; retry after 1 s"
+            )
         self.waiters[who] += 1
         try:
             yield
@@ -65,8 +67,9 @@ class AppState:
 
     async def blocking(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a blocking library call on the thread pool."""
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs),
-                                              limiter=self.limiter)
+        return await anyio.to_thread.run_sync(
+            functools.partial(fn, *args, **kwargs), limiter=self.limiter
+        )
 
 
 def app_state(conn: HTTPConnection) -> AppState:

@@ -14,14 +14,18 @@ from api.http.app import create_app
 from api.settings import Settings
 
 PARTITIONS = 4
-KEYS = {"reader-key-0123456789": "reader", "producer-key-0123456789": "producer",
-        "admin-key-0123456789abc": "admin"}
+KEYS = {
+    "reader-key-0123456789": "reader",
+    "producer-key-0123456789": "producer",
+    "admin-key-0123456789abc": "admin",
+}
 MakeClient = Callable[..., TestClient]
 
 
 @pytest.fixture
-def make_client(redis: redis_py.Redis, redis_url: str, mongo_url: str,
-                mongo_db: Database[Any]) -> Iterator[MakeClient]:
+def make_client(
+    redis: redis_py.Redis, redis_url: str, mongo_url: str, mongo_db: Database[Any]
+) -> Iterator[MakeClient]:
     """``make_client(**settings)`` -> a started TestClient (closed at teardown).
 
     Settings default to the session servers, a fresh database and the three
@@ -30,9 +34,13 @@ def make_client(redis: redis_py.Redis, redis_url: str, mongo_url: str,
     clients: list[TestClient] = []
 
     def make(**overrides: Any) -> TestClient:
-        options: dict[str, Any] = dict(redis_url=redis_url, mongo_url=mongo_url,
-                                       mongo_db=mongo_db.name, partitions=PARTITIONS,
-                                       api_keys=KEYS)
+        options: dict[str, Any] = dict(
+            redis_url=redis_url,
+            mongo_url=mongo_url,
+            mongo_db=mongo_db.name,
+            partitions=PARTITIONS,
+            api_keys=KEYS,
+        )
         options.update(overrides)
         client = TestClient(create_app(Settings(**options)), raise_server_exceptions=False)
         client.__enter__()

@@ -31,30 +31,51 @@ from .conftest import KEYS, PARTITIONS
 pytestmark = pytest.mark.browser  # Debian's chromium via Playwright
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ADMIN_KEY = next(k for k, r in KEYS.items() if r == "admin")
 WAIT_MS = 10_000  # the page polls every 2 s
 
 
 @pytest.fixture
-def base_url(redis: redis_py.Redis, redis_url: str, mongo_url: str,
-             mongo_db: Database[Any]) -> Iterator[str]:
+def base_url(
+    redis: redis_py.Redis, redis_url: str, mongo_url: str, mongo_db: Database[Any]
+) -> Iterator[str]:
     """A uvicorn server with the app (and its middleware) on a free loopback port."""
-    app = metrics.instrument(create_app(Settings(
-        redis_url=redis_url, mongo_url=mongo_url, mongo_db=mongo_db.name,
-        partitions=PARTITIONS, api_keys=KEYS)))
+    app = metrics.instrument(
+        create_app(
+            Settings(
+                redis_url=redis_url,
+                mongo_url=mongo_url,
+                mongo_db=mongo_db.name,
+                partitions=PARTITIONS,
+                api_keys=KEYS,
+            )
+        )
+    )
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", ws="none",
-                                           http="h11"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", lifespan="on", ws="none", http="h11")
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    eventually(lambda: server.started or not thread.is_alive(), timeout=15, interval=0.02,
-               message="uvicorn did not start")
+    eventually(
+        lambda: server.started or not thread.is_alive(),
+        timeout=15,
+        interval=0.02,
+        message="uvicorn did not start",
+    )
     assert server.started, "uvicorn exited before it started"
     try:
         yield f"http://127.0.0.1:{port}"
@@ -79,8 +100,11 @@ def page() -> Iterator[Page]:
 def qm(redis_url: str) -> Iterator[QueueManager]:
     registry = HandlerRegistry()
     registry.register("work", lambda data, db: True)
-    manager = QueueManager(config=StreamsConfig(redis_url=redis_url, partitions=PARTITIONS),
-                           client=redis_py.Redis.from_url(redis_url), registry=registry)
+    manager = QueueManager(
+        config=StreamsConfig(redis_url=redis_url, partitions=PARTITIONS),
+        client=redis_py.Redis.from_url(redis_url),
+        registry=registry,
+    )
     try:
         yield manager
     finally:
@@ -91,16 +115,21 @@ def wait_shown(page: Page, pairs: dict[str, str]) -> None:
     """Wait until each element (by id) shows its value (``data-value``)."""
     page.wait_for_function(
         "(pairs) => Object.entries(pairs).every(([id, v]) =>"
-        " document.getElementById(id)?.dataset.value === v)", arg=pairs, timeout=WAIT_MS)
+        " document.getElementById(id)?.dataset.value === v)",
+        arg=pairs,
+        timeout=WAIT_MS,
+    )
 
 
 def test_dashboard_renders_follows_the_queues_and_requeues(
-        base_url: str, page: Page, qm: QueueManager, mongo_db: Database[Any],
-        tmp_path: Path) -> None:
+    base_url: str, page: Page, qm: QueueManager, mongo_db: Database[Any], tmp_path: Path
+) -> None:
     # without a key the page says it needs one
     page.goto(f"{base_url}/dashboard")
-    page.wait_for_function("() => document.getElementById('status').textContent"
-                           ".includes('needs an admin API key')", timeout=WAIT_MS)
+    page.wait_for_function(
+        "() => document.getElementById('status').textContent.includes('needs an admin API key')",
+        timeout=WAIT_MS,
+    )
     # with #key= it takes the key, hides it from the address bar and goes live
     page.goto(f"{base_url}/dashboard#key={ADMIN_KEY}")
     page.wait_for_function("() => window.ledgerDashboard.polls >= 1", timeout=WAIT_MS)
@@ -120,11 +149,20 @@ def test_dashboard_renders_follows_the_queues_and_requeues(
 
     qm.worker(retry=RetryPolicy(max_attempts=1)).run_until_idle()
     project_until_idle(qm.redis, PARTITIONS, mongo_db)
-    wait_shown(page, {"backlog-default": "0", "processed-default": "5",
-                      "backlog-high_priority": "0", "dead-count": "1"})
-    page.wait_for_function("() => document.querySelector(\"#projections tr[data-projection="
-                           "'balances'] td:nth-child(3)\").textContent === '0'",
-                           timeout=WAIT_MS)
+    wait_shown(
+        page,
+        {
+            "backlog-default": "0",
+            "processed-default": "5",
+            "backlog-high_priority": "0",
+            "dead-count": "1",
+        },
+    )
+    page.wait_for_function(
+        '() => document.querySelector("#projections tr[data-projection='
+        "'balances'] td:nth-child(3)\").textContent === '0'",
+        timeout=WAIT_MS,
+    )
     # the charts drew both moments: the backlog series went 5 -> 0
     series = page.evaluate("window.ledgerDashboard.samples.map(s => s.backlog.default)")
     assert 5 in series and series[-1] == 0 and series.index(5) < len(series) - 1
@@ -132,8 +170,9 @@ def test_dashboard_renders_follows_the_queues_and_requeues(
     rates = page.evaluate("window.ledgerDashboard.samples.map(s => s.rate.default)")
     assert any(r is not None and r > 0 for r in rates)  # processing showed as a rate
 
-    [row_id] = page.eval_on_selector_all("#deadletters tr[data-id]",
-                                         "rows => rows.map(r => r.dataset.id)")
+    [row_id] = page.eval_on_selector_all(
+        "#deadletters tr[data-id]", "rows => rows.map(r => r.dataset.id)"
+    )
     [dead] = qm.dead_letters()
     assert dead.id == row_id and dead.task_id == doomed
     assert page.text_content(f"#deadletters tr[data-id='{row_id}'] td:nth-child(4)") == doomed

@@ -21,28 +21,53 @@ pytestmark = pytest.mark.slow  # the console script as real processes, a demo ru
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def ledger(*args: str, env: dict[str, str] | None = None, timeout: float = 120
-           ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "api", *args], cwd=ROOT, text=True,
-                          capture_output=True, timeout=timeout, env={**os.environ, **(env or {})})
+def ledger(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "api", *args],
+        cwd=ROOT,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_every_command_has_help() -> None:
-    for command in ("demo", "serve", "worker", "project", "scheduler", "stats", "dlq",
-                    "replay", "audit"):
+    for command in (
+        "demo",
+        "serve",
+        "worker",
+        "project",
+        "scheduler",
+        "stats",
+        "dlq",
+        "replay",
+        "audit",
+    ):
         result = ledger(command, "--help")
         assert result.returncode == RET_OK and "usage: ledger" in result.stdout
 
 
-def test_worker_burst_stats_and_dead_letters(redis: redis_py.Redis, redis_url: str,
-                                             mongo_url: str, mongo_db: Database[Any]) -> None:
-    env = {"REDIS_URL": redis_url, "MONGO_URL": mongo_url, "MONGO_DB": mongo_db.name,
-           "LEDGER_PARTITIONS": "2"}
-    qm = QueueManager(config=StreamsConfig(redis_url=redis_url, partitions=2),
-                      registry=HandlerRegistry())
+def test_worker_burst_stats_and_dead_letters(
+    redis: redis_py.Redis, redis_url: str, mongo_url: str, mongo_db: Database[Any]
+) -> None:
+    env = {
+        "REDIS_URL": redis_url,
+        "MONGO_URL": mongo_url,
+        "MONGO_DB": mongo_db.name,
+        "LEDGER_PARTITIONS": "2",
+    }
+    qm = QueueManager(
+        config=StreamsConfig(redis_url=redis_url, partitions=2), registry=HandlerRegistry()
+    )
     try:
-        qm.enqueue("default", "db", {"operation": "insert", "collection": "analytics",
-                                     "data": {"_id": "a1", "n": 1}})
+        qm.enqueue(
+            "default",
+            "db",
+            {"operation": "insert", "collection": "analytics", "data": {"_id": "a1", "n": 1}},
+        )
         missing = qm.enqueue("default", "unhandled", {"x": 1})
         result = ledger("worker", "--burst", "--max-attempts", "1", env=env)
         assert result.returncode == RET_OK, result.stderr
@@ -74,8 +99,9 @@ def test_worker_errors_have_exit_codes(redis_url: str) -> None:
 
 
 def test_demo_runs_and_proves_its_numbers() -> None:
-    result = ledger("demo", "--users", "20", "--events", "300", "--workers", "1", "--once",
-                    timeout=300)
+    result = ledger(
+        "demo", "--users", "20", "--events", "300", "--workers", "1", "--once", timeout=300
+    )
     assert result.returncode == RET_OK, result.stdout + result.stderr
     assert "demo OK" in result.stdout
     assert "/dashboard" in result.stdout and "audit: " in result.stdout

@@ -49,9 +49,21 @@ HOSTILE: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 ODD = ("abc", "-1", "nan", "1e999", "\u00e9\u00e9", "x" * 3000, "'\"\\\n:,")
 
-HELP_ARGV = [(), ("demo",), ("serve",), ("worker",), ("project",), ("scheduler",), ("stats",),
-             ("dlq",), ("dlq", "list"), ("dlq", "requeue"), ("replay",), ("audit",),
-             ("audit", "export")]
+HELP_ARGV = [
+    (),
+    ("demo",),
+    ("serve",),
+    ("worker",),
+    ("project",),
+    ("scheduler",),
+    ("stats",),
+    ("dlq",),
+    ("dlq", "list"),
+    ("dlq", "requeue"),
+    ("replay",),
+    ("audit",),
+    ("audit", "export"),
+]
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -61,8 +73,9 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def ledger(*argv: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([LEDGER, *argv], cwd=ROOT, env=env, text=True, capture_output=True,
-                          timeout=60)
+    return subprocess.run(
+        [LEDGER, *argv], cwd=ROOT, env=env, text=True, capture_output=True, timeout=60
+    )
 
 
 def env_options() -> set[str]:
@@ -76,6 +89,7 @@ def env_options() -> set[str]:
             if isinstance(action, argparse._SubParsersAction):
                 for sub in action.choices.values():
                     walk(sub)
+
     walk(cli.build_parser())
     return found
 
@@ -101,13 +115,28 @@ def test_help_works_whatever_the_environment(values: str) -> None:
 def test_every_option_names_its_variable_in_help() -> None:
     env = clean_env()
     serve = " ".join(ledger("serve", "--help", env=env).stdout.split())
-    for name in ("LEDGER_HOST", "LEDGER_PORT", "LEDGER_WORKERS", "LEDGER_RATE_PER_S",
-                 "LEDGER_RATE_BURST", "MONGO_URL", "MONGO_DB"):
+    for name in (
+        "LEDGER_HOST",
+        "LEDGER_PORT",
+        "LEDGER_WORKERS",
+        "LEDGER_RATE_PER_S",
+        "LEDGER_RATE_BURST",
+        "MONGO_URL",
+        "MONGO_DB",
+    ):
         assert f"env {name})" in serve, name
     worker = " ".join(ledger("worker", "--help", env=env).stdout.split())
-    for name in ("LEDGER_CONCURRENCY", "LEDGER_QUEUES", "LEDGER_MAX_ATTEMPTS",
-                 "LEDGER_BACKOFF_MS", "LEDGER_CLAIM_IDLE_MS", "LEDGER_IMPORT", "REDIS_URL",
-                 "LEDGER_PARTITIONS", "LEDGER_LOG_LEVEL"):
+    for name in (
+        "LEDGER_CONCURRENCY",
+        "LEDGER_QUEUES",
+        "LEDGER_MAX_ATTEMPTS",
+        "LEDGER_BACKOFF_MS",
+        "LEDGER_CLAIM_IDLE_MS",
+        "LEDGER_IMPORT",
+        "REDIS_URL",
+        "LEDGER_PARTITIONS",
+        "LEDGER_LOG_LEVEL",
+    ):
         assert f"env {name})" in worker, name
     project = " ".join(ledger("project", "--help", env=env).stdout.split())
     for name in ("LEDGER_BATCH", "LEDGER_ONLY", "LEDGER_TRIM_AFTER_MS", "LEDGER_CLAIM_IDLE_MS"):
@@ -129,22 +158,37 @@ def test_a_bad_value_is_one_line_naming_the_variable(name: str) -> None:
 
 @pytest.mark.slow  # a console-script subprocess
 def test_unknown_queue_names_from_the_environment_name_the_variable(
-        redis: redis_py.Redis, redis_url: str) -> None:
-    result = ledger("worker", "--burst", env=clean_env(REDIS_URL=redis_url,
-                                                       LEDGER_QUEUES="default,nope"))
+    redis: redis_py.Redis, redis_url: str
+) -> None:
+    result = ledger(
+        "worker", "--burst", env=clean_env(REDIS_URL=redis_url, LEDGER_QUEUES="default,nope")
+    )
     assert result.returncode == cli.RET_USAGE
-    assert result.stderr.strip() == ("ledger worker: error: LEDGER_QUEUES: unknown queue(s): "
-                                     "nope (known: default, high_priority, low_priority)")
+    assert result.stderr.strip() == (
+        "ledger worker: error: LEDGER_QUEUES: unknown queue(s): "
+        "nope (known: default, high_priority, low_priority)"
+    )
 
 
-NUMERIC = ("LEDGER_PARTITIONS", "LEDGER_RATE_PER_S", "LEDGER_RATE_BURST", "LEDGER_PORT",
-           "LEDGER_WORKERS", "LEDGER_CONCURRENCY", "LEDGER_MAX_ATTEMPTS", "LEDGER_BACKOFF_MS",
-           "LEDGER_CLAIM_IDLE_MS", "LEDGER_BATCH", "LEDGER_TRIM_AFTER_MS")
+NUMERIC = (
+    "LEDGER_PARTITIONS",
+    "LEDGER_RATE_PER_S",
+    "LEDGER_RATE_BURST",
+    "LEDGER_PORT",
+    "LEDGER_WORKERS",
+    "LEDGER_CONCURRENCY",
+    "LEDGER_MAX_ATTEMPTS",
+    "LEDGER_BACKOFF_MS",
+    "LEDGER_CLAIM_IDLE_MS",
+    "LEDGER_BATCH",
+    "LEDGER_TRIM_AFTER_MS",
+)
 
 
 @pytest.mark.parametrize("value", ODD)
-def test_odd_values_in_process(value: str, monkeypatch: pytest.MonkeyPatch,
-                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_odd_values_in_process(
+    value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Every variable, many odd values, fast in this process: nothing raises; a refusal is
     exit 2 and one line naming the variable; numeric variables refuse them all."""
     for name, (_, argv) in HOSTILE.items():
@@ -166,43 +210,96 @@ def parsed(*argv: str, env: dict[str, str]) -> argparse.Namespace:
 
 
 def test_a_flag_overrides_its_variable_even_a_bad_one() -> None:
-    env = {"LEDGER_BATCH": "abc", "LEDGER_CLAIM_IDLE_MS": "-5", "LEDGER_ONLY": ",",
-           "LEDGER_PARTITIONS": "zero", "REDIS_URL": "nope", "LEDGER_TRIM_AFTER_MS": "x"}
-    args = parsed("project", "--batch", "7", "--claim-idle-ms", "900", "--only", "balances",
-                  "--partitions", "2", "--redis-url", "redis://h:1/0", "--trim-after-ms", "0",
-                  env=env)
-    assert (args.batch, args.claim_idle_ms, args.only, args.partitions, args.redis_url,
-            args.trim_after_ms) == (7, 900, ("balances",), 2, "redis://h:1/0", 0)
+    env = {
+        "LEDGER_BATCH": "abc",
+        "LEDGER_CLAIM_IDLE_MS": "-5",
+        "LEDGER_ONLY": ",",
+        "LEDGER_PARTITIONS": "zero",
+        "REDIS_URL": "nope",
+        "LEDGER_TRIM_AFTER_MS": "x",
+    }
+    args = parsed(
+        "project",
+        "--batch",
+        "7",
+        "--claim-idle-ms",
+        "900",
+        "--only",
+        "balances",
+        "--partitions",
+        "2",
+        "--redis-url",
+        "redis://h:1/0",
+        "--trim-after-ms",
+        "0",
+        env=env,
+    )
+    assert (
+        args.batch,
+        args.claim_idle_ms,
+        args.only,
+        args.partitions,
+        args.redis_url,
+        args.trim_after_ms,
+    ) == (7, 900, ("balances",), 2, "redis://h:1/0", 0)
     assert args.env_sources == {}
     with pytest.raises(EnvError, match="LEDGER_BATCH: 'abc' is not a whole number"):
         parsed("project", env=env)
 
 
 def test_variables_fill_what_the_flags_leave() -> None:
-    env = {"LEDGER_CONCURRENCY": "3", "LEDGER_QUEUES": "default, low_priority",
-           "LEDGER_MAX_ATTEMPTS": "9", "LEDGER_BACKOFF_MS": "250",
-           "LEDGER_IMPORT": "json,api.dev.demo_handlers", "LEDGER_CLAIM_IDLE_MS": " ",
-           "LEDGER_LOG_LEVEL": "warning"}
+    env = {
+        "LEDGER_CONCURRENCY": "3",
+        "LEDGER_QUEUES": "default, low_priority",
+        "LEDGER_MAX_ATTEMPTS": "9",
+        "LEDGER_BACKOFF_MS": "250",
+        "LEDGER_IMPORT": "json,api.dev.demo_handlers",
+        "LEDGER_CLAIM_IDLE_MS": " ",
+        "LEDGER_LOG_LEVEL": "warning",
+    }
     args = parsed("worker", "--max-attempts", "2", env=env)
-    assert (args.concurrency, args.queues, args.max_attempts, args.backoff_ms, args.imports,
-            args.claim_idle_ms, args.log_level) == (
-        3, ("default", "low_priority"), 2, 250, ("json", "api.dev.demo_handlers"), 60_000,
-        "WARNING")  # a blank variable is unset
+    assert (
+        args.concurrency,
+        args.queues,
+        args.max_attempts,
+        args.backoff_ms,
+        args.imports,
+        args.claim_idle_ms,
+        args.log_level,
+    ) == (
+        3,
+        ("default", "low_priority"),
+        2,
+        250,
+        ("json", "api.dev.demo_handlers"),
+        60_000,
+        "WARNING",
+    )  # a blank variable is unset
     assert args.env_sources["queues"] == "LEDGER_QUEUES"
-    assert parsed("worker", "--import", "a", "--import", "b,c", env=env).imports == \
-        ("a", "b", "c")
-    serve = parsed("serve", "--rate-per-s", "5", env={"LEDGER_RATE_PER_S": "abc",
-                                                      "LEDGER_RATE_BURST": "9",
-                                                      "LEDGER_PORT": "8123"})
+    assert parsed("worker", "--import", "a", "--import", "b,c", env=env).imports == ("a", "b", "c")
+    serve = parsed(
+        "serve",
+        "--rate-per-s",
+        "5",
+        env={"LEDGER_RATE_PER_S": "abc", "LEDGER_RATE_BURST": "9", "LEDGER_PORT": "8123"},
+    )
     assert (serve.rate_per_s, serve.rate_burst, serve.port) == (5.0, 9, 8123)
 
 
 def test_settings_from_env_names_the_variable_and_hides_keys() -> None:
-    assert Settings.from_env({"REDIS_URL": "redis://h:1/0", "LEDGER_RATE_PER_S": "0.5",
-                              "LEDGER_API_KEYS": f"{SECRET}:reader"}).api_keys == \
-        {SECRET: "reader"}
-    for name, value in (("LEDGER_RATE_PER_S", "inf"), ("LEDGER_PARTITIONS", "2000"),
-                        ("LEDGER_API_KEYS", f"{SECRET}:god"), ("MONGO_URL", "http://x")):
+    assert Settings.from_env(
+        {
+            "REDIS_URL": "redis://h:1/0",
+            "LEDGER_RATE_PER_S": "0.5",
+            "LEDGER_API_KEYS": f"{SECRET}:reader",
+        }
+    ).api_keys == {SECRET: "reader"}
+    for name, value in (
+        ("LEDGER_RATE_PER_S", "inf"),
+        ("LEDGER_PARTITIONS", "2000"),
+        ("LEDGER_API_KEYS", f"{SECRET}:god"),
+        ("MONGO_URL", "http://x"),
+    ):
         with pytest.raises(EnvError) as refused:
             Settings.from_env({name: value})
         assert str(refused.value).startswith(f"{name}: ") and SECRET not in str(refused.value)

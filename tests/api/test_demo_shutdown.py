@@ -29,24 +29,44 @@ EXPECTED_CHILDREN = 6
 
 
 def _start_demo(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("REDIS_URL", "MONGO_URL", "MONGO_DB", "LEDGER_PARTITIONS")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("REDIS_URL", "MONGO_URL", "MONGO_DB", "LEDGER_PARTITIONS")
+    }
     env["TMPDIR"] = str(tmp_path / "tmp")  # where the demo makes its data directory
     (tmp_path / "tmp").mkdir()
     output = tmp_path / "demo.out"
     with open(output, "wb") as out:
         demo = subprocess.Popen(
-            [sys.executable, "-m", "api", "demo", "--users", "10", "--events", "60",
-             "--workers", "1"],
-            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "api",
+                "demo",
+                "--users",
+                "10",
+                "--events",
+                "60",
+                "--workers",
+                "1",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     return demo, output
 
 
 def _wait_live(demo: subprocess.Popen[bytes], output: Path, timeout: float = 120) -> None:
     def failure() -> str:
-        return (f"the demo did not reach live traffic (exit {demo.poll()}):\n"
-                f"{output.read_text(errors='replace')}")
+        return (
+            f"the demo did not reach live traffic (exit {demo.poll()}):\n"
+            f"{output.read_text(errors='replace')}"
+        )
 
     def live() -> bool:
         if LIVE in output.read_text(errors="replace"):
@@ -58,8 +78,9 @@ def _wait_live(demo: subprocess.Popen[bytes], output: Path, timeout: float = 120
     eventually(live, timeout=timeout, interval=0.1, message=failure)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL],
-                         ids=lambda s: signal.Signals(s).name)
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL], ids=lambda s: signal.Signals(s).name
+)
 def test_a_stopped_demo_leaves_nothing_running(tmp_path: Path, signum: int) -> None:
     demo, output = _start_demo(tmp_path)
     started: list[Proc] = []
@@ -73,8 +94,10 @@ def test_a_stopped_demo_leaves_nothing_running(tmp_path: Path, signum: int) -> N
         # An orderly stop waits for each process; a SIGKILLed demo's children die
         # by their parent-death signal at once.
         left = wait_gone(started, 5 if signum == signal.SIGKILL else 30)
-        assert left == [], f"still running after {signal.Signals(signum).name}: " \
-                           f"{describe(left)}\n{output.read_text(errors='replace')}"
+        assert left == [], (
+            f"still running after {signal.Signals(signum).name}: "
+            f"{describe(left)}\n{output.read_text(errors='replace')}"
+        )
         if signum != signal.SIGKILL:
             text = output.read_text(errors="replace")
             assert code == 0, text

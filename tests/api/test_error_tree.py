@@ -15,8 +15,13 @@ from ledger.errors import Error, InsufficientCredits, LedgerError, VersionGap
 from projections.store import DuplicateDocument, StoreUnavailable
 from streams.errors import ConfigError, DecodeError, Retry, Unavailable, UnknownDeadLetter
 
-MODULES = ("ledger.errors", "ledger.tasks", "streams.errors", "projections.store",
-           "api.http.errors")
+MODULES = (
+    "ledger.errors",
+    "ledger.tasks",
+    "streams.errors",
+    "projections.store",
+    "api.http.errors",
+)
 
 
 def project_errors() -> list[type[BaseException]]:
@@ -44,16 +49,19 @@ def test_domain_refusals_stay_apart_from_outages() -> None:
         assert issubclass(outage, Error) and not issubclass(outage, LedgerError)
 
 
-@pytest.mark.parametrize(("exc", "expected"), [
-    (InsufficientCredits("u", 1, 2), (409, "insufficient_credits")),
-    (DuplicateDocument("users", "u"), (409, "duplicate_document")),
-    (VersionGap("u", 1, 3), (500, "version_gap")),
-    (Unavailable("redis is down"), (503, "unavailable")),
-    (StoreUnavailable("mongo is down"), (503, "unavailable")),
-    (ConfigError("two partition counts"), (503, "misconfigured")),
-    (UnknownDeadLetter("no dead letter 'p0:1-0'"), (404, "unknown_dead_letter")),
-    (DecodeError("bad entry", {}), (500, "internal_error")),
-])
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (InsufficientCredits("u", 1, 2), (409, "insufficient_credits")),
+        (DuplicateDocument("users", "u"), (409, "duplicate_document")),
+        (VersionGap("u", 1, 3), (500, "version_gap")),
+        (Unavailable("redis is down"), (503, "unavailable")),
+        (StoreUnavailable("mongo is down"), (503, "unavailable")),
+        (ConfigError("two partition counts"), (503, "misconfigured")),
+        (UnknownDeadLetter("no dead letter 'p0:1-0'"), (404, "unknown_dead_letter")),
+        (DecodeError("bad entry", {}), (500, "internal_error")),
+    ],
+)
 def test_the_table_maps_each_class(exc: Error, expected: tuple[int, str]) -> None:
     assert status_and_code(exc) == expected
 

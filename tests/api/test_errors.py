@@ -33,12 +33,17 @@ def post_raw(client: Any, content: bytes | Iterator[bytes], headers: dict[str, s
     return client.post("/api/users", content=content, headers={**PRODUCER, **headers})
 
 
-def test_415_unless_the_body_is_declared_json(make_client: MakeClient,
-                                              redis: redis_py.Redis) -> None:
+def test_415_unless_the_body_is_declared_json(
+    make_client: MakeClient, redis: redis_py.Redis
+) -> None:
     client = make_client()
     body = json.dumps({"user_id": "u", "email": "u@x"}).encode()
-    for headers in ({}, {"Content-Type": "text/plain"}, {"Content-Type": "application/jsonx"},
-                    {"Content-Type": "application/json; charset=latin-1"}):
+    for headers in (
+        {},
+        {"Content-Type": "text/plain"},
+        {"Content-Type": "application/jsonx"},
+        {"Content-Type": "application/json; charset=latin-1"},
+    ):
         error_of(post_raw(client, body, headers), 415, "unsupported_media_type")
     ok = post_raw(client, body, {"Content-Type": "application/json; charset=UTF-8"})
     assert ok.status_code == 201
@@ -58,13 +63,31 @@ def test_413_by_declared_or_streamed_size(make_client: MakeClient) -> None:
     error_of(lying, 413, "payload_too_large")
 
 
-@pytest.mark.parametrize("raw", [
-    b"{not json", b"", b"   ", b'{"user_id": NaN}', b'{"a": Infinity}',
-    b'{"user_id": "u", "user_id": "v", "email": "a@b"}', b"\xff\xfe{}",
-    b"[" * (MAX_JSON_DEPTH + 1) + b"]" * (MAX_JSON_DEPTH + 1),
-    b'{"amount": ' + b"9" * 5000 + b"}",
-], ids=["broken", "empty", "blank", "nan", "infinity", "duplicate-key", "not-utf8", "deep",
-        "huge-number"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{not json",
+        b"",
+        b"   ",
+        b'{"user_id": NaN}',
+        b'{"a": Infinity}',
+        b'{"user_id": "u", "user_id": "v", "email": "a@b"}',
+        b"\xff\xfe{}",
+        b"[" * (MAX_JSON_DEPTH + 1) + b"]" * (MAX_JSON_DEPTH + 1),
+        b'{"amount": ' + b"9" * 5000 + b"}",
+    ],
+    ids=[
+        "broken",
+        "empty",
+        "blank",
+        "nan",
+        "infinity",
+        "duplicate-key",
+        "not-utf8",
+        "deep",
+        "huge-number",
+    ],
+)
 def test_400_for_malformed_json(make_client: MakeClient, raw: bytes) -> None:
     error_of(post_raw(make_client(), raw, JSON), 400, "malformed_json")
 
@@ -76,33 +99,52 @@ def test_deep_but_allowed_nesting_reaches_validation(make_client: MakeClient) ->
     assert body["field"] == "email"
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    ([1, 2], None), ("text", None), (None, None), (5, None),
-    ({"user_id": "u", "email": "a@b", "admin": True}, "admin"),
-    ({"user_id": "u"}, "email"), ({"user_id": 5, "email": "a@b"}, "user_id"),
-    ({"user_id": "u\u0000", "email": "a@b"}, "user_id"),
-    ({"user_id": "u", "email": "no-at-sign"}, "email"),
-])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ([1, 2], None),
+        ("text", None),
+        (None, None),
+        (5, None),
+        ({"user_id": "u", "email": "a@b", "admin": True}, "admin"),
+        ({"user_id": "u"}, "email"),
+        ({"user_id": 5, "email": "a@b"}, "user_id"),
+        ({"user_id": "u\u0000", "email": "a@b"}, "user_id"),
+        ({"user_id": "u", "email": "no-at-sign"}, "email"),
+    ],
+)
 def test_422_names_the_field(make_client: MakeClient, body: object, field: str | None) -> None:
     r = post_raw(make_client(), json.dumps(body).encode(), JSON)
     assert error_of(r, 422).get("field") == field
 
 
-@pytest.mark.parametrize(("amount", "status"), [
-    (10.0, 422), (True, 422), ("10", 422), (0, 422), (-5, 422), (2**53, 422), (None, 422),
-    (10, 201),
-])
-def test_money_is_json_integers_only(make_client: MakeClient, amount: object,
-                                     status: int) -> None:
+@pytest.mark.parametrize(
+    ("amount", "status"),
+    [
+        (10.0, 422),
+        (True, 422),
+        ("10", 422),
+        (0, 422),
+        (-5, 422),
+        (2**53, 422),
+        (None, 422),
+        (10, 201),
+    ],
+)
+def test_money_is_json_integers_only(make_client: MakeClient, amount: object, status: int) -> None:
     client = make_client()
     client.post("/api/users", json={"user_id": "m", "email": "m@x"}, headers=PRODUCER)
-    r = client.post("/api/accounts/m/purchases",
-                    json={"amount": amount, "transaction_id": "t"}, headers=PRODUCER)
+    r = client.post(
+        "/api/accounts/m/purchases",
+        json={"amount": amount, "transaction_id": "t"},
+        headers=PRODUCER,
+    )
     assert r.status_code == status, r.text
     if status == 422:
         assert r.json()["field"] == "amount"
-    raw = client.post("/api/accounts/m/usage", content=b'{"amount": 1.0}', headers={
-        **PRODUCER, **JSON})
+    raw = client.post(
+        "/api/accounts/m/usage", content=b'{"amount": 1.0}', headers={**PRODUCER, **JSON}
+    )
     assert error_of(raw, 422)["field"] == "amount"
 
 
@@ -114,8 +156,7 @@ def test_404_and_405_are_json(make_client: MakeClient) -> None:
 
 def test_429_with_retry_after(make_client: MakeClient) -> None:
     client = make_client(rate_per_s=0.5, rate_burst=2)
-    statuses = [client.get("/api/queue/status/x", headers=READER).status_code
-                for _ in range(3)]
+    statuses = [client.get("/api/queue/status/x", headers=READER).status_code for _ in range(3)]
     assert statuses == [404, 404, 429]
     limited = client.get("/api/queue/status/x", headers=READER)
     error_of(limited, 429, "rate_limited")
@@ -126,8 +167,9 @@ def test_429_with_retry_after(make_client: MakeClient) -> None:
         assert client.get("/health").status_code == 200
 
 
-def test_buckets_live_in_redis_and_cover_every_api_route(make_client: MakeClient,
-                                                        redis: redis_py.Redis) -> None:
+def test_buckets_live_in_redis_and_cover_every_api_route(
+    make_client: MakeClient, redis: redis_py.Redis
+) -> None:
     one, two = (make_client(rate_per_s=0.01, rate_burst=3) for _ in range(2))
     assert one.get("/api/queue/status/x", headers=READER).status_code == 404
     assert two.get("/api/accounts/u/balance", headers=READER).status_code == 404
@@ -138,14 +180,17 @@ def test_buckets_live_in_redis_and_cover_every_api_route(make_client: MakeClient
 
 def test_429_changes_nothing(make_client: MakeClient, redis: redis_py.Redis) -> None:
     client = make_client(rate_per_s=0.01, rate_burst=1)
-    assert client.post("/api/users", json={"user_id": "r1", "email": "a@b"},
-                       headers=PRODUCER).status_code == 201
+    assert (
+        client.post(
+            "/api/users", json={"user_id": "r1", "email": "a@b"}, headers=PRODUCER
+        ).status_code
+        == 201
+    )
     r = client.post("/api/users", json={"user_id": "r2", "email": "a@b"}, headers=PRODUCER)
     error_of(r, 429)
     assert int(r.headers["Retry-After"]) >= 90  # 1 token at 0.01/s: 100 s
     unlimited = make_client(rate_per_s=0)
-    dup = unlimited.post("/api/users", json={"user_id": "r2", "email": "a@b"},
-                         headers=PRODUCER)
+    dup = unlimited.post("/api/users", json={"user_id": "r2", "email": "a@b"}, headers=PRODUCER)
     assert dup.status_code == 201  # r2 was never registered by the refused request
 
 

@@ -29,19 +29,25 @@ from .test_openapi import OWN, inline
 
 DOC = document(routes())
 USERS = ("fz-a", "fz-b", "fz-c")
-FUZZED = [(path, method, op) for path, ops in DOC["paths"].items() if path in OWN
-          for method, op in ops.items()]
+FUZZED = [
+    (path, method, op)
+    for path, ops in DOC["paths"].items()
+    if path in OWN
+    for method, op in ops.items()
+]
 MAX_FUZZ_WAIT_MS = 100
 """``wait_ms`` is documented up to 5000; the fuzz keeps waits short to stay fast."""
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
-    | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                max_size=4),
-    max_leaves=12)
-HOSTILE_TEXT = st.sampled_from(["", " ", "$where", "a/b", "%00", "\u0000", "x" * 300,
-                                "é", "../etc", "a?b=c", "-1", "1e3"]) | st.text(max_size=30)
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+HOSTILE_TEXT = st.sampled_from(
+    ["", " ", "$where", "a/b", "%00", "\u0000", "x" * 300, "é", "../etc", "a?b=c", "-1", "1e3"]
+) | st.text(max_size=30)
 
 
 def from_schema(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
@@ -63,8 +69,10 @@ def from_schema(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
         ints = st.integers(schema.get("minimum"), schema.get("maximum"))
         if "not" in schema:
             ints = ints.filter(lambda n: n != schema["not"]["const"])
-        return ints | st.sampled_from([v for v in (schema.get("minimum"), schema.get("maximum"))
-                                       if v is not None and v != 0] or [1])
+        return ints | st.sampled_from(
+            [v for v in (schema.get("minimum"), schema.get("maximum")) if v is not None and v != 0]
+            or [1]
+        )
     if kind == "number":
         return st.floats(schema.get("minimum"), schema.get("maximum"), allow_nan=False)
     if kind == "string":
@@ -72,17 +80,22 @@ def from_schema(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
             text = st.from_regex(schema["pattern"], fullmatch=True)
         else:
             text = st.text()
-        return text.filter(lambda t: schema.get("minLength", 0) <= len(t)
-                           <= schema.get("maxLength", 10**9))
+        return text.filter(
+            lambda t: schema.get("minLength", 0) <= len(t) <= schema.get("maxLength", 10**9)
+        )
     if kind == "array":
-        return st.lists(from_schema(schema.get("items", {})), min_size=schema.get("minItems", 0),
-                        max_size=min(schema.get("maxItems", 5), 5))
+        return st.lists(
+            from_schema(schema.get("items", {})),
+            min_size=schema.get("minItems", 0),
+            max_size=min(schema.get("maxItems", 5), 5),
+        )
     if kind == "object":
         props = schema.get("properties", {})
         required = set(schema.get("required", []))
         return st.fixed_dictionaries(
             {k: from_schema(v) for k, v in props.items() if k in required},
-            optional={k: from_schema(v) for k, v in props.items() if k not in required})
+            optional={k: from_schema(v) for k, v in props.items() if k not in required},
+        )
     return JSON_VALUES
 
 
@@ -162,8 +175,10 @@ def requests(draw: Any) -> tuple[str, str, str, dict[str, Any], dict[str, str], 
         if shape == "mutated":
             body = _mutate(body, draw)
         if shape == "raw":
-            content = draw(st.binary(max_size=60) | st.sampled_from(
-                [b"{", b'{"a":NaN}', b"[" * 40 + b"]" * 40, b'{"a":1,"a":2}']))
+            content = draw(
+                st.binary(max_size=60)
+                | st.sampled_from([b"{", b'{"a":NaN}', b"[" * 40 + b"]" * 40, b'{"a":1,"a":2}'])
+            )
         else:
             content = json.dumps(body).encode()
         headers["Content-Type"] = "text/plain" if shape == "wrong-type" else "application/json"
@@ -174,23 +189,32 @@ def requests(draw: Any) -> tuple[str, str, str, dict[str, Any], dict[str, str], 
 def accounts(redis: redis_py.Redis, users: set[str]) -> dict[str, Any]:
     """Every account's state, and the length of every priority stream (events and tasks)."""
     state: dict[str, Any] = {
-        u: redis.hgetall(keys.account(keys.partition_of(u, PARTITIONS), u)) for u in users}
-    state["streams"] = [redis.xlen(keys.stream(p, level)) for p in range(PARTITIONS)
-                        for level in keys.LEVELS_DESC]
+        u: redis.hgetall(keys.account(keys.partition_of(u, PARTITIONS), u)) for u in users
+    }
+    state["streams"] = [
+        redis.xlen(keys.stream(p, level)) for p in range(PARTITIONS) for level in keys.LEVELS_DESC
+    ]
     return state
 
 
 @pytest.mark.slow  # 250 generated requests
-@settings(max_examples=250, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                 HealthCheck.data_too_large])
+@settings(
+    max_examples=250,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+    ],
+)
 @given(data=st.data())
-def test_generated_requests(make_client: MakeClient, redis: redis_py.Redis,
-                            mongo_db: Database[Any], data: st.DataObject) -> None:
+def test_generated_requests(
+    make_client: MakeClient, redis: redis_py.Redis, mongo_db: Database[Any], data: st.DataObject
+) -> None:
     client = _client(make_client, redis, mongo_db)
     template, method, url, params, headers, content = data.draw(requests())
-    known = set(USERS) | {text(k).split(":acct:", 1)[1]
-                            for k in redis.keys("*:acct:*")}
+    known = set(USERS) | {text(k).split(":acct:", 1)[1] for k in redis.keys("*:acct:*")}
     before = accounts(redis, known)
     r = client.request(method, url, params=params, headers=headers, content=content)
     assert r.status_code < 500, (method, url, r.status_code, r.text)
@@ -218,13 +242,14 @@ def _client(make_client: MakeClient, redis: redis_py.Redis, mongo_db: Database[A
         client = make_client(rate_per_s=0)
         admin = {"Authorization": f"Bearer {next(k for k, r in KEYS.items() if r == 'admin')}"}
         for i, user in enumerate(USERS):
-            client.post("/api/users", json={"user_id": user, "email": f"{user}@x.io"},
-                        headers=admin)
-            client.post(f"/api/accounts/{user}/purchases",
-                        json={"amount": 100, "transaction_id": f"seed-{i}"}, headers=admin)
+            client.post(
+                "/api/users", json={"user_id": user, "email": f"{user}@x.io"}, headers=admin
+            )
+            client.post(
+                f"/api/accounts/{user}/purchases",
+                json={"amount": 100, "transaction_id": f"seed-{i}"},
+                headers=admin,
+            )
         project_until_idle(redis, PARTITIONS, mongo_db)
         _CLIENTS[key] = client
     return _CLIENTS[key]
-
-
-

@@ -20,14 +20,19 @@ READER = auth("reader")
 
 
 def register(client: TestClient, user: str, **headers: str) -> Any:
-    return client.post("/api/users", json={"user_id": user, "email": f"{user}@example.com"},
-                       headers={**PRODUCER, **headers})
+    return client.post(
+        "/api/users",
+        json={"user_id": user, "email": f"{user}@example.com"},
+        headers={**PRODUCER, **headers},
+    )
 
 
 def buy(client: TestClient, user: str, amount: int, txn: str) -> Any:
-    return client.post(f"/api/accounts/{user}/purchases",
-                       json={"amount": amount, "currency": "USD", "transaction_id": txn},
-                       headers=PRODUCER)
+    return client.post(
+        f"/api/accounts/{user}/purchases",
+        json={"amount": amount, "currency": "USD", "transaction_id": txn},
+        headers=PRODUCER,
+    )
 
 
 def project(redis: redis_py.Redis, db: Database[Any]) -> None:
@@ -38,23 +43,24 @@ def test_register_purchase_use_adjust(make_client: MakeClient) -> None:
     client = make_client()
     created = register(client, "alice")
     assert created.status_code == 201
-    assert created.json() == {"event_id": "alice:1", "user_id": "alice", "version": 1,
-                              "balance": 0}
+    assert created.json() == {"event_id": "alice:1", "user_id": "alice", "version": 1, "balance": 0}
     assert register(client, "alice").json()["error"] == "duplicate_user"
     bought = buy(client, "alice", 500, "pay-1")
-    assert (bought.status_code, bought.json()["balance"], bought.json()["version"]) == \
-        (201, 500, 2)
-    used = client.post("/api/accounts/alice/usage", json={"amount": 120, "reason": "report"},
-                       headers=PRODUCER)
+    assert (bought.status_code, bought.json()["balance"], bought.json()["version"]) == (201, 500, 2)
+    used = client.post(
+        "/api/accounts/alice/usage", json={"amount": 120, "reason": "report"}, headers=PRODUCER
+    )
     assert (used.status_code, used.json()["balance"]) == (201, 380)
     over = client.post("/api/accounts/alice/usage", json={"amount": 381}, headers=PRODUCER)
     assert over.status_code == 409
     assert over.json()["error"] == "insufficient_credits" and over.json()["balance"] == 380
-    adjusted = client.post("/api/accounts/alice/adjustments",
-                           json={"delta": -80, "reason": "fee"}, headers=ADMIN)
+    adjusted = client.post(
+        "/api/accounts/alice/adjustments", json={"delta": -80, "reason": "fee"}, headers=ADMIN
+    )
     assert (adjusted.status_code, adjusted.json()["balance"]) == (201, 300)
-    too_far = client.post("/api/accounts/alice/adjustments",
-                          json={"delta": -301, "reason": "fee"}, headers=ADMIN)
+    too_far = client.post(
+        "/api/accounts/alice/adjustments", json={"delta": -301, "reason": "fee"}, headers=ADMIN
+    )
     assert too_far.status_code == 409 and too_far.json()["balance"] == 300
 
 
@@ -65,8 +71,9 @@ def test_unknown_account_and_path_user_rules(make_client: MakeClient) -> None:
     bad = client.post("/api/accounts/bad%20user/usage", json={"amount": 1}, headers=PRODUCER)
     assert bad.status_code == 422 and bad.json()["field"] == "user_id"
     register(client, "bob")
-    both = client.post("/api/accounts/bob/usage", json={"amount": 1, "user_id": "bob"},
-                       headers=PRODUCER)
+    both = client.post(
+        "/api/accounts/bob/usage", json={"amount": 1, "user_id": "bob"}, headers=PRODUCER
+    )
     assert both.status_code == 422 and both.json()["field"] == "user_id"
 
 
@@ -79,8 +86,11 @@ def test_idempotency_key_replays_the_first_response(make_client: MakeClient) -> 
     client.post("/api/accounts/carol/usage", json={"amount": 5}, headers=PRODUCER)
     again = client.post("/api/accounts/carol/usage", json={"amount": 30}, headers=headers)
     assert first.status_code == again.status_code == 201
-    assert again.json() == first.json() == {"event_id": "carol:3", "user_id": "carol",
-                                            "version": 3, "balance": 70}
+    assert (
+        again.json()
+        == first.json()
+        == {"event_id": "carol:3", "user_id": "carol", "version": 3, "balance": 70}
+    )
     assert again.headers["Idempotent-Replayed"] == "true"
     assert "Idempotent-Replayed" not in first.headers
     other = client.post("/api/accounts/carol/usage", json={"amount": 31}, headers=headers)
@@ -88,8 +98,11 @@ def test_idempotency_key_replays_the_first_response(make_client: MakeClient) -> 
     same_txn = buy(client, "carol", 100, "t-1")
     assert same_txn.status_code == 201 and same_txn.json()["version"] == 2
     assert same_txn.headers["Idempotent-Replayed"] == "true"
-    bad_key = client.post("/api/accounts/carol/usage", json={"amount": 1},
-                          headers={**PRODUCER, "Idempotency-Key": "has space"})
+    bad_key = client.post(
+        "/api/accounts/carol/usage",
+        json={"amount": 1},
+        headers={**PRODUCER, "Idempotency-Key": "has space"},
+    )
     assert bad_key.status_code == 422 and bad_key.json()["field"] == "Idempotency-Key"
 
 
@@ -102,8 +115,11 @@ def test_same_key_from_20_concurrent_clients_is_one_event(make_client: MakeClien
 
     def spend(c: TestClient) -> tuple[int, dict[str, Any]]:
         barrier.wait()
-        r = c.post("/api/accounts/dave/usage", json={"amount": 7},
-                   headers={**PRODUCER, "Idempotency-Key": "the-one"})
+        r = c.post(
+            "/api/accounts/dave/usage",
+            json={"amount": 7},
+            headers={**PRODUCER, "Idempotency-Key": "the-one"},
+        )
         return r.status_code, r.json()
 
     with ThreadPoolExecutor(20) as pool:
@@ -115,8 +131,9 @@ def test_same_key_from_20_concurrent_clients_is_one_event(make_client: MakeClien
     assert state.status_code == 200
 
 
-def test_50_concurrent_spends_never_overdraw(make_client: MakeClient, redis: redis_py.Redis,
-                                             mongo_db: Database[Any]) -> None:
+def test_50_concurrent_spends_never_overdraw(
+    make_client: MakeClient, redis: redis_py.Redis, mongo_db: Database[Any]
+) -> None:
     client = make_client()
     register(client, "erin")
     buy(client, "erin", 300, "t-e")
@@ -124,8 +141,9 @@ def test_50_concurrent_spends_never_overdraw(make_client: MakeClient, redis: red
 
     def spend(i: int) -> int:
         barrier.wait()
-        return client.post("/api/accounts/erin/usage", json={"amount": 10, "reason": f"#{i}"},
-                           headers=PRODUCER).status_code
+        return client.post(
+            "/api/accounts/erin/usage", json={"amount": 10, "reason": f"#{i}"}, headers=PRODUCER
+        ).status_code
 
     with ThreadPoolExecutor(50) as pool:
         statuses = list(pool.map(spend, range(50)))
@@ -163,8 +181,12 @@ def test_batch_mixes_results_per_item(make_client: MakeClient) -> None:
 
 def test_batch_bounds(make_client: MakeClient) -> None:
     client = make_client()
-    for body, field in (({"events": []}, "events"), ({"events": {}}, "events"),
-                        ({}, "events"), ({"events": [], "more": 1}, "more")):
+    for body, field in (
+        ({"events": []}, "events"),
+        ({"events": {}}, "events"),
+        ({}, "events"),
+        ({"events": [], "more": 1}, "more"),
+    ):
         r = client.post("/api/events:batch", json=body, headers=PRODUCER)
         assert r.status_code == 422 and r.json()["field"] == field, body
     many = [{"kind": "register_user", "user_id": f"u{i}", "email": "a@b"} for i in range(1001)]
@@ -174,8 +196,9 @@ def test_batch_bounds(make_client: MakeClient) -> None:
     assert ok.status_code == 200 and ok.json()["accepted"] == 1000
 
 
-def test_reads_come_from_the_projections(make_client: MakeClient, redis: redis_py.Redis,
-                                         mongo_db: Database[Any]) -> None:
+def test_reads_come_from_the_projections(
+    make_client: MakeClient, redis: redis_py.Redis, mongo_db: Database[Any]
+) -> None:
     client = make_client()
     register(client, "gus")
     buy(client, "gus", 400, "t-g")
@@ -187,8 +210,12 @@ def test_reads_come_from_the_projections(make_client: MakeClient, redis: redis_p
     bal = client.get("/api/accounts/gus/balance", headers=READER)
     assert bal.status_code == 200
     body = bal.json()
-    assert (body["balance"], body["version"], body["purchased_total"], body["used_total"]) == \
-        (300, 3, 400, 100)
+    assert (body["balance"], body["version"], body["purchased_total"], body["used_total"]) == (
+        300,
+        3,
+        400,
+        100,
+    )
     assert body["updated_at"].endswith("Z")
     score = client.get("/api/accounts/gus/credit-score", headers=READER).json()
     assert score["version"] == 3 and isinstance(score["score"], int)
@@ -207,15 +234,21 @@ def test_reads_come_from_the_projections(make_client: MakeClient, redis: redis_p
         assert r.status_code == 422, query
 
 
-def test_min_version_waits_for_the_projector(make_client: MakeClient, redis: redis_py.Redis,
-                                             mongo_db: Database[Any]) -> None:
+def test_min_version_waits_for_the_projector(
+    make_client: MakeClient, redis: redis_py.Redis, mongo_db: Database[Any]
+) -> None:
     client = make_client()
     register(client, "hal")
     project(redis, mongo_db)
     version = buy(client, "hal", 70, "t-h").json()["version"]
     answers: list[Any] = []
-    reader = threading.Thread(target=lambda: answers.append(client.get(
-        f"/api/accounts/hal/balance?min_version={version}&wait_ms=5000", headers=READER)))
+    reader = threading.Thread(
+        target=lambda: answers.append(
+            client.get(
+                f"/api/accounts/hal/balance?min_version={version}&wait_ms=5000", headers=READER
+            )
+        )
+    )
     reader.start()  # it waits: nothing projects version 2 until the line below
     project(redis, mongo_db)
     reader.join()
@@ -228,5 +261,4 @@ def test_min_version_waits_for_the_projector(make_client: MakeClient, redis: red
     late = client.get("/api/accounts/hal/balance?min_version=3&wait_ms=50", headers=READER)
     assert late.status_code == 409 and late.json()["error"] == "not_yet_projected"
     for query in ("min_version=0", "wait_ms=5001", "min_version=1.5"):
-        assert client.get(f"/api/accounts/hal/balance?{query}",
-                          headers=READER).status_code == 422
+        assert client.get(f"/api/accounts/hal/balance?{query}", headers=READER).status_code == 422

@@ -83,12 +83,21 @@ def state_of(client: TestClient) -> AppState:
 
 
 @pytest.fixture
-def instrumented(redis: redis_py.Redis, redis_url: str, mongo_url: str,
-                 mongo_db: Database[Any]) -> Iterator[TestClient]:
+def instrumented(
+    redis: redis_py.Redis, redis_url: str, mongo_url: str, mongo_db: Database[Any]
+) -> Iterator[TestClient]:
     """The app with the observability middleware (``metrics.instrument``)."""
-    app = metrics.instrument(create_app(Settings(
-        redis_url=redis_url, mongo_url=mongo_url, mongo_db=mongo_db.name,
-        partitions=PARTITIONS, api_keys=KEYS)))
+    app = metrics.instrument(
+        create_app(
+            Settings(
+                redis_url=redis_url,
+                mongo_url=mongo_url,
+                mongo_db=mongo_db.name,
+                partitions=PARTITIONS,
+                api_keys=KEYS,
+            )
+        )
+    )
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client
 
@@ -100,8 +109,15 @@ def test_queue_series_follow_enqueue_and_processing(make_client: MakeClient) -> 
     assert value(empty, "ledger_dead_letters") == 0
     qm = state_of(client).qm
     for i in range(3):
-        qm.enqueue("default", "db", {"operation": "insert", "collection": "notifications",
-                                     "data": {"_id": f"n{i}", "text": "hi"}})
+        qm.enqueue(
+            "default",
+            "db",
+            {
+                "operation": "insert",
+                "collection": "notifications",
+                "data": {"_id": f"n{i}", "text": "hi"},
+            },
+        )
     qm.enqueue("high_priority", "nobody_handles_this", {"x": 1})
     queued = scrape(client)
     assert value(queued, "ledger_queue_length", queue="default") == 3
@@ -131,8 +147,9 @@ def test_projection_series_follow_projecting(make_client: MakeClient) -> None:
     for name in ("balances", "credit_scores", "events"):
         assert value(before, "ledger_projection_lag", projection=name) == 2
         assert value(before, "ledger_projection_pending", projection=name) == 0
-        assert value(before, "ledger_projection_checkpoint_timestamp_seconds",
-                     projection=name) is None
+        assert (
+            value(before, "ledger_projection_checkpoint_timestamp_seconds", projection=name) is None
+        )
     assert state.db is not None
     project_until_idle(state.redis, PARTITIONS, state.db)
     after = scrape(client)
@@ -143,8 +160,7 @@ def test_projection_series_follow_projecting(make_client: MakeClient) -> None:
         assert stamp is not None and stamp > 1.7e9
 
 
-def test_http_requests_are_counted_and_timed_by_route_template(
-        instrumented: TestClient) -> None:
+def test_http_requests_are_counted_and_timed_by_route_template(instrumented: TestClient) -> None:
     client = instrumented
     ok = {"method": "GET", "route": "/health", "status": "200"}
     first = scrape(client)
@@ -153,26 +169,47 @@ def test_http_requests_are_counted_and_timed_by_route_template(
     assert client.post("/api/dlq/p0:1-0/requeue", headers=auth("admin")).status_code == 404
     assert client.get("/no/such/page").status_code == 404
     second = scrape(client)
-    assert (value(second, "ledger_http_requests_total", **ok) or 0) \
-        - (value(first, "ledger_http_requests_total", **ok) or 0) == 3
-    assert value(second, "ledger_http_requests_total", method="POST",
-                 route="/api/dlq/{entry_id}/requeue", status="404") is not None
-    assert value(second, "ledger_http_requests_total", method="GET", route="<unmatched>",
-                 status="404") is not None
+    assert (value(second, "ledger_http_requests_total", **ok) or 0) - (
+        value(first, "ledger_http_requests_total", **ok) or 0
+    ) == 3
+    assert (
+        value(
+            second,
+            "ledger_http_requests_total",
+            method="POST",
+            route="/api/dlq/{entry_id}/requeue",
+            status="404",
+        )
+        is not None
+    )
+    assert (
+        value(second, "ledger_http_requests_total", method="GET", route="<unmatched>", status="404")
+        is not None
+    )
     # no path with an id ever becomes a label value
     assert not any("p0:1-0" in v for _, labels in second for _, v in labels)
-    count = value(second, "ledger_http_request_duration_seconds_count", method="GET",
-                  route="/health")
-    inf = value(second, "ledger_http_request_duration_seconds_bucket", method="GET",
-                route="/health", le="+Inf")
+    count = value(
+        second, "ledger_http_request_duration_seconds_count", method="GET", route="/health"
+    )
+    inf = value(
+        second,
+        "ledger_http_request_duration_seconds_bucket",
+        method="GET",
+        route="/health",
+        le="+Inf",
+    )
     assert count is not None and count >= 3 and inf == count
-    buckets = [v for (n, labels), v in second.items()
-               if n == "ledger_http_request_duration_seconds_bucket"
-               and ("route", "/health") in labels]
+    buckets = [
+        v
+        for (n, labels), v in second.items()
+        if n == "ledger_http_request_duration_seconds_bucket" and ("route", "/health") in labels
+    ]
     assert len(buckets) == len(metrics.DURATION_BUCKETS) + 1
     # the scrapes themselves are counted too
-    assert value(second, "ledger_http_requests_total", method="GET", route="/metrics",
-                 status="200") is not None
+    assert (
+        value(second, "ledger_http_requests_total", method="GET", route="/metrics", status="200")
+        is not None
+    )
 
 
 def test_an_exception_is_counted_as_a_500() -> None:
@@ -181,13 +218,17 @@ def test_an_exception_is_counted_as_a_500() -> None:
     async def boom(request: Request) -> Response:
         raise RuntimeError("kaput")
 
-    app = Starlette(routes=[Route("/boom/{x}", boom)],
-                    middleware=[Middleware(metrics.MetricsMiddleware, registry=registry)])
+    app = Starlette(
+        routes=[Route("/boom/{x}", boom)],
+        middleware=[Middleware(metrics.MetricsMiddleware, registry=registry)],
+    )
     with TestClient(app, raise_server_exceptions=False) as client:
         assert client.get("/boom/1").status_code == 500
         assert client.get("/boom/2").status_code == 500
-    assert registry.value("ledger_http_requests_total", method="GET", route="/boom/{x}",
-                          status="500") == 2
+    assert (
+        registry.value("ledger_http_requests_total", method="GET", route="/boom/{x}", status="500")
+        == 2
+    )
 
 
 def test_refused_requests_are_counted(instrumented: TestClient) -> None:
@@ -205,8 +246,9 @@ def test_record_append_counts_by_result_and_reason(make_client: MakeClient) -> N
     after = scrape(make_client())
 
     def delta(**labels: str) -> float:
-        return (value(after, "ledger_appends_total", **labels) or 0) \
-            - (value(before, "ledger_appends_total", **labels) or 0)
+        return (value(after, "ledger_appends_total", **labels) or 0) - (
+            value(before, "ledger_appends_total", **labels) or 0
+        )
 
     assert delta(result="accepted", reason="") == 3
     assert delta(result="refused", reason="insufficient_credits") == 1

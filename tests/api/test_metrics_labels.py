@@ -39,15 +39,22 @@ def test_made_up_methods_and_paths_add_no_series(make_client: MakeClient) -> Non
         assert len(added) <= 8, sorted(added)
 
 
-def test_queue_labels_are_the_configured_queues(make_client: MakeClient,
-                                                redis: redis_py.Redis) -> None:
+def test_queue_labels_are_the_configured_queues(
+    make_client: MakeClient, redis: redis_py.Redis
+) -> None:
     client = make_client(rate_per_s=0)
     for i in range(20):
-        refused = client.post("/api/queue/enqueue", headers=auth("producer"),
-                              json={"queue_name": f"q{i}", "task_type": "t", "task_data": {}})
+        refused = client.post(
+            "/api/queue/enqueue",
+            headers=auth("producer"),
+            json={"queue_name": f"q{i}", "task_type": "t", "task_data": {}},
+        )
         assert refused.status_code == 422, refused.text
     text = client.get("/metrics", headers=auth("admin")).text
-    queues: set[Any] = {line.split('queue="', 1)[1].split('"', 1)[0]
-                        for line in text.splitlines() if 'queue="' in line}
+    queues: set[Any] = {
+        line.split('queue="', 1)[1].split('"', 1)[0]
+        for line in text.splitlines()
+        if 'queue="' in line
+    }
     assert queues == {q.name for q in DEFAULT_QUEUES}
     assert metrics.method_label("get") == "other" and metrics.status_label(999) == "other"

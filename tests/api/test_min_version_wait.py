@@ -60,21 +60,39 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def server(redis: redis_py.Redis, redis_url: str, mongo_url: str,
-           mongo_db: Database[Any]) -> Iterator[tuple[str, InFlight]]:
+def server(
+    redis: redis_py.Redis, redis_url: str, mongo_url: str, mongo_db: Database[Any]
+) -> Iterator[tuple[str, InFlight]]:
     keys = {**{k: "reader" for k in READERS}, PRODUCER: "producer"}
-    settings = Settings(redis_url=redis_url, mongo_url=mongo_url, mongo_db=mongo_db.name,
-                        partitions=PARTITIONS, api_keys=keys, rate_per_s=0)
+    settings = Settings(
+        redis_url=redis_url,
+        mongo_url=mongo_url,
+        mongo_db=mongo_db.name,
+        partitions=PARTITIONS,
+        api_keys=keys,
+        rate_per_s=0,
+    )
     app = InFlight(create_app(settings))
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                            lifespan="on", limit_concurrency=1000, backlog=1024)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        limit_concurrency=1000,
+        backlog=1024,
+    )
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, name="uvicorn-test", daemon=True)
     thread.start()
     try:
-        eventually(lambda: srv.started or not thread.is_alive(), timeout=30, interval=0.02,
-                   message="uvicorn did not start")
+        eventually(
+            lambda: srv.started or not thread.is_alive(),
+            timeout=30,
+            interval=0.02,
+            message="uvicorn did not start",
+        )
         assert srv.started, "uvicorn exited before it started"
         yield f"http://127.0.0.1:{port}", app
     finally:
@@ -87,32 +105,49 @@ def waiting(state: Any) -> bool:
     """Every wait is open: counted as a waiter, or (an app without the bound) every thread
     of the pool is taken."""
     opened = sum(getattr(state, "waiters", {}).values())
-    return bool(opened >= len(READERS) * WAITERS_PER_KEY
-                or state.limiter.borrowed_tokens >= THREADS)
+    return bool(
+        opened >= len(READERS) * WAITERS_PER_KEY or state.limiter.borrowed_tokens >= THREADS
+    )
 
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def test_waits_do_not_starve_appends_and_are_bounded_per_key(
-        server: tuple[str, InFlight]) -> None:
+def test_waits_do_not_starve_appends_and_are_bounded_per_key(server: tuple[str, InFlight]) -> None:
     base, inflight = server
     with httpx.Client(base_url=base, timeout=30) as client:
-        assert client.post("/api/users", json={"user_id": "w", "email": "w@x"},
-                           headers=bearer(PRODUCER)).status_code == 201
-        assert client.post("/api/accounts/w/purchases",
-                           json={"amount": 5, "currency": "USD", "transaction_id": "t-1"},
-                           headers=bearer(PRODUCER)).status_code == 201
+        assert (
+            client.post(
+                "/api/users", json={"user_id": "w", "email": "w@x"}, headers=bearer(PRODUCER)
+            ).status_code
+            == 201
+        )
+        assert (
+            client.post(
+                "/api/accounts/w/purchases",
+                json={"amount": 5, "currency": "USD", "transaction_id": "t-1"},
+                headers=bearer(PRODUCER),
+            ).status_code
+            == 201
+        )
     waits = len(READERS) * (WAITERS_PER_KEY + EXTRA)
     assert len(READERS) * WAITERS_PER_KEY > THREADS  # more waits than the pool has threads
 
     async def scenario() -> tuple[list[httpx.Response], float, float]:
         limits = httpx.Limits(max_connections=waits + 10, max_keepalive_connections=0)
         async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
-            tasks = [asyncio.ensure_future(client.get(
-                "/api/accounts/w/balance", params={"min_version": 2, "wait_ms": WAIT_MS},
-                headers=bearer(key))) for key in READERS for _ in range(WAITERS_PER_KEY + EXTRA)]
+            tasks = [
+                asyncio.ensure_future(
+                    client.get(
+                        "/api/accounts/w/balance",
+                        params={"min_version": 2, "wait_ms": WAIT_MS},
+                        headers=bearer(key),
+                    )
+                )
+                for key in READERS
+                for _ in range(WAITERS_PER_KEY + EXTRA)
+            ]
             state = inflight.app.state.ledger  # type: ignore[attr-defined]
             deadline = time.monotonic() + 20
             while not waiting(state):
@@ -121,8 +156,9 @@ def test_waits_do_not_starve_appends_and_are_bounded_per_key(
             append_s = health_s = 0.0
             for n in range(3):  # spread over the first half of the waits (steady state)
                 started = time.monotonic()
-                appended = await client.post("/api/accounts/w/usage", json={"amount": 1},
-                                             headers=bearer(PRODUCER))
+                appended = await client.post(
+                    "/api/accounts/w/usage", json={"amount": 1}, headers=bearer(PRODUCER)
+                )
                 append_s = max(append_s, time.monotonic() - started)
                 assert appended.status_code == 201, appended.text
                 started = time.monotonic()

@@ -94,19 +94,25 @@ def test_documented_bodies_are_accepted(make_client: MakeClient) -> None:
     doc = document(routes())
     samples = {
         "/api/users": {"user_id": "doc-1", "email": "doc@example.com"},
-        "/api/accounts/doc-1/purchases": {"amount": 10, "transaction_id": "t-1",
-                                          "currency": "EUR"},
+        "/api/accounts/doc-1/purchases": {"amount": 10, "transaction_id": "t-1", "currency": "EUR"},
         "/api/accounts/doc-1/usage": {"amount": 3, "reason": "x"},
         "/api/accounts/doc-1/adjustments": {"delta": -2, "reason": "fee"},
     }
     for path, body in samples.items():
-        template = next(p for p in doc["paths"] if re.fullmatch(
-            re.sub(r"\{[^}]+\}", "[^/]+", p), path))
-        schema = inline(doc["paths"][template]["post"]["requestBody"]["content"]
-                        ["application/json"]["schema"], doc)
+        template = next(
+            p for p in doc["paths"] if re.fullmatch(re.sub(r"\{[^}]+\}", "[^/]+", p), path)
+        )
+        schema = inline(
+            doc["paths"][template]["post"]["requestBody"]["content"]["application/json"]["schema"],
+            doc,
+        )
         Draft202012Validator(schema).validate(body)
         r = client.post(path, json=body)
         assert r.status_code == 201, (path, r.text)
-        response_schema = inline(doc["paths"][template]["post"]["responses"]["201"]["content"]
-                                 ["application/json"]["schema"], doc)
+        response_schema = inline(
+            doc["paths"][template]["post"]["responses"]["201"]["content"]["application/json"][
+                "schema"
+            ],
+            doc,
+        )
         Draft202012Validator(response_schema).validate(r.json())

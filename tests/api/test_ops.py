@@ -59,12 +59,27 @@ def test_dlq_lists_newest_dead_letters_with_their_fields(make_client: MakeClient
     letters = response.json()
     assert sorted(d["task_id"] for d in letters) == sorted(task_ids)
     first = letters[0]
-    assert set(first) == {"id", "stream", "original_id", "group", "error", "attempts", "at",
-                          "queue_name", "kind", "task_id", "task_type", "user_id"}
+    assert set(first) == {
+        "id",
+        "stream",
+        "original_id",
+        "group",
+        "error",
+        "attempts",
+        "at",
+        "queue_name",
+        "kind",
+        "task_id",
+        "task_type",
+        "user_id",
+    }
     assert first["id"].startswith("p") and first["stream"].startswith("ledger:{p")
     assert (first["group"], first["attempts"], first["queue_name"]) == ("workers", 1, "default")
-    assert (first["kind"], first["task_type"], first["user_id"]) == ("task",
-                                                                    "nobody_handles_this", None)
+    assert (first["kind"], first["task_type"], first["user_id"]) == (
+        "task",
+        "nobody_handles_this",
+        None,
+    )
     assert "no handler registered" in first["error"]
     assert first["at"].endswith("Z")
     ats = [d["at"] for d in letters]
@@ -100,21 +115,24 @@ def test_requeue_puts_the_task_back_and_removes_the_dead_letter(make_client: Mak
 
 
 @pytest.mark.parametrize("entry_id", ["p0:1-0", "p99:1-0", "nonsense", "p0:abc"])
-def test_requeue_of_an_unknown_dead_letter_is_a_json_404(make_client: MakeClient,
-                                                         entry_id: str) -> None:
+def test_requeue_of_an_unknown_dead_letter_is_a_json_404(
+    make_client: MakeClient, entry_id: str
+) -> None:
     response = make_client().post(f"/api/dlq/{entry_id}/requeue", headers=auth("admin"))
     assert response.status_code == 404
     assert response.json()["error"] == "unknown_dead_letter"
 
 
-@pytest.mark.parametrize(("method", "path"), [("GET", "/api/dlq"),
-                                              ("POST", "/api/dlq/p0:1-0/requeue")])
-def test_dead_letters_need_the_admin_role(make_client: MakeClient, method: str,
-                                          path: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "path"), [("GET", "/api/dlq"), ("POST", "/api/dlq/p0:1-0/requeue")]
+)
+def test_dead_letters_need_the_admin_role(make_client: MakeClient, method: str, path: str) -> None:
     client = make_client()
     assert client.request(method, path).status_code == 401
-    assert client.request(method, path,
-                          headers={"Authorization": "Bearer not-a-key"}).status_code == 401
+    assert (
+        client.request(method, path, headers={"Authorization": "Bearer not-a-key"}).status_code
+        == 401
+    )
     for role in ("reader", "producer"):
         response = client.request(method, path, headers=auth(role))
         assert response.status_code == 403 and response.json()["error"] == "forbidden"
@@ -124,8 +142,7 @@ def test_requeue_by_a_reader_changes_nothing(make_client: MakeClient) -> None:
     client = make_client()
     make_dead_letters(client, 1)
     [dead] = client.get("/api/dlq", headers=auth("admin")).json()
-    assert client.post(f"/api/dlq/{dead['id']}/requeue",
-                       headers=auth("reader")).status_code == 403
+    assert client.post(f"/api/dlq/{dead['id']}/requeue", headers=auth("reader")).status_code == 403
     assert client.get("/api/dlq", headers=auth("admin")).json() == [dead]
 
 
@@ -149,13 +166,18 @@ def test_projections_report_lag_until_projected(make_client: MakeClient) -> None
     assert set(before) == {"balances", "credit_scores", "events"}
     for p in before.values():
         assert (p["group"], p["pending"], p["lag"], p["lag_ms"]) == (
-            f"proj:{p['projection']}", 0, 0, 0)
+            f"proj:{p['projection']}",
+            0,
+            0,
+            0,
+        )
         assert p["oldest_unacked_at"] is None and p["checkpoint_at"] is None
     state.qm.register_user("ann", "ann@example.com")
     state.qm.purchase("ann", 50, transaction_id="t-1")
     partition = keys.partition_of("ann", 4)
-    first_id = stream_entries(state.redis, keys.stream(partition, keys.LEVEL_BY_NAME["normal"]),
-                              count=1)[0][0].decode()
+    first_id = stream_entries(
+        state.redis, keys.stream(partition, keys.LEVEL_BY_NAME["normal"]), count=1
+    )[0][0].decode()
     lagging = projections_by_name(client)
     for proj in lagging.values():
         assert (proj["pending"], proj["lag"]) == (0, 2)
@@ -175,7 +197,8 @@ def test_projections_report_lag_until_projected(make_client: MakeClient) -> None
 
 
 def test_projections_count_delivered_but_unacknowledged_entries_as_pending(
-        make_client: MakeClient) -> None:
+    make_client: MakeClient,
+) -> None:
     client = make_client()
     state = state_of(client)
     state.qm.register_user("bob", "bob@example.com")
@@ -213,5 +236,4 @@ def test_overview_has_queues_projections_and_dead_letters(make_client: MakeClien
     assert set(body["queues"]) == {"default", "high_priority", "low_priority"}
     assert body["queues"]["default"]["dead"] == 2
     assert body["dead_letters"]["count"] == 2 and len(body["dead_letters"]["newest"]) == 2
-    assert [p["projection"] for p in body["projections"]] == ["balances", "credit_scores",
-                                                              "events"]
+    assert [p["projection"] for p in body["projections"]] == ["balances", "credit_scores", "events"]

@@ -23,9 +23,11 @@ READER = auth("reader")
 @pytest.fixture
 def qm(redis: redis_py.Redis, redis_url: str, mongo_db: Database[Any]) -> Iterator[QueueManager]:
     # a registry of its own: modules imported by other tests register into the global one
-    manager = QueueManager(config=StreamsConfig(redis_url=redis_url, partitions=PARTITIONS),
-                           db=MongoDBManager(mongo_db, allowed_collections()),
-                           registry=HandlerRegistry())
+    manager = QueueManager(
+        config=StreamsConfig(redis_url=redis_url, partitions=PARTITIONS),
+        db=MongoDBManager(mongo_db, allowed_collections()),
+        registry=HandlerRegistry(),
+    )
     try:
         yield manager
     finally:
@@ -36,21 +38,38 @@ def run_worker(qm: QueueManager) -> int:
     return qm.worker().run_until_idle(timeout=30)
 
 
-def test_enqueue_status_and_worker(make_client: MakeClient, qm: QueueManager,
-                                   mongo_db: Database[Any]) -> None:
+def test_enqueue_status_and_worker(
+    make_client: MakeClient, qm: QueueManager, mongo_db: Database[Any]
+) -> None:
     client = make_client()
-    body = {"queue_name": "high_priority", "task_type": "store",
-            "task_data": {"operation": "insert", "collection": "analytics",
-                          "data": {"_id": "a1", "clicks": 3}},
-            "priority": 3, "delay": 0}
+    body = {
+        "queue_name": "high_priority",
+        "task_type": "store",
+        "task_data": {
+            "operation": "insert",
+            "collection": "analytics",
+            "data": {"_id": "a1", "clicks": 3},
+        },
+        "priority": 3,
+        "delay": 0,
+    }
     r = client.post("/api/queue/enqueue", json=body, headers=PRODUCER)
     assert r.status_code == 202
     task_id = r.json()["task_id"]
     assert r.json() == {"task_id": task_id, "queue_name": "high_priority", "status": "queued"}
     status = client.get(f"/api/queue/status/{task_id}", headers=READER).json()
     assert status["status"] == "queued" and status["attempts"] == 0
-    assert set(status) == {"task_id", "status", "attempts", "queue_name", "task_type",
-                           "enqueued_at", "started_at", "finished_at", "last_error"}
+    assert set(status) == {
+        "task_id",
+        "status",
+        "attempts",
+        "queue_name",
+        "task_type",
+        "enqueued_at",
+        "started_at",
+        "finished_at",
+        "last_error",
+    }
     assert run_worker(qm) == 1
     done = client.get(f"/api/queue/status/{task_id}", headers=READER).json()
     assert (done["status"], done["attempts"], done["task_type"]) == ("completed", 1, "store")
@@ -83,30 +102,46 @@ def test_enqueue_idempotency_key(make_client: MakeClient, redis: redis_py.Redis)
     assert first.status_code == again.status_code == 202
     assert first.json()["task_id"] == again.json()["task_id"]
     assert len(redis.keys("ledger:{p*}:task:*")) == 1  # the pattern other tests rely on
-    other = client.post("/api/queue/enqueue", json={**body, "task_data": {"n": 2}},
-                        headers=headers)
+    other = client.post("/api/queue/enqueue", json={**body, "task_data": {"n": 2}}, headers=headers)
     assert other.status_code == 409 and other.json()["error"] == "idempotency_key_reused"
 
 
-@pytest.mark.parametrize(("change", "status", "field"), [
-    ({"task_data": {"operation": "update", "collection": "users", "data": {"a": 1},
-                    "filter": {"$where": "1"}}}, 422, "task_data.filter.$where"),
-    ({"task_data": {"operation": "insert", "collection": "balances", "data": {}}},
-     422, "task_data.collection"),
-    ({"task_data": {"a": {"$gt": 1}}}, 422, "task_data.a.$gt"),
-    ({"task_data": []}, 422, "task_data"),
-    ({"queue_name": "nope"}, 422, "queue_name"),
-    ({"task_type": "bad type"}, 422, "task_type"),
-    ({"priority": 5}, 422, "priority"),
-    ({"priority": "high"}, 422, "priority"),
-    ({"priority": None}, 422, "priority"),
-    ({"delay": -1}, 422, "delay"),
-    ({"delay": True}, 422, "delay"),
-    ({"extra": 1}, 422, "extra"),
-    ({"task_data": {"blob": "x" * 70_000}}, 413, "task_data"),
-])
-def test_enqueue_refuses_bad_bodies(make_client: MakeClient, redis: redis_py.Redis,
-                                    change: dict[str, Any], status: int, field: str) -> None:
+@pytest.mark.parametrize(
+    ("change", "status", "field"),
+    [
+        (
+            {
+                "task_data": {
+                    "operation": "update",
+                    "collection": "users",
+                    "data": {"a": 1},
+                    "filter": {"$where": "1"},
+                }
+            },
+            422,
+            "task_data.filter.$where",
+        ),
+        (
+            {"task_data": {"operation": "insert", "collection": "balances", "data": {}}},
+            422,
+            "task_data.collection",
+        ),
+        ({"task_data": {"a": {"$gt": 1}}}, 422, "task_data.a.$gt"),
+        ({"task_data": []}, 422, "task_data"),
+        ({"queue_name": "nope"}, 422, "queue_name"),
+        ({"task_type": "bad type"}, 422, "task_type"),
+        ({"priority": 5}, 422, "priority"),
+        ({"priority": "high"}, 422, "priority"),
+        ({"priority": None}, 422, "priority"),
+        ({"delay": -1}, 422, "delay"),
+        ({"delay": True}, 422, "delay"),
+        ({"extra": 1}, 422, "extra"),
+        ({"task_data": {"blob": "x" * 70_000}}, 413, "task_data"),
+    ],
+)
+def test_enqueue_refuses_bad_bodies(
+    make_client: MakeClient, redis: redis_py.Redis, change: dict[str, Any], status: int, field: str
+) -> None:
     client = make_client()
     body = {"queue_name": "default", "task_type": "t", "task_data": {"n": 1}, **change}
     r = client.post("/api/queue/enqueue", json=body, headers=PRODUCER)
@@ -116,8 +151,9 @@ def test_enqueue_refuses_bad_bodies(make_client: MakeClient, redis: redis_py.Red
 
 def test_missing_fields_are_named(make_client: MakeClient) -> None:
     client = make_client()
-    r = client.post("/api/queue/enqueue", json={"queue_name": "default", "task_type": "t"},
-                    headers=PRODUCER)
+    r = client.post(
+        "/api/queue/enqueue", json={"queue_name": "default", "task_type": "t"}, headers=PRODUCER
+    )
     assert r.status_code == 422 and r.json()["field"] == "task_data"
 
 
@@ -130,16 +166,19 @@ def test_unknown_task_and_queue_are_404(make_client: MakeClient) -> None:
     assert r.status_code == 404 and r.json()["error"] == "unknown_queue"
 
 
-def test_examples_enqueue_tasks_the_db_handler_runs(make_client: MakeClient, qm: QueueManager,
-                                                    mongo_db: Database[Any]) -> None:
+def test_examples_enqueue_tasks_the_db_handler_runs(
+    make_client: MakeClient, qm: QueueManager, mongo_db: Database[Any]
+) -> None:
     client = make_client()
-    bought = client.post("/api/queue/example/credit-purchase",
-                         json={"user_id": "zed", "amount": 25}, headers=PRODUCER)
+    bought = client.post(
+        "/api/queue/example/credit-purchase",
+        json={"user_id": "zed", "amount": 25},
+        headers=PRODUCER,
+    )
     assert bought.status_code == 202 and bought.json()["queue_name"] == "high_priority"
     joined = client.post("/api/queue/example/user-registration", headers=PRODUCER)
     assert joined.status_code == 202 and joined.json()["queue_name"] == "default"
-    updated = client.post("/api/queue/example/credit-update", json={"delta": -3},
-                          headers=PRODUCER)
+    updated = client.post("/api/queue/example/credit-update", json={"delta": -3}, headers=PRODUCER)
     assert updated.status_code == 202
     assert run_worker(qm) == 3
     for r in (bought, joined, updated):
@@ -153,12 +192,17 @@ def test_examples_enqueue_tasks_the_db_handler_runs(make_client: MakeClient, qm:
 
 def test_examples_validate_their_bodies(make_client: MakeClient) -> None:
     client = make_client()
-    for body, field in (({"amount": 10.0}, "amount"), ({"amount": 0}, "amount"),
-                        ({"user_id": "a b"}, "user_id"), ({"color": "red"}, "color")):
+    for body, field in (
+        ({"amount": 10.0}, "amount"),
+        ({"amount": 0}, "amount"),
+        ({"user_id": "a b"}, "user_id"),
+        ({"color": "red"}, "color"),
+    ):
         r = client.post("/api/queue/example/credit-purchase", json=body, headers=PRODUCER)
         assert r.status_code == 422 and r.json()["field"] == field, body
     r = client.post("/api/queue/example/credit-update", json={"delta": 0}, headers=PRODUCER)
     assert r.status_code == 422 and r.json()["field"] == "delta"
-    r = client.post("/api/queue/example/user-registration", json={"email": "nope"},
-                    headers=PRODUCER)
+    r = client.post(
+        "/api/queue/example/user-registration", json={"email": "nope"}, headers=PRODUCER
+    )
     assert r.status_code == 422 and r.json()["field"] == "email"

@@ -38,8 +38,9 @@ def parse(*argv: str) -> argparse.Namespace:
     return parser.parse_args(["serve", *argv])
 
 
-def test_refuses_a_public_host_without_keys(capsys: pytest.CaptureFixture[str],
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_refuses_a_public_host_without_keys(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls: list[Any] = []
     monkeypatch.setattr("uvicorn.run", lambda *a, **kw: calls.append((a, kw)))
     settings = Settings(redis_url="redis://127.0.0.1:1/0")
@@ -48,15 +49,19 @@ def test_refuses_a_public_host_without_keys(capsys: pytest.CaptureFixture[str],
 
 
 def test_insecure_keys_or_loopback_start_uvicorn_with_the_factory(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr("uvicorn.run", lambda *a, **kw: calls.append({"target": a[0], **kw}))
     monkeypatch.setattr(os, "environ", dict(os.environ))
     bare = Settings(redis_url="redis://127.0.0.1:1/0")
     keyed = Settings(redis_url="redis://127.0.0.1:1/0", api_keys=dict(KEYS))
-    for argv, settings in ((("--host", "0.0.0.0", "--insecure"), bare),
-                           (("--host", "10.1.2.3", "--port", "9001", "--workers", "3"), keyed),
-                           (("--host", "::1"), bare), (("--host", "localhost"), bare)):
+    for argv, settings in (
+        (("--host", "0.0.0.0", "--insecure"), bare),
+        (("--host", "10.1.2.3", "--port", "9001", "--workers", "3"), keyed),
+        (("--host", "::1"), bare),
+        (("--host", "localhost"), bare),
+    ):
         assert cli_serve.run(parse(*argv), settings) == RET_OK, argv
     assert [c["host"] for c in calls] == ["0.0.0.0", "10.1.2.3", "::1", "localhost"]
     assert calls[1]["port"] == 9001 and calls[1]["workers"] == 3
@@ -91,16 +96,36 @@ sys.exit(run(parse(*sys.argv[1:]), settings_from_env()))
 
 
 @pytest.mark.slow  # ledger serve with two worker processes
-def test_serves_with_two_workers_and_stops_on_sigterm(redis: redis_py.Redis, redis_url: str,
-                                                      mongo_url: str,
-                                                      mongo_db: Database[Any]) -> None:
+def test_serves_with_two_workers_and_stops_on_sigterm(
+    redis: redis_py.Redis, redis_url: str, mongo_url: str, mongo_db: Database[Any]
+) -> None:
     port = free_port()
-    env = {**os.environ, "REDIS_URL": redis_url, "MONGO_URL": mongo_url,
-           "MONGO_DB": mongo_db.name, "LEDGER_PARTITIONS": str(PARTITIONS),
-           "LEDGER_API_KEYS": KEYS_ENV}
-    proc = subprocess.Popen([sys.executable, "-c", SERVE, "--port", str(port), "--workers", "2",
-                             "--log-level", "WARNING"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "MONGO_URL": mongo_url,
+        "MONGO_DB": mongo_db.name,
+        "LEDGER_PARTITIONS": str(PARTITIONS),
+        "LEDGER_API_KEYS": KEYS_ENV,
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            SERVE,
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+            "--log-level",
+            "WARNING",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -115,8 +140,9 @@ def test_serves_with_two_workers_and_stops_on_sigterm(redis: redis_py.Redis, red
             time.sleep(0.1)
         with httpx.Client(base_url=base, timeout=10) as client:
             assert client.get("/api/queue/stats").status_code == 401
-            created = client.post("/api/users", json={"user_id": "srv", "email": "s@x"},
-                                  headers=auth("producer"))
+            created = client.post(
+                "/api/users", json={"user_id": "srv", "email": "s@x"}, headers=auth("producer")
+            )
             assert created.status_code == 201 and created.json()["version"] == 1
             assert client.get("/openapi.json").json()["openapi"] == "3.1.0"
     finally:

@@ -27,8 +27,14 @@ ORIGINAL = frozenset({"users", "credit_purchases", "credit_usage", "credit_updat
                       "credit_calculations", "notifications", "analytics"})  # fmt: skip
 # An allow-list that wrongly names read models and a system collection: the
 # manager must refuse them anyway.
-ALLOWED = ORIGINAL | {"balances", "credit_scores", "events", "checkpoints", "task_targets",
-                     "system.js"}
+ALLOWED = ORIGINAL | {
+    "balances",
+    "credit_scores",
+    "events",
+    "checkpoints",
+    "task_targets",
+    "system.js",
+}
 SEED_USER = {"_id": "u1", "email": "a@example.com", "credits": 5}
 SEED_BALANCE = {"_id": "u1", "balance": 5, "version": 1}
 
@@ -141,14 +147,13 @@ class DBManagerContract:
         assert store.all("credit_purchases") == docs
         manager.insert_all("credit_purchases", [])
 
-    def test_insert_all_refuses_what_insert_refuses(
-        self, seeded: Manager, store: RawStore
-    ) -> None:
+    def test_insert_all_refuses_what_insert_refuses(self, seeded: Manager, store: RawStore) -> None:
         before = store.snapshot()
         cases: list[tuple[list[dict[str, Any]], str]] = [
             ([{"_id": "x", "$where": "1"}], "document"),
             ([{"_id": "a", "n": 1}, {"n": 2}], "document"),
-            ([{"_id": "x", "n": 2**70}], "document")]
+            ([{"_id": "x", "n": 2**70}], "document"),
+        ]
         for bad, field in cases:
             with pytest.raises(ValidationError) as info:
                 seeded.insert_all("analytics", bad)
@@ -234,15 +239,20 @@ class DBManagerContract:
         store.put("users", {"_id": "u2", "email": "b@example.com", "credits": 5})
 
         def handler(db: DBManager) -> list[int]:
-            return [db.update("users", {"credits": 5}, {"credits": 6}),
-                    db.update("users", {"credits": 5}, {"credits": 6})]
+            return [
+                db.update("users", {"credits": 5}, {"credits": 6}),
+                db.update("users", {"credits": 5}, {"credits": 6}),
+            ]
 
         assert handler(seeded.for_event("task-4")) == [1, 1]
         assert handler(seeded.for_event("task-4")) == [1, 1]  # redelivered: the same two
         store.put("users", {"_id": "u3", "credits": 5})
         assert handler(seeded.for_event("task-4")) == [1, 1]
         assert [(d["_id"], d["credits"]) for d in store.all("users")] == [
-            ("u1", 6), ("u2", 6), ("u3", 5)]
+            ("u1", 6),
+            ("u2", 6),
+            ("u3", 5),
+        ]
 
     def test_a_delivery_that_died_after_resolving_acts_on_the_same_document(
         self, seeded: Manager, store: RawStore
@@ -278,11 +288,16 @@ class DBManagerContract:
         ],
     )  # fmt: skip
     def test_recorded_events_cannot_be_forged_or_changed(
-        self, manager: Manager, store: RawStore, call: Callable[[Manager], object], field: str,
-        bound: bool
+        self,
+        manager: Manager,
+        store: RawStore,
+        call: Callable[[Manager], object],
+        field: str,
+        bound: bool,
     ) -> None:
-        manager.insert_all("credit_purchases", [{"_id": "alice:2", "user_id": "alice",
-                                                 "amount": 50}])
+        manager.insert_all(
+            "credit_purchases", [{"_id": "alice:2", "user_id": "alice", "amount": 50}]
+        )
         before = store.snapshot()
         with pytest.raises(ValidationError) as info:
             call(manager.for_event("task-6") if bound else manager)  # type: ignore[arg-type]
@@ -293,15 +308,17 @@ class DBManagerContract:
     def test_tasks_change_their_own_documents_beside_recorded_events(
         self, manager: Manager, store: RawStore
     ) -> None:
-        manager.insert_all("credit_purchases", [{"_id": "alice:2", "user_id": "alice",
-                                                 "amount": 50}])
+        manager.insert_all(
+            "credit_purchases", [{"_id": "alice:2", "user_id": "alice", "amount": 50}]
+        )
         task = manager.for_event("task-7")
         assert task.insert("credit_purchases", {"user_id": "alice", "amount": 50}) == "task-7"
         assert task.insert("analytics", {"_id": "bob:1"}) == "bob:1"  # not an event collection
         assert task.update("credit_purchases", {"user_id": "alice"}, {"note": "x"}) == 1
         assert task.delete("credit_purchases", {"amount": 50}) == 1
-        assert store.all("credit_purchases") == [{"_id": "alice:2", "user_id": "alice",
-                                                  "amount": 50}]
+        assert store.all("credit_purchases") == [
+            {"_id": "alice:2", "user_id": "alice", "amount": 50}
+        ]
 
     def test_the_recorder_still_records_the_real_event(
         self, manager: Manager, store: RawStore
@@ -310,8 +327,10 @@ class DBManagerContract:
             manager.for_event("task-8").insert("users", {"_id": "bob:1", "email": "forged"})
         manager.insert_all("users", [{"_id": "bob:1", "email": "bob@example.com"}])
         assert manager.for_event("bob:2").insert("users", {"email": "b2"}) == "bob:2"
-        assert store.all("users") == [{"_id": "bob:1", "email": "bob@example.com"},
-                                      {"_id": "bob:2", "email": "b2"}]
+        assert store.all("users") == [
+            {"_id": "bob:1", "email": "bob@example.com"},
+            {"_id": "bob:2", "email": "b2"},
+        ]
 
     # -- hostile input: a clear error, and nothing written -------------------------
 
@@ -368,8 +387,9 @@ class DBManagerContract:
         ["balances", "credit_scores", "events", "checkpoints", "task_targets", "system.js",
          "system.users", "secrets", "", 7],
     )  # fmt: skip
-    @pytest.mark.parametrize("operation", ["find_one", "find_many", "insert", "update", "delete",
-                                           "insert_all"])
+    @pytest.mark.parametrize(
+        "operation", ["find_one", "find_many", "insert", "update", "delete", "insert_all"]
+    )
     def test_forbidden_collections_are_refused(
         self, seeded: Manager, store: RawStore, collection: Any, operation: str
     ) -> None:
@@ -426,8 +446,13 @@ class TestMongoDBManager(DBManagerContract):
             manager.for_event("2-0").insert("users", {"email": "a@example.com"})
         assert store.all("users") == [{"_id": "1-0", "email": "a@example.com"}]
         with pytest.raises(DuplicateDocument):
-            manager.insert_all("users", [{"_id": "3-0", "email": "b@example.com"},
-                                         {"_id": "4-0", "email": "a@example.com"}])
+            manager.insert_all(
+                "users",
+                [
+                    {"_id": "3-0", "email": "b@example.com"},
+                    {"_id": "4-0", "email": "a@example.com"},
+                ],
+            )
         assert [d["_id"] for d in store.all("users")] == ["1-0", "3-0"]
 
     def test_unstorable_value_is_a_validation_error(

@@ -13,8 +13,19 @@ from tests.helpers import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 
-WORKER = ["worker", "--import", "tests.faults.handlers", "--concurrency", "2",
-          "--claim-idle-ms", "3000", "--max-attempts", "6", "--backoff-ms", "50"]
+WORKER = [
+    "worker",
+    "--import",
+    "tests.faults.handlers",
+    "--concurrency",
+    "2",
+    "--claim-idle-ms",
+    "3000",
+    "--max-attempts",
+    "6",
+    "--backoff-ms",
+    "50",
+]
 PROJECTOR = ["project", "--batch", "300", "--claim-idle-ms", "1000"]
 SCHEDULER = ["scheduler"]
 
@@ -26,7 +37,9 @@ class Cluster(Deployment):
         super().__init__(env=env, log_dir=logs, cwd=ROOT, log_level="WARNING")
         self.api_port = api_port
         self.commands: dict[str, list[str]] = {
-            "worker-0": WORKER, "worker-1": WORKER, "projector": PROJECTOR,
+            "worker-0": WORKER,
+            "worker-1": WORKER,
+            "projector": PROJECTOR,
             "scheduler": SCHEDULER,
             "api": ["serve", "--port", str(api_port), "--rate-per-s", "0"],
         }
@@ -50,8 +63,13 @@ class Cluster(Deployment):
             with urllib.request.urlopen(self.api_url + "/health", timeout=2) as r:
                 return bool(r.status == 200)
 
-        eventually(healthy, timeout=timeout, interval=0.1, ignoring=(OSError,),
-                   message=f"the API did not answer on {self.api_url}")
+        eventually(
+            healthy,
+            timeout=timeout,
+            interval=0.1,
+            ignoring=(OSError,),
+            message=f"the API did not answer on {self.api_url}",
+        )
 
 
 def read_records(paths: list[Path]) -> list[dict[str, Any]]:

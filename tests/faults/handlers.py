@@ -51,8 +51,10 @@ class CountingRecorder:
         return self.inner(data, db_manager)
 
 
-HANDLERS: dict[str, Any] = {"fault_task": fault_task,
-                            **{t: CountingRecorder(t) for t in EVENT_COLLECTIONS}}
+HANDLERS: dict[str, Any] = {
+    "fault_task": fault_task,
+    **{t: CountingRecorder(t) for t in EVENT_COLLECTIONS},
+}
 
 for _task_type, _handler in HANDLERS.items():
     default_registry.register(_task_type, _handler)

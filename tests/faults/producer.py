@@ -48,18 +48,23 @@ class Producer:
         self.out = open(spec["out"], "a", buffering=1)  # noqa: SIM115 - closed in run()
         self.qm: QueueManager | None = None
         if spec["mode"] == "client":
-            self.qm = QueueManager(config=StreamsConfig(redis_url=spec["redis_url"],
-                                                        partitions=spec["partitions"]))
+            self.qm = QueueManager(
+                config=StreamsConfig(redis_url=spec["redis_url"], partitions=spec["partitions"])
+            )
 
     def write(self, **record: Any) -> None:
         self.out.write(json.dumps(record) + "\n")
 
     # -- one attempt ----------------------------------------------------------
-    def _http(self, method: str, path: str, body: dict[str, Any], key: str
-              ) -> tuple[int, dict[str, Any]]:
+    def _http(
+        self, method: str, path: str, body: dict[str, Any], key: str
+    ) -> tuple[int, dict[str, Any]]:
         req = urllib.request.Request(
-            self.spec["api_url"] + path, data=json.dumps(body).encode(), method=method,
-            headers={"Content-Type": "application/json", "Idempotency-Key": key})
+            self.spec["api_url"] + path,
+            data=json.dumps(body).encode(),
+            method=method,
+            headers={"Content-Type": "application/json", "Idempotency-Key": key},
+        )
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
                 return resp.status, json.loads(resp.read())
@@ -86,16 +91,23 @@ class Producer:
                 task_id = self.qm.enqueue(idempotency_key=key, **args)
                 return 202, {"task_id": task_id}
             calls: dict[str, Callable[..., Appended]] = {
-                "register": self.qm.register_user, "purchase": self.qm.purchase,
-                "use": self.qm.use, "adjust": self.qm.adjust}
+                "register": self.qm.register_user,
+                "purchase": self.qm.purchase,
+                "use": self.qm.use,
+                "adjust": self.qm.adjust,
+            }
             call = calls[op]
             done = call(idempotency_key=key, **args)
         except Unavailable:
             raise Retry from None
         except LedgerError as exc:
             return 409, {"error": exc.code}
-        return 201, {"event_id": done.event_id, "version": done.version,
-                     "balance": done.balance, "user_id": done.user_id}
+        return 201, {
+            "event_id": done.event_id,
+            "version": done.version,
+            "balance": done.balance,
+            "user_id": done.user_id,
+        }
 
     def attempt(self, op: str, args: dict[str, Any], key: str) -> tuple[int, dict[str, Any]]:
         if self.qm is not None:
@@ -109,8 +121,9 @@ class Producer:
         body = {k: v for k, v in args.items() if k != "user_id"}
         return self._http("POST", f"/api/accounts/{user}/{path}", body, key)
 
-    def until_answered(self, op: str, args: dict[str, Any], key: str
-                       ) -> tuple[int, dict[str, Any]] | None:
+    def until_answered(
+        self, op: str, args: dict[str, Any], key: str
+    ) -> tuple[int, dict[str, Any]] | None:
         deadline = time.monotonic() + RETRY_FOR_S
         retries = 0
         while time.monotonic() < deadline:
@@ -132,13 +145,21 @@ class Producer:
             self.write(t="task", key=key, task_id=body["task_id"], **extra)
             return body
         if status == 201 and "event_id" in body:
-            self.write(t="ack", key=key, op=op, user=body["user_id"], event_id=body["event_id"],
-                       version=body["version"], balance=body["balance"],
-                       amount=args.get("amount", args.get("delta", 0)))
+            self.write(
+                t="ack",
+                key=key,
+                op=op,
+                user=body["user_id"],
+                event_id=body["event_id"],
+                version=body["version"],
+                balance=body["balance"],
+                amount=args.get("amount", args.get("delta", 0)),
+            )
             return body
         if status == 409:
-            self.write(t="refused", key=key, op=op, user=args.get("user_id"),
-                       code=body.get("error"))
+            self.write(
+                t="refused", key=key, op=op, user=args.get("user_id"), code=body.get("error")
+            )
             return None
         self.write(t="bad", key=key, op=op, status=status, body=body)
         return None
@@ -161,36 +182,70 @@ class Producer:
                     op, args, k, first = rng.choice(acked)
                     answer = self.until_answered(op, args, k)
                     again = answer[1].get("event_id") if answer else None
-                    self.write(t="dup", key=k, first=first, again=again,
-                               status=answer[0] if answer else None)
+                    self.write(
+                        t="dup",
+                        key=k,
+                        first=first,
+                        again=again,
+                        status=answer[0] if answer else None,
+                    )
                     continue
                 if roll < 0.15:
                     ref = f"{name}-task-{i}"
                     if rng.random() < 0.5:
                         fail = rng.random() < 0.15
-                        args = {"queue_name": rng.choice(["default", "high_priority"]),
-                                "task_type": "fault_task", "task_data": {"ref": ref, "fail": fail},
-                                "priority": rng.choice([1, 2, 3, 4]),
-                                "delay": rng.choice([0, 0, 0, 0.3])}
+                        args = {
+                            "queue_name": rng.choice(["default", "high_priority"]),
+                            "task_type": "fault_task",
+                            "task_data": {"ref": ref, "fail": fail},
+                            "priority": rng.choice([1, 2, 3, 4]),
+                            "delay": rng.choice([0, 0, 0, 0.3]),
+                        }
                         style = "custom"
                     else:
                         fail = False
-                        args = {"queue_name": "low_priority", "task_type": "analytics_event",
-                                "task_data": {"operation": "insert", "collection": "notifications",
-                                              "data": {"ref": ref}},
-                                "priority": 1, "delay": 0}
+                        args = {
+                            "queue_name": "low_priority",
+                            "task_type": "analytics_event",
+                            "task_data": {
+                                "operation": "insert",
+                                "collection": "notifications",
+                                "data": {"ref": ref},
+                            },
+                            "priority": 1,
+                            "delay": 0,
+                        }
                         style = "original"
                     self.do("task", args, key, ref=ref, style=style, fail=fail)
                     continue
                 if roll < 0.45:
-                    op, args = "purchase", {"user_id": user, "amount": rng.choice([50, 100, 250]),
-                                            "currency": "USD", "transaction_id": key}
+                    op, args = (
+                        "purchase",
+                        {
+                            "user_id": user,
+                            "amount": rng.choice([50, 100, 250]),
+                            "currency": "USD",
+                            "transaction_id": key,
+                        },
+                    )
                 elif roll < 0.90:
-                    op, args = "use", {"user_id": user, "amount": rng.choice([10, 40, 120, 300]),
-                                       "reason": "storm"}
+                    op, args = (
+                        "use",
+                        {
+                            "user_id": user,
+                            "amount": rng.choice([10, 40, 120, 300]),
+                            "reason": "storm",
+                        },
+                    )
                 else:
-                    op, args = "adjust", {"user_id": user, "delta": rng.choice([-80, -20, 15, 60]),
-                                          "reason": "storm"}
+                    op, args = (
+                        "adjust",
+                        {
+                            "user_id": user,
+                            "delta": rng.choice([-80, -20, 15, 60]),
+                            "reason": "storm",
+                        },
+                    )
                 body = self.do(op, args, key)
                 if body is not None:
                     acked.append((op, args, key, body["event_id"]))

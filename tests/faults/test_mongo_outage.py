@@ -28,11 +28,15 @@ from .conftest import PARTITIONS
 USERS = [f"m{i}" for i in range(6)]
 
 
-def call(url: str, method: str = "GET", body: dict[str, Any] | None = None
-         ) -> tuple[int, dict[str, Any]]:
-    req = urllib.request.Request(url, method=method,
-                                 data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Content-Type": "application/json"})
+def call(
+    url: str, method: str = "GET", body: dict[str, Any] | None = None
+) -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(
+        url,
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=20) as resp:
             return resp.status, json.loads(resp.read())
@@ -50,36 +54,56 @@ def caught_up(db: Any, qm: QueueManager) -> bool:
 
 
 def test_projectors_wait_out_a_mongo_outage_and_the_api_answers_503(
-        tmp_path: Path, redis: redis_py.Redis, redis_url: str,
-        private_mongo: EmbeddedMongo) -> None:
-    deployment = Deployment(redis_url, private_mongo.url, mongo_db="outage",
-                            partitions=PARTITIONS, log_level="WARNING",
-                            env={"LEDGER_API_KEYS": ""}, log_dir=tmp_path, cwd=ROOT)
+    tmp_path: Path, redis: redis_py.Redis, redis_url: str, private_mongo: EmbeddedMongo
+) -> None:
+    deployment = Deployment(
+        redis_url,
+        private_mongo.url,
+        mongo_db="outage",
+        partitions=PARTITIONS,
+        log_level="WARNING",
+        env={"LEDGER_API_KEYS": ""},
+        log_dir=tmp_path,
+        cwd=ROOT,
+    )
     port = free_port()
     api = f"http://127.0.0.1:{port}"
-    procs = [deployment.start("api", "serve", "--port", str(port), "--rate-per-s", "0"),
-             deployment.start("project", "project", "--batch", "100")]
-    qm = QueueManager(config=StreamsConfig(redis_url=redis_url, partitions=PARTITIONS),
-                      client=redis_py.Redis.from_url(redis_url))
+    procs = [
+        deployment.start("api", "serve", "--port", str(port), "--rate-per-s", "0"),
+        deployment.start("project", "project", "--batch", "100"),
+    ]
+    qm = QueueManager(
+        config=StreamsConfig(redis_url=redis_url, partitions=PARTITIONS),
+        client=redis_py.Redis.from_url(redis_url),
+    )
     mongo = connect(private_mongo.url)
     db = mongo["outage"]
     try:
-        eventually(lambda: call(api + "/health")[0] == 200, interval=0.1, ignoring=(OSError,),
-                   message="the API did not come up")
+        eventually(
+            lambda: call(api + "/health")[0] == 200,
+            interval=0.1,
+            ignoring=(OSError,),
+            message="the API did not come up",
+        )
 
         def append_round(tag: str) -> None:
             for u in USERS:
-                status, body = call(f"{api}/api/accounts/{u}/purchases", "POST",
-                                    {"amount": 10, "currency": "USD",
-                                     "transaction_id": f"{tag}-{u}"})
+                status, body = call(
+                    f"{api}/api/accounts/{u}/purchases",
+                    "POST",
+                    {"amount": 10, "currency": "USD", "transaction_id": f"{tag}-{u}"},
+                )
                 assert status == 201, body
 
         for u in USERS:
-            assert call(f"{api}/api/users", "POST", {"user_id": u, "email": f"{u}@x.io"}
-                        )[0] == 201
+            assert call(f"{api}/api/users", "POST", {"user_id": u, "email": f"{u}@x.io"})[0] == 201
         append_round("before")
-        eventually(lambda: caught_up(db, qm), timeout=60, interval=0.1,
-                   message="the projector never caught up before the outage")
+        eventually(
+            lambda: caught_up(db, qm),
+            timeout=60,
+            interval=0.1,
+            message="the projector never caught up before the outage",
+        )
         assert call(f"{api}/api/accounts/m0/balance")[0] == 200
 
         private_mongo.stop()
@@ -93,8 +117,12 @@ def test_projectors_wait_out_a_mongo_outage_and_the_api_answers_503(
 
         private_mongo.start()  # same port and data
         append_round("after")
-        eventually(lambda: caught_up(db, qm), timeout=60, interval=0.1,
-                   message="the projector did not catch up after the outage")
+        eventually(
+            lambda: caught_up(db, qm),
+            timeout=60,
+            interval=0.1,
+            message="the projector did not catch up after the outage",
+        )
         status, body = call(f"{api}/api/accounts/m0/balance")
         assert status == 200 and body["balance"] == 50, body
         histories = account_histories(qm.redis, PARTITIONS)
@@ -105,8 +133,7 @@ def test_projectors_wait_out_a_mongo_outage_and_the_api_answers_503(
             assert doc is not None and doc["balance"] == 50 and doc["version"] == 6
         assert qm.dead_letters() == [], "an outage must not dead-letter good events"
         report = audit(qm.redis, PARTITIONS, db)
-        assert report.ok and not report.mismatches and not report.lagging, \
-            report.mismatches
+        assert report.ok and not report.mismatches and not report.lagging, report.mismatches
     finally:
         for name in list(deployment.procs):
             deployment.kill(name)

@@ -25,38 +25,67 @@ from . import handlers
 from .conftest import PARTITIONS
 
 GOOD_EVENT: dict[FieldT, EncodableT] = {
-    "k": "credits_purchased", "u": "victim", "v": "1", "t": "1", "a": "5", "b": "5",
-    "p": "5", "x": "0", "tx": "USD", "r": "t", "ph": "", "h": "00", "q": "default"}
+    "k": "credits_purchased",
+    "u": "victim",
+    "v": "1",
+    "t": "1",
+    "a": "5",
+    "b": "5",
+    "p": "5",
+    "x": "0",
+    "tx": "USD",
+    "r": "t",
+    "ph": "",
+    "h": "00",
+    "q": "default",
+}
 POISON: dict[str, dict[FieldT, EncodableT]] = {
     "undecodable bytes": {b"k": b"\xff\xfe\x00", b"u": b"\x80\x81", b"\xff": b"\xfe"},
     "no fields we know": {"hello": "world"},
     "unknown event kind": {**GOOD_EVENT, "k": "credits_stolen"},
     "version not a number": {**GOOD_EVENT, "v": "one"},
     "balance not a number": {**GOOD_EVENT, "b": "1e400"},
-    "task data not msgpack": {"k": "task", "id": "poison-1", "q": "default",
-                              "ty": "fault_task", "d": b"\xc1\xc1\xc1", "t": "1"},
-    "task data not a map": {"k": "task", "id": "poison-2", "q": "default",
-                            "ty": "fault_task", "d": pack([1, 2]), "t": "1"},  # type: ignore[arg-type]
+    "task data not msgpack": {
+        "k": "task",
+        "id": "poison-1",
+        "q": "default",
+        "ty": "fault_task",
+        "d": b"\xc1\xc1\xc1",
+        "t": "1",
+    },
+    "task data not a map": {
+        "k": "task",
+        "id": "poison-2",
+        "q": "default",
+        "ty": "fault_task",
+        "d": pack([1, 2]),  # type: ignore[arg-type]  # the poison: a list, not a map
+        "t": "1",
+    },
 }
 
 
 def test_poison_goes_to_the_dead_letters_and_nothing_stalls(
-        redis: redis_py.Redis, redis_url: str, mongo_db: Database[Any],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    redis: redis_py.Redis, redis_url: str, mongo_db: Database[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("REDIS_URL", redis_url)
     registry = HandlerRegistry()
     registry.register("fault_task", handlers.fault_task)
-    qm = QueueManager(config=StreamsConfig(redis_url=redis_url, partitions=PARTITIONS),
-                      client=redis_py.Redis.from_url(redis_url), registry=registry,
-                      db=MongoDBManager(mongo_db, allowed_collections(())))
+    qm = QueueManager(
+        config=StreamsConfig(redis_url=redis_url, partitions=PARTITIONS),
+        client=redis_py.Redis.from_url(redis_url),
+        registry=registry,
+        db=MongoDBManager(mongo_db, allowed_collections(())),
+    )
     try:
         users = ["alice", "bob", "carol"]
         for u in users:
             qm.register_user(u, f"{u}@example.com")
         # consumers exist before the poison arrives, as in production
         worker = qm.worker(claim_idle_ms=100, reclaim_every_ms=20)
-        projectors = [projector(qm.redis, PARTITIONS, mongo_db, p, claim_idle_ms=100,
-                                reclaim_every_ms=20) for p in all_projections()]
+        projectors = [
+            projector(qm.redis, PARTITIONS, mongo_db, p, claim_idle_ms=100, reclaim_every_ms=20)
+            for p in all_projections()
+        ]
         poisoned: dict[tuple[str, str], str] = {}
         for p in range(PARTITIONS):
             for level in keys.LEVELS_DESC:
@@ -65,8 +94,7 @@ def test_poison_goes_to_the_dead_letters_and_nothing_stalls(
                     poisoned[(stream, text(redis.xadd(stream, fields)))] = name
                 for u in users:  # good traffic behind the poison, on every stream
                     qm.purchase(u, 10, f"{u}-{p}-{int(level)}", priority=Priority(level))
-        good_tasks = [qm.enqueue("default", "fault_task", {"ref": f"good-{i}"})
-                      for i in range(5)]
+        good_tasks = [qm.enqueue("default", "fault_task", {"ref": f"good-{i}"}) for i in range(5)]
 
         worker.run_until_idle(timeout=60)
         for w in projectors:
@@ -79,7 +107,8 @@ def test_poison_goes_to_the_dead_letters_and_nothing_stalls(
             by_group.setdefault(d.group, set()).add((d.stream, d.original_id))
         # the task workers dead-letter every poison entry and nothing else
         assert by_group.get("workers") == set(poisoned), {
-            poisoned.get(k, k) for k in set(poisoned) ^ by_group.get("workers", set())}
+            poisoned.get(k, k) for k in set(poisoned) ^ by_group.get("workers", set())
+        }
         # the projectors dead-letter what they cannot read, never a good event
         for proj in all_projections():
             assert by_group.get(group_of(proj), set()) <= set(poisoned)
@@ -98,7 +127,9 @@ def test_poison_goes_to_the_dead_letters_and_nothing_stalls(
             assert account is not None
             doc = mongo_db.balances.find_one({"_id": u})
             assert doc is not None and (doc["version"], doc["balance"]) == (
-                account.version, account.totals.balance) == (1 + streams, 10 * streams)
+                account.version,
+                account.totals.balance,
+            ) == (1 + streams, 10 * streams)
         assert mongo_db.balances.find_one({"_id": "victim"}) is None
     finally:
         qm.close()
@@ -107,7 +138,10 @@ def test_poison_goes_to_the_dead_letters_and_nothing_stalls(
 def good_events(qm: QueueManager, user: str) -> list[Event]:
     """``user``'s events, in version order (no poison entry names a real user)."""
     p = keys.partition_of(user, PARTITIONS)
-    events = [decode_event(fields) for level in keys.LEVELS_DESC
-              for _, fields in stream_entries(qm.redis, keys.stream(p, level))
-              if fields.get(b"u") == user.encode() and fields.get(b"k") != b"task"]
+    events = [
+        decode_event(fields)
+        for level in keys.LEVELS_DESC
+        for _, fields in stream_entries(qm.redis, keys.stream(p, level))
+        if fields.get(b"u") == user.encode() and fields.get(b"k") != b"task"
+    ]
     return sorted(events, key=lambda e: e.version)

@@ -16,18 +16,27 @@ from . import handlers
 from .conftest import PARTITIONS
 
 
-def test_an_oversized_task_entry_is_dead_lettered(redis: redis_py.Redis, redis_url: str,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_oversized_task_entry_is_dead_lettered(
+    redis: redis_py.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("REDIS_URL", redis_url)
     registry = HandlerRegistry()
     registry.register("fault_task", handlers.fault_task)
-    qm = QueueManager(config=StreamsConfig(redis_url=redis_url, partitions=PARTITIONS),
-                      client=redis_py.Redis.from_url(redis_url), registry=registry)
+    qm = QueueManager(
+        config=StreamsConfig(redis_url=redis_url, partitions=PARTITIONS),
+        client=redis_py.Redis.from_url(redis_url),
+        registry=registry,
+    )
     try:
         worker = qm.worker(claim_idle_ms=100)
         fields: dict[FieldT, EncodableT] = {
-            "k": "task", "id": "big-1", "q": "default", "ty": "fault_task",
-            "d": pack({"ref": "big", "blob": "x" * (4 * MAX_TASK_BYTES)}), "t": "1"}
+            "k": "task",
+            "id": "big-1",
+            "q": "default",
+            "ty": "fault_task",
+            "d": pack({"ref": "big", "blob": "x" * (4 * MAX_TASK_BYTES)}),
+            "t": "1",
+        }
         stream = keys.stream(0, keys.LEVELS_DESC[0])
         entry = text(redis.xadd(stream, fields))
         worker.run_until_idle(timeout=30)

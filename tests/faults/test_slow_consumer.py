@@ -16,8 +16,7 @@ from streams.handlers import DBManager
 from .conftest import PARTITIONS
 
 
-def test_a_stale_retry_does_not_hide_a_dead_letter(redis: redis_py.Redis,
-                                                     redis_url: str) -> None:
+def test_a_stale_retry_does_not_hide_a_dead_letter(redis: redis_py.Redis, redis_url: str) -> None:
     runs: list[float] = []
     first_run_started = threading.Event()
 
@@ -30,8 +29,11 @@ def test_a_stale_retry_does_not_hide_a_dead_letter(redis: redis_py.Redis,
 
     registry = HandlerRegistry()
     registry.register("slow_fail", slow_then_fail)
-    qm = QueueManager(config=StreamsConfig(redis_url=redis_url, partitions=PARTITIONS),
-                      client=redis_py.Redis.from_url(redis_url), registry=registry)
+    qm = QueueManager(
+        config=StreamsConfig(redis_url=redis_url, partitions=PARTITIONS),
+        client=redis_py.Redis.from_url(redis_url),
+        registry=registry,
+    )
     try:
         task_id = qm.enqueue("default", "slow_fail", {"x": 1})
         retry = RetryPolicy(max_attempts=2, base_ms=10, max_ms=20)

@@ -71,38 +71,56 @@ def drain(qm: QueueManager, db: Database[Any]) -> None:
         return False
 
     eventually(all_moved, message="delayed tasks never came due")
-    qm.worker(claim_idle_ms=100, reclaim_every_ms=50,
-              retry=RetryPolicy(max_attempts=6, base_ms=50, max_ms=200)
-              ).run_until_idle(timeout=DRAIN_S)
+    qm.worker(
+        claim_idle_ms=100,
+        reclaim_every_ms=50,
+        retry=RetryPolicy(max_attempts=6, base_ms=50, max_ms=200),
+    ).run_until_idle(timeout=DRAIN_S)
     for projection in all_projections():
-        projector(qm.redis, PARTITIONS, db, projection, claim_idle_ms=100,
-                  reclaim_every_ms=50).run_until_idle(timeout=DRAIN_S)
+        projector(
+            qm.redis, PARTITIONS, db, projection, claim_idle_ms=100, reclaim_every_ms=50
+        ).run_until_idle(timeout=DRAIN_S)
 
 
-def storm(tmp_path: Path, redis_server: Any, mongo: EmbeddedMongo, db_name: str
-          ) -> tuple[list[dict[str, Any]], Cluster, int]:
+def storm(
+    tmp_path: Path, redis_server: Any, mongo: EmbeddedMongo, db_name: str
+) -> tuple[list[dict[str, Any]], Cluster, int]:
     """Run the traffic and the chaos; returns the producers' records, the cluster and
     how many times redis-server was killed."""
     logs = tmp_path / "logs"
     logs.mkdir()
-    env = {"REDIS_URL": redis_server.url, "MONGO_URL": mongo.url, "MONGO_DB": db_name,
-           "LEDGER_PARTITIONS": str(PARTITIONS), "LEDGER_API_KEYS": ""}
+    env = {
+        "REDIS_URL": redis_server.url,
+        "MONGO_URL": mongo.url,
+        "MONGO_DB": db_name,
+        "LEDGER_PARTITIONS": str(PARTITIONS),
+        "LEDGER_API_KEYS": "",
+    }
     cluster = Cluster(logs, env, free_port())
     cluster.start_all()
     cluster.wait_api()
     outs = [tmp_path / f"producer-{i}.jsonl" for i in range(len(PRODUCERS))]
     producing = Deployment(env=env, log_dir=logs, cwd=ROOT)
     for i, mode in enumerate(PRODUCERS):
-        spec = {"name": f"p{i}", "mode": mode, "seed": SEED + i, "out": str(outs[i]),
-                "users": USERS, "seconds": SECONDS, "redis_url": redis_server.url,
-                "partitions": PARTITIONS, "api_url": cluster.api_url}
+        spec = {
+            "name": f"p{i}",
+            "mode": mode,
+            "seed": SEED + i,
+            "out": str(outs[i]),
+            "users": USERS,
+            "seconds": SECONDS,
+            "redis_url": redis_server.url,
+            "partitions": PARTITIONS,
+            "api_url": cluster.api_url,
+        }
         producing.start(f"producer-{i}", json.dumps(spec), module="tests.faults.producer")
     producers = list(producing.procs.values())
     rng = random.Random(SEED)
     redis_kills = 0
     start = time.monotonic()
-    kill_times = [start + SECONDS * (i + rng.uniform(0.3, 0.6)) / REDIS_KILLS
-                  for i in range(REDIS_KILLS)]
+    kill_times = [
+        start + SECONDS * (i + rng.uniform(0.3, 0.6)) / REDIS_KILLS for i in range(REDIS_KILLS)
+    ]
     try:
         while any(p.poll() is None for p in producers):
             time.sleep(rng.uniform(0.3, 0.9))  # the storm's pace: random time between faults
@@ -127,8 +145,11 @@ def storm(tmp_path: Path, redis_server: Any, mongo: EmbeddedMongo, db_name: str
 
 @pytest.mark.timeout(SECONDS + 4 * DRAIN_S + 240)
 def test_storm_of_kills_loses_nothing_and_doubles_nothing(
-        tmp_path: Path, fresh_redis_server: MakeRedisServer, private_mongo: EmbeddedMongo,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path,
+    fresh_redis_server: MakeRedisServer,
+    private_mongo: EmbeddedMongo,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     redis_server = fresh_redis_server(appendfsync="always")
     db_name = "storm"
     records, cluster, redis_kills = storm(tmp_path, redis_server, private_mongo, db_name)
@@ -140,9 +161,12 @@ def test_storm_of_kills_loses_nothing_and_doubles_nothing(
     registry = HandlerRegistry()
     for task_type, handler in handlers.HANDLERS.items():
         registry.register(task_type, handler)
-    qm = QueueManager(config=StreamsConfig(redis_url=redis_server.url, partitions=PARTITIONS),
-                      client=client, registry=registry,
-                      db=MongoDBManager(db, allowed_collections(())))
+    qm = QueueManager(
+        config=StreamsConfig(redis_url=redis_server.url, partitions=PARTITIONS),
+        client=client,
+        registry=registry,
+        db=MongoDBManager(db, allowed_collections(())),
+    )
     try:
         drain(qm, db)
         problems = check(qm, db, records)
@@ -150,26 +174,39 @@ def test_storm_of_kills_loses_nothing_and_doubles_nothing(
         problems += [f"audit: {m}" for m in report.mismatches]
         problems += [f"audit lagging after the drain: {m}" for m in report.lagging]
         cli = subprocess.run(
-            [sys.executable, "-m", "api", "audit", "--log-level", "WARNING"], cwd=ROOT,
-            env={**os.environ, "REDIS_URL": redis_server.url, "MONGO_URL": private_mongo.url,
-                 "MONGO_DB": db_name, "LEDGER_PARTITIONS": str(PARTITIONS)},
-            capture_output=True, text=True, timeout=120)
+            [sys.executable, "-m", "api", "audit", "--log-level", "WARNING"],
+            cwd=ROOT,
+            env={
+                **os.environ,
+                "REDIS_URL": redis_server.url,
+                "MONGO_URL": private_mongo.url,
+                "MONGO_DB": db_name,
+                "LEDGER_PARTITIONS": str(PARTITIONS),
+            },
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if cli.returncode != 0:
-            problems.append(f"ledger audit exited {cli.returncode}: {cli.stdout[-2000:]}"
-                            f"{cli.stderr[-2000:]}")
+            problems.append(
+                f"ledger audit exited {cli.returncode}: {cli.stdout[-2000:]}{cli.stderr[-2000:]}"
+            )
         acked = {r["event_id"] for r in records if r["t"] == "ack"}
         faults = sum(cluster.kills.values()) + redis_kills
-        print(f"\nstorm: {len(acked)} events acknowledged, {faults} faults injected "
-              f"({dict(cluster.kills)}, redis-server x{redis_kills}), "
-              f"{sum(r['t'] == 'task' for r in records)} tasks, "
-              f"{sum(r['t'] == 'refused' for r in records)} refusals, "
-              f"{len(problems)} mismatches")
+        print(
+            f"\nstorm: {len(acked)} events acknowledged, {faults} faults injected "
+            f"({dict(cluster.kills)}, redis-server x{redis_kills}), "
+            f"{sum(r['t'] == 'task' for r in records)} tasks, "
+            f"{sum(r['t'] == 'refused' for r in records)} refusals, "
+            f"{len(problems)} mismatches"
+        )
         assert not problems, "\n".join(problems[:50])
         assert redis_kills == REDIS_KILLS and sum(cluster.kills.values()) >= 5, "too few faults"
         # the traffic exercised what the invariants are about
         assert len(acked) > 200, "too little traffic to mean anything"
-        assert any(r["t"] == "refused" and r["code"] == "insufficient_credits"
-                   for r in records), "no overdraft was attempted"
+        assert any(r["t"] == "refused" and r["code"] == "insufficient_credits" for r in records), (
+            "no overdraft was attempted"
+        )
         assert any(r["t"] == "dup" for r in records), "no key was repeated"
         assert any(r["t"] == "task" and r["fail"] for r in records), "no failing task"
         assert any(r["t"] == "task" and r["style"] == "original" for r in records)
@@ -194,18 +231,27 @@ def check(qm: QueueManager, db: Database[Any], records: list[dict[str, Any]]) ->
         elif (e.version, e.after.balance) != (r["version"], r["balance"]):
             problems.append(f"log differs from the acknowledgement: {r} vs {e}")
         if seen.setdefault(r["event_id"], (r["version"], r["balance"])) != (
-                r["version"], r["balance"]):
+            r["version"],
+            r["balance"],
+        ):
             problems.append(f"one event acknowledged two ways: {r}")
     # nothing unacknowledged is in the log (every operation was retried until answered)
     acked_ids = {r["event_id"] for r in acks}
-    problems += [f"in the log but never acknowledged: {eid}"
-                 for eid in sorted(set(logged) - acked_ids)]
+    problems += [
+        f"in the log but never acknowledged: {eid}" for eid in sorted(set(logged) - acked_ids)
+    ]
     # a repeated key answers the first event
-    problems += [f"duplicate key made a new event: {r}" for r in records
-                 if r["t"] == "dup" and r["again"] != r["first"]]
+    problems += [
+        f"duplicate key made a new event: {r}"
+        for r in records
+        if r["t"] == "dup" and r["again"] != r["first"]
+    ]
     # no balance ever below zero; Redis, the views and the re-fold agree
-    problems += [f"negative balance: {eid} {e.after}" for eid, e in logged.items()
-                 if e.after.balance < 0 or e.after.used < 0]
+    problems += [
+        f"negative balance: {eid} {e.after}"
+        for eid, e in logged.items()
+        if e.after.balance < 0 or e.after.used < 0
+    ]
     for user, events in histories.items():
         account = fold(events)
         assert account is not None
@@ -214,17 +260,23 @@ def check(qm: QueueManager, db: Database[Any], records: list[dict[str, Any]]) ->
         if state is None or (state["version"], state["balance"]) != want:
             problems.append(f"{user}: redis state {state} != fold {want}")
         doc = db.balances.find_one({"_id": user})
-        if doc is None or (doc["version"], doc["balance"], doc["purchased_total"],
-                           doc["used_total"]) != (*want, account.totals.purchased,
-                                                  account.totals.used):
+        if doc is None or (
+            doc["version"],
+            doc["balance"],
+            doc["purchased_total"],
+            doc["used_total"],
+        ) != (*want, account.totals.purchased, account.totals.used):
             problems.append(f"{user}: balances view {doc} != fold {account}")
         score = db.credit_scores.find_one({"_id": user})
         if score is None or (score["version"], score["score"]) != (
-                account.version, credit_score(account.totals, account.version)):
+            account.version,
+            credit_score(account.totals, account.version),
+        ):
             problems.append(f"{user}: credit_scores view {score} != fold {account}")
     if db.events.count_documents({}) != len(logged):
-        problems.append(f"archive holds {db.events.count_documents({})} events, "
-                        f"the log {len(logged)}")
+        problems.append(
+            f"archive holds {db.events.count_documents({})} events, the log {len(logged)}"
+        )
     # every event recorded once in its original collection by the workers
     runs = Counter({text(k): int(v) for k, v in qm.redis.hgetall(handlers.RUNS).items()})
     dead_events = {}
@@ -238,17 +290,24 @@ def check(qm: QueueManager, db: Database[Any], records: list[dict[str, Any]]) ->
     # (or, like a task, dead in the workers group with its error: the begin counter
     # counts every delivery a SIGKILL interrupted, so a holder killed again and again
     # legitimately gives up; the read models never depend on it, the audit checks them)
-    problems += [f"event never recorded by a worker: {eid} (runs {runs[eid]})"
-                 for eid in sorted(set(logged) - recorded - set(dead_events))]
-    problems += [f"a ledger event dead-lettered by {d.group} or without its error: {d}"
-                 for d in dead_events.values() if d.group != "workers" or not d.error]
+    problems += [
+        f"event never recorded by a worker: {eid} (runs {runs[eid]})"
+        for eid in sorted(set(logged) - recorded - set(dead_events))
+    ]
+    problems += [
+        f"a ledger event dead-lettered by {d.group} or without its error: {d}"
+        for d in dead_events.values()
+        if d.group != "workers" or not d.error
+    ]
     problems += [f"recorded but not an event: {x}" for x in sorted(recorded - set(logged))]
     for e in logged.values():
         assert EVENT_TASK_TYPES[e.kind] in EVENT_COLLECTIONS
     # tasks: exactly once, or dead with their error
     dead = {d.task_id: d for d in qm.dead_letters(limit=100_000)}
-    effects = {c: Counter(d.get("ref") for d in db[c].find({}, {"ref": 1}))
-               for c in (handlers.COLLECTION, "notifications")}  # one read, not one per task
+    effects = {
+        c: Counter(d.get("ref") for d in db[c].find({}, {"ref": 1}))
+        for c in (handlers.COLLECTION, "notifications")
+    }  # one read, not one per task
     for r in (r for r in records if r["t"] == "task"):
         status = (qm.get_task_status(r["task_id"]) or {}).get("status")
         collection = handlers.COLLECTION if r["style"] == "custom" else "notifications"
@@ -271,8 +330,11 @@ def check(qm: QueueManager, db: Database[Any], records: list[dict[str, Any]]) ->
             problems.append(f"a task that always fails is not dead: {r} ({status!r})")
     custom = [r for r in records if r["t"] == "task" and r["style"] == "custom"]
     # a task that is not dead ran; a dead one may not have (kills burn its attempts)
-    problems += [f"task never ran: {r} {qm.get_task_status(r['task_id'])}" for r in custom
-                 if runs[r["ref"]] == 0 and r["task_id"] not in dead]
+    problems += [
+        f"task never ran: {r} {qm.get_task_status(r['task_id'])}"
+        for r in custom
+        if runs[r["ref"]] == 0 and r["task_id"] not in dead
+    ]
     for p in range(PARTITIONS):
         for lv in keys.LEVELS_DESC:
             for group in ("workers", *(f"proj:{pr.name}" for pr in all_projections())):

@@ -35,16 +35,17 @@ def prefix_states(events: list[Event]) -> list[Account]:
 
 def simple_history() -> list[Event]:
     account, e1 = apply_command(None, RegisterUser(user_id="u", email="u@x.org"), at_ms=10)
-    account, e2 = apply_command(account, Purchase(user_id="u", amount=100,
-                                                  transaction_id="t1"), at_ms=20)
+    account, e2 = apply_command(
+        account, Purchase(user_id="u", amount=100, transaction_id="t1"), at_ms=20
+    )
     account, e3 = apply_command(account, Use(user_id="u", amount=30, reason="r"), at_ms=30)
     account, e4 = apply_command(account, Adjust(user_id="u", delta=-5, reason="fee"), at_ms=40)
-    _, e5 = apply_command(account, Purchase(user_id="u", amount=7,
-                                            transaction_id="t2"), at_ms=50)
+    _, e5 = apply_command(account, Purchase(user_id="u", amount=7, transaction_id="t2"), at_ms=50)
     return [e1, e2, e3, e4, e5]
 
 
 # --- properties of decided histories ------------------------------------------------
+
 
 @s.QUICK
 @given(events=s.histories())
@@ -60,8 +61,9 @@ def test_fold_of_decided_events_never_goes_negative_and_sums_up(events: list[Eve
             used += event.credits
         elif isinstance(event, CreditsAdjusted):
             adjusted += event.delta
-        assert state.totals == Totals(balance=purchased - used + adjusted,
-                                      purchased=purchased, used=used)
+        assert state.totals == Totals(
+            balance=purchased - used + adjusted, purchased=purchased, used=used
+        )
         assert state.head == event.hash
     assert fold(events) == states[-1]
 
@@ -89,12 +91,13 @@ def test_simple_history_totals() -> None:
 
 # --- apply rejects gaps, reorders and tampering ---------------------------------------
 
+
 @s.QUICK
 @given(events=s.histories(min_events=3), data=st.data())
 def test_skipping_an_event_is_a_version_gap(events: list[Event], data: st.DataObject) -> None:
     i = data.draw(st.integers(0, len(events) - 2), label="skipped")
     with pytest.raises(VersionGap) as info:
-        fold(events[:i] + events[i + 1:])
+        fold(events[:i] + events[i + 1 :])
     assert (info.value.expected, info.value.got) == (i + 1, i + 2)
 
 
@@ -112,30 +115,32 @@ def test_reordered_events_are_a_version_gap(events: list[Event], data: st.DataOb
 
 @s.QUICK
 @given(events=s.histories(min_events=2), data=st.data())
-def test_replaying_an_event_twice_is_a_version_gap(events: list[Event],
-                                                   data: st.DataObject) -> None:
+def test_replaying_an_event_twice_is_a_version_gap(
+    events: list[Event], data: st.DataObject
+) -> None:
     i = data.draw(st.integers(0, len(events) - 1), label="repeated")
     with pytest.raises(VersionGap):
-        fold([*events[: i + 1], events[i], *events[i + 1:]])
+        fold([*events[: i + 1], events[i], *events[i + 1 :]])
 
 
 @s.QUICK
 @given(events=s.histories(min_events=2), data=st.data())
-def test_changed_field_without_new_hash_is_chain_broken(events: list[Event],
-                                                        data: st.DataObject) -> None:
+def test_changed_field_without_new_hash_is_chain_broken(
+    events: list[Event], data: st.DataObject
+) -> None:
     i = data.draw(st.integers(1, len(events) - 1), label="index")
     event = events[i]
     tampered = replace(event, at_ms=event.at_ms + 1)
     with pytest.raises(ChainBroken) as info:
-        fold([*events[:i], tampered, *events[i + 1:]])
+        fold([*events[:i], tampered, *events[i + 1 :]])
     assert info.value.version == i + 1
 
 
 @s.QUICK
 @given(events=s.histories(min_events=2), data=st.data(), bump=st.integers(1, 1000))
-def test_forged_totals_with_a_fresh_hash_are_chain_broken(events: list[Event],
-                                                          data: st.DataObject,
-                                                          bump: int) -> None:
+def test_forged_totals_with_a_fresh_hash_are_chain_broken(
+    events: list[Event], data: st.DataObject, bump: int
+) -> None:
     i = data.draw(st.integers(1, len(events) - 1), label="index")
     event = events[i]
     field = data.draw(st.sampled_from(["balance", "purchased", "used"]), label="total")
@@ -147,8 +152,9 @@ def test_forged_totals_with_a_fresh_hash_are_chain_broken(events: list[Event],
 
 def test_first_event_must_be_a_registration() -> None:
     events = simple_history()
-    purchase = s.reseal(events[1], version=1, prev_hash=GENESIS,
-                        after=Totals(balance=100, purchased=100, used=0))
+    purchase = s.reseal(
+        events[1], version=1, prev_hash=GENESIS, after=Totals(balance=100, purchased=100, used=0)
+    )
     with pytest.raises(IntegrityError) as info:
         apply(None, purchase)
     assert type(info.value) is IntegrityError
@@ -179,8 +185,7 @@ def test_second_registration_is_refused(after: int) -> None:
     events = simple_history()
     account = fold(events[:after])
     assert account is not None
-    again = s.reseal(events[0], version=after + 1, prev_hash=account.head,
-                     after=account.totals)
+    again = s.reseal(events[0], version=after + 1, prev_hash=account.head, after=account.totals)
     with pytest.raises(ChainBroken) as info:
         apply(account, again)
     assert info.value.version == after + 1
@@ -201,21 +206,30 @@ def test_recorded_overdraft_is_an_integrity_error() -> None:
     account = fold(events[:4])
     assert account is not None
     balance = account.totals.balance
-    overdraw = s.reseal(events[2], version=5, prev_hash=account.head, credits=balance + 1,
-                        after=Totals(balance=-1, purchased=account.totals.purchased,
-                                     used=account.totals.used + balance + 1))
+    overdraw = s.reseal(
+        events[2],
+        version=5,
+        prev_hash=account.head,
+        credits=balance + 1,
+        after=Totals(
+            balance=-1, purchased=account.totals.purchased, used=account.totals.used + balance + 1
+        ),
+    )
     with pytest.raises(IntegrityError) as info:
         apply(account, overdraw)
     assert type(info.value) is IntegrityError
     assert "negative" in str(info.value)
 
 
-@pytest.mark.parametrize(("index", "changes"), [
-    (1, {"credits": 0}),
-    (1, {"credits": -5}),
-    (2, {"credits": -5}),
-    (3, {"delta": 0}),
-])
+@pytest.mark.parametrize(
+    ("index", "changes"),
+    [
+        (1, {"credits": 0}),
+        (1, {"credits": -5}),
+        (2, {"credits": -5}),
+        (3, {"delta": 0}),
+    ],
+)
 def test_impossible_amounts_are_integrity_errors(index: int, changes: dict[str, int]) -> None:
     events = simple_history()
     account = fold(events[:index])
@@ -223,11 +237,12 @@ def test_impossible_amounts_are_integrity_errors(index: int, changes: dict[str, 
     event = events[index]
     # mypy checks ``changes``' values against every field; each names an int field here
     forged = replace(event, **changes)  # type: ignore[arg-type]
-    after = Totals(balance=account.totals.balance + forged.amount,
-                   purchased=account.totals.purchased
-                   + (forged.amount if isinstance(forged, CreditsPurchased) else 0),
-                   used=account.totals.used - (forged.amount if isinstance(forged, CreditsUsed)
-                                               else 0))
+    after = Totals(
+        balance=account.totals.balance + forged.amount,
+        purchased=account.totals.purchased
+        + (forged.amount if isinstance(forged, CreditsPurchased) else 0),
+        used=account.totals.used - (forged.amount if isinstance(forged, CreditsUsed) else 0),
+    )
     with pytest.raises(IntegrityError):
         apply(account, s.reseal(forged, after=after))
 

@@ -62,14 +62,21 @@ def field_of(kind: str, body: dict[str, object]) -> str | None:
 
 # --- parse accepts ------------------------------------------------------------------
 
+
 @s.QUICK
 @given(data=st.data(), kind=st.sampled_from(s.KINDS))
-def test_parse_accepts_valid_bodies_and_keeps_every_value(data: st.DataObject,
-                                                         kind: str) -> None:
+def test_parse_accepts_valid_bodies_and_keeps_every_value(data: st.DataObject, kind: str) -> None:
     body = data.draw(s.bodies(kind))
     command = parse(kind, body)
-    assert type(command).__name__ == {"register_user": "RegisterUser", "purchase": "Purchase",
-                                      "use": "Use", "adjust": "Adjust"}[kind]
+    assert (
+        type(command).__name__
+        == {
+            "register_user": "RegisterUser",
+            "purchase": "Purchase",
+            "use": "Use",
+            "adjust": "Adjust",
+        }[kind]
+    )
     for name, value in body.items():
         assert getattr(command, name) == value
     if kind == "purchase" and "currency" not in body:
@@ -79,8 +86,9 @@ def test_parse_accepts_valid_bodies_and_keeps_every_value(data: st.DataObject,
 
 
 def test_parse_accepts_any_mapping() -> None:
-    assert parse("use", MappingProxyType({"user_id": "u", "amount": 1})) == \
-        Use(user_id="u", amount=1, reason="")
+    assert parse("use", MappingProxyType({"user_id": "u", "amount": 1})) == Use(
+        user_id="u", amount=1, reason=""
+    )
 
 
 @pytest.mark.parametrize("value", ["a" * 128, "a.b_c@d:e-f", "0"])
@@ -99,6 +107,7 @@ def test_reason_of_exactly_500_chars_is_accepted() -> None:
 
 
 # --- parse rejects: kind, shape ----------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", ["", "Purchase", "purchase ", "delete_user", "use\n"])
 def test_unknown_kind_names_kind(kind: str) -> None:
@@ -126,8 +135,9 @@ def test_non_string_key_is_refused() -> None:
     assert field_of("use", body) == "7"  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("kind", "missing"),
-                         [(k, f) for k, fields in REQUIRED.items() for f in fields])
+@pytest.mark.parametrize(
+    ("kind", "missing"), [(k, f) for k, fields in REQUIRED.items() for f in fields]
+)
 def test_missing_required_field_is_named(kind: str, missing: str) -> None:
     body = dict(VALID[kind])
     del body[missing]
@@ -143,6 +153,7 @@ def test_null_is_not_a_default(kind: str) -> None:
 
 
 # --- parse rejects: money -----------------------------------------------------------
+
 
 @s.QUICK
 @given(kind=st.sampled_from(["purchase", "use", "adjust"]), value=s.not_an_int())
@@ -186,8 +197,22 @@ def test_bad_user_id_is_named(kind: str, value: object) -> None:
     assert field_of(kind, dict(VALID[kind], user_id=value)) == "user_id"
 
 
-BAD_EMAILS = ["", "plain", "@b", "a@", "a@b@c", "a @b", "a@b\tc", "a@b\n", "a\x00@b",
-              "a@b\x7f", "a\u00a0@b", "a\u2028@b", "a@" + "b" * (MAX_EMAIL - 1), "a\ud800@b"]
+BAD_EMAILS = [
+    "",
+    "plain",
+    "@b",
+    "a@",
+    "a@b@c",
+    "a @b",
+    "a@b\tc",
+    "a@b\n",
+    "a\x00@b",
+    "a@b\x7f",
+    "a\u00a0@b",
+    "a\u2028@b",
+    "a@" + "b" * (MAX_EMAIL - 1),
+    "a\ud800@b",
+]
 
 
 @pytest.mark.parametrize("value", [*BAD_EMAILS, 5, ["a@b"]])
@@ -207,9 +232,14 @@ def test_bad_transaction_id_is_named(value: object) -> None:
 
 
 @s.QUICK
-@given(kind=st.sampled_from(["use", "adjust"]),
-       value=st.one_of(s.with_control_char(), s.lone_surrogates(),
-                       st.text(min_size=MAX_REASON + 1, max_size=MAX_REASON + 5)))
+@given(
+    kind=st.sampled_from(["use", "adjust"]),
+    value=st.one_of(
+        s.with_control_char(),
+        s.lone_surrogates(),
+        st.text(min_size=MAX_REASON + 1, max_size=MAX_REASON + 5),
+    ),
+)
 def test_bad_reason_is_named(kind: str, value: str) -> None:
     assert field_of(kind, dict(VALID[kind], reason=value)) == "reason"
 
@@ -231,13 +261,17 @@ def test_use_reason_may_be_empty() -> None:
 
 # --- decide ------------------------------------------------------------------------
 
+
 def registered(user_id: str = "u", at_ms: int = 1) -> Account:
     return apply(None, decide(None, RegisterUser(user_id=user_id, email="u@x"), at_ms=at_ms))
 
 
 def funded(balance: int, user_id: str = "u") -> Account:
-    account, _ = apply_command(registered(user_id), Purchase(
-        user_id=user_id, amount=balance, transaction_id="seed"), at_ms=2)
+    account, _ = apply_command(
+        registered(user_id),
+        Purchase(user_id=user_id, amount=balance, transaction_id="seed"),
+        at_ms=2,
+    )
     return account
 
 
@@ -253,11 +287,14 @@ def test_second_registration_is_duplicate_user() -> None:
     assert info.value.user_id == "u"
 
 
-@pytest.mark.parametrize("command", [
-    Purchase(user_id="ghost", amount=1, transaction_id="t"),
-    Use(user_id="ghost", amount=1),
-    Adjust(user_id="ghost", delta=1, reason="r"),
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        Purchase(user_id="ghost", amount=1, transaction_id="t"),
+        Use(user_id="ghost", amount=1),
+        Adjust(user_id="ghost", delta=1, reason="r"),
+    ],
+)
 def test_commands_on_no_account_are_unknown_account(command: Purchase | Use | Adjust) -> None:
     with pytest.raises(UnknownAccount) as info:
         decide(None, command, at_ms=1)
@@ -270,7 +307,8 @@ def test_overdraw_is_refused_with_balance_and_request(balance: int, extra: int) 
     account = funded(balance) if balance else registered()
     cases: list[tuple[Use | Adjust, int]] = [
         (Use(user_id="u", amount=balance + extra), balance + extra),
-        (Adjust(user_id="u", delta=-(balance + extra), reason="r"), balance + extra)]
+        (Adjust(user_id="u", delta=-(balance + extra), reason="r"), balance + extra),
+    ]
     for command, requested in cases:
         with pytest.raises(InsufficientCredits) as info:
             decide(account, command, at_ms=3)
@@ -289,8 +327,10 @@ def test_spending_exactly_the_balance_leaves_zero(balance: int) -> None:
 
 def test_totals_beyond_max_credits_are_limit_exceeded() -> None:
     account = funded(MAX_CREDITS)
-    commands: list[Purchase | Adjust] = [Purchase(user_id="u", amount=1, transaction_id="t2"),
-                                         Adjust(user_id="u", delta=1, reason="bonus")]
+    commands: list[Purchase | Adjust] = [
+        Purchase(user_id="u", amount=1, transaction_id="t2"),
+        Adjust(user_id="u", delta=1, reason="bonus"),
+    ]
     for command in commands:
         with pytest.raises(LimitExceeded):
             decide(account, command, at_ms=3)
@@ -329,22 +369,26 @@ def test_decide_builds_the_next_linked_event(data: st.DataObject) -> None:
     assert event.prev_hash == account.head
     assert event.hash == hash_of(event)
     assert event.after.balance == account.totals.balance + event.amount
-    expected_type = {Purchase: CreditsPurchased, Use: CreditsUsed,
-                     Adjust: CreditsAdjusted}[type(command)]
+    expected_type = {Purchase: CreditsPurchased, Use: CreditsUsed, Adjust: CreditsAdjusted}[
+        type(command)
+    ]
     assert type(event) is expected_type
     assert apply(account, event).totals == event.after
 
 
-@pytest.mark.parametrize("build, field", [
-    (lambda: Use(user_id="u", amount=-5), "amount"),
-    (lambda: Use(user_id="u", amount=0), "amount"),
-    (lambda: Purchase(user_id="u", amount=True, transaction_id="t"), "amount"),
-    (lambda: Purchase(user_id="u", amount=1, currency="usd", transaction_id="t"), "currency"),
-    (lambda: Adjust(user_id="u", delta=0, reason="r"), "delta"),
-    (lambda: Adjust(user_id="u", delta=1, reason=""), "reason"),
-    (lambda: Use(user_id="u", amount=1, reason="a\nb"), "reason"),
-    (lambda: RegisterUser(user_id="a b", email="x@example.com"), "user_id"),
-])
+@pytest.mark.parametrize(
+    "build, field",
+    [
+        (lambda: Use(user_id="u", amount=-5), "amount"),
+        (lambda: Use(user_id="u", amount=0), "amount"),
+        (lambda: Purchase(user_id="u", amount=True, transaction_id="t"), "amount"),
+        (lambda: Purchase(user_id="u", amount=1, currency="usd", transaction_id="t"), "currency"),
+        (lambda: Adjust(user_id="u", delta=0, reason="r"), "delta"),
+        (lambda: Adjust(user_id="u", delta=1, reason=""), "reason"),
+        (lambda: Use(user_id="u", amount=1, reason="a\nb"), "reason"),
+        (lambda: RegisterUser(user_id="a b", email="x@example.com"), "user_id"),
+    ],
+)
 def test_commands_built_in_code_check_themselves(build: Any, field: str) -> None:
     with pytest.raises(ValidationError) as info:
         build()

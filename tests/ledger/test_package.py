@@ -12,14 +12,34 @@ import ledger
 PACKAGE = Path(ledger.__file__).parent
 
 # Stdlib modules that would bring I/O, clocks, randomness or the environment.
-IMPURE = {"os", "sys", "time", "datetime", "random", "secrets", "socket", "subprocess",
-          "io", "pathlib", "shutil", "tempfile", "threading", "asyncio", "logging", "uuid"}
+IMPURE = {
+    "os",
+    "sys",
+    "time",
+    "datetime",
+    "random",
+    "secrets",
+    "socket",
+    "subprocess",
+    "io",
+    "pathlib",
+    "shutil",
+    "tempfile",
+    "threading",
+    "asyncio",
+    "logging",
+    "uuid",
+}
 
 
 def test_all_lists_exactly_the_public_names() -> None:
-    public = {name for name, value in vars(ledger).items()
-              if not name.startswith("_") and not isinstance(value, types.ModuleType)
-              and name != "annotations"}
+    public = {
+        name
+        for name, value in vars(ledger).items()
+        if not name.startswith("_")
+        and not isinstance(value, types.ModuleType)
+        and name != "annotations"
+    }
     assert set(ledger.__all__) == public
     assert len(ledger.__all__) == len(set(ledger.__all__))
 

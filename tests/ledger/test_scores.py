@@ -32,8 +32,7 @@ def test_score_is_an_int_in_range(t: Totals, version: int) -> None:
 
 @s.QUICK
 @given(t=totals(), version=st.integers(), balance=st.integers())
-def test_score_tolerates_any_ints_and_stays_in_range(t: Totals, version: int,
-                                                     balance: int) -> None:
+def test_score_tolerates_any_ints_and_stays_in_range(t: Totals, version: int, balance: int) -> None:
     odd = Totals(balance=balance, purchased=-t.purchased, used=t.used * 3)
     assert MIN_SCORE <= credit_score(odd, version) <= MAX_SCORE
 
@@ -92,5 +91,6 @@ def test_spending_granted_credits_earns_nothing() -> None:
     base = credit_score(Totals(balance=0, purchased=100, used=100), 5)
     over = credit_score(Totals(balance=0, purchased=100, used=10**9), 5)
     assert over == base
-    assert credit_score(Totals(purchased=100, used=100), 5) > \
-        credit_score(Totals(purchased=100, used=0), 5)
+    assert credit_score(Totals(purchased=100, used=100), 5) > credit_score(
+        Totals(purchased=100, used=0), 5
+    )

@@ -143,8 +143,12 @@ class LedgerMachine(RuleBasedStateMachine):
         for user, account in self.accounts.items():
             m = self.model[user]
             assert account.totals.balance >= 0
-            assert (account.totals.balance, account.totals.purchased, account.totals.used,
-                    account.version) == (m.balance, m.purchased, m.used, m.events)
+            assert (
+                account.totals.balance,
+                account.totals.purchased,
+                account.totals.used,
+                account.version,
+            ) == (m.balance, m.purchased, m.used, m.events)
 
     @invariant()
     def histories_are_dense_verified_and_fold_to_the_accounts(self) -> None:
@@ -155,6 +159,5 @@ class LedgerMachine(RuleBasedStateMachine):
             assert fold(history) == account
 
 
-LedgerMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=50,
-                                           deadline=None)
+LedgerMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=50, deadline=None)
 TestLedger = LedgerMachine.TestCase

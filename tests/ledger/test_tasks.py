@@ -43,8 +43,13 @@ def refused(data: object) -> str | None:
 
 
 def task(**overrides: object) -> dict[str, Any]:
-    args: dict[str, Any] = {"queue_name": "default", "task_type": "credit_purchase",
-                            "data": {"user_id": "u"}, "priority": 2, "delay": 0}
+    args: dict[str, Any] = {
+        "queue_name": "default",
+        "task_type": "credit_purchase",
+        "data": {"user_id": "u"},
+        "priority": 2,
+        "delay": 0,
+    }
     args.update(overrides)
     return args
 
@@ -57,12 +62,14 @@ def task_field(**overrides: object) -> str | None:
 
 # --- task data ----------------------------------------------------------------------
 
+
 @s.QUICK
 @given(data=s.json_objects())
 def test_json_like_data_is_accepted_unchanged(data: dict[str, object]) -> None:
     assert check_task_data(data) is data
-    assert task_size(data) == len(json.dumps(data, separators=(",", ":"),
-                                             ensure_ascii=False).encode("utf-8"))
+    assert task_size(data) == len(
+        json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    )
 
 
 @s.QUICK
@@ -73,20 +80,47 @@ def test_dollar_keys_are_refused_at_any_depth(case: tuple[dict[str, Any], str]) 
 
 
 @s.QUICK
-@given(case=s.hostile_at_depth(st.tuples(
-    st.text(max_size=5).map(lambda k: k + "\x00" + k).filter(lambda k: not k.startswith("$")),
-    st.just(1))))
+@given(
+    case=s.hostile_at_depth(
+        st.tuples(
+            st.text(max_size=5)
+            .map(lambda k: k + "\x00" + k)
+            .filter(lambda k: not k.startswith("$")),
+            st.just(1),
+        )
+    )
+)
 def test_nul_in_keys_is_refused(case: tuple[dict[str, Any], str]) -> None:
     data, path = case
     assert refused(data) == path
 
 
 @s.QUICK
-@given(case=s.hostile_at_depth(st.tuples(
-    st.just("v"),
-    st.one_of(st.sampled_from([math.nan, math.inf, -math.inf, 2**63, -(2**63) - 1, 10**40,
-                               b"bytes", {1, 2}, (1, 2), Decimal("1.5"), object()]),
-              s.lone_surrogates()))))
+@given(
+    case=s.hostile_at_depth(
+        st.tuples(
+            st.just("v"),
+            st.one_of(
+                st.sampled_from(
+                    [
+                        math.nan,
+                        math.inf,
+                        -math.inf,
+                        2**63,
+                        -(2**63) - 1,
+                        10**40,
+                        b"bytes",
+                        {1, 2},
+                        (1, 2),
+                        Decimal("1.5"),
+                        object(),
+                    ]
+                ),
+                s.lone_surrogates(),
+            ),
+        )
+    )
+)
 def test_non_json_values_are_refused_at_any_depth(case: tuple[dict[str, Any], str]) -> None:
     data, path = case
     assert refused(data) == path
@@ -182,13 +216,19 @@ def test_huge_payload_is_refused_quickly_by_the_running_bound() -> None:
 
 # --- enqueue inputs -----------------------------------------------------------------
 
+
 def test_valid_task_is_checked_into_a_tuple() -> None:
     checked = check_task(**task(priority=Priority.HIGH, delay=1.5))
     assert checked.priority is Priority.HIGH
     assert checked.delay_ms == 1500
     queue_name, task_type, data, priority, delay_ms = checked
-    assert (queue_name, task_type, data, priority, delay_ms) == \
-        ("default", "credit_purchase", {"user_id": "u"}, Priority.HIGH, 1500)
+    assert (queue_name, task_type, data, priority, delay_ms) == (
+        "default",
+        "credit_purchase",
+        {"user_id": "u"},
+        Priority.HIGH,
+        1500,
+    )
 
 
 @pytest.mark.parametrize("value", [1, 2, 3, 4, *Priority])
@@ -206,8 +246,10 @@ def test_delays_accepted(value: float) -> None:
     assert check_task(**task(delay=value)).delay_ms == round(value * 1000)
 
 
-@pytest.mark.parametrize("value", [-1, -0.001, MAX_DELAY_SECONDS + 1, math.nan, math.inf,
-                                   -math.inf, True, "5", None, [1]])
+@pytest.mark.parametrize(
+    "value",
+    [-1, -0.001, MAX_DELAY_SECONDS + 1, math.nan, math.inf, -math.inf, True, "5", None, [1]],
+)
 def test_bad_delay_is_named(value: object) -> None:
     assert task_field(delay=value) == "delay"
 
@@ -232,6 +274,7 @@ def test_task_data_errors_are_named_by_path() -> None:
 
 # --- the default DB handler's tasks -------------------------------------------------
 
+
 def db_field(task_data: object, allowed: frozenset[str] = DEFAULT_COLLECTIONS) -> str | None:
     with pytest.raises(ValidationError) as info:
         check_db_task(task_data, allowed)  # type: ignore[arg-type]
@@ -239,56 +282,94 @@ def db_field(task_data: object, allowed: frozenset[str] = DEFAULT_COLLECTIONS) -
 
 
 def test_valid_db_tasks() -> None:
-    assert check_db_task({"operation": "insert", "collection": "users",
-                          "data": {"_id": "u", "n": 1}}) == \
-        DbTask(operation="insert", collection="users", data={"_id": "u", "n": 1})
-    assert check_db_task({"operation": "update", "collection": "analytics",
-                          "data": {"n": 2}, "filter": {"user_id": "u"}}) == \
-        DbTask(operation="update", collection="analytics", data={"n": 2},
-               filter={"user_id": "u"})
-    assert check_db_task(MappingProxyType({"operation": "delete", "collection": "notifications",
-                                           "filter": {"id": 3}, "data": None})) == \
-        DbTask(operation="delete", collection="notifications", filter={"id": 3})
+    assert check_db_task(
+        {"operation": "insert", "collection": "users", "data": {"_id": "u", "n": 1}}
+    ) == DbTask(operation="insert", collection="users", data={"_id": "u", "n": 1})
+    assert check_db_task(
+        {
+            "operation": "update",
+            "collection": "analytics",
+            "data": {"n": 2},
+            "filter": {"user_id": "u"},
+        }
+    ) == DbTask(operation="update", collection="analytics", data={"n": 2}, filter={"user_id": "u"})
+    assert check_db_task(
+        MappingProxyType(
+            {
+                "operation": "delete",
+                "collection": "notifications",
+                "filter": {"id": 3},
+                "data": None,
+            }
+        )
+    ) == DbTask(operation="delete", collection="notifications", filter={"id": 3})
 
 
-@pytest.mark.parametrize("collection", [*sorted(READ_MODEL_COLLECTIONS),
-                                        *sorted(WORKER_COLLECTIONS), "system.users",
-                                        "system.js", "system.profile"])
+@pytest.mark.parametrize(
+    "collection",
+    [
+        *sorted(READ_MODEL_COLLECTIONS),
+        *sorted(WORKER_COLLECTIONS),
+        "system.users",
+        "system.js",
+        "system.profile",
+    ],
+)
 def test_read_models_and_system_are_refused_even_if_allowed(collection: str) -> None:
     allowed = DEFAULT_COLLECTIONS | {collection}
-    for op in ({"operation": "insert", "data": {"a": 1}},
-               {"operation": "delete", "filter": {"a": 1}}):
+    for op in (
+        {"operation": "insert", "data": {"a": 1}},
+        {"operation": "delete", "filter": {"a": 1}},
+    ):
         assert db_field({**op, "collection": collection}, allowed) == "task_data.collection"
 
 
 @pytest.mark.parametrize("collection", ["other", "Users", "", 5, None, ["users"]])
 def test_unlisted_collections_are_refused(collection: object) -> None:
-    assert db_field({"operation": "insert", "collection": collection,
-                     "data": {}}) == "task_data.collection"
+    assert (
+        db_field({"operation": "insert", "collection": collection, "data": {}})
+        == "task_data.collection"
+    )
 
 
 @pytest.mark.parametrize("operation", ["drop", "INSERT", "find", "", None, 1, "aggregate"])
 def test_unknown_operations_are_refused(operation: object) -> None:
-    assert db_field({"operation": operation, "collection": "users",
-                     "data": {}}) == "task_data.operation"
+    assert (
+        db_field({"operation": operation, "collection": "users", "data": {}})
+        == "task_data.operation"
+    )
 
 
 @s.QUICK
-@given(key=st.text(min_size=1, max_size=10).filter(
-    lambda k: k not in ("operation", "collection", "data", "filter")
-    and not k.startswith("$") and "\x00" not in k))
+@given(
+    key=st.text(min_size=1, max_size=10).filter(
+        lambda k: (
+            k not in ("operation", "collection", "data", "filter")
+            and not k.startswith("$")
+            and "\x00" not in k
+        )
+    )
+)
 def test_unknown_top_level_keys_are_refused(key: str) -> None:
-    assert db_field({"operation": "insert", "collection": "users", "data": {},
-                     key: 1}) == f"task_data.{key}"
+    assert (
+        db_field({"operation": "insert", "collection": "users", "data": {}, key: 1})
+        == f"task_data.{key}"
+    )
 
 
 @s.QUICK
-@given(case=s.hostile_at_depth(st.tuples(s.dollar_keys(), st.just(1))),
-       where=st.sampled_from(["data", "filter"]))
+@given(
+    case=s.hostile_at_depth(st.tuples(s.dollar_keys(), st.just(1))),
+    where=st.sampled_from(["data", "filter"]),
+)
 def test_operator_injection_is_refused(case: tuple[dict[str, Any], str], where: str) -> None:
     inner, path = case
-    task_data = {"operation": "update", "collection": "users",
-                 "data": {"n": 1}, "filter": {"user_id": "u"}}
+    task_data = {
+        "operation": "update",
+        "collection": "users",
+        "data": {"n": 1},
+        "filter": {"user_id": "u"},
+    }
     task_data[where] = inner
     assert db_field(task_data) == path.replace("task_data", f"task_data.{where}", 1)
 
@@ -296,62 +377,103 @@ def test_operator_injection_is_refused(case: tuple[dict[str, Any], str], where: 
 def test_classic_injections_are_named() -> None:
     base = {"operation": "update", "collection": "users", "data": {"n": 1}}
     assert db_field({**base, "filter": {"$where": "sleep(1000)"}}) == "task_data.filter.$where"
-    assert db_field({**base, "filter": {"balance": {"$gt": 0}}}) == \
-        "task_data.filter.balance.$gt"
-    assert db_field({**base, "filter": {"u": 1}, "data": {"$set": {"admin": True}}}) == \
-        "task_data.data.$set"
-    assert db_field({"operation": "delete", "collection": "users",
-                     "filter": {"$or": [{"a": 1}]}}) == "task_data.filter.$or"
+    assert db_field({**base, "filter": {"balance": {"$gt": 0}}}) == "task_data.filter.balance.$gt"
+    assert (
+        db_field({**base, "filter": {"u": 1}, "data": {"$set": {"admin": True}}})
+        == "task_data.data.$set"
+    )
+    assert (
+        db_field({"operation": "delete", "collection": "users", "filter": {"$or": [{"a": 1}]}})
+        == "task_data.filter.$or"
+    )
 
 
-@pytest.mark.parametrize(("task_data", "field"), [
-    ({"operation": "insert", "collection": "users"}, "task_data.data"),
-    ({"operation": "insert", "collection": "users", "data": [1]}, "task_data.data"),
-    ({"operation": "insert", "collection": "users", "data": {}, "filter": {"a": 1}},
-     "task_data.filter"),
-    ({"operation": "update", "collection": "users", "filter": {"a": 1}}, "task_data.data"),
-    ({"operation": "update", "collection": "users", "data": {}, "filter": {"a": 1}},
-     "task_data.data"),
-    ({"operation": "update", "collection": "users", "data": {"_id": 1}, "filter": {"a": 1}},
-     "task_data.data._id"),
-    ({"operation": "update", "collection": "users", "data": {"a": 1}}, "task_data.filter"),
-    ({"operation": "update", "collection": "users", "data": {"a": 1}, "filter": {}},
-     "task_data.filter"),
-    ({"operation": "update", "collection": "users", "data": {"a": 1}, "filter": "a=1"},
-     "task_data.filter"),
-    ({"operation": "delete", "collection": "users"}, "task_data.filter"),
-    ({"operation": "delete", "collection": "users", "filter": {}}, "task_data.filter"),
-    ({"operation": "delete", "collection": "users", "filter": {"a": 1}, "data": {"b": 1}},
-     "task_data.data"),
-])
+@pytest.mark.parametrize(
+    ("task_data", "field"),
+    [
+        ({"operation": "insert", "collection": "users"}, "task_data.data"),
+        ({"operation": "insert", "collection": "users", "data": [1]}, "task_data.data"),
+        (
+            {"operation": "insert", "collection": "users", "data": {}, "filter": {"a": 1}},
+            "task_data.filter",
+        ),
+        ({"operation": "update", "collection": "users", "filter": {"a": 1}}, "task_data.data"),
+        (
+            {"operation": "update", "collection": "users", "data": {}, "filter": {"a": 1}},
+            "task_data.data",
+        ),
+        (
+            {"operation": "update", "collection": "users", "data": {"_id": 1}, "filter": {"a": 1}},
+            "task_data.data._id",
+        ),
+        ({"operation": "update", "collection": "users", "data": {"a": 1}}, "task_data.filter"),
+        (
+            {"operation": "update", "collection": "users", "data": {"a": 1}, "filter": {}},
+            "task_data.filter",
+        ),
+        (
+            {"operation": "update", "collection": "users", "data": {"a": 1}, "filter": "a=1"},
+            "task_data.filter",
+        ),
+        ({"operation": "delete", "collection": "users"}, "task_data.filter"),
+        ({"operation": "delete", "collection": "users", "filter": {}}, "task_data.filter"),
+        (
+            {"operation": "delete", "collection": "users", "filter": {"a": 1}, "data": {"b": 1}},
+            "task_data.data",
+        ),
+    ],
+)
 def test_operation_shape_rules(task_data: dict[str, Any], field: str) -> None:
     assert db_field(task_data) == field
 
 
 # --- recorded ledger events are unforgeable -----------------------------------------
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ("bob:5", True), ("bob:5:2", True), ("a.b@c-d_e:12", True), ("x:0", True),
-    ("bob", False), ("bob:", False), (":5", False), ("bob:5a", False), ("bob 1:5", False),
-    ("3f2a9c1e-8d4b-4c1a-9e7f-0a1b2c3d4e5f", False), ("1700000000000-0", False),
-    (5, False), (None, False), ({"u": "bob:5"}, False), ("b" * 129 + ":1", False),
-])
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("bob:5", True),
+        ("bob:5:2", True),
+        ("a.b@c-d_e:12", True),
+        ("x:0", True),
+        ("bob", False),
+        ("bob:", False),
+        (":5", False),
+        ("bob:5a", False),
+        ("bob 1:5", False),
+        ("3f2a9c1e-8d4b-4c1a-9e7f-0a1b2c3d4e5f", False),
+        ("1700000000000-0", False),
+        (5, False),
+        (None, False),
+        ({"u": "bob:5"}, False),
+        ("b" * 129 + ":1", False),
+    ],
+)
 def test_the_event_id_form(value: object, expected: bool) -> None:
     assert is_event_id(value) is expected
 
 
 @pytest.mark.parametrize("collection", sorted(EVENT_RECORD_COLLECTIONS))
-@pytest.mark.parametrize(("task_data", "field"), [
-    ({"operation": "insert", "data": {"_id": "bob:5", "amount": 1}}, "task_data.data._id"),
-    ({"operation": "insert", "data": {"_id": "bob:5:2"}}, "task_data.data._id"),
-    ({"operation": "update", "data": {"amount": 1}, "filter": {"_id": "bob:5"}},
-     "task_data.filter._id"),
-    ({"operation": "update", "data": {"amount": 1}, "filter": {"_id": "bob:5", "a": 1}},
-     "task_data.filter._id"),
-    ({"operation": "delete", "filter": {"_id": "bob:1"}}, "task_data.filter._id"),
-])
-def test_tasks_cannot_name_a_recorded_event(collection: str, task_data: dict[str, Any],
-                                            field: str) -> None:
+@pytest.mark.parametrize(
+    ("task_data", "field"),
+    [
+        ({"operation": "insert", "data": {"_id": "bob:5", "amount": 1}}, "task_data.data._id"),
+        ({"operation": "insert", "data": {"_id": "bob:5:2"}}, "task_data.data._id"),
+        (
+            {"operation": "update", "data": {"amount": 1}, "filter": {"_id": "bob:5"}},
+            "task_data.filter._id",
+        ),
+        (
+            {"operation": "update", "data": {"amount": 1}, "filter": {"_id": "bob:5", "a": 1}},
+            "task_data.filter._id",
+        ),
+        ({"operation": "delete", "filter": {"_id": "bob:1"}}, "task_data.filter._id"),
+    ],
+)
+def test_tasks_cannot_name_a_recorded_event(
+    collection: str, task_data: dict[str, Any], field: str
+) -> None:
     with pytest.raises(ValidationError) as info:
         check_db_task({**task_data, "collection": collection})
     assert info.value.field == field
@@ -359,16 +481,25 @@ def test_tasks_cannot_name_a_recorded_event(collection: str, task_data: dict[str
 
 
 def test_event_form_ids_are_fine_elsewhere_and_other_ids_everywhere() -> None:
-    assert check_db_task({"operation": "insert", "collection": "analytics",
-                          "data": {"_id": "bob:5"}}).data == {"_id": "bob:5"}
+    assert check_db_task(
+        {"operation": "insert", "collection": "analytics", "data": {"_id": "bob:5"}}
+    ).data == {"_id": "bob:5"}
     for collection in EVENT_RECORD_COLLECTIONS:
         for doc_id in ("bob", "u1", "3f2a9c1e-8d4b-4c1a-9e7f-0a1b2c3d4e5f", 7, {"k": "bob:5"}):
-            check_db_task({"operation": "insert", "collection": collection,
-                           "data": {"_id": doc_id}})
-            check_db_task({"operation": "delete", "collection": collection,
-                           "filter": {"_id": doc_id}})
-        check_db_task({"operation": "update", "collection": collection,
-                       "data": {"note": "bob:5"}, "filter": {"user_id": "bob:5"}})
+            check_db_task(
+                {"operation": "insert", "collection": collection, "data": {"_id": doc_id}}
+            )
+            check_db_task(
+                {"operation": "delete", "collection": collection, "filter": {"_id": doc_id}}
+            )
+        check_db_task(
+            {
+                "operation": "update",
+                "collection": collection,
+                "data": {"note": "bob:5"},
+                "filter": {"user_id": "bob:5"},
+            }
+        )
 
 
 @pytest.mark.parametrize("task_data", [None, [], "insert"])
@@ -378,17 +509,34 @@ def test_db_task_must_be_an_object(task_data: object) -> None:
 
 # --- allow-list configuration -------------------------------------------------------
 
+
 def test_allowed_collections_extend_the_defaults() -> None:
     allowed = allowed_collections(["ledger_reports", "audit.log"])
     assert allowed == DEFAULT_COLLECTIONS | {"ledger_reports", "audit.log"}
     assert allowed_collections() == DEFAULT_COLLECTIONS
-    assert check_db_task({"operation": "insert", "collection": "ledger_reports",
-                          "data": {}}, allowed).collection == "ledger_reports"
+    assert (
+        check_db_task(
+            {"operation": "insert", "collection": "ledger_reports", "data": {}}, allowed
+        ).collection
+        == "ledger_reports"
+    )
 
 
-@pytest.mark.parametrize("name", [*sorted(READ_MODEL_COLLECTIONS), *sorted(WORKER_COLLECTIONS),
-                                  "system.users", "system.x", "", "a$b", "a\x00b", "a b",
-                                  "x" * 65, 5])
+@pytest.mark.parametrize(
+    "name",
+    [
+        *sorted(READ_MODEL_COLLECTIONS),
+        *sorted(WORKER_COLLECTIONS),
+        "system.users",
+        "system.x",
+        "",
+        "a$b",
+        "a\x00b",
+        "a b",
+        "x" * 65,
+        5,
+    ],
+)
 def test_allowed_collections_refuses_unsafe_names(name: object) -> None:
     with pytest.raises(ValidationError) as info:
         allowed_collections(["fine", name])  # type: ignore[list-item]

@@ -34,16 +34,20 @@ PARTITIONS = 4
 @pytest.fixture
 def qm(redis: redis_py.Redis, redis_url: str) -> Iterator[QueueManager]:
     """A QueueManager with a handler registry of its own, on a flushed Redis."""
-    manager = QueueManager(config=StreamsConfig(redis_url=redis_url, partitions=PARTITIONS),
-                           client=redis_py.Redis.from_url(redis_url), registry=HandlerRegistry())
+    manager = QueueManager(
+        config=StreamsConfig(redis_url=redis_url, partitions=PARTITIONS),
+        client=redis_py.Redis.from_url(redis_url),
+        registry=HandlerRegistry(),
+    )
     try:
         yield manager
     finally:
         manager.close()
 
 
-def traffic(qm: QueueManager, users: int = 4, events: int = 40, seed: int = 7,
-            prefix: str = "u") -> list[str]:
+def traffic(
+    qm: QueueManager, users: int = 4, events: int = 40, seed: int = 7, prefix: str = "u"
+) -> list[str]:
     """Register ``users`` accounts and append about ``events`` credit events across every
     priority level (so one account's events sit in several streams)."""
     rng = random.Random(seed)
@@ -56,13 +60,19 @@ def traffic(qm: QueueManager, users: int = 4, events: int = 40, seed: int = 7,
         roll = rng.random()
         with contextlib.suppress(InsufficientCredits):
             if roll < 0.45:
-                qm.purchase(name, rng.randint(1, 500), f"{prefix}-t{seed}-{i}",
-                            currency=rng.choice(["USD", "EUR"]), priority=prio)
+                qm.purchase(
+                    name,
+                    rng.randint(1, 500),
+                    f"{prefix}-t{seed}-{i}",
+                    currency=rng.choice(["USD", "EUR"]),
+                    priority=prio,
+                )
             elif roll < 0.85:
                 qm.use(name, rng.randint(1, 200), reason=f"job {i}", priority=prio)
             else:
-                qm.adjust(name, rng.choice([-1, 1]) * rng.randint(1, 50), reason="fix",
-                          priority=prio)
+                qm.adjust(
+                    name, rng.choice([-1, 1]) * rng.randint(1, 50), reason="fix", priority=prio
+                )
     return names
 
 
@@ -101,8 +111,9 @@ def not_first(r: RedisClient, user: str) -> tuple[str, str, Fields]:
     raise AssertionError(f"no middle entry for {user}: make more traffic")
 
 
-def rewrite_stream(r: RedisClient, stream: str,
-                   change: Callable[[str, Fields], Fields | None]) -> None:
+def rewrite_stream(
+    r: RedisClient, stream: str, change: Callable[[str, Fields], Fields | None]
+) -> None:
     """Rewrite a whole stream in place, as someone with write access to Redis could:
     DEL it and XADD every entry again under its original id (``change`` may alter or
     drop one), then recreate its consumer groups where they were."""
@@ -150,6 +161,7 @@ Cli = Callable[..., int]
 @pytest.fixture
 def cli(redis_url: str, mongo_url: str, mongo_db: Database[Any]) -> Cli:
     """``cli("audit", "--json")`` runs a command against the test servers and database."""
+
     def call(*argv: str) -> int:
         conn = ["--redis-url", redis_url, "--mongo-url", mongo_url, "--mongo-db", mongo_db.name]
         args = list(argv)
@@ -157,7 +169,12 @@ def cli(redis_url: str, mongo_url: str, mongo_db: Database[Any]) -> Cli:
         at = 2 if args[:2] == ["audit", "export"] else 1
         args[at:at] = conn
         ns = parser().parse_args(args)
-        settings = Settings(redis_url=ns.redis_url, mongo_url=ns.mongo_url,
-                            mongo_db=ns.mongo_db, partitions=ns.partitions)
+        settings = Settings(
+            redis_url=ns.redis_url,
+            mongo_url=ns.mongo_url,
+            mongo_db=ns.mongo_db,
+            partitions=ns.partitions,
+        )
         return run(ns, settings)
+
     return call

@@ -22,15 +22,17 @@ MakeQm = Callable[[HandlerRegistry], QueueManager]
 
 
 @pytest.fixture
-def make_qm(redis: redis_py.Redis, redis_url: str,
-            mongo_db: Database[Any]) -> Iterator[MakeQm]:
+def make_qm(redis: redis_py.Redis, redis_url: str, mongo_db: Database[Any]) -> Iterator[MakeQm]:
     """QueueManagers with a database, each with the handler registry it is given."""
     made: list[QueueManager] = []
 
     def make(registry: HandlerRegistry) -> QueueManager:
-        qm = QueueManager(config=StreamsConfig(redis_url=redis_url, partitions=PARTITIONS),
-                          client=redis_py.Redis.from_url(redis_url),
-                          db=MongoDBManager(mongo_db, DEFAULT_COLLECTIONS), registry=registry)
+        qm = QueueManager(
+            config=StreamsConfig(redis_url=redis_url, partitions=PARTITIONS),
+            client=redis_py.Redis.from_url(redis_url),
+            db=MongoDBManager(mongo_db, DEFAULT_COLLECTIONS),
+            registry=registry,
+        )
         made.append(qm)
         return qm
 
@@ -49,8 +51,7 @@ def test_the_protected_collections_are_where_events_are_recorded() -> None:
     assert set(EVENT_COLLECTIONS.values()) == EVENT_RECORD_COLLECTIONS
 
 
-def test_a_redelivered_update_or_delete_task_reaches_one_document(
-        mongo_db: Database[Any]) -> None:
+def test_a_redelivered_update_or_delete_task_reaches_one_document(mongo_db: Database[Any]) -> None:
     mongo_db.notifications.insert_many([{"_id": f"n{i}", "state": "new"} for i in range(3)])
     manager = MongoDBManager(mongo_db, DEFAULT_COLLECTIONS)
     handler = DefaultDBHandler(DEFAULT_COLLECTIONS)
@@ -60,16 +61,22 @@ def test_a_redelivered_update_or_delete_task_reaches_one_document(
         assert handler(update, manager.for_event("task-u")) is True
         assert handler(delete, manager.for_event("task-d")) is True
     assert list(mongo_db.notifications.find({}, sort=[("_id", 1)])) == [
-        {"_id": "n0", "state": "sent"}, {"_id": "n2", "state": "new"}]
+        {"_id": "n0", "state": "sent"},
+        {"_id": "n2", "state": "new"},
+    ]
 
 
 def test_a_forged_event_record_is_refused_at_enqueue(make_qm: MakeQm) -> None:
     qm = make_qm(HandlerRegistry())
     for data, field in [
-        (db_task("insert", "users", data={"_id": "bob:1", "email": "forged"}),
-         "task_data.data._id"),
-        (db_task("update", "credit_purchases", filter={"_id": "bob:2"}, data={"amount": 9}),
-         "task_data.filter._id"),
+        (
+            db_task("insert", "users", data={"_id": "bob:1", "email": "forged"}),
+            "task_data.data._id",
+        ),
+        (
+            db_task("update", "credit_purchases", filter={"_id": "bob:2"}, data={"amount": 9}),
+            "task_data.filter._id",
+        ),
         (db_task("delete", "credit_usage", filter={"_id": "bob:3"}), "task_data.filter._id"),
     ]:
         with pytest.raises(ValidationError) as info:
@@ -79,24 +86,30 @@ def test_a_forged_event_record_is_refused_at_enqueue(make_qm: MakeQm) -> None:
 
 
 def test_a_forged_record_that_reaches_a_worker_is_dead_lettered(
-        make_qm: MakeQm, mongo_db: Database[Any]) -> None:
+    make_qm: MakeQm, mongo_db: Database[Any]
+) -> None:
     """A producer whose process had a handler for the task type skipped the DB-task
     check; the worker, which has none, runs the default DB handler and refuses."""
     registry = HandlerRegistry()
     registry.register("db_op", lambda data, db: True)
     producer = make_qm(registry)
-    producer.enqueue("default", "db_op",
-                     db_task("insert", "users", data={"_id": "bob:1", "email": "forged"}))
+    producer.enqueue(
+        "default", "db_op", db_task("insert", "users", data={"_id": "bob:1", "email": "forged"})
+    )
     worker_side = make_qm(HandlerRegistry())
     once = RetryPolicy(max_attempts=1, base_ms=1, max_ms=5)
     worker_side.worker(retry=once).run_until_idle()
     worker_side.register_user("bob", "bob@example.com")
     worker_side.purchase("bob", 40, "pay-1")
     worker_side.worker(retry=once).run_until_idle()  # the recorder stores both events
-    producer.enqueue("default", "db_op", db_task("update", "credit_purchases",
-                                                 filter={"user_id": "bob"}, data={"amount": 9}))
-    producer.enqueue("default", "db_op",
-                     db_task("delete", "users", filter={"email": "bob@example.com"}))
+    producer.enqueue(
+        "default",
+        "db_op",
+        db_task("update", "credit_purchases", filter={"user_id": "bob"}, data={"amount": 9}),
+    )
+    producer.enqueue(
+        "default", "db_op", db_task("delete", "users", filter={"email": "bob@example.com"})
+    )
     worker_side.worker(retry=once).run_until_idle()
     errors = [d.error for d in worker_side.dead_letters()]
     assert len(errors) == 3

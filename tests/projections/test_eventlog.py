@@ -40,8 +40,9 @@ def test_unarchived_log_is_the_streams(qm: QueueManager, mongo_db: Database[Any]
         assert all(e.stream is not None and e.archived is None for e in events)
 
 
-def test_archived_events_carry_both_copies_at_one_position(qm: QueueManager,
-                                                           mongo_db: Database[Any]) -> None:
+def test_archived_events_carry_both_copies_at_one_position(
+    qm: QueueManager, mongo_db: Database[Any]
+) -> None:
     traffic(qm, users=3, events=25)
     project(qm, mongo_db)
     log = read_log(qm.redis, PARTITIONS, mongo_db)
@@ -63,8 +64,9 @@ def test_trimmed_log_reads_the_archive(qm: QueueManager, mongo_db: Database[Any]
     sources = read_sources(qm.redis, PARTITIONS, mongo_db)
     after = sources.log()
     assert versions(after) == versions(before)
-    assert {u: [e.event for e in v] for u, v in after.items()} == \
-        {u: [e.event for e in v] for u, v in before.items()}
+    assert {u: [e.event for e in v] for u, v in after.items()} == {
+        u: [e.event for e in v] for u, v in before.items()
+    }
     archive_only = [e for v in after.values() for e in v if e.stream is None]
     assert len(archive_only) == removed
     for e in archive_only:
@@ -74,8 +76,9 @@ def test_trimmed_log_reads_the_archive(qm: QueueManager, mongo_db: Database[Any]
         assert extent.trimmed(entry) and not extent.deleted(entry)
 
 
-def test_a_deleted_middle_entry_is_told_from_a_trimmed_one(qm: QueueManager,
-                                                           mongo_db: Database[Any]) -> None:
+def test_a_deleted_middle_entry_is_told_from_a_trimmed_one(
+    qm: QueueManager, mongo_db: Database[Any]
+) -> None:
     traffic(qm, users=2, events=40)
     project(qm, mongo_db)
     stream = max(all_streams(), key=qm.redis.xlen)
@@ -93,15 +96,16 @@ def test_a_deleted_middle_entry_is_told_from_a_trimmed_one(qm: QueueManager,
     assert not extent.deleted(format_id((ms + 1000, seq)))
 
 
-def test_requeued_copies_and_tasks_are_skipped(qm: QueueManager,
-                                               mongo_db: Database[Any]) -> None:
+def test_requeued_copies_and_tasks_are_skipped(qm: QueueManager, mongo_db: Database[Any]) -> None:
     qm.register_user("r", "r@example.com")
     appended = qm.purchase("r", 10, "t1")
     event = read_log(qm.redis, PARTITIONS, mongo_db)["r"][-1]
     assert event.stream is not None
     # what requeue.lua writes back: the entry's own fields plus rq=<stream>/<id>
-    copy = {**event_fields(event.event, "default"),
-            "rq": f"{event.stream.stream}/{event.stream.entry_id}"}
+    copy = {
+        **event_fields(event.event, "default"),
+        "rq": f"{event.stream.stream}/{event.stream.entry_id}",
+    }
     copy_id = text(qm.redis.xadd(event.stream.stream, xadd_fields(copy)))
     qm.enqueue("default", "noop", {"x": 1})
     sources = read_sources(qm.redis, PARTITIONS, mongo_db)
@@ -133,15 +137,15 @@ def test_one_account(qm: QueueManager, mongo_db: Database[Any]) -> None:
     assert read_log(qm.redis, PARTITIONS, mongo_db, user="nobody") == {}
 
 
-def test_documents_that_do_not_decode_are_reported(qm: QueueManager,
-                                                   mongo_db: Database[Any]) -> None:
+def test_documents_that_do_not_decode_are_reported(
+    qm: QueueManager, mongo_db: Database[Any]
+) -> None:
     qm.register_user("d", "d@example.com")
     project(qm, mongo_db)
     oid = mongo_db.events.insert_one({"note": "not an event"}).inserted_id  # not a string
     mongo_db.events.update_one({"_id": "d:1"}, {"$set": {"version": "one"}})
     sources = read_sources(qm.redis, PARTITIONS, mongo_db)
-    assert sorted(u.where for u in sources.undecodable) == sorted(["events/d:1",
-                                                                   f"events/{oid}"])
+    assert sorted(u.where for u in sources.undecodable) == sorted(["events/d:1", f"events/{oid}"])
     log = sources.log()
     assert log["d"][0].archived is None and log["d"][0].stream is not None
 
@@ -157,8 +161,9 @@ def test_tail_holds_only_what_came_after(qm: QueueManager, mongo_db: Database[An
     assert versions(tail) == {names[0]: [len(first.log()[names[0]]) + 1], "late": [1]}
 
 
-def test_tail_finds_events_trimmed_before_it_was_read(qm: QueueManager,
-                                                      mongo_db: Database[Any]) -> None:
+def test_tail_finds_events_trimmed_before_it_was_read(
+    qm: QueueManager, mongo_db: Database[Any]
+) -> None:
     traffic(qm, users=2, events=10)
     project(qm, mongo_db)
     first = read_sources(qm.redis, PARTITIONS, mongo_db)

@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_projector_killed_repeatedly_loses_and_doubles_nothing(
-        qm: QueueManager, redis_url: str, mongo_url: str,
-        mongo_db: Database[Any]) -> None:
+    qm: QueueManager, redis_url: str, mongo_url: str, mongo_db: Database[Any]
+) -> None:
     users = [f"k{i}" for i in range(8)]
     for u in users:
         qm.register_user(u, f"{u}@example.com")
@@ -37,8 +37,10 @@ def test_projector_killed_repeatedly_loses_and_doubles_nothing(
     appended = [0]
 
     def produce() -> None:
-        qm = QueueManager(config=StreamsConfig(redis_url=redis_url, partitions=PARTITIONS),
-                          client=redis_py.Redis.from_url(redis_url))
+        qm = QueueManager(
+            config=StreamsConfig(redis_url=redis_url, partitions=PARTITIONS),
+            client=redis_py.Redis.from_url(redis_url),
+        )
         rng = random.Random(5)
         try:
             while not stop.is_set() and appended[0] < 400:
@@ -53,8 +55,14 @@ def test_projector_killed_repeatedly_loses_and_doubles_nothing(
         finally:
             qm.close()
 
-    deployment = Deployment(redis_url, mongo_url, mongo_db=mongo_db.name,
-                            partitions=PARTITIONS, log_level="WARNING", cwd=ROOT)
+    deployment = Deployment(
+        redis_url,
+        mongo_url,
+        mongo_db=mongo_db.name,
+        partitions=PARTITIONS,
+        log_level="WARNING",
+        cwd=ROOT,
+    )
     producer = threading.Thread(target=produce)
     producer.start()
     rng = random.Random(9)
@@ -73,6 +81,7 @@ def test_projector_killed_repeatedly_loses_and_doubles_nothing(
     assert deployment.starts["projector"] == 4 and appended[0] > 100
     assert mongo_db.events.count_documents({}) > 0, "the killed projectors made progress"
     for projection in all_projections():
-        projector(qm.redis, PARTITIONS, mongo_db, projection,
-                  claim_idle_ms=300).run_until_idle(timeout=60)
+        projector(qm.redis, PARTITIONS, mongo_db, projection, claim_idle_ms=300).run_until_idle(
+            timeout=60
+        )
     assert_views_match_the_log(qm, mongo_db)

@@ -55,8 +55,7 @@ class AfterReply(monitoring.CommandListener):
 
 
 @pytest.fixture
-def watched(mongo_url: str, mongo_db: Database[Any]
-            ) -> Iterator[tuple[Database[Any], AfterReply]]:
+def watched(mongo_url: str, mongo_db: Database[Any]) -> Iterator[tuple[Database[Any], AfterReply]]:
     """The test database through a client of its own that reports each reply."""
     listener = AfterReply()
     client: pymongo.MongoClient[dict[str, Any]] = connect(mongo_url, event_listeners=[listener])
@@ -67,7 +66,8 @@ def watched(mongo_url: str, mongo_db: Database[Any]
 
 
 def test_an_upsert_that_lost_the_race_to_create_its_document_is_applied(
-        watched: tuple[Database[Any], AfterReply], mongo_db: Database[Any]) -> None:
+    watched: tuple[Database[Any], AfterReply], mongo_db: Database[Any]
+) -> None:
     """Projector B's v2 upsert clashes (11000) because projector A created the
     document first, with v1. The server's answer and the state it leaves are made
     real here: B's upsert meets a document it may not update and gets a genuine
@@ -81,26 +81,36 @@ def test_an_upsert_that_lost_the_race_to_create_its_document_is_applied(
         mongo_db.balances.replace_one({"_id": "alice"}, {"version": 1, "balance": 10})
 
     listener.then = older_insert_won
-    apply_writes(db, "balances", [Upsert(key="alice", version=2,
-                                         fields={"version": 2, "balance": 20})])
+    apply_writes(
+        db, "balances", [Upsert(key="alice", version=2, fields={"version": 2, "balance": 20})]
+    )
     assert listener.then is None, "the race was staged"
     assert mongo_db.balances.find_one({"_id": "alice"}) == {
-        "_id": "alice", "version": 2, "balance": 20}
+        "_id": "alice",
+        "version": 2,
+        "balance": 20,
+    }
 
 
-def test_an_upsert_older_than_the_stored_document_changes_nothing(
-        mongo_db: Database[Any]) -> None:
+def test_an_upsert_older_than_the_stored_document_changes_nothing(mongo_db: Database[Any]) -> None:
     mongo_db.balances.insert_one({"_id": "bob", "version": 5, "balance": 50})
-    apply_writes(mongo_db, "balances", [
-        Upsert(key="bob", version=4, fields={"version": 4, "balance": 40}),
-        Upsert(key="carol", version=1, fields={"version": 1, "balance": 1})])
+    apply_writes(
+        mongo_db,
+        "balances",
+        [
+            Upsert(key="bob", version=4, fields={"version": 4, "balance": 40}),
+            Upsert(key="carol", version=1, fields={"version": 1, "balance": 1}),
+        ],
+    )
     assert list(mongo_db.balances.find({}, sort=[("_id", 1)])) == [
         {"_id": "bob", "version": 5, "balance": 50},
-        {"_id": "carol", "version": 1, "balance": 1}]
+        {"_id": "carol", "version": 1, "balance": 1},
+    ]
 
 
 def test_an_insert_clashing_on_another_unique_index_is_not_taken_as_archived(
-        mongo_db: Database[Any]) -> None:
+    mongo_db: Database[Any],
+) -> None:
     mongo_db.events.create_index("entry_id", unique=True)
     mongo_db.events.insert_one({"_id": "squatter", "entry_id": "1-1"})
     apply_writes(mongo_db, "events", [Insert(document={"_id": "squatter", "entry_id": "1-1"})])
@@ -111,14 +121,23 @@ def test_an_insert_clashing_on_another_unique_index_is_not_taken_as_archived(
 
 @pytest.mark.slow  # two projector processes racing
 def test_two_projector_processes_of_one_read_model_end_at_every_last_version(
-        qm: QueueManager, redis_url: str, mongo_url: str, mongo_db: Database[Any]) -> None:
+    qm: QueueManager, redis_url: str, mongo_url: str, mongo_db: Database[Any]
+) -> None:
     users = [f"t{i}" for i in range(6)]
     for u in users:
         qm.register_user(u, f"{u}@example.com")
-    deployment = Deployment(redis_url, mongo_url, mongo_db=mongo_db.name,
-                            partitions=PARTITIONS, log_level="WARNING", cwd=ROOT)
-    procs = [deployment.start(f"projector-{i}", "project", "--only", "balances", "--batch", "4")
-             for i in range(2)]
+    deployment = Deployment(
+        redis_url,
+        mongo_url,
+        mongo_db=mongo_db.name,
+        partitions=PARTITIONS,
+        log_level="WARNING",
+        cwd=ROOT,
+    )
+    procs = [
+        deployment.start(f"projector-{i}", "project", "--only", "balances", "--batch", "4")
+        for i in range(2)
+    ]
     try:
         rng = random.Random(11)
         for i in range(240):
@@ -128,8 +147,9 @@ def test_two_projector_processes_of_one_read_model_end_at_every_last_version(
             else:
                 with contextlib.suppress(InsufficientCredits):
                     qm.use(u, rng.randint(1, 40))
-        last = {u: events[-1].version
-                for u, events in account_histories(qm.redis, PARTITIONS).items()}
+        last = {
+            u: events[-1].version for u, events in account_histories(qm.redis, PARTITIONS).items()
+        }
 
         def reached() -> bool:
             stored = {d["_id"]: d["version"] for d in mongo_db.balances.find()}

@@ -26,8 +26,9 @@ from .conftest import PARTITIONS, Cli, collection, project, traffic, trim_half
 VIEWS = ("balances", "credit_scores")
 
 
-def snapshot(db: Database[Any], names: tuple[str, ...] = (*VIEWS, "events")
-             ) -> dict[str, list[dict[str, Any]]]:
+def snapshot(
+    db: Database[Any], names: tuple[str, ...] = (*VIEWS, "events")
+) -> dict[str, list[dict[str, Any]]]:
     return {name: collection(db, name) for name in names}
 
 
@@ -52,12 +53,17 @@ def assert_views_are_the_fold(qm: QueueManager, db: Database[Any]) -> None:
         doc = db.balances.find_one({"_id": user})
         assert doc is not None
         assert (doc["version"], doc["balance"], doc["purchased_total"], doc["used_total"]) == (
-            account.version, account.totals.balance, account.totals.purchased,
-            account.totals.used), user
+            account.version,
+            account.totals.balance,
+            account.totals.purchased,
+            account.totals.used,
+        ), user
         score = db.credit_scores.find_one({"_id": user})
         assert score is not None
         assert (score["version"], score["score"]) == (
-            account.version, credit_score(account.totals, account.version)), user
+            account.version,
+            credit_score(account.totals, account.version),
+        ), user
 
 
 def test_replay_reproduces_the_live_views(qm: QueueManager, mongo_db: Database[Any]) -> None:
@@ -95,8 +101,9 @@ def test_replay_only_one_view(qm: QueueManager, mongo_db: Database[Any]) -> None
         replay(qm.redis, PARTITIONS, mongo_db, only=["balances", "users"])
 
 
-def test_replay_into_another_database(qm: QueueManager, mongo_db: Database[Any],
-                                      other_db: Database[Any]) -> None:
+def test_replay_into_another_database(
+    qm: QueueManager, mongo_db: Database[Any], other_db: Database[Any]
+) -> None:
     traffic(qm, users=4, events=40)
     project(qm, mongo_db)
     live = snapshot(mongo_db)
@@ -111,7 +118,8 @@ def test_replay_into_another_database(qm: QueueManager, mongo_db: Database[Any],
 
 
 def test_catch_up_applies_what_live_projectors_wrote_to_the_old_collections(
-        qm: QueueManager, mongo_db: Database[Any]) -> None:
+    qm: QueueManager, mongo_db: Database[Any]
+) -> None:
     traffic(qm, users=3, events=20)
     project(qm, mongo_db)
     done: list[str] = []
@@ -134,9 +142,9 @@ def test_catch_up_applies_what_live_projectors_wrote_to_the_old_collections(
     assert doc is not None and doc["balance"] == 50
 
 
-def test_replay_while_producers_and_projectors_run(qm: QueueManager, redis_url: str,
-                                                   mongo_db: Database[Any],
-                                                   other_db: Database[Any]) -> None:
+def test_replay_while_producers_and_projectors_run(
+    qm: QueueManager, redis_url: str, mongo_db: Database[Any], other_db: Database[Any]
+) -> None:
     """Producers append and live projectors apply throughout the read and the rebuild;
     producers also append across the swap, so the catch-up must bring those in.
 
@@ -183,8 +191,12 @@ def test_replay_while_producers_and_projectors_run(qm: QueueManager, redis_url: 
 
     def wait_for_appends(n: int) -> int:
         start = appended[0]
-        eventually(lambda: appended[0] >= start + n, timeout=10, interval=0.01,
-                   message=f"the producer did not append {n} events")
+        eventually(
+            lambda: appended[0] >= start + n,
+            timeout=10,
+            interval=0.01,
+            message=f"the producer did not append {n} events",
+        )
         return appended[0] - start
 
     during: dict[str, int] = {}
@@ -218,8 +230,9 @@ def test_replay_while_producers_and_projectors_run(qm: QueueManager, redis_url: 
     assert snapshot(other_db) == snapshot(mongo_db)
 
 
-def test_replay_after_trimming(qm: QueueManager, mongo_db: Database[Any],
-                               other_db: Database[Any]) -> None:
+def test_replay_after_trimming(
+    qm: QueueManager, mongo_db: Database[Any], other_db: Database[Any]
+) -> None:
     traffic(qm, users=4, events=40)
     project(qm, mongo_db)
     live = snapshot(mongo_db)
@@ -232,13 +245,18 @@ def test_replay_after_trimming(qm: QueueManager, mongo_db: Database[Any],
 
 
 def test_archive_replay_inserts_what_is_missing_and_drops_nothing(
-        qm: QueueManager, mongo_db: Database[Any]) -> None:
+    qm: QueueManager, mongo_db: Database[Any]
+) -> None:
     traffic(qm, users=3, events=30)
     project(qm, mongo_db)
     live = collection(mongo_db, "events")
     trim_half(qm.redis)  # the archive alone now holds the trimmed events
-    kept = {e.id for v in read_log(qm.redis, PARTITIONS, mongo_db).values() for e in v
-            if e.stream is not None}
+    kept = {
+        e.id
+        for v in read_log(qm.redis, PARTITIONS, mongo_db).values()
+        for e in v
+        if e.stream is not None
+    }
     lost = sorted(kept)[:5]
     mongo_db.events.delete_many({"_id": {"$in": lost}})
     result = replay(qm.redis, PARTITIONS, mongo_db, only=["events"])
@@ -254,16 +272,22 @@ def test_replay_keeps_the_live_indexes(qm: QueueManager, mongo_db: Database[Any]
     assert "by_balance" in mongo_db.balances.index_information()
 
 
-def test_replay_of_an_empty_log_empties_the_views(qm: QueueManager,
-                                                  mongo_db: Database[Any]) -> None:
+def test_replay_of_an_empty_log_empties_the_views(
+    qm: QueueManager, mongo_db: Database[Any]
+) -> None:
     mongo_db.balances.insert_one({"_id": "nobody", "balance": 3, "version": 1})
     result = replay(qm.redis, PARTITIONS, mongo_db)
     assert (result.events, result.accounts) == (0, 0)
     assert collection(mongo_db, "balances") == []
 
 
-def test_cli_replay(qm: QueueManager, mongo_db: Database[Any], other_db: Database[Any],
-                    cli: Cli, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_replay(
+    qm: QueueManager,
+    mongo_db: Database[Any],
+    other_db: Database[Any],
+    cli: Cli,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     traffic(qm, users=3, events=20)
     project(qm, mongo_db)
     live = snapshot(mongo_db)

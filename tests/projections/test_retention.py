@@ -18,12 +18,12 @@ from .conftest import PARTITIONS
 
 
 def stream_lengths(qm: QueueManager) -> int:
-    return sum(qm.redis.xlen(keys.stream(p, lv))
-               for p in range(PARTITIONS) for lv in keys.LEVELS_DESC)
+    return sum(
+        qm.redis.xlen(keys.stream(p, lv)) for p in range(PARTITIONS) for lv in keys.LEVELS_DESC
+    )
 
 
-def test_trim_waits_for_every_group(qm: QueueManager,
-                                    mongo_db: Database[Any]) -> None:
+def test_trim_waits_for_every_group(qm: QueueManager, mongo_db: Database[Any]) -> None:
     qm.register_user("r", "r@example.com")
     for i in range(30):
         qm.purchase("r", 1, f"t{i}")
@@ -40,8 +40,7 @@ def test_trim_waits_for_every_group(qm: QueueManager,
     p = keys.partition_of("r", PARTITIONS)
     stream = keys.stream(p, Priority.NORMAL)
     # a RESP2 client (the default): a list of [stream, entries] pairs
-    taken = cast(list[list[Any]],
-                 qm.redis.xreadgroup("workers", "doomed", {stream: ">"}, count=10))
+    taken = cast(list[list[Any]], qm.redis.xreadgroup("workers", "doomed", {stream: ">"}, count=10))
     first_pending = taken[0][1][0][0]
     assert trim(qm.redis, PARTITIONS, keep_ms=0) == 0  # the oldest pending is the first
     assert stream_entries(qm.redis, stream)[0][0] == first_pending
@@ -61,13 +60,18 @@ def test_trim_waits_for_every_group(qm: QueueManager,
 def run_every_group(qm: QueueManager, db: Database[Any], archive_retry: RetryPolicy) -> None:
     qm.worker().run_until_idle()
     for projection in all_projections():
-        projector(qm.redis, PARTITIONS, db, projection,
-                  retry=archive_retry if projection.name == "events" else None,
-                  ).run_until_idle()
+        projector(
+            qm.redis,
+            PARTITIONS,
+            db,
+            projection,
+            retry=archive_retry if projection.name == "events" else None,
+        ).run_until_idle()
 
 
 def test_an_event_the_archive_dead_lettered_is_never_trimmed(
-        qm: QueueManager, mongo_db: Database[Any]) -> None:
+    qm: QueueManager, mongo_db: Database[Any]
+) -> None:
     """The archive projector fails to store r:3 for good (a unique index of the
     operator's clashes with it), dead-letters it and so acknowledges it. Trimming
     stops right before it until it is requeued and archived; poison holds nothing."""
@@ -91,8 +95,7 @@ def test_an_event_the_archive_dead_lettered_is_never_trimmed(
     assert trim(qm.redis, PARTITIONS, keep_ms=0) == 0
 
     # poison the archive dead-letters too is not an event: it holds nothing back
-    qm.redis.xadd(keys.stream(keys.partition_of("r", PARTITIONS), Priority.LOW),
-                  {"k": "garbage"})
+    qm.redis.xadd(keys.stream(keys.partition_of("r", PARTITIONS), Priority.LOW), {"k": "garbage"})
     run_every_group(qm, mongo_db, quick)
     assert trim(qm.redis, PARTITIONS, keep_ms=0) == 1
     assert [eid.decode() for eid, _ in stream_entries(qm.redis, stream)] == ids[2:]

@@ -44,9 +44,11 @@ class LedgerMachine(RuleBasedStateMachine):
         self.db = self.mongo["stateful"]
         for name in ("balances", "credit_scores", "events", "checkpoints"):
             self.db[name].delete_many({})
-        self.qm = QueueManager(config=StreamsConfig(redis_url=self.redis_url,
-                                                    partitions=PARTITIONS),
-                               client=self.redis, registry=HandlerRegistry())
+        self.qm = QueueManager(
+            config=StreamsConfig(redis_url=self.redis_url, partitions=PARTITIONS),
+            client=self.redis,
+            registry=HandlerRegistry(),
+        )
         # model: every account's (balance, purchased, used) after each version
         self.history: dict[str, list[tuple[int, int, int]]] = {}
         self.crashes = 0
@@ -85,13 +87,17 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(user=st.sampled_from(USERS), amount=st.integers(1, 500), tx=st.sampled_from("abcde"))
     def purchase(self, user: str, amount: int, tx: str) -> None:
         # a repeated transaction id is a duplicate (same amount) or refused (another amount)
-        self._append(lambda: self.qm.purchase(user, amount, f"{tx}-{amount % 3}"), user,
-                     (amount, amount, 0))
+        self._append(
+            lambda: self.qm.purchase(user, amount, f"{tx}-{amount % 3}"), user, (amount, amount, 0)
+        )
 
     @rule(user=st.sampled_from(USERS), amount=st.integers(1, 400), key=st.sampled_from("xyz"))
     def use(self, user: str, amount: int, key: str) -> None:
-        self._append(lambda: self.qm.use(user, amount, idempotency_key=f"{key}{amount}"),
-                     user, (-amount, 0, amount))
+        self._append(
+            lambda: self.qm.use(user, amount, idempotency_key=f"{key}{amount}"),
+            user,
+            (-amount, 0, amount),
+        )
 
     @rule(user=st.sampled_from(USERS), delta=st.integers(-300, 300).filter(bool))
     def adjust(self, user: str, delta: int) -> None:
@@ -100,8 +106,15 @@ class LedgerMachine(RuleBasedStateMachine):
     # -- projectors ------------------------------------------------------------------
     def _projector(self, name: str, batch: int = 5) -> Any:
         [projection] = [p for p in all_projections() if p.name == name]
-        return projector(self.redis, PARTITIONS, self.db, projection, batch=batch,
-                         claim_idle_ms=0, reclaim_every_ms=0)
+        return projector(
+            self.redis,
+            PARTITIONS,
+            self.db,
+            projection,
+            batch=batch,
+            claim_idle_ms=0,
+            reclaim_every_ms=0,
+        )
 
     @rule(name=st.sampled_from(PROJECTIONS), batch=st.integers(1, 8))
     def project_a_round(self, name: str, batch: int) -> None:
@@ -111,8 +124,9 @@ class LedgerMachine(RuleBasedStateMachine):
     def crash_a_projector_mid_round(self, name: str) -> None:
         # a consumer reads a round (the entries become pending to it) and dies
         self.crashes += 1
-        streams: dict[KeyT, StreamIdT] = {keys.stream(p, lv): ">" for p in range(PARTITIONS)
-                                          for lv in keys.LEVELS_DESC}
+        streams: dict[KeyT, StreamIdT] = {
+            keys.stream(p, lv): ">" for p in range(PARTITIONS) for lv in keys.LEVELS_DESC
+        }
         ensure_groups(self.redis, PARTITIONS, f"proj:{name}")
         self.redis.xreadgroup(f"proj:{name}", f"crashed-{self.crashes}", streams, count=3)
 
@@ -137,8 +151,7 @@ class LedgerMachine(RuleBasedStateMachine):
             state = self.qm.balance(user)
             assert state is not None
             assert state["version"] == len(states)
-            assert (state["balance"], state["purchased_total"], state["used_total"]) == \
-                states[-1]
+            assert (state["balance"], state["purchased_total"], state["used_total"]) == states[-1]
             assert state["balance"] >= 0
 
     @invariant()
@@ -146,13 +159,15 @@ class LedgerMachine(RuleBasedStateMachine):
         for doc in self.db.balances.find({}):
             states = self.history[doc["_id"]]
             assert 1 <= doc["version"] <= len(states)
-            assert (doc["balance"], doc["purchased_total"], doc["used_total"]) == \
-                states[doc["version"] - 1]
+            assert (doc["balance"], doc["purchased_total"], doc["used_total"]) == states[
+                doc["version"] - 1
+            ]
         for doc in self.db.credit_scores.find({}):
             states = self.history[doc["_id"]]
             b, p, u = states[doc["version"] - 1]
-            assert doc["score"] == credit_score(Totals(balance=b, purchased=p, used=u),
-                                                doc["version"])
+            assert doc["score"] == credit_score(
+                Totals(balance=b, purchased=p, used=u), doc["version"]
+            )
         for doc in self.db.events.find({}, {"user_id": 1, "version": 1, "balance_after": 1}):
             assert doc["balance_after"] == self.history[doc["user_id"]][doc["version"] - 1][0]
 
@@ -163,9 +178,12 @@ class LedgerMachine(RuleBasedStateMachine):
             score = self.db.credit_scores.find_one({"_id": user})
             assert score is not None and score["version"] == len(states)
             assert self.db.events.count_documents({"user_id": user}) == len(states)
-        pending = sum(self.redis.xpending(keys.stream(p, lv), group_of(proj))["pending"]
-                      for p in range(PARTITIONS) for lv in keys.LEVELS_DESC
-                      for proj in all_projections())
+        pending = sum(
+            self.redis.xpending(keys.stream(p, lv), group_of(proj))["pending"]
+            for p in range(PARTITIONS)
+            for lv in keys.LEVELS_DESC
+            for proj in all_projections()
+        )
         assert pending == 0
 
 
@@ -173,6 +191,10 @@ def test_ledger_state_machine(redis_url: str, mongo_url: str) -> None:
     LedgerMachine.redis_url = redis_url
     LedgerMachine.mongo_url = mongo_url
     machine = LedgerMachine.TestCase
-    machine.settings = settings(max_examples=12, stateful_step_count=30, deadline=None,
-                                suppress_health_check=list(HealthCheck))
+    machine.settings = settings(
+        max_examples=12,
+        stateful_step_count=30,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
     machine().runTest()

@@ -27,10 +27,15 @@ def registry() -> HandlerRegistry:
 
 
 @pytest.fixture
-def qm(redis: redis_py.Redis, config: StreamsConfig, registry: HandlerRegistry,
-       mongo_db: Database[Any]) -> Iterator[QueueManager]:
-    manager = QueueManager(config=config, client=redis_py.Redis.from_url(config.redis_url),
-                           db=MongoDBManager(mongo_db, DEFAULT_COLLECTIONS), registry=registry)
+def qm(
+    redis: redis_py.Redis, config: StreamsConfig, registry: HandlerRegistry, mongo_db: Database[Any]
+) -> Iterator[QueueManager]:
+    manager = QueueManager(
+        config=config,
+        client=redis_py.Redis.from_url(config.redis_url),
+        db=MongoDBManager(mongo_db, DEFAULT_COLLECTIONS),
+        registry=registry,
+    )
     try:
         yield manager
     finally:
@@ -40,9 +45,15 @@ def qm(redis: redis_py.Redis, config: StreamsConfig, registry: HandlerRegistry,
 @pytest.fixture
 def make_worker(qm: QueueManager) -> Callable[..., Worker]:
     """Workers with quick retries; tests override what they need."""
+
     def make(**overrides: Any) -> Worker:
-        opts: dict[str, Any] = dict(retry=RetryPolicy(max_attempts=3, base_ms=20, max_ms=200),
-                                    claim_idle_ms=1000, reclaim_every_ms=10, block_ms=50)
+        opts: dict[str, Any] = dict(
+            retry=RetryPolicy(max_attempts=3, base_ms=20, max_ms=200),
+            claim_idle_ms=1000,
+            reclaim_every_ms=10,
+            block_ms=50,
+        )
         opts.update(overrides)
         return qm.worker(**opts)
+
     return make

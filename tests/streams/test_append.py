@@ -45,9 +45,14 @@ def test_events_carry_version_totals_and_chain(qm: QueueManager) -> None:
     assert verify(events) is None
     last = events[-1].after
     assert (last.balance, last.purchased, last.used) == (350, 500, 120)
-    assert qm.balance("alice") == {"user_id": "alice", "version": 4, "balance": 350,
-                                   "purchased_total": 500, "used_total": 120,
-                                   "head": events[-1].hash}
+    assert qm.balance("alice") == {
+        "user_id": "alice",
+        "version": 4,
+        "balance": 350,
+        "purchased_total": 500,
+        "used_total": 120,
+        "head": events[-1].hash,
+    }
 
 
 def test_overdraft_is_refused_and_appends_nothing(qm: QueueManager) -> None:
@@ -152,42 +157,54 @@ def test_concurrent_repeats_of_one_key_make_one_event(qm: QueueManager, redis_ur
 
 def test_batch_gives_one_result_per_item(qm: QueueManager) -> None:
     qm.register_user("hank", "hank@example.com")
-    results = qm.append_batch([
-        (Purchase(user_id="hank", amount=10, currency="USD", transaction_id="a"),
-         Priority.HIGH, None),
-        (Use(user_id="hank", amount=50, reason=""), Priority.HIGH, None),
-        (Use(user_id="hank", amount=4, reason=""), Priority.LOW, None),
-        (RegisterUser(user_id="hank", email="h@example.com"), Priority.NORMAL, None),
-    ])
+    results = qm.append_batch(
+        [
+            (
+                Purchase(user_id="hank", amount=10, currency="USD", transaction_id="a"),
+                Priority.HIGH,
+                None,
+            ),
+            (Use(user_id="hank", amount=50, reason=""), Priority.HIGH, None),
+            (Use(user_id="hank", amount=4, reason=""), Priority.LOW, None),
+            (RegisterUser(user_id="hank", email="h@example.com"), Priority.NORMAL, None),
+        ]
+    )
     assert [type(r).__name__ for r in results] == [
-        "Appended", "InsufficientCredits", "Appended", "DuplicateUser"]
+        "Appended",
+        "InsufficientCredits",
+        "Appended",
+        "DuplicateUser",
+    ]
     assert qm.balance("hank")["balance"] == 6  # type: ignore[index]
     # events of one account may sit in different priority streams; versions stay dense
     p = keys.partition_of("hank", PARTITIONS)
     assert qm.redis.xlen(keys.stream(p, Priority.LOW)) == 1
 
 
-@pytest.mark.parametrize("call, field", [
-    (lambda qm: qm.register_user("a b", "x@example.com"), "user_id"),
-    (lambda qm: qm.register_user("{p0}", "x@example.com"), "user_id"),
-    (lambda qm: qm.register_user("u" * 129, "x@example.com"), "user_id"),
-    (lambda qm: qm.register_user("ok", "not-an-email"), "email"),
-    (lambda qm: qm.purchase("ok", 10.0, "tx"), "amount"),
-    (lambda qm: qm.purchase("ok", True, "tx"), "amount"),
-    (lambda qm: qm.purchase("ok", -5, "tx"), "amount"),
-    (lambda qm: qm.purchase("ok", 0, "tx"), "amount"),
-    (lambda qm: qm.purchase("ok", 2**63, "tx"), "amount"),
-    (lambda qm: qm.purchase("ok", "10", "tx"), "amount"),
-    (lambda qm: qm.purchase("ok", 10, "tx with space"), "transaction_id"),
-    (lambda qm: qm.purchase("ok", 10, "tx", currency="usd"), "currency"),
-    (lambda qm: qm.use("ok", 5, "bad\x00reason"), "reason"),
-    (lambda qm: qm.use("ok", 5, "r" * 501), "reason"),
-    (lambda qm: qm.adjust("ok", 0, "zero"), "delta"),
-    (lambda qm: qm.adjust("ok", 5, ""), "reason"),
-    (lambda qm: qm.use("ok", 5, idempotency_key="has space"), "Idempotency-Key"),
-    (lambda qm: qm.use("ok", 5, idempotency_key=""), "Idempotency-Key"),
-    (lambda qm: qm.use("ok", 5, priority=7), "priority"),
-])
+@pytest.mark.parametrize(
+    "call, field",
+    [
+        (lambda qm: qm.register_user("a b", "x@example.com"), "user_id"),
+        (lambda qm: qm.register_user("{p0}", "x@example.com"), "user_id"),
+        (lambda qm: qm.register_user("u" * 129, "x@example.com"), "user_id"),
+        (lambda qm: qm.register_user("ok", "not-an-email"), "email"),
+        (lambda qm: qm.purchase("ok", 10.0, "tx"), "amount"),
+        (lambda qm: qm.purchase("ok", True, "tx"), "amount"),
+        (lambda qm: qm.purchase("ok", -5, "tx"), "amount"),
+        (lambda qm: qm.purchase("ok", 0, "tx"), "amount"),
+        (lambda qm: qm.purchase("ok", 2**63, "tx"), "amount"),
+        (lambda qm: qm.purchase("ok", "10", "tx"), "amount"),
+        (lambda qm: qm.purchase("ok", 10, "tx with space"), "transaction_id"),
+        (lambda qm: qm.purchase("ok", 10, "tx", currency="usd"), "currency"),
+        (lambda qm: qm.use("ok", 5, "bad\x00reason"), "reason"),
+        (lambda qm: qm.use("ok", 5, "r" * 501), "reason"),
+        (lambda qm: qm.adjust("ok", 0, "zero"), "delta"),
+        (lambda qm: qm.adjust("ok", 5, ""), "reason"),
+        (lambda qm: qm.use("ok", 5, idempotency_key="has space"), "Idempotency-Key"),
+        (lambda qm: qm.use("ok", 5, idempotency_key=""), "Idempotency-Key"),
+        (lambda qm: qm.use("ok", 5, priority=7), "priority"),
+    ],
+)
 def test_hostile_input_is_refused_and_appends_nothing(qm: QueueManager, call, field) -> None:  # type: ignore[no-untyped-def]
     qm.register_user("ok", "ok@example.com")
     qm.purchase("ok", 100, "tx-0")
@@ -215,26 +232,36 @@ def test_scripts_reload_after_the_server_forgets_them(qm: QueueManager) -> None:
     qm.redis.script_flush()
     assert qm.purchase("sam", 5, "tx-1").balance == 5
     qm.redis.script_flush()
-    results = qm.append_batch([(Use(user_id="sam", amount=2, reason=""), Priority.NORMAL, None),
-                               (RegisterUser(user_id="tom", email="t@example.com"),
-                                Priority.NORMAL, None)])
+    results = qm.append_batch(
+        [
+            (Use(user_id="sam", amount=2, reason=""), Priority.NORMAL, None),
+            (RegisterUser(user_id="tom", email="t@example.com"), Priority.NORMAL, None),
+        ]
+    )
     assert [r.version for r in results] == [3, 1]  # type: ignore[union-attr]
     qm.redis.script_flush()
     qm.worker(retry=RetryPolicy(max_attempts=1)).step()  # reclaim, begin, settle reload too
     assert log_size(qm) == 4
 
 
-@pytest.mark.parametrize("bad", [("not a command", Priority.NORMAL, None),
-                                 (Use(user_id="u0", amount=1, reason=""), Priority.NORMAL,
-                                  "bad key with spaces")])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ("not a command", Priority.NORMAL, None),
+        (Use(user_id="u0", amount=1, reason=""), Priority.NORMAL, "bad key with spaces"),
+    ],
+)
 def test_a_bad_item_late_in_a_batch_appends_nothing(qm: QueueManager, bad: object) -> None:
     """Calls stream out as they fill, so every item is checked before the first goes."""
     qm.register_user("warm", "warm@example.com")  # the script is loaded: calls would run
     users = [f"u{i}" for i in range(100)]
-    items: list[object] = [(RegisterUser(user_id=u, email=f"{u}@example.com"),
-                            Priority.NORMAL, None) for u in users]
+    items: list[object] = [
+        (RegisterUser(user_id=u, email=f"{u}@example.com"), Priority.NORMAL, None) for u in users
+    ]
     items.insert(90, bad)
     with pytest.raises(ValidationError):
         qm.appender.append_many(items)  # type: ignore[arg-type]
-    assert sum(qm.redis.xlen(keys.stream(p, lv)) for p in range(PARTITIONS)
-               for lv in keys.LEVELS_DESC) == 1
+    assert (
+        sum(qm.redis.xlen(keys.stream(p, lv)) for p in range(PARTITIONS) for lv in keys.LEVELS_DESC)
+        == 1
+    )

@@ -24,15 +24,30 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def spawn_worker(redis_url: str, mongo_url: str, mongo_db: Database[Any]
-                 ) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    deployment = Deployment(redis_url, mongo_url, mongo_db=mongo_db.name,
-                            partitions=PARTITIONS, log_level="WARNING", cwd=ROOT)
+def spawn_worker(
+    redis_url: str, mongo_url: str, mongo_db: Database[Any]
+) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    deployment = Deployment(
+        redis_url,
+        mongo_url,
+        mongo_db=mongo_db.name,
+        partitions=PARTITIONS,
+        log_level="WARNING",
+        cwd=ROOT,
+    )
 
     def spawn(*extra: str) -> subprocess.Popen[bytes]:
-        return deployment.start(f"worker-{len(deployment.procs)}", "worker", "--import",
-                                "tests.streams.crash_handlers", "--concurrency", "1",
-                                "--claim-idle-ms", "500", *extra)
+        return deployment.start(
+            f"worker-{len(deployment.procs)}",
+            "worker",
+            "--import",
+            "tests.streams.crash_handlers",
+            "--concurrency",
+            "1",
+            "--claim-idle-ms",
+            "500",
+            *extra,
+        )
 
     yield spawn
     for name in list(deployment.procs):
@@ -40,22 +55,34 @@ def spawn_worker(redis_url: str, mongo_url: str, mongo_db: Database[Any]
 
 
 def pending(qm: QueueManager) -> int:
-    return sum(qm.redis.xpending(keys.stream(p, lv), "workers")["pending"]
-               for p in range(PARTITIONS) for lv in keys.LEVELS_DESC)
+    return sum(
+        qm.redis.xpending(keys.stream(p, lv), "workers")["pending"]
+        for p in range(PARTITIONS)
+        for lv in keys.LEVELS_DESC
+    )
 
 
 def test_sigkilled_worker_is_taken_over_and_effects_happen_once(
-        qm: QueueManager, registry: HandlerRegistry, make_worker: Callable[..., Worker],
-        spawn_worker: Callable[..., subprocess.Popen[bytes]], mongo_db: Database[Any],
-        redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    qm: QueueManager,
+    registry: HandlerRegistry,
+    make_worker: Callable[..., Worker],
+    spawn_worker: Callable[..., subprocess.Popen[bytes]],
+    mongo_db: Database[Any],
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from .crash_handlers import slow_insert
+
     monkeypatch.setenv("REDIS_URL", redis_url)
     n = 150
     ids = [qm.enqueue("default", "slow_insert", {"i": i, "ms": 15}) for i in range(n)]
     proc = spawn_worker()
     # a round reads 32 entries and settles them together: kill inside the second round
-    eventually(lambda: qm.redis.llen("test:ran") >= 40 and pending(qm) > 0, interval=0.02,
-               message="the worker did not get into its second round")
+    eventually(
+        lambda: qm.redis.llen("test:ran") >= 40 and pending(qm) > 0,
+        interval=0.02,
+        message="the worker did not get into its second round",
+    )
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     in_flight = pending(qm)
@@ -76,12 +103,16 @@ def test_sigkilled_worker_is_taken_over_and_effects_happen_once(
 
 
 def test_sigterm_finishes_the_round_and_leaves_nothing_pending(
-        qm: QueueManager, spawn_worker: Callable[..., subprocess.Popen[bytes]]) -> None:
+    qm: QueueManager, spawn_worker: Callable[..., subprocess.Popen[bytes]]
+) -> None:
     n = 300
     ids = [qm.enqueue("default", "slow_insert", {"i": i, "ms": 10}) for i in range(n)]
     proc = spawn_worker()
-    eventually(lambda: qm.redis.llen("test:ran") >= 20, interval=0.02,
-               message="the worker did not run 20 tasks")
+    eventually(
+        lambda: qm.redis.llen("test:ran") >= 20,
+        interval=0.02,
+        message="the worker did not run 20 tasks",
+    )
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
     assert pending(qm) == 0

@@ -28,8 +28,7 @@ def server(fresh_redis_server: MakeRedisServer) -> EmbeddedRedis:
 
 @pytest.fixture
 def client(server: EmbeddedRedis) -> Iterator[redis_py.Redis]:
-    with redis_py.Redis.from_url(server.url, socket_connect_timeout=1,
-                                 socket_timeout=1) as c:
+    with redis_py.Redis.from_url(server.url, socket_connect_timeout=1, socket_timeout=1) as c:
         yield c
 
 
@@ -58,7 +57,8 @@ def test_groups_report_pending_and_the_acknowledged_mark(client: redis_py.Redis)
 
 
 def test_a_stopped_redis_is_an_error_not_an_empty_answer(
-        server: EmbeddedRedis, client: redis_py.Redis) -> None:
+    server: EmbeddedRedis, client: redis_py.Redis
+) -> None:
     client.xadd(STREAM, {"n": "1"})
     client.xgroup_create(STREAM, "g", id="0")
     assert isinstance(groups(client, STREAM)["g"], GroupInfo)
@@ -69,7 +69,8 @@ def test_a_stopped_redis_is_an_error_not_an_empty_answer(
 
 
 def test_queue_stats_of_a_stopped_redis_raise_unavailable(
-        server: EmbeddedRedis, client: redis_py.Redis) -> None:
+    server: EmbeddedRedis, client: redis_py.Redis
+) -> None:
     config = StreamsConfig(redis_url=server.url, partitions=2)
     assert queue_stats(client, config, queue_name="default")["default"]["pending"] == 0
     server.stop()
@@ -81,7 +82,8 @@ def test_queue_stats_of_a_stopped_redis_raise_unavailable(
 
 
 def test_retention_of_a_stopped_redis_raises_unavailable(
-        server: EmbeddedRedis, client: redis_py.Redis) -> None:
+    server: EmbeddedRedis, client: redis_py.Redis
+) -> None:
     stream = keys.stream(0, keys.LEVELS_DESC[0])
     client.xadd(stream, {"n": "1"})
     client.xgroup_create(stream, "g", id="$")

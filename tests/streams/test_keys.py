@@ -28,7 +28,8 @@ def test_idempotency_keys_of_different_accounts_do_not_collide(qm: QueueManager)
     assert (two.event_id, two.balance, two.duplicate) == (f"{second}:3", 80, False)
     # and each key still replays its own first response
     assert qm.use(second, 20, "b", idempotency_key="pay-1") == two.__class__(
-        event_id=two.event_id, user_id=second, version=3, balance=80, duplicate=True)
+        event_id=two.event_id, user_id=second, version=3, balance=80, duplicate=True
+    )
     assert qm.use(first, 10, "a", idempotency_key="x:pay-1").event_id == one.event_id
     p = keys.partition_of(first, PARTITIONS)
     assert keys.idempotency(p, first, "x:pay-1") != keys.idempotency(p, second, "pay-1")

@@ -89,8 +89,7 @@ class ReplyDropper:
 
 
 @pytest.fixture
-def proxied(redis: redis_py.Redis, redis_url: str) -> Iterator[tuple[QueueManager,
-                                                                      ReplyDropper]]:
+def proxied(redis: redis_py.Redis, redis_url: str) -> Iterator[tuple[QueueManager, ReplyDropper]]:
     url = urlparse(redis_url)
     proxy = ReplyDropper((url.hostname or "127.0.0.1", url.port or 6379))
     via = f"redis://127.0.0.1:{proxy.port}{url.path}"
@@ -105,7 +104,8 @@ def proxied(redis: redis_py.Redis, redis_url: str) -> Iterator[tuple[QueueManage
 
 
 def test_an_append_whose_reply_is_lost_is_recorded_once(
-        proxied: tuple[QueueManager, ReplyDropper], redis: redis_py.Redis) -> None:
+    proxied: tuple[QueueManager, ReplyDropper], redis: redis_py.Redis
+) -> None:
     qm, proxy = proxied
     qm.append(RegisterUser(user_id="u1", email="u1@example.com"))
     qm.append(Purchase(user_id="u1", amount=100, currency="USD", transaction_id="t1"))
@@ -120,18 +120,24 @@ def test_an_append_whose_reply_is_lost_is_recorded_once(
 
 
 def test_a_batch_whose_reply_is_lost_is_recorded_once(
-        proxied: tuple[QueueManager, ReplyDropper], redis: redis_py.Redis) -> None:
+    proxied: tuple[QueueManager, ReplyDropper], redis: redis_py.Redis
+) -> None:
     qm, proxy = proxied
     users = [f"b{i}" for i in range(40)]  # several script calls per partition
-    qm.append_batch([(RegisterUser(user_id=u, email=f"{u}@example.com"), 2, None)
-                     for u in users])
-    qm.append_batch([(Purchase(user_id=u, amount=50, currency="USD", transaction_id=f"t-{u}"),
-                      2, None) for u in users])
+    qm.append_batch([(RegisterUser(user_id=u, email=f"{u}@example.com"), 2, None) for u in users])
+    qm.append_batch(
+        [
+            (Purchase(user_id=u, amount=50, currency="USD", transaction_id=f"t-{u}"), 2, None)
+            for u in users
+        ]
+    )
     proxy.armed.set()
     with pytest.raises(Unavailable):
         qm.append_batch([(Use(user_id=u, amount=5, reason="lost"), 2, None) for u in users])
-    accounts = {tuple(redis.hmget(keys.account(keys.partition_of(u, PARTITIONS), u),
-                                  "version", "balance")) for u in users}
+    accounts = {
+        tuple(redis.hmget(keys.account(keys.partition_of(u, PARTITIONS), u), "version", "balance"))
+        for u in users
+    }
     # the calls Redis got before the connection broke ran once; the rest did not run
     # (each event is atomic on its own; the caller retries with Idempotency-Keys)
     assert (b"3", b"45") in accounts
@@ -139,14 +145,17 @@ def test_a_batch_whose_reply_is_lost_is_recorded_once(
 
 
 def test_an_enqueue_whose_reply_is_lost_is_queued_once(
-        proxied: tuple[QueueManager, ReplyDropper], redis: redis_py.Redis) -> None:
+    proxied: tuple[QueueManager, ReplyDropper], redis: redis_py.Redis
+) -> None:
     qm, proxy = proxied
     qm.enqueue("default", "noop", {"n": 1})
-    before = sum(redis.xlen(keys.stream(p, level)) for p in range(PARTITIONS)
-                 for level in keys.LEVELS_DESC)
+    before = sum(
+        redis.xlen(keys.stream(p, level)) for p in range(PARTITIONS) for level in keys.LEVELS_DESC
+    )
     proxy.armed.set()
     with pytest.raises(Unavailable):
         qm.enqueue("default", "noop", {"n": 2})
-    after = sum(redis.xlen(keys.stream(p, level)) for p in range(PARTITIONS)
-                for level in keys.LEVELS_DESC)
+    after = sum(
+        redis.xlen(keys.stream(p, level)) for p in range(PARTITIONS) for level in keys.LEVELS_DESC
+    )
     assert after == before + 1

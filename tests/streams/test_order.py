@@ -25,8 +25,8 @@ def test_parse_id_orders_numerically() -> None:
 
 
 def test_one_accounts_events_reach_the_handler_in_version_order(
-        qm: QueueManager, registry: HandlerRegistry,
-        make_worker: Callable[..., Worker]) -> None:
+    qm: QueueManager, registry: HandlerRegistry, make_worker: Callable[..., Worker]
+) -> None:
     seen: list[int] = []
 
     def record(data: Mapping[str, Any], db_manager: DBManager) -> bool:
@@ -35,10 +35,19 @@ def test_one_accounts_events_reach_the_handler_in_version_order(
 
     registry.register("user_registration", record)
     registry.register("credit_purchase", record)
-    qm.append_batch([(RegisterUser(user_id="ord", email="o@example.com"), Priority.NORMAL, None),
-                     *((Purchase(user_id="ord", amount=1, currency="USD",
-                                 transaction_id=f"t{i}"), Priority.NORMAL, None)
-                       for i in range(40))])
+    qm.append_batch(
+        [
+            (RegisterUser(user_id="ord", email="o@example.com"), Priority.NORMAL, None),
+            *(
+                (
+                    Purchase(user_id="ord", amount=1, currency="USD", transaction_id=f"t{i}"),
+                    Priority.NORMAL,
+                    None,
+                )
+                for i in range(40)
+            ),
+        ]
+    )
     # the same 41 entries, all in one millisecond (seq 0..40), as a fast batch gives them
     stream = keys.stream(keys.partition_of("ord", PARTITIONS), Priority.NORMAL)
     entries = stream_entries(qm.redis, stream)
@@ -55,8 +64,18 @@ def test_one_accounts_events_reach_the_handler_in_version_order(
 def test_dead_letters_list_newest_first_within_a_millisecond(qm: QueueManager) -> None:
     dead = keys.dead(0)
     for seq in (2, 10):  # the same _at: only the entry id tells which is newer
-        qm.redis.xadd(dead, {"k": "task", "id": f"t{seq}", "_at": 1700000000000, "_id": "1-0",
-                             "_stream": keys.stream(0, Priority.NORMAL)},
-                      id=f"1700000000000-{seq}")
+        qm.redis.xadd(
+            dead,
+            {
+                "k": "task",
+                "id": f"t{seq}",
+                "_at": 1700000000000,
+                "_id": "1-0",
+                "_stream": keys.stream(0, Priority.NORMAL),
+            },
+            id=f"1700000000000-{seq}",
+        )
     assert [d.id for d in list_dead(qm.redis, PARTITIONS)] == [
-        "p0:1700000000000-10", "p0:1700000000000-2"]
+        "p0:1700000000000-10",
+        "p0:1700000000000-2",
+    ]

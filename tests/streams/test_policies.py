@@ -13,14 +13,15 @@ from streams.worker import per_partition
 
 
 @given(st.integers(1, 60), st.integers(0, 10_000), st.integers(1, 10**7), st.randoms())
-def test_backoff_grows_within_bounds(attempt: int, base: int, cap_extra: int,
-                                     rand: random.Random) -> None:
+def test_backoff_grows_within_bounds(
+    attempt: int, base: int, cap_extra: int, rand: random.Random
+) -> None:
     policy = RetryPolicy(base_ms=base, max_ms=base + cap_extra)
     ceiling = min(policy.max_ms, base * 2 ** (attempt - 1))
     delay = policy.backoff_ms(attempt, rand)
     assert ceiling - ceiling // 2 <= delay <= ceiling
     # the next attempt's smallest delay is never below this attempt's largest … unless capped
-    nxt = min(policy.max_ms, base * 2 ** attempt)
+    nxt = min(policy.max_ms, base * 2**attempt)
     assert nxt - nxt // 2 >= ceiling // 2
 
 

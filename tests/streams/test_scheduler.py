@@ -40,8 +40,12 @@ def redis_ms(client: RedisClient) -> int:
 
 def wait_until_redis_ms(client: RedisClient, ms: int, timeout: float = 10.0) -> None:
     """Poll Redis's clock (the one the scripts use) until it reaches ``ms``."""
-    eventually(lambda: redis_ms(client) >= ms, timeout=timeout, interval=0.02,
-               message="Redis's clock did not reach the due time")
+    eventually(
+        lambda: redis_ms(client) >= ms,
+        timeout=timeout,
+        interval=0.02,
+        message="Redis's clock did not reach the due time",
+    )
 
 
 def due_at(qm: QueueManager, task_id: str) -> int:
@@ -52,14 +56,16 @@ def due_at(qm: QueueManager, task_id: str) -> int:
 
 
 def test_delayed_task_keeps_its_data_past_the_ttl_and_scheduler_downtime(
-        qm: QueueManager, registry: HandlerRegistry,
-        make_worker: Callable[..., Worker]) -> None:
+    qm: QueueManager, registry: HandlerRegistry, make_worker: Callable[..., Worker]
+) -> None:
     ran: dict[str, Mapping[str, Any]] = {}
     registry.register("later", lambda data, db: ran.setdefault(data["name"], data) is not None)
     # "long": a delay longer than the record's TTL; "short": due at once, but the
     # scheduler is down until well after the TTL
-    ids = {"long": qm.enqueue("default", "later", {"name": "long", "n": 1}, delay=1.5),
-           "short": qm.enqueue("default", "later", {"name": "short", "n": 2}, delay=0.05)}
+    ids = {
+        "long": qm.enqueue("default", "later", {"name": "long", "n": 1}, delay=1.5),
+        "short": qm.enqueue("default", "later", {"name": "short", "n": 2}, delay=0.05),
+    }
     wait_until_redis_ms(qm.redis, max(due_at(qm, t) for t in ids.values()) + 200)
 
     scheduler = Scheduler(qm.redis, PARTITIONS)
@@ -68,7 +74,9 @@ def test_delayed_task_keeps_its_data_past_the_ttl_and_scheduler_downtime(
     ttls = [qm.redis.pttl(k) for k in task_keys]  # on its stream now: the TTL is back
     make_worker().run_until_idle()
     assert {name: dict(data) for name, data in ran.items()} == {
-        "long": {"name": "long", "n": 1}, "short": {"name": "short", "n": 2}}
+        "long": {"name": "long", "n": 1},
+        "short": {"name": "short", "n": 2},
+    }
     assert moved == 2 and scheduler.pending() == 0 and scheduler.missing == 0
     assert all(0 < ttl <= TTL_S * 1000 for ttl in ttls), ttls
     for task_id, key in zip(ids.values(), task_keys, strict=True):
@@ -88,11 +96,11 @@ def same_partition_keys(n: int) -> list[str]:
     return found
 
 
-def test_tick_counts_only_what_it_moved(qm: QueueManager,
-                                        caplog: pytest.LogCaptureFixture) -> None:
-    gone1, gone2, kept = (qm.enqueue("default", "later", {"i": i}, delay=0.05,
-                                     idempotency_key=key)
-                          for i, key in enumerate(same_partition_keys(3)))
+def test_tick_counts_only_what_it_moved(qm: QueueManager, caplog: pytest.LogCaptureFixture) -> None:
+    gone1, gone2, kept = (
+        qm.enqueue("default", "later", {"i": i}, delay=0.05, idempotency_key=key)
+        for i, key in enumerate(same_partition_keys(3))
+    )
     due = max(due_at(qm, t) for t in (gone1, gone2, kept))
     qm.redis.delete(keys.task(0, gone1), keys.task(0, gone2))  # records genuinely missing
     wait_until_redis_ms(qm.redis, due + 50)

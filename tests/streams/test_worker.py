@@ -23,9 +23,9 @@ from .conftest import PARTITIONS
 MakeWorker = Callable[..., Worker]
 
 
-def test_original_handler_runs_unchanged(qm: QueueManager, registry: HandlerRegistry,
-                                         make_worker: MakeWorker,
-                                         mongo_db: Database[Any]) -> None:
+def test_original_handler_runs_unchanged(
+    qm: QueueManager, registry: HandlerRegistry, make_worker: MakeWorker, mongo_db: Database[Any]
+) -> None:
     # The original system's credit-calculation example: handler(data, db_manager) -> bool
     def credit_calculation(data: Mapping[str, Any], db_manager: DBManager) -> bool:
         user = db_manager.find_one("users", {"user_id": data["user_id"]})
@@ -35,8 +35,13 @@ def test_original_handler_runs_unchanged(qm: QueueManager, registry: HandlerRegi
 
     qm.register_handler("credit_calculation", credit_calculation)
     qm.register_user("u1", "u1@example.com", priority=Priority.CRITICAL)  # runs first
-    task_id = qm.enqueue(queue_name="high_priority", task_type="credit_calculation",
-                         task_data={"user_id": "u1"}, priority=Priority.HIGH, delay=0)
+    task_id = qm.enqueue(
+        queue_name="high_priority",
+        task_type="credit_calculation",
+        task_data={"user_id": "u1"},
+        priority=Priority.HIGH,
+        delay=0,
+    )
     assert qm.get_task_status(task_id)["status"] == "queued"  # type: ignore[index]
     assert make_worker().run_until_idle() == 2
     status = qm.get_task_status(task_id)
@@ -51,24 +56,40 @@ def test_original_handler_runs_unchanged(qm: QueueManager, registry: HandlerRegi
     assert calculation is not None and calculation["score"] == 600
 
 
-def test_default_db_handler_runs_original_tasks(qm: QueueManager, make_worker: MakeWorker,
-                                                mongo_db: Database[Any]) -> None:
-    qm.enqueue("default", "db", {"operation": "insert", "collection": "notifications",
-                                 "data": {"_id": "n1", "text": "hi"}})
+def test_default_db_handler_runs_original_tasks(
+    qm: QueueManager, make_worker: MakeWorker, mongo_db: Database[Any]
+) -> None:
+    qm.enqueue(
+        "default",
+        "db",
+        {"operation": "insert", "collection": "notifications", "data": {"_id": "n1", "text": "hi"}},
+    )
     make_worker().run_until_idle()
-    qm.enqueue("default", "db", {"operation": "update", "collection": "notifications",
-                                 "filter": {"_id": "n1"}, "data": {"text": "hello"}})
+    qm.enqueue(
+        "default",
+        "db",
+        {
+            "operation": "update",
+            "collection": "notifications",
+            "filter": {"_id": "n1"},
+            "data": {"text": "hello"},
+        },
+    )
     make_worker().run_until_idle()
     notification = mongo_db.notifications.find_one({"_id": "n1"})
     assert notification is not None and notification["text"] == "hello"
-    qm.enqueue("default", "db", {"operation": "delete", "collection": "notifications",
-                                 "filter": {"_id": "n1"}})
+    qm.enqueue(
+        "default",
+        "db",
+        {"operation": "delete", "collection": "notifications", "filter": {"_id": "n1"}},
+    )
     make_worker().run_until_idle()
     assert mongo_db.notifications.count_documents({}) == 0
 
 
-def test_failing_handler_backs_off_then_dead_letters(qm: QueueManager, registry: HandlerRegistry,
-                                                     make_worker: MakeWorker) -> None:
+def test_failing_handler_backs_off_then_dead_letters(
+    qm: QueueManager, registry: HandlerRegistry, make_worker: MakeWorker
+) -> None:
     calls: list[float] = []
 
     def flaky(data: Mapping[str, Any], db_manager: DBManager) -> bool:
@@ -78,6 +99,7 @@ def test_failing_handler_backs_off_then_dead_letters(qm: QueueManager, registry:
     registry.register("flaky", flaky)
     task_id = qm.enqueue("default", "flaky", {"n": 1})
     from streams import RetryPolicy
+
     worker = make_worker(retry=RetryPolicy(max_attempts=4, base_ms=100, max_ms=10_000))
     worker.run_until_idle(timeout=20)
     assert len(calls) == 4
@@ -104,8 +126,9 @@ def test_failing_handler_backs_off_then_dead_letters(qm: QueueManager, registry:
         qm.requeue(dead.id)
 
 
-def test_retry_exception_and_false_result_retry(qm: QueueManager, registry: HandlerRegistry,
-                                                make_worker: MakeWorker) -> None:
+def test_retry_exception_and_false_result_retry(
+    qm: QueueManager, registry: HandlerRegistry, make_worker: MakeWorker
+) -> None:
     seen: dict[str, int] = {}
 
     def picky(data: Mapping[str, Any], db_manager: DBManager) -> bool:
@@ -132,15 +155,18 @@ def test_unknown_task_type_ends_in_dead_letters(qm: QueueManager, make_worker: M
     assert dead.task_id == task_id and "no handler registered" in dead.error
 
 
-@pytest.mark.parametrize("fields", [
-    {b"k": b"task", b"id": b"t1", b"q": b"default", b"ty": b"x", b"d": b"\xc1\xff", b"t": b"1"},
-    {b"k": b"credits_stolen", b"u": b"x"},
-    {b"garbage": b"\x00\x01"},
-    {b"k": b"credits_used", b"u": b"a", b"v": b"not-a-number"},
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {b"k": b"task", b"id": b"t1", b"q": b"default", b"ty": b"x", b"d": b"\xc1\xff", b"t": b"1"},
+        {b"k": b"credits_stolen", b"u": b"x"},
+        {b"garbage": b"\x00\x01"},
+        {b"k": b"credits_used", b"u": b"a", b"v": b"not-a-number"},
+    ],
+)
 def test_poison_entries_go_to_dead_letters_and_nothing_stalls(
-        qm: QueueManager, registry: HandlerRegistry, make_worker: MakeWorker,
-        fields: dict[bytes, bytes]) -> None:
+    qm: QueueManager, registry: HandlerRegistry, make_worker: MakeWorker, fields: dict[bytes, bytes]
+) -> None:
     done: list[int] = []
 
     def ok(data: Mapping[str, Any], db_manager: DBManager) -> bool:
@@ -157,8 +183,9 @@ def test_poison_entries_go_to_dead_letters_and_nothing_stalls(
     assert dead.error.startswith("poison entry")
 
 
-def test_priorities_hold_under_a_low_backlog(qm: QueueManager, registry: HandlerRegistry,
-                                             make_worker: MakeWorker) -> None:
+def test_priorities_hold_under_a_low_backlog(
+    qm: QueueManager, registry: HandlerRegistry, make_worker: MakeWorker
+) -> None:
     order: list[str] = []
 
     def job(data: Mapping[str, Any], db_manager: DBManager) -> bool:
@@ -183,9 +210,9 @@ def test_priorities_hold_under_a_low_backlog(qm: QueueManager, registry: Handler
     assert 0 < first.count("LOW") < 25
 
 
-def test_lower_levels_get_a_share_while_critical_floods(qm: QueueManager,
-                                                        registry: HandlerRegistry,
-                                                        make_worker: MakeWorker) -> None:
+def test_lower_levels_get_a_share_while_critical_floods(
+    qm: QueueManager, registry: HandlerRegistry, make_worker: MakeWorker
+) -> None:
     order: list[str] = []
 
     def job(data: Mapping[str, Any], db_manager: DBManager) -> bool:
@@ -202,14 +229,18 @@ def test_lower_levels_get_a_share_while_critical_floods(qm: QueueManager,
     assert last_low < 250, "LOW waited for the whole CRITICAL flood"
 
 
-def test_delayed_tasks_run_no_earlier_than_due(qm: QueueManager, registry: HandlerRegistry,
-                                               make_worker: MakeWorker) -> None:
+def test_delayed_tasks_run_no_earlier_than_due(
+    qm: QueueManager, registry: HandlerRegistry, make_worker: MakeWorker
+) -> None:
     from streams import Scheduler
+
     ran: dict[str, float] = {}
     registry.register("later", lambda data, db: ran.setdefault(data["name"], time.time()) > 0)
     enqueued = time.time()
-    ids = {name: qm.enqueue("default", "later", {"name": name}, delay=delay)
-           for name, delay in (("soon", 0.3), ("later", 0.8), ("now", 0))}
+    ids = {
+        name: qm.enqueue("default", "later", {"name": name}, delay=delay)
+        for name, delay in (("soon", 0.3), ("later", 0.8), ("now", 0))
+    }
     assert qm.get_task_status(ids["soon"])["status"] == "scheduled"  # type: ignore[index]
     scheduler, worker = Scheduler(qm.redis, PARTITIONS), make_worker()
 
@@ -225,8 +256,9 @@ def test_delayed_tasks_run_no_earlier_than_due(qm: QueueManager, registry: Handl
     assert scheduler.pending() == 0
 
 
-def test_completed_task_is_not_run_again(qm: QueueManager, registry: HandlerRegistry,
-                                         make_worker: MakeWorker) -> None:
+def test_completed_task_is_not_run_again(
+    qm: QueueManager, registry: HandlerRegistry, make_worker: MakeWorker
+) -> None:
     runs: list[int] = []
 
     def once(data: Mapping[str, Any], db_manager: DBManager) -> bool:
@@ -245,8 +277,10 @@ def test_completed_task_is_not_run_again(qm: QueueManager, registry: HandlerRegi
 
 
 def test_same_entry_id_in_two_streams_counts_attempts_apart(
-        qm: QueueManager, registry: HandlerRegistry, make_worker: MakeWorker) -> None:
+    qm: QueueManager, registry: HandlerRegistry, make_worker: MakeWorker
+) -> None:
     from streams.codec import pack
+
     runs: list[str] = []
 
     def job(data: Mapping[str, Any], db_manager: DBManager) -> bool:
@@ -257,9 +291,18 @@ def test_same_entry_id_in_two_streams_counts_attempts_apart(
     make_worker()  # creates the groups
     for name, level in (("a", Priority.CRITICAL), ("b", Priority.LOW)):
         p = keys.partition_of(f"task-{name}", PARTITIONS)
-        qm.redis.xadd(keys.stream(p, level), {"k": "task", "id": f"task-{name}", "q": "default",
-                                              "ty": "job", "d": pack({"name": name}), "t": 1},
-                      id="5-0")
+        qm.redis.xadd(
+            keys.stream(p, level),
+            {
+                "k": "task",
+                "id": f"task-{name}",
+                "q": "default",
+                "ty": "job",
+                "d": pack({"name": name}),
+                "t": 1,
+            },
+            id="5-0",
+        )
     make_worker().run_until_idle()
     assert sorted(runs) == ["a", "b"]
     for name in "ab":
@@ -268,16 +311,25 @@ def test_same_entry_id_in_two_streams_counts_attempts_apart(
 
 
 def test_a_round_reads_highest_first_and_gives_each_lower_level_one(
-        qm: QueueManager, make_worker: Callable[..., Worker]) -> None:
+    qm: QueueManager, make_worker: Callable[..., Worker]
+) -> None:
     """read.lua: per partition, CRITICAL takes the share, each lower level still gets one."""
-    for queue, level in (("low_priority", Priority.LOW), ("default", Priority.NORMAL),
-                         ("high_priority", Priority.HIGH), ("default", Priority.CRITICAL)):
+    for queue, level in (
+        ("low_priority", Priority.LOW),
+        ("default", Priority.NORMAL),
+        ("high_priority", Priority.HIGH),
+        ("default", Priority.CRITICAL),
+    ):
         qm.enqueue_many(queue, "noop", [{"i": i} for i in range(200)], priority=level)
     worker = make_worker(batch=2 * PARTITIONS)  # a share of 2 for each partition
     got = Counter(d.level for d in worker._read())
     one = PARTITIONS
-    assert got == {Priority.CRITICAL: 2 * one, Priority.HIGH: one, Priority.NORMAL: one,
-                   Priority.LOW: one}
+    assert got == {
+        Priority.CRITICAL: 2 * one,
+        Priority.HIGH: one,
+        Priority.NORMAL: one,
+        Priority.LOW: one,
+    }
     for p in range(PARTITIONS):  # CRITICAL runs dry (the group stays)
         qm.redis.xtrim(keys.stream(p, Priority.CRITICAL), maxlen=0)
     got = Counter(d.level for d in worker._read())

@@ -60,13 +60,28 @@ DEFAULT_PAGE: Final = 100
 REPLAYED: Final = "Idempotent-Replayed"
 POLL_FIRST_S: Final = 0.01
 POLL_MAX_S: Final = 0.25
-EVENT_FIELDS: Final = ("kind", "version", "at_ms", "amount", "text", "ref", "balance_after",
-                       "purchased_total", "used_total", "prev_hash", "hash")
+EVENT_FIELDS: Final = (
+    "kind",
+    "version",
+    "at_ms",
+    "amount",
+    "text",
+    "ref",
+    "balance_after",
+    "purchased_total",
+    "used_total",
+    "prev_hash",
+    "hash",
+)
 
 
 def appended_body(a: Appended) -> dict[str, Any]:
-    return {"event_id": a.event_id, "user_id": a.user_id, "version": a.version,
-            "balance": a.balance}
+    return {
+        "event_id": a.event_id,
+        "user_id": a.user_id,
+        "version": a.version,
+        "balance": a.balance,
+    }
 
 
 async def _append(request: Request, command: Command, key: str | None) -> Response:
@@ -114,6 +129,7 @@ async def adjustment(request: Request) -> Response:
 
 # --- batch ----------------------------------------------------------------------------
 
+
 def _item(raw: object, is_admin: bool) -> tuple[Command, str | None]:
     """One batch item -> (command, idempotency key); errors name the item's field."""
     if not isinstance(raw, dict):
@@ -122,8 +138,9 @@ def _item(raw: object, is_admin: bool) -> tuple[Command, str | None]:
     kind = fields.pop("kind", None)
     key = fields.pop("idempotency_key", None)
     if key is not None and (not isinstance(key, str) or not IDEMPOTENCY_KEY_RE.match(key)):
-        raise ValidationError("idempotency_key",
-                              "idempotency_key must be 1-255 visible ASCII characters")
+        raise ValidationError(
+            "idempotency_key", "idempotency_key must be 1-255 visible ASCII characters"
+        )
     if kind is None:
         raise ValidationError("kind", "kind is required")
     command = parse(kind if isinstance(kind, str) else "", fields)
@@ -155,22 +172,37 @@ async def batch(request: Request) -> Response:
         todo.append((index, command, key))
     if todo:
         outcomes = await state.blocking(
-            state.qm.append_batch, [(cmd, Priority.NORMAL, key) for _, cmd, key in todo])
+            state.qm.append_batch, [(cmd, Priority.NORMAL, key) for _, cmd, key in todo]
+        )
         for (index, _, _), outcome in zip(todo, outcomes, strict=True):
-            metrics.record_append(outcome.code if isinstance(outcome, LedgerError)
-                                  else "duplicate" if outcome.duplicate else "accepted")
+            metrics.record_append(
+                outcome.code
+                if isinstance(outcome, LedgerError)
+                else "duplicate"
+                if outcome.duplicate
+                else "accepted"
+            )
             if isinstance(outcome, LedgerError):
-                results[index] = {"index": index, "status": status_of(outcome),
-                                  **error_body(outcome)}
+                results[index] = {
+                    "index": index,
+                    "status": status_of(outcome),
+                    **error_body(outcome),
+                }
             else:
-                results[index] = {"index": index, "status": 201, **appended_body(outcome),
-                                  "replayed": outcome.duplicate}
+                results[index] = {
+                    "index": index,
+                    "status": 201,
+                    **appended_body(outcome),
+                    "replayed": outcome.duplicate,
+                }
     accepted = sum(1 for r in results if r is not None and r["status"] == 201)
-    return JSONResponse({"accepted": accepted, "refused": len(events) - accepted,
-                         "results": results})
+    return JSONResponse(
+        {"accepted": accepted, "refused": len(events) - accepted, "results": results}
+    )
 
 
 # --- reads ----------------------------------------------------------------------------
+
 
 def _bounded(fn: Callable[[], T], timeout: float = READ_TIMEOUT_S) -> T:
     """Run a read-model query with a deadline; an unreachable server -> StoreUnavailable."""
@@ -194,8 +226,9 @@ def _iso(value: object) -> object:
     return iso_utc(round(value.timestamp() * 1000)) if isinstance(value, datetime) else value
 
 
-async def _missing(state: AppState, user: str, projected: int = 0,
-                   wanted: int | None = None) -> Response:
+async def _missing(
+    state: AppState, user: str, projected: int = 0, wanted: int | None = None
+) -> Response:
     """No (new enough) read-model document: 404 if Redis has no such account, else 409."""
     account = await state.blocking(state.qm.balance, user)
     if account is None:
@@ -204,14 +237,18 @@ async def _missing(state: AppState, user: str, projected: int = 0,
     if wanted is not None and wanted > current:
         message = f"account {user!r} is at version {current}; {wanted} has not been appended"
     else:
-        message = (f"the read model of {user!r} is at version {projected}; "
-                   f"retry, or ask with ?min_version={current}")
-    return error_response(409, "not_yet_projected", message, version=projected,
-                          current_version=current)
+        message = (
+            f"the read model of {user!r} is at version {projected}; "
+            f"retry, or ask with ?min_version={current}"
+        )
+    return error_response(
+        409, "not_yet_projected", message, version=projected, current_version=current
+    )
 
 
-async def _wait_for_version(state: AppState, db: Any, user: str, min_version: int,
-                            timeout: float) -> dict[str, Any] | None:
+async def _wait_for_version(
+    state: AppState, db: Any, user: str, min_version: int, timeout: float
+) -> dict[str, Any] | None:
     """The balance document once its version reaches ``min_version``; None on timeout.
 
     Each read is a short query on the pool; between them the request sleeps on
@@ -221,7 +258,8 @@ async def _wait_for_version(state: AppState, db: Any, user: str, min_version: in
     delay = POLL_FIRST_S
     while True:
         doc: dict[str, Any] | None = await state.blocking(
-            _bounded, lambda: db[BALANCES].find_one({"_id": user}))
+            _bounded, lambda: db[BALANCES].find_one({"_id": user})
+        )
         left = deadline - time.monotonic()
         if (doc is not None and doc.get("version", 0) >= min_version) or left <= 0:
             return doc
@@ -240,8 +278,12 @@ async def balance(request: Request) -> Response:
     wanted = min_version or 1
     if doc is None or doc.get("version", 0) < wanted:
         account = await state.blocking(state.qm.balance, user)
-        if min_version is not None and account is not None \
-                and int(account["version"]) >= min_version and wait_ms:
+        if (
+            min_version is not None
+            and account is not None
+            and int(account["version"]) >= min_version
+            and wait_ms
+        ):
             with state.waiting(caller(request).identity):  # else 429 too_many_waits
                 doc = await _wait_for_version(state, db, user, min_version, wait_ms / 1000)
         if doc is None or doc.get("version", 0) < wanted:
@@ -252,9 +294,16 @@ async def balance(request: Request) -> Response:
 
 def _view(user: str, figure: str, doc: dict[str, Any]) -> Response:
     """A balances or credit_scores document as the API shows it."""
-    return JSONResponse({"user_id": user, figure: doc[figure], "version": doc["version"],
-                         "purchased_total": doc["purchased_total"],
-                         "used_total": doc["used_total"], "updated_at": _iso(doc["updated_at"])})
+    return JSONResponse(
+        {
+            "user_id": user,
+            figure: doc[figure],
+            "version": doc["version"],
+            "purchased_total": doc["purchased_total"],
+            "used_total": doc["used_total"],
+            "updated_at": _iso(doc["updated_at"]),
+        }
+    )
 
 
 @requires(Role.READER)

@@ -57,8 +57,10 @@ async def ready(request: Request) -> Response:
         except Exception as exc:
             checks["mongo"] = f"unavailable: {type(exc).__name__}"
     ok = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ready" if ok else "unavailable", "checks": checks},
-                        status_code=200 if ok else 503)
+    return JSONResponse(
+        {"status": "ready" if ok else "unavailable", "checks": checks},
+        status_code=200 if ok else 503,
+    )
 
 
 def dead_letter_json(d: DeadLetter) -> dict[str, Any]:
@@ -94,8 +96,9 @@ async def dlq_requeue(request: Request) -> Response:
     """Put a dead letter back on its stream; 404 if there is no such dead letter."""
     state = app_state(request)
     entry_id = request.path_params["entry_id"]
-    new_id = await state.blocking(requeue, state.redis, state.qm.scripts,
-                                  state.settings.partitions, entry_id)
+    new_id = await state.blocking(
+        requeue, state.redis, state.qm.scripts, state.settings.partitions, entry_id
+    )
     return JSONResponse({"requeued": entry_id, "entry_id": new_id})
 
 
@@ -118,8 +121,7 @@ def _overview(state: AppState) -> dict[str, Any]:
         "projections": _projections(state),
         "dead_letters": {
             "count": count_dead(state.redis, config.partitions),
-            "newest": [dead_letter_json(d) for d in list_dead(state.redis, config.partitions,
-                                                              50)],
+            "newest": [dead_letter_json(d) for d in list_dead(state.redis, config.partitions, 50)],
         },
     }
 

@@ -1,11 +1,11 @@
 """The original ``/api/queue`` endpoints, same paths and bodies.
 
-    POST /api/queue/enqueue                       producer  202 {task_id, queue_name, status}
-    GET  /api/queue/status/{task_id}              reader    200 status record | 404
-    GET  /api/queue/stats[/{queue_name}]          admin     200 per-queue figures | 404
-    POST /api/queue/example/credit-purchase       producer  202 (a sample task of that kind)
-    POST /api/queue/example/user-registration     producer  202
-    POST /api/queue/example/credit-update         producer  202
+POST /api/queue/enqueue                       producer  202 {task_id, queue_name, status}
+GET  /api/queue/status/{task_id}              reader    200 status record | 404
+GET  /api/queue/stats[/{queue_name}]          admin     200 per-queue figures | 404
+POST /api/queue/example/credit-purchase       producer  202 (a sample task of that kind)
+POST /api/queue/example/user-registration     producer  202
+POST /api/queue/example/credit-update         producer  202
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ MAX_TASK_ID: Final = 128
 def accepted(task_id: str, queue_name: str, delay: object) -> Response:
     later = isinstance(delay, int | float) and round(delay * 1000) > 0  # as the queue rounds
     status = "scheduled" if later else "queued"
-    return JSONResponse({"task_id": task_id, "queue_name": queue_name, "status": status},
-                        status_code=202)
+    return JSONResponse(
+        {"task_id": task_id, "queue_name": queue_name, "status": status}, status_code=202
+    )
 
 
 @requires(Role.PRODUCER)
@@ -49,8 +50,14 @@ async def enqueue(request: Request) -> Response:
     # absent: the queue's own priority; present, it must be 1..4 (null is refused)
     priority = check_priority(body["priority"]) if "priority" in body else None
     task_id = await state.blocking(
-        state.qm.enqueue, body["queue_name"], body["task_type"], body["task_data"],
-        priority, delay, idempotency_key=key)
+        state.qm.enqueue,
+        body["queue_name"],
+        body["task_type"],
+        body["task_data"],
+        priority,
+        delay,
+        idempotency_key=key,
+    )
     return accepted(task_id, body["queue_name"], delay)
 
 
@@ -63,9 +70,20 @@ async def status(request: Request) -> Response:
         found = await state.blocking(state.qm.get_task_status, task_id)
     if found is None:
         return error_response(404, "unknown_task", f"no task {task_id[:MAX_TASK_ID]!r}")
-    record = {name: found.get(name) for name in (
-        "task_id", "status", "attempts", "queue_name", "task_type", "enqueued_at",
-        "started_at", "finished_at", "last_error")}
+    record = {
+        name: found.get(name)
+        for name in (
+            "task_id",
+            "status",
+            "attempts",
+            "queue_name",
+            "task_type",
+            "enqueued_at",
+            "started_at",
+            "finished_at",
+            "last_error",
+        )
+    }
     return JSONResponse(record)
 
 
@@ -87,6 +105,7 @@ async def queue_stats(request: Request) -> Response:
 
 # --- the original examples: sample tasks run by the default DB handler ---------------
 
+
 def _sample_id(body: dict[str, Any]) -> str:
     return check_user_id(body.get("user_id", f"user-{uuid.uuid4().hex[:8]}"))
 
@@ -96,31 +115,47 @@ def _credit_purchase(body: dict[str, Any]) -> tuple[str, str, dict[str, Any], Pr
     user = _sample_id(body)
     amount = check_amount(body.get("amount", 100), "amount")
     data = {"user_id": user, "amount": amount, "currency": "USD", "status": "completed"}
-    return "high_priority", "credit_purchase", {
-        "operation": "insert", "collection": "credit_purchases", "data": data}, Priority.HIGH
+    return (
+        "high_priority",
+        "credit_purchase",
+        {"operation": "insert", "collection": "credit_purchases", "data": data},
+        Priority.HIGH,
+    )
 
 
 def _user_registration(body: dict[str, Any]) -> tuple[str, str, dict[str, Any], Priority]:
     only_fields(body, (), ("user_id", "email"))
     user = _sample_id(body)
     email = check_email(body.get("email", f"{user}@example.com"))
-    return "default", "user_registration", {
-        "operation": "insert", "collection": "users",
-        "data": {"user_id": user, "email": email}}, Priority.NORMAL
+    return (
+        "default",
+        "user_registration",
+        {"operation": "insert", "collection": "users", "data": {"user_id": user, "email": email}},
+        Priority.NORMAL,
+    )
 
 
 def _credit_update(body: dict[str, Any]) -> tuple[str, str, dict[str, Any], Priority]:
     only_fields(body, (), ("user_id", "delta"))
     user = _sample_id(body)
     delta = check_delta(body.get("delta", 10), "delta")
-    return "default", "credit_update", {
-        "operation": "insert", "collection": "credit_updates",
-        "data": {"user_id": user, "delta": delta, "reason": "example"}}, Priority.NORMAL
+    return (
+        "default",
+        "credit_update",
+        {
+            "operation": "insert",
+            "collection": "credit_updates",
+            "data": {"user_id": user, "delta": delta, "reason": "example"},
+        },
+        Priority.NORMAL,
+    )
 
 
-EXAMPLES: Final = {"credit-purchase": _credit_purchase,
-                   "user-registration": _user_registration,
-                   "credit-update": _credit_update}
+EXAMPLES: Final = {
+    "credit-purchase": _credit_purchase,
+    "user-registration": _user_registration,
+    "credit-update": _credit_update,
+}
 
 
 def _example(name: str) -> Any:
@@ -144,6 +179,8 @@ def routes() -> list[BaseRoute]:
         Route("/api/queue/status/{task_id}", status, methods=["GET"]),
         Route("/api/queue/stats", stats, methods=["GET"]),
         Route("/api/queue/stats/{queue_name}", queue_stats, methods=["GET"]),
-        *(Route(f"/api/queue/example/{name}", _example(name), methods=["POST"])
-          for name in EXAMPLES),
+        *(
+            Route(f"/api/queue/example/{name}", _example(name), methods=["POST"])
+            for name in EXAMPLES
+        ),
     ]
