@@ -286,16 +286,14 @@ def _wait_drained(qm: Any, procs: list[subprocess.Popen[bytes]], timeout: float)
 def _backlog(qm: Any) -> int:
     """Entries some group (workers or projectors) has not finished, plus delayed tasks."""
     from streams import keys
+    from streams.groups import groups
     from streams.scheduler import Scheduler
 
     total = Scheduler(qm.redis, qm.config.partitions).pending()
     for p in range(qm.config.partitions):
         for level in keys.LEVELS_DESC:
-            stream = keys.stream(p, level)
-            if not qm.redis.exists(stream):
-                continue
-            for g in qm.redis.xinfo_groups(stream):
-                total += int(g["pending"]) + int(g.get("lag") or 0)
+            for g in groups(qm.redis, keys.stream(p, level)).values():
+                total += g.pending + (g.lag or 0)
     return total
 
 

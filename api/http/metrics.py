@@ -51,6 +51,8 @@ from starlette.types import ASGIApp
 from streams import keys
 from streams.config import StreamsConfig
 from streams.connection import RedisClient, translate
+from streams.groups import parse_groups, pending_min
+from streams.ids import EntryId, format_id, parse_id
 from streams.times import iso_utc
 
 from .timing import Observer, RequestTimer, Timed
@@ -266,17 +268,6 @@ class MetricsMiddleware(RequestTimer):
 
 
 # -- what Redis says about consumer groups ---------------------------------------------------
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _id_ms(entry_id: str) -> int:
-    return int(entry_id.split("-")[0])
-
-
-def _after(entry_id: str) -> str:
-    """The exclusive range start just after ``entry_id``."""
-    return "(" + entry_id
 
 
 @dataclass(slots=True)
@@ -326,31 +317,18 @@ def group_status(
             pipe.xinfo_groups(stream)
         infos = pipe.execute(raise_on_error=False)
         # per (group, stream): pending, lag (None: unknown), last delivered id, group exists
-        rows: list[tuple[str, str, str, int, int | None, str, bool]] = []
+        rows: list[tuple[str, str, str, int, int | None, EntryId, bool]] = []
         for (stream, level), info in zip(streams, infos, strict=True):
-            found: dict[str, dict[Any, Any]] = {}
-            if not isinstance(info, Exception):
-                found = {_text(i.get("name")): i for i in info}
+            found = {} if isinstance(info, Exception) else parse_groups(info)
             for g in groups:
                 i = found.get(g)
                 if i is None:  # no group (yet): everything in the stream is undelivered
-                    rows.append((g, stream, level, 0, None, "0-0", False))
-                    continue
-                raw_lag = i.get("lag")
-                rows.append(
-                    (
-                        g,
-                        stream,
-                        level,
-                        int(i.get("pending") or 0),
-                        None if raw_lag is None else int(raw_lag),
-                        _text(i.get("last-delivered-id") or "0-0"),
-                        True,
-                    )
-                )
+                    rows.append((g, stream, level, 0, None, (0, 0), False))
+                else:
+                    rows.append((g, stream, level, i.pending, i.lag, i.last_delivered, True))
         pipe = client.pipeline(transaction=False)
         for g, stream, _, pending, _, last, exists in rows:
-            pipe.xrange(stream, min=_after(last), max="+", count=1)
+            pipe.xrange(stream, min="(" + format_id(last), max="+", count=1)
             if pending:
                 pipe.xpending(stream, g)
             if not exists:
@@ -361,11 +339,11 @@ def group_status(
         first = next(replies)
         oldest: list[int] = []
         if isinstance(first, list) and first:
-            oldest.append(_id_ms(_text(first[0][0])))
+            oldest.append(parse_id(first[0][0])[0])
         if pending:
-            summary = next(replies)
-            if isinstance(summary, dict) and summary.get("min"):
-                oldest.append(_id_ms(_text(summary["min"])))
+            least = pending_min(next(replies))
+            if least is not None:
+                oldest.append(least[0])
         if not exists:
             length = next(replies)
             lag = int(length) if isinstance(length, int) else 0
