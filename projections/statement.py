@@ -108,4 +108,4 @@ def _defused(r: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["COLUMNS", "FORMATS", "iso_utc", "row", "statement", "write"]
+__all__ = ["COLUMNS", "FORMATS", "row", "statement", "write"]

@@ -17,7 +17,7 @@ from .config import StreamsConfig
 from .connection import RedisClient, translate
 from .groups import GroupInfo, groups
 from .replies import text
-from .times import iso_utc as iso_utc  # re-exported until api/ imports streams.times
+from .times import iso_utc
 
 STATUS_FIELDS = (
     "status",

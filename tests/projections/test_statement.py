@@ -12,9 +12,10 @@ import pytest
 from pymongo.database import Database
 
 from ledger.errors import ChainBroken, UnknownAccount
-from projections.statement import COLUMNS, iso_utc, statement, write
+from projections.statement import COLUMNS, statement, write
 from streams import QueueManager
 from streams.replies import text
+from streams.times import iso_utc
 
 from .conftest import PARTITIONS, Cli, all_streams, parser, project, traffic, trim_half
 
