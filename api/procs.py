@@ -18,6 +18,7 @@ alone has a gap:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -28,7 +29,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["PARENT_ENV", "death_signal_supported", "popen_child", "watch_parent"]
+__all__ = ["PARENT_ENV", "death_signal_supported", "popen_child", "stop_children", "watch_parent"]
 
 PARENT_ENV = "LEDGER_PARENT_PID"
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -84,6 +85,31 @@ def popen_child(
     child_env[PARENT_ENV] = str(parent)
     preexec = _die_with(parent, death_signal) if death_signal_supported() else None
     return subprocess.Popen(list(args), env=child_env, preexec_fn=preexec, **kwargs)
+
+
+def stop_children(
+    procs: Sequence[subprocess.Popen[bytes]], timeout: float = 30.0, *, group: bool = False
+) -> None:
+    """SIGTERM each child (its whole process group with ``group``), wait up to
+    ``timeout`` s in all, then SIGKILL what is left; every child is reaped."""
+
+    def send(proc: subprocess.Popen[bytes], sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if group:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
+
+    for proc in procs:
+        if proc.poll() is None:
+            send(proc, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            send(proc, signal.SIGKILL)
+            proc.wait()
 
 
 def _alive(pid: int) -> bool:

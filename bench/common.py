@@ -6,12 +6,10 @@ Everything runs on 127.0.0.1 against private servers (``api.dev.embedded``).
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +19,7 @@ from typing import Any
 
 import redis
 
-from api.procs import popen_child
+from api.procs import popen_child, stop_children
 from ledger.tasks import Priority
 from streams import keys
 
@@ -112,17 +110,7 @@ def ledger(*args: str) -> list[str]:
 
 def stop(procs: Sequence[subprocess.Popen[bytes]], timeout: float = 20.0) -> None:
     """SIGTERM each (its whole session), wait, then SIGKILL what is left."""
-    for p in procs:
-        if p.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    for p in procs:
-        try:
-            p.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
+    stop_children(procs, timeout, group=True)
 
 
 def _stat(pid: int) -> list[str]:

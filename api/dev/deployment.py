@@ -19,14 +19,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 
-from ..procs import popen_child
+from ..procs import popen_child, stop_children
 
 __all__ = ["CONNECTION_ENV", "Deployment"]
 
@@ -133,15 +132,7 @@ class Deployment:
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM every process, wait up to ``timeout`` s in all, SIGKILL what is left."""
-        for name in self.procs:
-            self.signal(name, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for name, proc in self.procs.items():
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self.signal(name, signal.SIGKILL)
-                proc.wait()
+        stop_children(list(self.procs.values()), timeout, group=self.new_session)
         self.close()
 
     def close(self) -> None:
