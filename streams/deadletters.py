@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from . import keys
 from .connection import RedisClient, translate
@@ -88,17 +89,35 @@ def requeue(client: RedisClient, scripts: Scripts, partitions: int, dead_id: str
     if not m or int(m.group(1)) >= partitions:
         raise UnknownDeadLetter(f"no dead letter {dead_id!r}")
     p, entry_id = int(m.group(1)), m.group(2)
+    for _ in range(3):  # "changed": the entry under this id is not the one read (practically never)
+        reply = _requeue_once(client, scripts, p, entry_id)
+        if reply is None or reply[0] == b"missing":
+            raise UnknownDeadLetter(f"no dead letter {dead_id!r}")
+        if reply[0] == b"ok":
+            return str(reply[1].decode())
+    raise UnknownDeadLetter(f"dead letter {dead_id!r} kept changing while being requeued")
+
+
+def _requeue_once(client: RedisClient, scripts: Scripts, p: int, entry_id: str) -> Any:
+    """Read the dead letter for the keys it names, then run ``requeue.lua`` on them
+    (every key a script touches is declared: Redis Cluster); None when it is gone."""
     with translate():
-        reply = run_many(
+        found: Any = client.xrange(keys.dead(p), entry_id, entry_id)
+        if not found:
+            return None
+        raw: dict[bytes, bytes] = found[0][1]
+        stream = raw.get(b"_stream")
+        if not stream:
+            return None
+        task_id = raw.get(b"id") if raw.get(b"k") == b"task" else None
+        task_keys = [] if task_id is None else [keys.task(p, task_id.decode())]
+        return run_many(
             client,
             [
                 (
                     scripts.requeue,
-                    [keys.dead(p), keys.attempts(p)],
-                    [entry_id, keys.tag(p) + ":task:"],
+                    [keys.dead(p), keys.attempts(p), stream.decode(), *task_keys],
+                    [entry_id, b"" if task_id is None else task_id],
                 )
             ],
         )[0]
-    if reply[0] != b"ok":
-        raise UnknownDeadLetter(f"no dead letter {dead_id!r}")
-    return str(reply[1].decode())

@@ -1,9 +1,10 @@
 """Delayed tasks: move them onto their streams once due (``ledger scheduler``).
 
 Any number of schedulers may run: a due task leaves the schedule in the same
-script step that appends it, so it is moved exactly once and never early. A
-scheduled task's record keeps its data with no TTL until it is moved, so no
-delay (up to the 30-day bound) and no scheduler downtime loses it.
+script step that appends it, and only if it is still there and due then, so it
+is moved exactly once and never early. A scheduled task's record keeps its
+data with no TTL until it is moved, so no delay (up to the 30-day bound) and no
+scheduler downtime loses it.
 """
 
 from __future__ import annotations
@@ -39,32 +40,59 @@ class Scheduler:
         """Due tasks whose record was gone (deleted by hand): dropped, never counted as moved."""
 
     def tick(self) -> int:
-        """Move every task due now; returns how many moved (only those)."""
+        """Move every task due now; returns how many moved (only those).
+
+        Each round is two pipelined calls of ``schedule.lua`` per partition, so
+        that every key it touches is declared (Redis Cluster): "due" lists the
+        ids due, then "move" gets their record keys and moves each one still
+        scheduled and due, in one atomic step per partition (so two schedulers
+        never move a task twice). A round in which nothing is due is one round trip.
+        """
         moved = 0
         while True:
+            streams = {
+                p: [keys.stream(p, lv) for lv in keys.LEVELS_DESC] for p in range(self.partitions)
+            }
+            with translate():
+                due: list[list[bytes]] = run_many(
+                    self.redis,
+                    [
+                        (
+                            self.scripts.schedule,
+                            [keys.scheduled(p), *streams[p]],
+                            ["due", self.batch],
+                        )
+                        for p in range(self.partitions)
+                    ],
+                )
+            found = {p: [i.decode() for i in ids] for p, ids in enumerate(due) if ids}
+            if not found:
+                return moved
             with translate():
                 replies: list[list[Any]] = run_many(
                     self.redis,
                     [
                         (
                             self.scripts.schedule,
-                            [keys.scheduled(p), *(keys.stream(p, lv) for lv in keys.LEVELS_DESC)],
-                            [keys.tag(p) + ":task:", self.batch],
+                            [
+                                keys.scheduled(p),
+                                *streams[p],
+                                *(keys.task(p, task_id) for task_id in ids),
+                            ],
+                            ["move", *ids],
                         )
-                        for p in range(self.partitions)
+                        for p, ids in found.items()
                     ],
                 )
-            taken = 0
             for count, missing in replies:
                 moved += int(count)
-                taken = max(taken, int(count) + len(missing))
                 if missing:
                     self.missing += len(missing)
                     log.error(
                         "scheduled tasks due with no record (not run): %s",
                         ", ".join(m.decode() for m in missing),
                     )
-            if taken < self.batch:
+            if max(len(ids) for ids in found.values()) < self.batch:
                 return moved
 
     def pending(self) -> int:

@@ -352,18 +352,16 @@ class Worker:
     def _settle(self, by_partition: Mapping[int, Sequence[Delivery]]) -> None:
         calls = []
         for p, ds in by_partition.items():
-            args: list[ScriptArg] = [
-                self.config.group,
-                self.config.status_ttl_s,
-                keys.tag(p) + ":",
-                self.consumer,
-            ]
+            entries: list[ScriptArg] = []
+            timed: dict[str, None] = {}  # queues of "ok" entries: their latency keys go in KEYS
             for d in ds:
                 op, number, error = settle_args(d.outcome or RetryLater(0, "no outcome"))
                 queue = (
                     "unknown" if isinstance(d.message, DecodeError | None) else d.message.queue_name
                 )
-                args += [op, self._rank_key(d.level), d.entry_id, queue, number, error]
+                if op == "ok":
+                    timed[queue] = None
+                entries += [op, self._rank_key(d.level), d.entry_id, queue, number, error]
             calls.append(
                 (
                     self.scripts.settle,
@@ -374,8 +372,16 @@ class Worker:
                         keys.dead(p),
                         *(keys.stream(p, lv) for lv in keys.LEVELS_DESC),
                         *(self._task_key(p, d) for d in ds),
+                        *(k for q in timed for k in (keys.latencies(p, q), keys.throughput(p, q))),
                     ],
-                    args,
+                    [
+                        self.config.group,
+                        self.config.status_ttl_s,
+                        len(timed),
+                        self.consumer,
+                        *timed,
+                        *entries,
+                    ],
                 )
             )
         with translate():

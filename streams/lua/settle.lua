@@ -6,26 +6,52 @@ entry is never acked without its outcome, nor dead-lettered twice.
 KEYS[1] ledger:{pN}:attempts     KEYS[2] ledger:{pN}:stats
 KEYS[3] ledger:{pN}:retry:<group>   KEYS[4] ledger:{pN}:dead
 KEYS[5..8] ledger:{pN}:critical|high|normal|low
-KEYS[8+i] ledger:{pN}:task:<id> of entry i (KEYS[1] when not a task)
-ARGV[1] group   ARGV[2] seconds to keep a finished task's status   ARGV[3] "ledger:{pN}:"
+KEYS[8+i] ledger:{pN}:task:<id> of entry i (KEYS[1] when not a task), i = 1..n
+KEYS[8+n+2j-1] ledger:{pN}:lat:<queue j>   KEYS[8+n+2j] ledger:{pN}:tput:<queue j>, j = 1..m
+ARGV[1] group   ARGV[2] seconds to keep a finished task's status
+ARGV[3] m: the number of queues with latency keys (every queue of an "ok" entry)
 ARGV[4] consumer: an entry no longer pending for it (taken over meanwhile) is left
         to the consumer that holds it now, so a late result never overwrites its
         outcome
+ARGV[4+j] queue j (j = 1..m), whose latency keys are above
 then 6 values per entry i:  op ("ok"|"retry"|"dead"|"ack"|"skip"), level (1..4 = KEYS[5..8]),
   entry id, queue name, number (ok: latency ms; retry: delay ms; dead: attempts), error
-Returns the number of entries settled.
+Returns the number of entries settled; an error, with nothing written, when an
+"ok" entry's queue has no latency keys, or the keys do not match the queues or
+the number of entries.
 ]]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local group, ttl = ARGV[1], tonumber(ARGV[2])
-local prefix, consumer = ARGV[3], ARGV[4]
+local m, consumer = tonumber(ARGV[3]), ARGV[4]
 local bucket = math.floor(now / 10000)
-local n = (#ARGV - 4) / 6
+local n = (#ARGV - 4 - m) / 6
+local first = 4 + m  -- ARGV index before the first entry's values
+
+-- checked before anything is written: a script is not rolled back
+if n ~= math.floor(n) or #KEYS ~= 8 + n + 2 * m then
+  return redis.error_reply('settle.lua: KEYS and ARGV do not match')
+end
+local declared = {}
+for j = 1, m do
+  local queue = ARGV[4 + j]
+  declared[queue] = true
+  if string.sub(KEYS[8 + n + 2 * j - 1], -#queue - 5) ~= ':lat:' .. queue
+      or string.sub(KEYS[8 + n + 2 * j], -#queue - 6) ~= ':tput:' .. queue then
+    return redis.error_reply('settle.lua: KEYS do not hold the latency keys of ' .. queue)
+  end
+end
+for i = 1, n do
+  local b = first + (i - 1) * 6
+  if ARGV[b + 1] == 'ok' and not declared[ARGV[b + 4]] then
+    return redis.error_reply('settle.lua: no latency keys for queue ' .. ARGV[b + 4])
+  end
+end
 
 -- which entries are still ours: one XPENDING per level, not one per entry
 local ids_by_level, mine = {}, {}
 for i = 1, n do
-  local b = 4 + (i - 1) * 6
+  local b = first + (i - 1) * 6
   local level = tonumber(ARGV[b + 2])
   ids_by_level[level] = ids_by_level[level] or {}
   table.insert(ids_by_level[level], ARGV[b + 3])
@@ -44,7 +70,7 @@ end
 local function count(field) counts[field] = (counts[field] or 0) + 1 end
 
 for i = 1, n do
-  local b = 4 + (i - 1) * 6
+  local b = first + (i - 1) * 6
   local op, level, id, queue, num, err =
     ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3], ARGV[b + 4], tonumber(ARGV[b + 5]), ARGV[b + 6]
   local stream, tkey = KEYS[4 + level], KEYS[8 + i]
@@ -102,11 +128,14 @@ end
 each_slice(forget, function(...) redis.call('HDEL', KEYS[1], ...) end)
 for field, k in pairs(counts) do redis.call('HINCRBY', KEYS[2], field, k) end
 -- recent latencies (percentiles) and 10-second throughput buckets (rate)
-for queue, values in pairs(lats) do
-  local lat, tput = prefix .. 'lat:' .. queue, prefix .. 'tput:' .. queue
-  each_slice(values, function(...) redis.call('LPUSH', lat, ...) end)
-  redis.call('LTRIM', lat, 0, 511)
-  redis.call('HINCRBY', tput, bucket, #values)
-  redis.call('HDEL', tput, bucket - 12)
+for j = 1, m do
+  local values = lats[ARGV[4 + j]]
+  if values then
+    local lat, tput = KEYS[8 + n + 2 * j - 1], KEYS[8 + n + 2 * j]
+    each_slice(values, function(...) redis.call('LPUSH', lat, ...) end)
+    redis.call('LTRIM', lat, 0, 511)
+    redis.call('HINCRBY', tput, bucket, #values)
+    redis.call('HDEL', tput, bucket - 12)
+  end
 end
 return n

@@ -9,17 +9,20 @@ happens in about a second and a half.
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
+from redis.exceptions import ResponseError
 
 from ledger.tasks import Priority
 from streams import HandlerRegistry, QueueManager, Scheduler, StreamsConfig, Worker, keys
 from streams.connection import RedisClient
 from streams.queue_manager import TASK_ID_NAMESPACE
 from streams.replies import entries as stream_entries
+from streams.scripts import run_many
 from tests.helpers import eventually
 
 from .conftest import PARTITIONS
@@ -112,3 +115,86 @@ def test_tick_counts_only_what_it_moved(qm: QueueManager, caplog: pytest.LogCapt
     assert gone1 in caplog.text and gone2 in caplog.text
     entries = stream_entries(qm.redis, keys.stream(0, Priority.NORMAL))
     assert [fields[b"id"].decode() for _, fields in entries] == [kept]
+
+
+def test_a_task_another_scheduler_moved_meanwhile_is_not_moved_again(qm: QueueManager) -> None:
+    """Scheduler A lists the due tasks; B moves them all; A's move then finds them
+    gone from the set and moves none: the interleaving the two calls allow."""
+    ids = [
+        qm.enqueue("default", "later", {"i": i}, delay=0.05, idempotency_key=key)
+        for i, key in enumerate(same_partition_keys(3))
+    ]
+    wait_until_redis_ms(qm.redis, max(due_at(qm, t) for t in ids) + 50)
+    a, b = Scheduler(qm.redis, PARTITIONS), Scheduler(qm.redis, PARTITIONS)
+    streams = [keys.stream(0, lv) for lv in keys.LEVELS_DESC]
+    (listed,) = run_many(
+        a.redis, [(a.scripts.schedule, [keys.scheduled(0), *streams], ["due", 10])]
+    )
+    assert sorted(t.decode() for t in listed) == sorted(ids)
+
+    assert b.tick() == 3
+    (reply,) = run_many(
+        a.redis,
+        [
+            (
+                a.scripts.schedule,
+                [keys.scheduled(0), *streams, *(keys.task(0, t.decode()) for t in listed)],
+                ["move", *listed],
+            )
+        ],
+    )
+    assert reply == [0, []]
+    entries = stream_entries(qm.redis, keys.stream(0, Priority.NORMAL))
+    assert sorted(fields[b"id"].decode() for _, fields in entries) == sorted(ids)
+
+
+def test_move_refuses_a_task_not_yet_due_or_a_key_of_another_task(qm: QueueManager) -> None:
+    early, other = (
+        qm.enqueue("default", "later", {"i": i}, delay=60, idempotency_key=key)
+        for i, key in enumerate(same_partition_keys(2))
+    )
+    s = Scheduler(qm.redis, PARTITIONS)
+    streams = [keys.stream(0, lv) for lv in keys.LEVELS_DESC]
+    (reply,) = run_many(
+        s.redis,
+        [(s.scripts.schedule, [keys.scheduled(0), *streams, keys.task(0, early)], ["move", early])],
+    )
+    assert reply == [0, []] and s.pending() == 2  # never early: Redis's clock decides
+    with pytest.raises(ResponseError, match="not the record of"):
+        run_many(
+            s.redis,
+            [
+                (
+                    s.scripts.schedule,
+                    [keys.scheduled(0), *streams, keys.task(0, other)],
+                    ["move", early],
+                )
+            ],
+        )
+    assert s.pending() == 2
+
+
+def test_two_schedulers_at_once_move_each_task_exactly_once(qm: QueueManager) -> None:
+    ids = [qm.enqueue("default", "later", {"i": i}, delay=0.2) for i in range(600)]
+    wait_until_redis_ms(qm.redis, max(due_at(qm, t) for t in ids) + 50)
+    schedulers = [Scheduler(qm.redis, PARTITIONS, batch=7) for _ in range(2)]
+    moved = [0, 0]
+    start = threading.Barrier(2)
+
+    def run(i: int) -> None:
+        start.wait()
+        moved[i] = schedulers[i].tick()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sum(moved) == len(ids) and schedulers[0].pending() == 0
+    assert [s.missing for s in schedulers] == [0, 0]  # a task the other one took is no loss
+    on_streams = [
+        fields[b"id"].decode()
+        for p in range(PARTITIONS)
+        for _, fields in stream_entries(qm.redis, keys.stream(p, Priority.NORMAL))
+    ]
+    assert sorted(on_streams) == sorted(ids)  # each one exactly once
