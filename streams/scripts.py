@@ -9,14 +9,24 @@ append without an Idempotency-Key would record it twice. The caller gets
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
 from typing import Any
 
+import redis
+from redis.cluster import RedisCluster
 from redis.commands.core import Script
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import (
+    AskError,
+    MovedError,
+    NoScriptError,
+    ResponseError,
+    TryAgainError,
+)
 
 from .connection import RedisClient
 
@@ -74,7 +84,13 @@ def run_many(
     sees every reply (index, reply) as it arrives, while Redis runs the later
     calls. A call that meets NOSCRIPT (Redis restarted) did not run at all: its
     script is loaded and the call runs again. Any other error is raised.
+
+    On a Redis Cluster (``RedisCluster``) the calls are grouped by the node that
+    owns each call's slot and each node's share is pipelined the same way (see
+    ``_run_cluster``).
     """
+    if isinstance(client, RedisCluster):
+        return _run_cluster(client, calls, each)
     replies, sent = _send_all(client, calls, each)
     missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
     if missing:
@@ -98,16 +114,6 @@ def _send_all(
 
     ``client`` is ``Any`` here: the connection-level calls below are untyped in redis-py."""
     replies: list[Any] = []
-    if not hasattr(client, "connection_pool"):  # RedisCluster: its own pipeline
-        sent = list(calls)
-        pipe = client.pipeline(transaction=False)
-        for script, keys, args in sent:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-        replies = list(pipe.execute(raise_on_error=False))
-        for i, reply in enumerate(replies):
-            if each is not None and not isinstance(reply, Exception):
-                each(i, reply)
-        return replies, sent
     pool = client.connection_pool
     conn = pool.get_connection()
     sent = []
@@ -145,3 +151,167 @@ def _send_all(
     finally:
         pool.release(conn)
     return replies, sent
+
+
+CLUSTER_ROUNDS = 16
+"""How many times a Cluster call that did not run (NOSCRIPT, MOVED, ASK,
+TRYAGAIN) is sent again before its error is raised (as redis-py's own TTL)."""
+
+_NOT_RUN = (NoScriptError, AskError, TryAgainError)  # MovedError is an AskError
+"""Error replies after which the script certainly did not run: safe to send again."""
+
+
+@dataclass(slots=True)
+class _NodeShare:
+    """The calls of one round that go to one Cluster node, on one of its connections."""
+
+    node: Any  # redis.cluster.ClusterNode (untyped)
+    asking: bool  # each call is preceded by ASKING (an ASK redirect)
+    indexes: list[int]
+    pool: Any  # the node's ConnectionPool
+    conn: Any  # one connection of it, for this round
+    pending: list[bytes] | None = None  # packed calls not yet written (a list input)
+
+
+def _run_cluster(
+    client: RedisCluster, calls: Iterable[Call], each: Callable[[int, Any], None] | None
+) -> list[Any]:
+    """``run_many`` on a Redis Cluster: one pipelined round trip per node.
+
+    Every call's keys share one hash tag, so one slot: the call goes to the
+    node that owns the slot of its first key (the client's slot table). Each
+    node's calls are packed as raw EVALSHA on one connection of that node's pool
+    and written at once (or as built, for a generator), then each node's replies
+    are read in order; ``each`` sees them as they are read. redis-py's
+    ``ClusterPipeline`` is not used: it refuses EVALSHA and resends after a
+    connection error. Here a connection error is raised (``Unavailable`` through
+    ``translate``) and nothing is resent. A call answered NOSCRIPT (the script
+    is loaded on that node), MOVED (the slot table is updated), ASK (sent to the
+    target after ASKING) or TRYAGAIN did not run: it runs again, up to
+    ``CLUSTER_ROUNDS`` times. Any other error reply is raised.
+    """
+    sent: list[Call] = []
+    replies: list[Any] = []
+    streaming = not isinstance(calls, list)
+    shares = _cluster_round(client, calls, sent, replies, {}, streaming, each)
+    for _ in range(CLUSTER_ROUNDS):
+        again: dict[int, Any] = {}  # index -> the ASK target (None: by the slot table)
+        loaded: set[tuple[str, str]] = set()
+        slow = False
+        for share in shares:
+            for i in share.indexes:
+                reply = replies[i]
+                if not isinstance(reply, _NOT_RUN):
+                    continue
+                if isinstance(reply, MovedError):
+                    client.nodes_manager.move_slot(reply)
+                    again[i] = None
+                elif isinstance(reply, AskError):
+                    target = client.nodes_manager.get_node(host=reply.host, port=reply.port)
+                    if target is None:  # a node we do not know yet
+                        client.nodes_manager.initialize()
+                        target = client.nodes_manager.get_node(host=reply.host, port=reply.port)
+                    if target is not None:
+                        again[i] = target
+                elif isinstance(reply, NoScriptError):
+                    script = sent[i][0]
+                    if (share.node.name, script.sha) not in loaded:
+                        client.get_redis_connection(share.node).script_load(script.script)
+                        loaded.add((share.node.name, script.sha))
+                    again[i] = share.node if share.asking else None
+                else:  # TRYAGAIN: a slot being migrated; give it a moment
+                    slow = True
+                    again[i] = None
+        if not again:
+            break
+        if slow:
+            time.sleep(0.05)
+        shares = _cluster_round(client, sorted(again), sent, replies, again, False, each)
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
+def _cluster_round(
+    client: Any,
+    calls: Iterable[Call] | list[int],
+    sent: list[Call],
+    replies: list[Any],
+    ask: dict[int, Any],
+    streaming: bool,
+    each: Callable[[int, Any], None] | None,
+) -> list[_NodeShare]:
+    """Send one round (new calls, or the indexes in ``sent`` of calls to send
+    again) grouped by node; store each reply (or error reply) in ``replies``."""
+    shares: dict[tuple[str, bool], _NodeShare] = {}
+    try:
+        for item in calls:
+            if isinstance(item, int):
+                i, call = item, sent[item]
+            else:
+                i, call = len(sent), item
+                sent.append(call)
+                replies.append(None)
+            target = ask.get(i)
+            node = target if target is not None else _node_of(client, call)
+            share = shares.get((node.name, target is not None))
+            if share is None:
+                pool = client.get_redis_connection(node).connection_pool
+                share = _NodeShare(node, target is not None, [], pool, pool.get_connection())
+                share.pending = None if streaming else []
+                shares[(node.name, share.asking)] = share
+            command = _packed(share.conn, call, share.asking)
+            if share.pending is None:  # built as we go: out at once
+                share.conn.send_packed_command([command], check_health=not share.indexes)
+            else:
+                share.pending.append(command)
+            share.indexes.append(i)
+        for share in shares.values():
+            if share.pending:  # all known: one write per node
+                share.conn.send_packed_command([b"".join(share.pending)])
+        for share in shares.values():
+            for i in share.indexes:
+                if share.asking:
+                    share.conn.read_response()  # +OK of ASKING
+                try:
+                    reply = share.conn.read_response()
+                except ResponseError as exc:  # this call's error; the stream stays in step
+                    replies[i] = exc
+                    continue
+                replies[i] = reply
+                if each is not None:
+                    each(i, reply)
+    except BaseException as exc:
+        for share in shares.values():
+            share.conn.disconnect()  # replies may still be in flight: never reuse it
+        if isinstance(exc, OSError | redis.ConnectionError | redis.TimeoutError):
+            _refresh_quietly(client)  # a failover may have moved slots: next call sees it
+        raise
+    finally:
+        for share in shares.values():
+            share.pool.release(share.conn)
+    return list(shares.values())
+
+
+def _node_of(client: Any, call: Call) -> Any:
+    """The primary that owns the slot of the call's keys (all share one hash tag)."""
+    keys = call[1]
+    if not keys:
+        return client.get_default_node()
+    return client.nodes_manager.get_node_from_slot(client.keyslot(keys[0]))
+
+
+def _packed(conn: Any, call: Call, asking: bool = False) -> bytes:
+    script, keys, args = call
+    command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+    parts = [("ASKING",), command] if asking else [command]
+    if _hiredis_pack is None:
+        return b"".join(b"".join(conn.pack_command(*part)) for part in parts)
+    return b"".join(_hiredis_pack(part) for part in parts)
+
+
+def _refresh_quietly(client: Any) -> None:
+    """Reload the slot table after a connection error, if the cluster answers."""
+    with suppress(Exception):  # best effort: the caller gets the original error
+        client.nodes_manager.initialize()

@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Self
@@ -285,6 +286,7 @@ class EmbeddedRedis(_Server):
         appendonly: bool = True,
         executable: Path | str | None = None,
         start_timeout: float = 10.0,
+        extra_args: Sequence[str] = (),
     ) -> None:
         if appendfsync not in APPENDFSYNC_POLICIES:
             raise ValueError(
@@ -293,6 +295,7 @@ class EmbeddedRedis(_Server):
         super().__init__(data_dir, port=port, executable=executable, start_timeout=start_timeout)
         self.appendfsync = appendfsync
         self.appendonly = appendonly
+        self.extra_args = tuple(extra_args)  # more flags, e.g. --cluster-enabled yes
 
     def _find_executable(self) -> Path:
         return find_redis_server()
@@ -308,6 +311,7 @@ class EmbeddedRedis(_Server):
             "--protected-mode", "no",
             "--daemonize", "no",
             "--logfile", str(self.log_path),
+            *self.extra_args,
         ]  # fmt: skip
 
     def _answers(self, port: int, timeout: float) -> bool:
