@@ -98,6 +98,7 @@ def test_worker_errors_have_exit_codes(redis_url: str) -> None:
     assert down.returncode == RET_CONNECT and "unavailable" in down.stderr
 
 
+@pytest.mark.timeout(300)  # the run's own bound (a loaded machine starts servers slowly)
 def test_demo_runs_and_proves_its_numbers() -> None:
     result = ledger(
         "demo", "--users", "20", "--events", "300", "--workers", "1", "--once", timeout=300
