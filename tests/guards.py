@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,6 +29,7 @@ from redis.retry import Retry
 
 from api.dev.embedded import EmbeddedMongo, EmbeddedRedis
 from projections.store import connect
+from tests.proctree import Proc, descendants, kill_all
 
 PING_TIMEOUT_S = 3.0
 THREAD_GRACE_S = 5.0
@@ -48,37 +47,9 @@ BACKGROUND_THREADS = (
 )
 
 
-def _children(pid: int) -> dict[int, int]:
-    """{child pid: its start time} of every live descendant of ``pid``."""
-    parents: dict[int, list[int]] = {}
-    starts: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] == "Z":
-            continue
-        child = int(entry.name)
-        parents.setdefault(int(fields[1]), []).append(child)
-        starts[child] = int(fields[19])
-    found: dict[int, int] = {}
-    todo = [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found[child] = starts[child]
-            todo.append(child)
-    return found
-
-
-def _kill(pids: list[int]) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    for pid in pids:  # reap our own children so they don't linger as zombies
+def _reap(procs: list[Proc]) -> None:
+    """Our own children would otherwise linger as zombies once killed."""
+    for pid, _ in procs:
         with contextlib.suppress(ChildProcessError, OSError):
             os.waitpid(pid, os.WNOHANG)
 
@@ -160,13 +131,12 @@ def _ensure_serving(request: pytest.FixtureRequest) -> None:
 def _hygiene(request: pytest.FixtureRequest) -> Iterator[None]:
     _ensure_serving(request)
     me = os.getpid()
-    processes_before = _children(me)
+    processes_before = set(descendants(me))
     threads_before = set(threading.enumerate())
     yield
-    left = {
-        pid: start for pid, start in _children(me).items() if processes_before.get(pid) != start
-    }
-    _kill(sorted(left))
+    left = sorted(set(descendants(me)) - processes_before)
+    kill_all(left)
+    _reap(left)
     deadline = time.monotonic() + THREAD_GRACE_S
     while True:
         running = [
@@ -181,7 +151,7 @@ def _hygiene(request: pytest.FixtureRequest) -> Iterator[None]:
         time.sleep(0.05)
     problems = []
     if left:
-        problems.append(f"left {len(left)} process(es) running (killed): {sorted(left)}")
+        problems.append(f"left {len(left)} process(es) running (killed): {[p for p, _ in left]}")
     if running:
         problems.append("left thread(s) running: " + ", ".join(t.name for t in running))
     if problems:
