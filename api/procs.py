@@ -29,7 +29,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["PARENT_ENV", "death_signal_supported", "popen_child", "stop_children", "watch_parent"]
+__all__ = [
+    "PARENT_ENV",
+    "death_signal_supported",
+    "popen_child",
+    "signal_child",
+    "stop_children",
+    "watch_parent",
+]
 
 PARENT_ENV = "LEDGER_PARENT_PID"
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -87,28 +94,31 @@ def popen_child(
     return subprocess.Popen(list(args), env=child_env, preexec_fn=preexec, **kwargs)
 
 
+def signal_child(proc: subprocess.Popen[bytes], sig: int, *, group: bool = False) -> bool:
+    """Send ``sig`` to ``proc`` (its whole process group with ``group``) if it still runs."""
+    if proc.poll() is not None:
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+    return True
+
+
 def stop_children(
     procs: Sequence[subprocess.Popen[bytes]], timeout: float = 30.0, *, group: bool = False
 ) -> None:
     """SIGTERM each child (its whole process group with ``group``), wait up to
     ``timeout`` s in all, then SIGKILL what is left; every child is reaped."""
-
-    def send(proc: subprocess.Popen[bytes], sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            if group:
-                os.killpg(proc.pid, sig)
-            else:
-                proc.send_signal(sig)
-
     for proc in procs:
-        if proc.poll() is None:
-            send(proc, signal.SIGTERM)
+        signal_child(proc, signal.SIGTERM, group=group)
     deadline = time.monotonic() + timeout
     for proc in procs:
         try:
             proc.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            send(proc, signal.SIGKILL)
+            signal_child(proc, signal.SIGKILL, group=group)
             proc.wait()
 
 

@@ -14,7 +14,6 @@ killed and started again as it was (what the chaos tests do).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -25,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 
-from ..procs import popen_child, stop_children
+from ..procs import popen_child, signal_child, stop_children
 
 __all__ = ["CONNECTION_ENV", "Deployment"]
 
@@ -114,15 +113,7 @@ class Deployment:
 
     def signal(self, name: str, sig: int) -> bool:
         """Send ``sig`` to ``name`` (its process group with ``new_session``) if it runs."""
-        proc = self.procs[name]
-        if proc.poll() is not None:
-            return False
-        with contextlib.suppress(ProcessLookupError):
-            if self.new_session:
-                os.killpg(proc.pid, sig)
-            else:
-                proc.send_signal(sig)
-        return True
+        return signal_child(self.procs[name], sig, group=self.new_session)
 
     def kill(self, name: str) -> None:
         """SIGKILL ``name`` (counted in ``kills`` if it was running) and reap it."""
