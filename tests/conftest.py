@@ -23,6 +23,7 @@ import pytest
 import redis as redis_py
 from pymongo.database import Database
 
+from api.dev.deployment import Deployment
 from api.dev.embedded import EmbeddedMongo, EmbeddedRedis
 from projections.store import connect
 
@@ -124,6 +125,26 @@ def mongo_db(mongo_client: pymongo.MongoClient[dict[str, Any]]) -> Iterator[Data
         yield mongo_client[name]
     finally:
         mongo_client.drop_database(name)
+
+
+@pytest.fixture
+def deployment(redis_url: str, mongo_url: str, mongo_db: Database[Any]) -> Iterator[Deployment]:
+    """Real ``ledger`` processes (``python -m api …``) on the session's servers and this
+    test's database, 4 partitions; whatever still runs is SIGKILLed at teardown."""
+    group = Deployment(
+        redis_url,
+        mongo_url,
+        mongo_db=mongo_db.name,
+        partitions=4,
+        log_level="WARNING",
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        yield group
+    finally:
+        for name in list(group.procs):
+            group.kill(name)
+        group.close()
 
 
 @pytest.fixture

@@ -14,14 +14,12 @@ from typing import Any
 
 import pytest
 import redis as redis_py
-from pymongo.database import Database
 
 from api.dev.deployment import Deployment
 from api.dev.embedded import free_port
 from streams import QueueManager, StreamsConfig, keys
 from tests.helpers import eventually
 
-from .cluster import ROOT
 from .conftest import PARTITIONS
 
 READER, PRODUCER, ADMIN = (
@@ -371,19 +369,9 @@ CORPUS: list[tuple[str, str, str, str | bytes | None, dict[str, Any]]] = [
 
 
 @pytest.fixture
-def server(
-    redis: redis_py.Redis, redis_url: str, mongo_url: str, mongo_db: Database[Any]
-) -> Iterator[int]:
+def server(redis: redis_py.Redis, deployment: Deployment) -> Iterator[int]:
     port = free_port()
-    deployment = Deployment(
-        redis_url,
-        mongo_url,
-        mongo_db=mongo_db.name,
-        partitions=PARTITIONS,
-        log_level="WARNING",
-        env={"LEDGER_API_KEYS": KEYS_ENV},
-        cwd=ROOT,
-    )
+    deployment.env["LEDGER_API_KEYS"] = KEYS_ENV  # the API under attack has keys
     proc = deployment.start(
         "api",
         "serve",
@@ -394,16 +382,13 @@ def server(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    try:
-        eventually(
-            lambda: answers(port) or proc.poll() is not None,
-            interval=0.1,
-            message="the API did not come up",
-        )
-        assert proc.poll() is None, "the API exited"
-        yield port
-    finally:
-        deployment.kill("api")
+    eventually(
+        lambda: answers(port) or proc.poll() is not None,
+        interval=0.1,
+        message="the API did not come up",
+    )
+    assert proc.poll() is None, "the API exited"
+    yield port  # the deployment fixture kills the API
 
 
 def answers(port: int) -> bool:

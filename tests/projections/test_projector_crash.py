@@ -7,7 +7,6 @@ import contextlib
 import random
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,11 +23,9 @@ from .test_runner import assert_views_match_the_log
 
 pytestmark = pytest.mark.slow  # a projector process SIGKILLed again and again
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def test_projector_killed_repeatedly_loses_and_doubles_nothing(
-    qm: QueueManager, redis_url: str, mongo_url: str, mongo_db: Database[Any]
+    qm: QueueManager, redis_url: str, mongo_db: Database[Any], deployment: Deployment
 ) -> None:
     users = [f"k{i}" for i in range(8)]
     for u in users:
@@ -55,14 +52,6 @@ def test_projector_killed_repeatedly_loses_and_doubles_nothing(
         finally:
             qm.close()
 
-    deployment = Deployment(
-        redis_url,
-        mongo_url,
-        mongo_db=mongo_db.name,
-        partitions=PARTITIONS,
-        log_level="WARNING",
-        cwd=ROOT,
-    )
     producer = threading.Thread(target=produce)
     producer.start()
     rng = random.Random(9)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pymongo
@@ -26,7 +25,6 @@ from tests.streamlog import account_histories
 
 from .conftest import PARTITIONS
 
-ROOT = Path(__file__).resolve().parents[2]
 GROUP = "proj:balances"
 
 
@@ -121,45 +119,31 @@ def test_an_insert_clashing_on_another_unique_index_is_not_taken_as_archived(
 
 @pytest.mark.slow  # two projector processes racing
 def test_two_projector_processes_of_one_read_model_end_at_every_last_version(
-    qm: QueueManager, redis_url: str, mongo_url: str, mongo_db: Database[Any]
+    qm: QueueManager, mongo_db: Database[Any], deployment: Deployment
 ) -> None:
     users = [f"t{i}" for i in range(6)]
     for u in users:
         qm.register_user(u, f"{u}@example.com")
-    deployment = Deployment(
-        redis_url,
-        mongo_url,
-        mongo_db=mongo_db.name,
-        partitions=PARTITIONS,
-        log_level="WARNING",
-        cwd=ROOT,
-    )
     procs = [
         deployment.start(f"projector-{i}", "project", "--only", "balances", "--batch", "4")
         for i in range(2)
     ]
-    try:
-        rng = random.Random(11)
-        for i in range(240):
-            u = rng.choice(users)
-            if rng.random() < 0.6:
-                qm.purchase(u, rng.randint(1, 50), f"race-{i}")
-            else:
-                with contextlib.suppress(InsufficientCredits):
-                    qm.use(u, rng.randint(1, 40))
-        last = {
-            u: events[-1].version for u, events in account_histories(qm.redis, PARTITIONS).items()
-        }
+    rng = random.Random(11)
+    for i in range(240):
+        u = rng.choice(users)
+        if rng.random() < 0.6:
+            qm.purchase(u, rng.randint(1, 50), f"race-{i}")
+        else:
+            with contextlib.suppress(InsufficientCredits):
+                qm.use(u, rng.randint(1, 40))
+    last = {u: events[-1].version for u, events in account_histories(qm.redis, PARTITIONS).items()}
 
-        def reached() -> bool:
-            stored = {d["_id"]: d["version"] for d in mongo_db.balances.find()}
-            assert stored == last, f"balances {stored} never reached {last}"
-            return True
+    def reached() -> bool:
+        stored = {d["_id"]: d["version"] for d in mongo_db.balances.find()}
+        assert stored == last, f"balances {stored} never reached {last}"
+        return True
 
-        eventually(reached, timeout=60, interval=0.1)
-        assert all(p.poll() is None for p in procs), "both projectors ran throughout"
-        consumers = {c["name"] for s in streams() for c in qm.redis.xinfo_consumers(s, GROUP)}
-        assert len({name.split(b":")[1] for name in consumers}) == 2, "two processes consumed"
-    finally:
-        for name in list(deployment.procs):
-            deployment.kill(name)
+    eventually(reached, timeout=60, interval=0.1)
+    assert all(p.poll() is None for p in procs), "both projectors ran throughout"
+    consumers = {c["name"] for s in streams() for c in qm.redis.xinfo_consumers(s, GROUP)}
+    assert len({name.split(b":")[1] for name in consumers}) == 2, "two processes consumed"

@@ -6,7 +6,6 @@ import signal
 import subprocess
 from collections import Counter
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,22 +19,9 @@ from .conftest import PARTITIONS
 
 pytestmark = pytest.mark.slow  # workers in subprocesses, SIGKILLed and SIGTERMed
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture
-def spawn_worker(
-    redis_url: str, mongo_url: str, mongo_db: Database[Any]
-) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    deployment = Deployment(
-        redis_url,
-        mongo_url,
-        mongo_db=mongo_db.name,
-        partitions=PARTITIONS,
-        log_level="WARNING",
-        cwd=ROOT,
-    )
-
+def spawn_worker(deployment: Deployment) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
     def spawn(*extra: str) -> subprocess.Popen[bytes]:
         return deployment.start(
             f"worker-{len(deployment.procs)}",
@@ -50,8 +36,6 @@ def spawn_worker(
         )
 
     yield spawn
-    for name in list(deployment.procs):
-        deployment.kill(name)
 
 
 def pending(qm: QueueManager) -> int:
