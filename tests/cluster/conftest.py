@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.cluster_fixture import RedisClusterNodes
+from api.dev.cluster import RedisClusterNodes
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import pytest
 from pymongo.database import Database
 from redis.crc import key_slot
 
+from api.dev.cluster import RedisClusterNodes
 from api.dev.embedded import LOOPBACK
 from ledger.commands import Purchase, RegisterUser, Use
 from ledger.errors import InsufficientCredits
@@ -18,7 +19,6 @@ from projections.store import MongoDBManager
 from streams import HandlerRegistry, QueueManager, StreamsConfig, Unavailable, keys
 from streams.appender import Appended
 from streams.handlers import DBManager
-from tests.cluster_fixture import RedisClusterNodes
 from tests.streams.test_lost_reply import ReplyDropper
 
 pytestmark = pytest.mark.cluster
