@@ -198,7 +198,7 @@ def task_times(
 
 def groups_idle(client: redis.Redis, partitions: int, groups: Sequence[str] | None = None) -> bool:
     """Every group on every priority stream has nothing undelivered and nothing pending."""
-    for p in range(partitions):
+    for p in keys.partitions(partitions):
         for level in keys.LEVELS_DESC:
             stream = keys.stream(p, level)
             if not client.exists(stream):
@@ -213,9 +213,9 @@ def groups_idle(client: redis.Redis, partitions: int, groups: Sequence[str] | No
 
 
 def worker_ready(client: redis.Redis, partitions: int, consumers: int) -> bool:
-    """At least ``consumers`` consumers joined the ``workers`` group (CRITICAL, p0)."""
+    """At least ``consumers`` consumers joined the ``workers`` group (LOW, p0)."""
     try:
-        infos = client.xinfo_groups(keys.stream(0, Priority.LOW))
+        infos = client.xinfo_groups(keys.stream(keys.partitions(partitions)[0], Priority.LOW))
     except redis.ResponseError:
         return False
     for g in infos:

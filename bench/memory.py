@@ -62,7 +62,9 @@ def usage(client: redis.Redis, pattern: str, limit: int | None = None) -> tuple[
 
 def xlen_all(client: redis.Redis) -> int:
     return sum(
-        int(client.xlen(keys.stream(p, lv))) for p in range(PARTITIONS) for lv in keys.LEVELS_DESC
+        int(client.xlen(keys.stream(p, lv)))
+        for p in keys.partitions(PARTITIONS)
+        for lv in keys.LEVELS_DESC
     )
 
 
@@ -85,7 +87,7 @@ def per_event(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         credit_events = n_events - args.accounts
         streams = sum(
             int(client.memory_usage(keys.stream(p, lv), samples=0) or 0)
-            for p in range(PARTITIONS)
+            for p in keys.partitions(PARTITIONS)
             for lv in keys.LEVELS_DESC
         )
         n_acct, acct = usage(client, "ledger:{p*}:acct:*", 500)

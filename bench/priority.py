@@ -79,7 +79,7 @@ def warm(qm: QueueManager) -> None:
 def low_left(client: redis.Redis) -> int:
     """LOW entries not yet acknowledged by the workers (lag + pending)."""
     left = 0
-    for p in range(PARTITIONS):
+    for p in keys.partitions(PARTITIONS):
         for g in client.xinfo_groups(keys.stream(p, Priority.LOW)):
             if g["name"] in (b"workers", "workers"):
                 left += int(g.get("lag") or 0) + int(g.get("pending", 0))

@@ -29,7 +29,7 @@ from ledger.tasks import Priority
 from projections.balances import Balances
 from projections.runner import all_projections, projector
 from projections.store import connect
-from streams import QueueManager, StreamsConfig
+from streams import QueueManager, StreamsConfig, keys
 from tests.streamlog import iter_entries
 
 RESULTS = Path(__file__).parent / "results"
@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                 time.perf_counter() - t0,
                 writes=db.balances.count_documents({}),
             )
-            for p in range(PARTITIONS):  # let the next run read the log again
-                for key in client.scan_iter(f"ledger:{{p{p}}}:*"):
+            for p in keys.partitions(PARTITIONS):  # let the next run read the log again
+                for key in client.scan_iter(f"{keys.tag(p)}:*"):
                     if client.type(key) == b"stream":
                         client.xgroup_destroy(key, group)
 

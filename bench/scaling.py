@@ -40,7 +40,7 @@ PARTITIONS = 4
 def processed(client: redis.Redis) -> int:
     """Tasks the workers completed so far (the queues' ``processed`` counters)."""
     total = 0
-    for p in range(PARTITIONS):
+    for p in keys.partitions(PARTITIONS):
         stats: dict[bytes, bytes] = client.hgetall(keys.stats(p))  # type: ignore[assignment]
         total += sum(int(v) for k, v in stats.items() if k.startswith(b"processed:"))
     return total

@@ -7,7 +7,7 @@ appending and projecting, is not mistaken for a broken one):
    acknowledged everything (``log.acknowledged``), and where each stream starts
    (``log.stream_heads``);
 2. its ``balances`` and ``credit_scores`` documents;
-3. its Redis account state (hash ``ledger:{pN}:acct:<user>``);
+3. its Redis account state (hash ``ledger:{<tag>}:acct:<user>``, ``streams.keys``);
 4. the log: its streams, then the ``events`` archive (``log.read_sources``).
 
 and then checks:
@@ -382,7 +382,7 @@ def _states(client: RedisClient, partitions: int, user: str | None) -> dict[str,
     else:
         names = []
         with translate():
-            for p in range(partitions):
+            for p in keys.partitions(partitions):
                 prefix = keys.account(p, "")
                 names.extend(
                     k.decode() if isinstance(k, bytes) else k

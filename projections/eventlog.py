@@ -233,7 +233,7 @@ def read_log(
 
 def streams_of(partitions: int, user: str | None = None) -> list[str]:
     """The priority streams that may hold the events of ``user`` (None: of anyone)."""
-    parts = range(partitions) if user is None else [keys.partition_of(user, partitions)]
+    parts = keys.partitions(partitions) if user is None else [keys.partition_of(user, partitions)]
     return [keys.stream(p, level) for p in parts for level in keys.LEVELS_DESC]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
@@ -21,12 +21,28 @@ RedisClient = redis.Redis | RedisCluster
 through ``scripts.run_many``, replies are read through ``replies``."""
 
 
+class _ClusterClient(RedisCluster):
+    """A ``RedisCluster`` whose ``close`` closes its nodes' connections too.
+
+    Made from a URL, redis-py gives each node's client a pool that client does not
+    own, so ``RedisCluster.close`` leaves every socket open until the garbage
+    collector finds the client (a closed ``QueueManager`` kept its connections)."""
+
+    def close(self) -> None:
+        manager = getattr(self, "nodes_manager", None)
+        nodes = list(manager.nodes_cache.values()) if manager is not None else []
+        super().close()
+        for node in nodes:
+            if node.redis_connection is not None:
+                node.redis_connection.connection_pool.disconnect()
+
+
 def connect(url: str, **kwargs: Any) -> RedisClient:
     """A client for ``redis://…`` / ``rediss://…`` or ``redis+cluster://host:port``."""
     opts: dict[str, Any] = {"socket_connect_timeout": 5, "health_check_interval": 30}
     opts.update(kwargs)
     if url.startswith(CLUSTER_SCHEME):
-        return RedisCluster.from_url("redis://" + url[len(CLUSTER_SCHEME) :], **opts)
+        return _ClusterClient.from_url("redis://" + url[len(CLUSTER_SCHEME) :], **opts)
     return redis.Redis.from_url(url, **opts)
 
 
@@ -45,17 +61,56 @@ def translate() -> Iterator[None]:
         raise Unavailable(f"redis refused the command: {exc}") from None
 
 
-def ensure_partitions(client: RedisClient, partitions: int) -> None:
-    """Record the partition count on first use; refuse a different one later.
+_RECORD_META = """
+if redis.call('HSETNX', KEYS[1], 'partitions', ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'layout', ARGV[2])
+end
+return redis.call('HMGET', KEYS[1], 'partitions', 'layout')
+"""
+"""Both fields in one step: a process starting alongside never sees a count
+without its layout (which is how a ledger of layout "1" looks)."""
 
-    Changing it would move accounts to other partitions and split their state.
+
+def ensure_partitions(client: RedisClient, partitions: int) -> None:
+    """Record the partition count and key layout on first use; refuse others later.
+
+    Changing the count would move accounts to other partitions and split their
+    state; a ledger of another key layout (``keys.LAYOUT``) has its keys where
+    this code does not look.
     """
     with translate():
-        client.hsetnx(keys.META, "partitions", partitions)
-        stored = int(cast(bytes, client.hget(keys.META, "partitions")))  # set just above
-    if stored != partitions:
+        stored = client.eval(_RECORD_META, 1, keys.META, partitions, keys.LAYOUT)
+    _refuse_other(cast(list[bytes | None], stored), partitions)
+
+
+def check_partitions(client: RedisClient, partitions: int) -> None:
+    """``ensure_partitions`` for read-only tools: refuses the same, records nothing
+    (a Redis that holds no ledger passes)."""
+    with translate():
+        stored = cast(list[bytes | None], client.hmget(keys.META, ["partitions", "layout"]))
+    if stored[0] is not None:
+        _refuse_other(stored, partitions)
+
+
+def _refuse_other(stored: Sequence[bytes | None], partitions: int) -> None:
+    """ConfigError unless ``stored`` (partitions, layout of ledger:meta) is this ledger's."""
+    count, layout = int(cast(bytes, stored[0])), stored[1]
+    if layout != keys.LAYOUT.encode():
+        found = (
+            "layout 1 (hash tags {p<N>}; ledger:meta records no layout)"
+            if layout is None
+            else f"layout {layout.decode(errors='replace')!r}"
+        )
         raise ConfigError(
-            f"this Redis holds a ledger with {stored} partitions; configured {partitions}"
+            f"this Redis holds a ledger whose keys have {found}, and this version reads "
+            f"and writes layout {keys.LAYOUT} (a slot-spread hash tag per partition): its "
+            "keys are not where this version looks. Migrate the event log first (every "
+            "key of a partition moves to that partition's new tag), or run the version "
+            "that wrote it; a Redis that holds no ledger data only needs DEL ledger:meta"
+        )
+    if count != partitions:
+        raise ConfigError(
+            f"this Redis holds a ledger with {count} partitions; configured {partitions}"
         )
 
 
@@ -64,7 +119,7 @@ def ensure_groups(
 ) -> None:
     """Create ``group`` on every stream from its very first entry (idempotent)."""
     with translate():
-        for p in range(partitions):
+        for p in keys.partitions(partitions):
             for level in levels:
                 try:
                     client.xgroup_create(keys.stream(p, level), group, id="0", mkstream=True)

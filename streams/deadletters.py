@@ -65,7 +65,7 @@ def list_dead(client: RedisClient, partitions: int, limit: int = 100) -> list[De
     """The newest ``limit`` dead letters of all partitions, newest first."""
     with translate():
         pipe = client.pipeline(transaction=False)
-        for p in range(partitions):
+        for p in keys.partitions(partitions):
             pipe.xrevrange(keys.dead(p), count=limit)
         replies = pipe.execute()
     letters = [
@@ -78,7 +78,7 @@ def list_dead(client: RedisClient, partitions: int, limit: int = 100) -> list[De
 def count_dead(client: RedisClient, partitions: int) -> int:
     with translate():
         pipe = client.pipeline(transaction=False)
-        for p in range(partitions):
+        for p in keys.partitions(partitions):
             pipe.xlen(keys.dead(p))
         return sum(pipe.execute())
 
@@ -88,7 +88,7 @@ def requeue(client: RedisClient, scripts: Scripts, partitions: int, dead_id: str
     m = DEAD_ID_RE.match(dead_id) if isinstance(dead_id, str) else None
     if not m or int(m.group(1)) >= partitions:
         raise UnknownDeadLetter(f"no dead letter {dead_id!r}")
-    p, entry_id = int(m.group(1)), m.group(2)
+    p, entry_id = keys.partitions(partitions)[int(m.group(1))], m.group(2)
     for _ in range(3):  # "changed": the entry under this id is not the one read (practically never)
         reply = _requeue_once(client, scripts, p, entry_id)
         if reply is None or reply[0] == b"missing":
@@ -98,7 +98,7 @@ def requeue(client: RedisClient, scripts: Scripts, partitions: int, dead_id: str
     raise UnknownDeadLetter(f"dead letter {dead_id!r} kept changing while being requeued")
 
 
-def _requeue_once(client: RedisClient, scripts: Scripts, p: int, entry_id: str) -> Any:
+def _requeue_once(client: RedisClient, scripts: Scripts, p: keys.Partition, entry_id: str) -> Any:
     """Read the dead letter for the keys it names, then run ``requeue.lua`` on them
     (every key a script touches is declared: Redis Cluster); None when it is gone."""
     with translate():

@@ -56,7 +56,7 @@ def trim_point(
 
 
 def held_by_dead_letters(
-    client: RedisClient, partition: int, group: str = ARCHIVE_GROUP
+    client: RedisClient, partition: keys.Partition, group: str = ARCHIVE_GROUP
 ) -> dict[str, EntryId]:
     """Per stream of ``partition``: the oldest original id of an event that ``group``
     dead-lettered and that is still in the partition's dead letters."""
@@ -94,7 +94,7 @@ def trim(
     """Trim every stream; returns the number of entries removed."""
     horizon = ((now_ms if now_ms is not None else int(time.time() * 1000)) - keep_ms, 0)
     removed = 0
-    for p in range(partitions):
+    for p in keys.partitions(partitions):
         points = {
             stream: trim_point(client, stream, required)
             for stream in (keys.stream(p, level) for level in keys.LEVELS_DESC)

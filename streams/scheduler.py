@@ -50,9 +50,8 @@ class Scheduler:
         """
         moved = 0
         while True:
-            streams = {
-                p: [keys.stream(p, lv) for lv in keys.LEVELS_DESC] for p in range(self.partitions)
-            }
+            parts = keys.partitions(self.partitions)
+            streams = {p: [keys.stream(p, lv) for lv in keys.LEVELS_DESC] for p in parts}
             with translate():
                 due: list[list[bytes]] = run_many(
                     self.redis,
@@ -62,10 +61,10 @@ class Scheduler:
                             [keys.scheduled(p), *streams[p]],
                             ["due", self.batch],
                         )
-                        for p in range(self.partitions)
+                        for p in parts
                     ],
                 )
-            found = {p: [i.decode() for i in ids] for p, ids in enumerate(due) if ids}
+            found = {p: [i.decode() for i in ids] for p, ids in zip(parts, due, strict=True) if ids}
             if not found:
                 return moved
             with translate():
@@ -99,7 +98,7 @@ class Scheduler:
         """Tasks still waiting for their time."""
         with translate():
             pipe = self.redis.pipeline(transaction=False)
-            for p in range(self.partitions):
+            for p in keys.partitions(self.partitions):
                 pipe.zcard(keys.scheduled(p))
             return int(sum(pipe.execute()))
 

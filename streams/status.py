@@ -74,7 +74,7 @@ def queue_stats(
     with translate():
         for spec in specs:
             pipe = client.pipeline(transaction=False)
-            for p in range(config.partitions):
+            for p in keys.partitions(config.partitions):
                 stream = keys.stream(p, spec.priority)
                 pipe.xlen(stream)
                 pipe.hgetall(keys.stats(p))
@@ -83,7 +83,7 @@ def queue_stats(
             replies = pipe.execute()
             infos = [
                 groups(client, keys.stream(p, spec.priority)).get(group)
-                for p in range(config.partitions)
+                for p in keys.partitions(config.partitions)
             ]
             out[spec.name] = _summarise(spec.name, spec.priority, replies, infos, bucket)
     return out

@@ -27,7 +27,7 @@ def iter_entries(
     client: RedisClient, partitions: int, page: int = 1000
 ) -> Iterator[tuple[str, str, Mapping[bytes, bytes]]]:
     """(stream, entry id, fields) of every entry, stream by stream, oldest first."""
-    for p in range(partitions):
+    for p in keys.partitions(partitions):
         for level in keys.LEVELS_DESC:
             stream = keys.stream(p, level)
             start = "-"

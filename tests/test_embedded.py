@@ -26,7 +26,9 @@ from api.dev.embedded import (
     free_port,
 )
 from api.procs import death_signal_supported
+from ledger.tasks import Priority
 from projections.store import connect
+from streams import keys
 from tests.helpers import eventually
 from tests.proctree import Proc, describe, kill_all, proc, running, wait_gone
 
@@ -65,11 +67,14 @@ def test_redis_url_names_the_port(fresh_redis_server: MakeRedisServer) -> None:
     assert server.pid is not None
 
 
+STREAM = keys.stream(keys.partitions(1)[0], Priority.NORMAL)
+
+
 def test_redis_kill_and_restart_keeps_aof_data(fresh_redis_server: MakeRedisServer) -> None:
     server = fresh_redis_server(appendfsync="always")
     url, old_pid = server.url, server.pid
     with redis_py.Redis.from_url(url) as client:
-        entry = client.xadd("ledger:{p0}:normal", {"kind": "purchase", "amount": "5"})
+        entry = client.xadd(STREAM, {"kind": "purchase", "amount": "5"})
         client.set("account", "42")
 
     server.kill()
@@ -81,9 +86,7 @@ def test_redis_kill_and_restart_keeps_aof_data(fresh_redis_server: MakeRedisServ
     assert server.pid not in (None, old_pid)
     with redis_py.Redis.from_url(url) as client:
         assert client.get("account") == b"42"
-        assert client.xrange("ledger:{p0}:normal") == [
-            (entry, {b"kind": b"purchase", b"amount": b"5"})
-        ]
+        assert client.xrange(STREAM) == [(entry, {b"kind": b"purchase", b"amount": b"5"})]
 
 
 def test_redis_kill_without_aof_loses_data(fresh_redis_server: MakeRedisServer) -> None:

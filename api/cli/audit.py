@@ -142,17 +142,10 @@ def _fail(prog: str, message: str, code: int) -> int:
 
 
 def _check_partitions(client: Any, partitions: int) -> None:
-    """Refuse a partition count other than the one this Redis recorded (read-only)."""
-    from streams import keys
-    from streams.connection import translate
-    from streams.errors import ConfigError
+    """Refuse a partition count or key layout other than this Redis recorded (read-only)."""
+    from streams.connection import check_partitions
 
-    with translate():
-        stored = client.hget(keys.META, "partitions")
-    if stored is not None and int(stored) != partitions:
-        raise ConfigError(
-            f"this Redis holds a ledger with {int(stored)} partitions; configured {partitions}"
-        )
+    check_partitions(client, partitions)
 
 
 def _replay(prog: str, args: argparse.Namespace, client: Any, partitions: int, db: Any) -> int:

@@ -307,7 +307,7 @@ def group_status(
     """Pending, lag and the oldest unacknowledged entry of each group (3 pipelined trips)."""
     streams = [
         (keys.stream(p, lv), keys.LEVEL_NAMES[lv])
-        for p in range(partitions)
+        for p in keys.partitions(partitions)
         for lv in keys.LEVELS_DESC
     ]
     out = {g: GroupStatus(group=g) for g in groups}

@@ -192,7 +192,9 @@ def accounts(redis: redis_py.Redis, users: set[str]) -> dict[str, Any]:
         u: redis.hgetall(keys.account(keys.partition_of(u, PARTITIONS), u)) for u in users
     }
     state["streams"] = [
-        redis.xlen(keys.stream(p, level)) for p in range(PARTITIONS) for level in keys.LEVELS_DESC
+        redis.xlen(keys.stream(p, level))
+        for p in keys.partitions(PARTITIONS)
+        for level in keys.LEVELS_DESC
     ]
     return state
 

@@ -206,7 +206,7 @@ def test_projections_count_delivered_but_unacknowledged_entries_as_pending(
     assert state.db is not None
     # a projector consumer that reads and dies before acknowledging: its entries stay pending
     projector(state.redis, 4, state.db, CreditScores())  # creates the group
-    normal = [keys.stream(p, keys.LEVEL_BY_NAME["normal"]) for p in range(4)]
+    normal = [keys.stream(p, keys.LEVEL_BY_NAME["normal"]) for p in keys.partitions(4)]
     streams: dict[KeyT, StreamIdT] = dict.fromkeys(normal, ">")
     # a RESP2 client (the default): a list of [stream, entries] pairs
     read = cast(list[list[Any]], state.redis.xreadgroup("proj:credit_scores", "crashed", streams))

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.cluster
 PARTITIONS = 8
 
 
-def slot_of(p: int) -> int:
+def slot_of(p: keys.Partition) -> int:
     return key_slot(keys.tag(p).encode())
 
 
@@ -51,9 +51,9 @@ def state(qm: QueueManager, user: str) -> dict[str, Any]:
     return found
 
 
-def owners(nodes: RedisClusterNodes) -> dict[int, int]:
+def owners(nodes: RedisClusterNodes) -> dict[keys.Partition, int]:
     """{partition: port of the master that owns its slot}"""
-    return {p: nodes.owner(slot_of(p)) for p in range(PARTITIONS)}
+    return {p: nodes.owner(slot_of(p)) for p in keys.partitions(PARTITIONS)}
 
 
 def users_on(nodes: RedisClusterNodes, count: int) -> list[str]:

@@ -401,14 +401,14 @@ def answers(port: int) -> bool:
 def snapshot(qm: QueueManager) -> dict[str, Any]:
     streams = {
         s: qm.redis.xlen(s)
-        for p in range(PARTITIONS)
+        for p in keys.partitions(PARTITIONS)
         for s in (*(keys.stream(p, lv) for lv in keys.LEVELS_DESC), keys.dead(p), keys.scheduled(p))
         if qm.redis.type(s) == b"stream"
     }
     return {
         "balances": {u: qm.balance(u) for u in USERS},
         "streams": streams,
-        "scheduled": sum(qm.redis.zcard(keys.scheduled(p)) for p in range(PARTITIONS)),
+        "scheduled": sum(qm.redis.zcard(keys.scheduled(p)) for p in keys.partitions(PARTITIONS)),
     }
 
 

@@ -87,7 +87,7 @@ def test_poison_goes_to_the_dead_letters_and_nothing_stalls(
             for p in all_projections()
         ]
         poisoned: dict[tuple[str, str], str] = {}
-        for p in range(PARTITIONS):
+        for p in keys.partitions(PARTITIONS):
             for level in keys.LEVELS_DESC:
                 stream = keys.stream(p, level)
                 for name, fields in POISON.items():
@@ -113,7 +113,7 @@ def test_poison_goes_to_the_dead_letters_and_nothing_stalls(
         for proj in all_projections():
             assert by_group.get(group_of(proj), set()) <= set(poisoned)
         # nothing left pending anywhere
-        for p in range(PARTITIONS):
+        for p in keys.partitions(PARTITIONS):
             for level in keys.LEVELS_DESC:
                 for group in ("workers", *(group_of(pr) for pr in all_projections())):
                     assert redis.xpending(keys.stream(p, level), group)["pending"] == 0

@@ -37,7 +37,7 @@ def test_an_oversized_task_entry_is_dead_lettered(
             "d": pack({"ref": "big", "blob": "x" * (4 * MAX_TASK_BYTES)}),
             "t": "1",
         }
-        stream = keys.stream(0, keys.LEVELS_DESC[0])
+        stream = keys.stream(keys.partitions(PARTITIONS)[0], keys.LEVELS_DESC[0])
         entry = text(redis.xadd(stream, fields))
         worker.run_until_idle(timeout=30)
         assert [(d.stream, d.original_id) for d in qm.dead_letters()] == [(stream, entry)]

@@ -32,6 +32,8 @@ from ledger.errors import (
 )
 from ledger.events import GENESIS, ZERO, CreditsAdjusted, CreditsPurchased, CreditsUsed
 from ledger.money import MAX_CREDITS
+from streams import keys
+from streams.config import DEFAULT_PARTITIONS
 from tests import strategies as s
 
 FIELDS = {
@@ -188,7 +190,9 @@ def test_delta_must_not_be_zero() -> None:
 
 # --- parse rejects: text fields -----------------------------------------------------
 
-BAD_USER_IDS = ["", "a" * 129, "a b", "a/b", "a\n", "ü", "a$b", "a\x00", "a#b", "{p1}"]
+HASH_TAG = "{" + keys.partitions(DEFAULT_PARTITIONS)[1].hash_tag + "}"
+"""A user id shaped like a partition's hash tag, braces and all."""
+BAD_USER_IDS = ["", "a" * 129, "a b", "a/b", "a\n", "ü", "a$b", "a\x00", "a#b", HASH_TAG]
 
 
 @pytest.mark.parametrize("value", [*BAD_USER_IDS, 5, b"abc"])

@@ -81,7 +81,7 @@ def project(qm: QueueManager, db: Database[Any]) -> int:
 
 
 def all_streams() -> list[str]:
-    return [keys.stream(p, lv) for p in range(PARTITIONS) for lv in keys.LEVELS_DESC]
+    return [keys.stream(p, lv) for p in keys.partitions(PARTITIONS) for lv in keys.LEVELS_DESC]
 
 
 def collection(db: Database[Any], name: str) -> list[dict[str, Any]]:

@@ -19,7 +19,9 @@ from .conftest import PARTITIONS
 
 def stream_lengths(qm: QueueManager) -> int:
     return sum(
-        qm.redis.xlen(keys.stream(p, lv)) for p in range(PARTITIONS) for lv in keys.LEVELS_DESC
+        qm.redis.xlen(keys.stream(p, lv))
+        for p in keys.partitions(PARTITIONS)
+        for lv in keys.LEVELS_DESC
     )
 
 

@@ -125,7 +125,7 @@ class LedgerMachine(RuleBasedStateMachine):
         # a consumer reads a round (the entries become pending to it) and dies
         self.crashes += 1
         streams: dict[KeyT, StreamIdT] = {
-            keys.stream(p, lv): ">" for p in range(PARTITIONS) for lv in keys.LEVELS_DESC
+            keys.stream(p, lv): ">" for p in keys.partitions(PARTITIONS) for lv in keys.LEVELS_DESC
         }
         ensure_groups(self.redis, PARTITIONS, f"proj:{name}")
         self.redis.xreadgroup(f"proj:{name}", f"crashed-{self.crashes}", streams, count=3)
@@ -134,7 +134,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(name=st.sampled_from(["balances", "credit_scores"]))
     def rebuild_from_the_log(self, name: str) -> None:
         self.db[name].delete_many({})
-        for p in range(PARTITIONS):
+        for p in keys.partitions(PARTITIONS):
             for lv in keys.LEVELS_DESC:
                 if self.redis.exists(keys.stream(p, lv)):
                     self.redis.xgroup_destroy(keys.stream(p, lv), f"proj:{name}")
@@ -180,7 +180,7 @@ class LedgerMachine(RuleBasedStateMachine):
             assert self.db.events.count_documents({"user_id": user}) == len(states)
         pending = sum(
             self.redis.xpending(keys.stream(p, lv), group_of(proj))["pending"]
-            for p in range(PARTITIONS)
+            for p in keys.partitions(PARTITIONS)
             for lv in keys.LEVELS_DESC
             for proj in all_projections()
         )

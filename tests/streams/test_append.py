@@ -181,11 +181,15 @@ def test_batch_gives_one_result_per_item(qm: QueueManager) -> None:
     assert qm.redis.xlen(keys.stream(p, Priority.LOW)) == 1
 
 
+HASH_TAG = "{" + keys.partitions(PARTITIONS)[0].hash_tag + "}"
+"""A user id shaped like a partition's hash tag, braces and all."""
+
+
 @pytest.mark.parametrize(
     "call, field",
     [
         (lambda qm: qm.register_user("a b", "x@example.com"), "user_id"),
-        (lambda qm: qm.register_user("{p0}", "x@example.com"), "user_id"),
+        (lambda qm: qm.register_user(HASH_TAG, "x@example.com"), "user_id"),
         (lambda qm: qm.register_user("u" * 129, "x@example.com"), "user_id"),
         (lambda qm: qm.register_user("ok", "not-an-email"), "email"),
         (lambda qm: qm.purchase("ok", 10.0, "tx"), "amount"),
@@ -262,6 +266,10 @@ def test_a_bad_item_late_in_a_batch_appends_nothing(qm: QueueManager, bad: objec
     with pytest.raises(ValidationError):
         qm.appender.append_many(items)  # type: ignore[arg-type]
     assert (
-        sum(qm.redis.xlen(keys.stream(p, lv)) for p in range(PARTITIONS) for lv in keys.LEVELS_DESC)
+        sum(
+            qm.redis.xlen(keys.stream(p, lv))
+            for p in keys.partitions(PARTITIONS)
+            for lv in keys.LEVELS_DESC
+        )
         == 1
     )

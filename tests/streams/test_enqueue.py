@@ -8,11 +8,12 @@ from typing import Any
 import pytest
 
 from ledger.errors import IdempotencyKeyReused, ValidationError
-from streams import QueueManager
+from streams import QueueManager, keys
 from streams.errors import UnknownDeadLetter
 from streams.replies import text
 
 from ..strategies import nest
+from .conftest import PARTITIONS
 
 
 def nothing_written(qm: QueueManager) -> bool:
@@ -105,7 +106,9 @@ def test_idempotent_enqueue(qm: QueueManager) -> None:
     assert qm.get_queue_stats("default")["length"] == 1
 
 
-@pytest.mark.parametrize("task_id", ["", "nope", "x" * 10_000, "ledger:{p0}:task:*", "*"])
+@pytest.mark.parametrize(
+    "task_id", ["", "nope", "x" * 10_000, keys.task(keys.partitions(PARTITIONS)[0], "*"), "*"]
+)
 def test_unknown_task_status_is_none(qm: QueueManager, task_id: str) -> None:
     qm.enqueue("default", "job", {"a": 1})
     assert qm.get_task_status(task_id) is None

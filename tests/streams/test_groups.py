@@ -18,7 +18,7 @@ from streams.retention import trim, trim_point
 from streams.status import queue_stats, task_status
 from tests.conftest import MakeRedisServer
 
-STREAM = "ledger:{p0}:normal"
+STREAM = keys.stream(keys.partitions(2)[0], keys.LEVEL_BY_NAME["normal"])
 
 
 @pytest.fixture
@@ -84,7 +84,7 @@ def test_queue_stats_of_a_stopped_redis_raise_unavailable(
 def test_retention_of_a_stopped_redis_raises_unavailable(
     server: EmbeddedRedis, client: redis_py.Redis
 ) -> None:
-    stream = keys.stream(0, keys.LEVELS_DESC[0])
+    stream = keys.stream(keys.partitions(2)[0], keys.LEVELS_DESC[0])
     client.xadd(stream, {"n": "1"})
     client.xgroup_create(stream, "g", id="$")
     assert trim_point(client, stream, required=("g",)) is not None

@@ -150,12 +150,16 @@ def test_an_enqueue_whose_reply_is_lost_is_queued_once(
     qm, proxy = proxied
     qm.enqueue("default", "noop", {"n": 1})
     before = sum(
-        redis.xlen(keys.stream(p, level)) for p in range(PARTITIONS) for level in keys.LEVELS_DESC
+        redis.xlen(keys.stream(p, level))
+        for p in keys.partitions(PARTITIONS)
+        for level in keys.LEVELS_DESC
     )
     proxy.armed.set()
     with pytest.raises(Unavailable):
         qm.enqueue("default", "noop", {"n": 2})
     after = sum(
-        redis.xlen(keys.stream(p, level)) for p in range(PARTITIONS) for level in keys.LEVELS_DESC
+        redis.xlen(keys.stream(p, level))
+        for p in keys.partitions(PARTITIONS)
+        for level in keys.LEVELS_DESC
     )
     assert after == before + 1

@@ -62,7 +62,8 @@ def test_one_accounts_events_reach_the_handler_in_version_order(
 
 
 def test_dead_letters_list_newest_first_within_a_millisecond(qm: QueueManager) -> None:
-    dead = keys.dead(0)
+    p0 = keys.partitions(PARTITIONS)[0]
+    dead = keys.dead(p0)
     for seq in (2, 10):  # the same _at: only the entry id tells which is newer
         qm.redis.xadd(
             dead,
@@ -71,7 +72,7 @@ def test_dead_letters_list_newest_first_within_a_millisecond(qm: QueueManager) -
                 "id": f"t{seq}",
                 "_at": 1700000000000,
                 "_id": "1-0",
-                "_stream": keys.stream(0, Priority.NORMAL),
+                "_stream": keys.stream(p0, Priority.NORMAL),
             },
             id=f"1700000000000-{seq}",
         )

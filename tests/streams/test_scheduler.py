@@ -28,6 +28,7 @@ from tests.helpers import eventually
 from .conftest import PARTITIONS
 
 TTL_S = 1
+P0 = keys.partitions(PARTITIONS)[0]
 
 
 @pytest.fixture
@@ -105,7 +106,7 @@ def test_tick_counts_only_what_it_moved(qm: QueueManager, caplog: pytest.LogCapt
         for i, key in enumerate(same_partition_keys(3))
     )
     due = max(due_at(qm, t) for t in (gone1, gone2, kept))
-    qm.redis.delete(keys.task(0, gone1), keys.task(0, gone2))  # records genuinely missing
+    qm.redis.delete(keys.task(P0, gone1), keys.task(P0, gone2))  # records genuinely missing
     wait_until_redis_ms(qm.redis, due + 50)
 
     scheduler = Scheduler(qm.redis, PARTITIONS, batch=1)  # the missing ones fill whole batches
@@ -113,7 +114,7 @@ def test_tick_counts_only_what_it_moved(qm: QueueManager, caplog: pytest.LogCapt
         assert scheduler.tick() == 1
     assert scheduler.pending() == 0 and scheduler.missing == 2
     assert gone1 in caplog.text and gone2 in caplog.text
-    entries = stream_entries(qm.redis, keys.stream(0, Priority.NORMAL))
+    entries = stream_entries(qm.redis, keys.stream(P0, Priority.NORMAL))
     assert [fields[b"id"].decode() for _, fields in entries] == [kept]
 
 
@@ -126,9 +127,9 @@ def test_a_task_another_scheduler_moved_meanwhile_is_not_moved_again(qm: QueueMa
     ]
     wait_until_redis_ms(qm.redis, max(due_at(qm, t) for t in ids) + 50)
     a, b = Scheduler(qm.redis, PARTITIONS), Scheduler(qm.redis, PARTITIONS)
-    streams = [keys.stream(0, lv) for lv in keys.LEVELS_DESC]
+    streams = [keys.stream(P0, lv) for lv in keys.LEVELS_DESC]
     (listed,) = run_many(
-        a.redis, [(a.scripts.schedule, [keys.scheduled(0), *streams], ["due", 10])]
+        a.redis, [(a.scripts.schedule, [keys.scheduled(P0), *streams], ["due", 10])]
     )
     assert sorted(t.decode() for t in listed) == sorted(ids)
 
@@ -138,13 +139,13 @@ def test_a_task_another_scheduler_moved_meanwhile_is_not_moved_again(qm: QueueMa
         [
             (
                 a.scripts.schedule,
-                [keys.scheduled(0), *streams, *(keys.task(0, t.decode()) for t in listed)],
+                [keys.scheduled(P0), *streams, *(keys.task(P0, t.decode()) for t in listed)],
                 ["move", *listed],
             )
         ],
     )
     assert reply == [0, []]
-    entries = stream_entries(qm.redis, keys.stream(0, Priority.NORMAL))
+    entries = stream_entries(qm.redis, keys.stream(P0, Priority.NORMAL))
     assert sorted(fields[b"id"].decode() for _, fields in entries) == sorted(ids)
 
 
@@ -154,10 +155,16 @@ def test_move_refuses_a_task_not_yet_due_or_a_key_of_another_task(qm: QueueManag
         for i, key in enumerate(same_partition_keys(2))
     )
     s = Scheduler(qm.redis, PARTITIONS)
-    streams = [keys.stream(0, lv) for lv in keys.LEVELS_DESC]
+    streams = [keys.stream(P0, lv) for lv in keys.LEVELS_DESC]
     (reply,) = run_many(
         s.redis,
-        [(s.scripts.schedule, [keys.scheduled(0), *streams, keys.task(0, early)], ["move", early])],
+        [
+            (
+                s.scripts.schedule,
+                [keys.scheduled(P0), *streams, keys.task(P0, early)],
+                ["move", early],
+            )
+        ],
     )
     assert reply == [0, []] and s.pending() == 2  # never early: Redis's clock decides
     with pytest.raises(ResponseError, match="not the record of"):
@@ -166,7 +173,7 @@ def test_move_refuses_a_task_not_yet_due_or_a_key_of_another_task(qm: QueueManag
             [
                 (
                     s.scripts.schedule,
-                    [keys.scheduled(0), *streams, keys.task(0, other)],
+                    [keys.scheduled(P0), *streams, keys.task(P0, other)],
                     ["move", early],
                 )
             ],
@@ -194,7 +201,7 @@ def test_two_schedulers_at_once_move_each_task_exactly_once(qm: QueueManager) ->
     assert [s.missing for s in schedulers] == [0, 0]  # a task the other one took is no loss
     on_streams = [
         fields[b"id"].decode()
-        for p in range(PARTITIONS)
+        for p in keys.partitions(PARTITIONS)
         for _, fields in stream_entries(qm.redis, keys.stream(p, Priority.NORMAL))
     ]
     assert sorted(on_streams) == sorted(ids)  # each one exactly once

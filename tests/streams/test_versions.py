@@ -66,7 +66,9 @@ def test_deleted_pending_entries_do_not_stick(
     ids = [qm.enqueue("default", "job", {"i": i}) for i in range(6)]
     # a consumer reads everything and dies; then two of its entries are deleted (trimmed)
     qm.worker()  # creates the group
-    streams: dict[KeyT, StreamIdT] = {keys.stream(p, Priority.NORMAL): ">" for p in range(2)}
+    streams: dict[KeyT, StreamIdT] = {
+        keys.stream(p, Priority.NORMAL): ">" for p in keys.partitions(2)
+    }
     # a RESP2 client (the default): a list of [stream, entries] pairs
     read = cast(list[list[Any]], qm.redis.xreadgroup("workers", "dead-consumer", streams))
     entries = [(s.decode(), e[0]) for s, es in read for e in es]

@@ -175,7 +175,7 @@ def test_poison_entries_go_to_dead_letters_and_nothing_stalls(
 
     registry.register("ok", ok)
     qm.enqueue("default", "ok", {"i": 1})
-    qm.redis.xadd(keys.stream(0, Priority.NORMAL), xadd_fields(fields))
+    qm.redis.xadd(keys.stream(keys.partitions(PARTITIONS)[0], Priority.NORMAL), xadd_fields(fields))
     qm.enqueue("default", "ok", {"i": 2})
     make_worker().run_until_idle()
     assert sorted(done) == [1, 2]
@@ -330,7 +330,7 @@ def test_a_round_reads_highest_first_and_gives_each_lower_level_one(
         Priority.NORMAL: one,
         Priority.LOW: one,
     }
-    for p in range(PARTITIONS):  # CRITICAL runs dry (the group stays)
+    for p in keys.partitions(PARTITIONS):  # CRITICAL runs dry (the group stays)
         qm.redis.xtrim(keys.stream(p, Priority.CRITICAL), maxlen=0)
     got = Counter(d.level for d in worker._read())
     assert got == {Priority.HIGH: 2 * one, Priority.NORMAL: one, Priority.LOW: one}
