@@ -23,7 +23,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from streams.config import DEFAULT_PARTITIONS, StreamsConfig
+from streams.config import (
+    DEFAULT_PARTITIONS,
+    MAX_WAIT_REPLICAS,
+    MAX_WAIT_TIMEOUT_MS,
+    StreamsConfig,
+)
 from streams.errors import ConfigError
 
 T = TypeVar("T")
@@ -43,6 +48,8 @@ API_KEYS = "LEDGER_API_KEYS"
 RATE_PER_S = "LEDGER_RATE_PER_S"
 RATE_BURST = "LEDGER_RATE_BURST"
 LOG_LEVEL = "LEDGER_LOG_LEVEL"
+WAIT_REPLICAS = "LEDGER_WAIT_REPLICAS"
+WAIT_TIMEOUT_MS = "LEDGER_WAIT_TIMEOUT_MS"
 
 
 class EnvError(ConfigError):
@@ -326,6 +333,11 @@ class Settings:
     """Per-key token bucket: sustained requests per second …"""
     rate_burst: int = 400
     """… and the burst it allows."""
+    wait_replicas: int = 0
+    """Replicas that must confirm an append or enqueue (``WAIT``) before it is
+    answered, on every node it was written on; else HTTP 503. 0: no WAIT."""
+    wait_timeout_ms: int = 1000
+    """How long to wait for them."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, server: bool = True) -> Settings:
@@ -339,6 +351,8 @@ class Settings:
             mongo_db=env_value(env, MONGO_DB, db_name, d.mongo_db),
             partitions=env_value(env, PARTITIONS, PARTITIONS_VALUE, d.partitions),
             extra_collections=env_value(env, COLLECTIONS, collections, ()),
+            wait_replicas=env_value(env, WAIT_REPLICAS, WAIT_REPLICAS_VALUE, d.wait_replicas),
+            wait_timeout_ms=env_value(env, WAIT_TIMEOUT_MS, WAIT_TIMEOUT_VALUE, d.wait_timeout_ms),
         )
         return base.with_server_env(env) if server else base
 
@@ -359,9 +373,14 @@ class Settings:
             redis_url=self.redis_url,
             partitions=self.partitions,
             extra_collections=self.extra_collections,
+            wait_replicas=self.wait_replicas,
+            wait_timeout_ms=self.wait_timeout_ms,
         )
 
 
 PARTITIONS_VALUE = integer(1, 1024)
 RATE_VALUE = number(0, 1_000_000)
 BURST_VALUE = integer(1, 1_000_000)
+WAIT_REPLICAS_VALUE = integer(0, MAX_WAIT_REPLICAS)
+WAIT_TIMEOUT_VALUE = integer(1, MAX_WAIT_TIMEOUT_MS)
+"""0 is refused: ``WAIT n 0`` would block for ever."""

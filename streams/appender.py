@@ -98,6 +98,11 @@ class Appender:
         A call is sent as soon as it is full, so Redis works on it while the
         rest of the batch is built. Everything is checked before the first call
         goes out: a bad item raises with nothing appended.
+
+        With ``wait_replicas`` the batch is answered only once that many
+        replicas of every node it was written on confirmed it (``WAIT`` on the
+        connections the calls went through); else ``Unavailable``: what was
+        appended stays, and a retry with the same idempotency keys finds it.
         """
         args = []
         for command, _, idem in items:
@@ -115,14 +120,7 @@ class Appender:
                 results[index] = _result(command, idem, reply)
 
         with translate():
-            run_many(self._redis, self._calls(items, args, batches), settle)
-            if self._config.wait_replicas:
-                acked = self._redis.wait(self._config.wait_replicas, self._config.wait_timeout_ms)
-                if acked < self._config.wait_replicas:
-                    raise Unavailable(
-                        f"appended, but only {acked} of {self._config.wait_replicas} replicas "
-                        "confirmed in time; retry with the same Idempotency-Key"
-                    )
+            run_many(self._redis, self._calls(items, args, batches), settle, wait=self._config.wait)
         return [r for r in results if r is not None]
 
     def _calls(

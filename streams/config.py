@@ -7,6 +7,7 @@ many consumers a worker process runs for the queue by default.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -29,7 +30,14 @@ DEFAULT_QUEUES: tuple[QueueSpec, ...] = (
 )
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-DEFAULT_PARTITIONS = 4
+MAX_WAIT_REPLICAS = 100
+"""Most replicas an append can wait for (``wait_replicas``)."""
+MAX_WAIT_TIMEOUT_MS = 60_000
+"""Longest ``WAIT`` (``wait_timeout_ms``): the caller's request stays open that long."""
+DEFAULT_PARTITIONS = 16
+"""Fixed for a deployment (``ledger:meta``). With 16, every master of a Redis Cluster
+of up to 16 masters made the usual way holds partitions (``keys.hash_tag``); plan a
+larger Cluster with more up front (64, 128): a Cluster grows by moving slots."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -39,7 +47,9 @@ class StreamsConfig:
     queues: tuple[QueueSpec, ...] = DEFAULT_QUEUES
     idempotency_ttl_s: int = 7 * 24 * 3600
     wait_replicas: int = 0
+    """Replicas that must confirm an append (``WAIT``) before it is answered; 0: none."""
     wait_timeout_ms: int = 1000
+    """How long an append waits for them; then ``Unavailable`` (HTTP 503)."""
     extra_collections: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -48,6 +58,15 @@ class StreamsConfig:
         names = [q.name for q in self.queues]
         if len(set(names)) != len(names):
             raise ConfigError("queue names must be unique")
+        if not _whole(self.wait_replicas, 0, MAX_WAIT_REPLICAS):
+            raise ConfigError(f"wait_replicas must be between 0 and {MAX_WAIT_REPLICAS}")
+        if not _whole(self.wait_timeout_ms, 1, MAX_WAIT_TIMEOUT_MS):  # WAIT n 0: for ever
+            raise ConfigError(f"wait_timeout_ms must be between 1 and {MAX_WAIT_TIMEOUT_MS}")
+
+    @property
+    def wait(self) -> tuple[int, int] | None:
+        """(replicas, timeout_ms) for ``scripts.run_many``'s ``wait``; None without WAIT."""
+        return (self.wait_replicas, self.wait_timeout_ms) if self.wait_replicas else None
 
     def queue(self, name: str) -> QueueSpec | None:
         return next((q for q in self.queues if q.name == name), None)
@@ -59,7 +78,8 @@ class StreamsConfig:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> StreamsConfig:
-        """Settings from REDIS_URL, LEDGER_PARTITIONS, LEDGER_COLLECTIONS (comma list)."""
+        """Settings from REDIS_URL, LEDGER_PARTITIONS, LEDGER_COLLECTIONS (comma list),
+        LEDGER_WAIT_REPLICAS and LEDGER_WAIT_TIMEOUT_MS."""
         env = os.environ if environ is None else environ
         try:
             partitions = int(env.get("LEDGER_PARTITIONS", DEFAULT_PARTITIONS))
@@ -70,4 +90,23 @@ class StreamsConfig:
             redis_url=env.get("REDIS_URL", DEFAULT_REDIS_URL),
             partitions=partitions,
             extra_collections=tuple(c.strip() for c in extra),
+            wait_replicas=_env_int(env, "LEDGER_WAIT_REPLICAS", 0, 0, MAX_WAIT_REPLICAS),
+            wait_timeout_ms=_env_int(env, "LEDGER_WAIT_TIMEOUT_MS", 1000, 1, MAX_WAIT_TIMEOUT_MS),
         )
+
+
+_INT_RE = re.compile(r"[+-]?[0-9]{1,18}")
+
+
+def _whole(value: object, lo: int, hi: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    """A whole number in ``lo..hi`` from ``name`` (unset or blank: ``default``)."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not _INT_RE.fullmatch(raw) or not lo <= int(raw) <= hi:
+        raise ConfigError(f"{name} must be a whole number between {lo} and {hi}")
+    return int(raw)

@@ -85,13 +85,17 @@ class QueueManager:
         delay: float = 0,
         idempotency_key: str | None = None,
     ) -> str:
-        """Queue a task; returns its id. ``priority`` defaults to the queue's."""
+        """Queue a task; returns its id. ``priority`` defaults to the queue's.
+
+        With ``wait_replicas`` the task is confirmed by that many replicas
+        before its id is returned, as an append is; else ``Unavailable`` (the
+        task stays queued: retry with the same ``idempotency_key``)."""
         task_id, call = self._enqueue_call(
             queue_name, task_type, task_data, priority, delay, idempotency_key
         )
         self._ready()
         with translate():
-            reply = run_many(self.redis, [call])[0]
+            reply = run_many(self.redis, [call], wait=self.config.wait)[0]
         status = reply[0].decode()
         if status == "reused":
             raise IdempotencyKeyReused(idempotency_key or "")
@@ -128,7 +132,7 @@ class QueueManager:
                 raise type(exc)(field, f"tasks_data[{i}]: {exc}") from None
         self._ready()
         with translate():
-            replies = run_many(self.redis, [call for _, call in built])
+            replies = run_many(self.redis, [call for _, call in built], wait=self.config.wait)
         ids = [task_id for task_id, _ in built]
         for i, reply in enumerate(replies):
             if reply[0] == b"exists":  # a uuid4 collision: practically never

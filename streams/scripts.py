@@ -5,6 +5,9 @@ caller builds each call, and never resent by the driver after a connection
 error — a lost reply can hide a write that happened, and a blind resend of an
 append without an Idempotency-Key would record it twice. The caller gets
 ``Unavailable`` and decides (the API answers 503: retry with the same key).
+With ``wait=(n, timeout_ms)`` the calls are followed by ``WAIT`` on every
+connection they went through (one per Cluster node), and fewer than ``n``
+replicas confirming is ``Unavailable`` too.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from redis.exceptions import (
 )
 
 from .connection import RedisClient
+from .errors import Unavailable
 
 ScriptArg = str | int | bytes
 """A key or argument of a script call, as the driver sends it."""
@@ -42,7 +46,20 @@ except ImportError:  # pragma: no cover - hiredis is a dependency (redis[hiredis
 Call = tuple[Script, Sequence[str], Sequence[ScriptArg]]
 """(script, keys, args) of one script call."""
 
-NAMES = ("append", "enqueue", "schedule", "begin", "settle", "reclaim", "requeue", "read")
+Wait = tuple[int, int]
+"""(replicas, timeout_ms) of the ``WAIT`` that follows the calls (``run_many``)."""
+
+NAMES = (
+    "append",
+    "enqueue",
+    "schedule",
+    "begin",
+    "settle",
+    "reclaim",
+    "requeue",
+    "read",
+    "forget",
+)
 
 
 PRELUDES = {"begin": ("owned",), "settle": ("owned",)}
@@ -67,6 +84,7 @@ class Scripts:
     reclaim: Script
     requeue: Script
     read: Script
+    forget: Script
 
 
 def load(client: RedisClient) -> Scripts:
@@ -75,7 +93,11 @@ def load(client: RedisClient) -> Scripts:
 
 
 def run_many(
-    client: RedisClient, calls: Iterable[Call], each: Callable[[int, Any], None] | None = None
+    client: RedisClient,
+    calls: Iterable[Call],
+    each: Callable[[int, Any], None] | None = None,
+    *,
+    wait: Wait | None = None,
 ) -> list[Any]:
     """Run script calls by pipelined EVALSHA; return their replies in order.
 
@@ -88,15 +110,32 @@ def run_many(
     On a Redis Cluster (``RedisCluster``) the calls are grouped by the node that
     owns each call's slot and each node's share is pipelined the same way (see
     ``_run_cluster``).
+
+    ``wait=(n, timeout_ms)`` (n > 0): ``WAIT n timeout_ms`` is pipelined behind
+    the calls on the connection they went through — on a Cluster, on each
+    node's connection, and again for calls sent once more (NOSCRIPT, MOVED,
+    ASK, TRYAGAIN: another connection, maybe another node). ``WAIT`` covers
+    the connection's last write and all before it: the scripts make even a
+    repeat (an idempotent "dup") write, so its ``WAIT`` covers the first call
+    too. If a connection on which some call ran gets fewer than ``n``
+    confirmations (or ``WAIT`` is refused) the calls' effects stay, nothing is
+    resent, and ``Unavailable`` is raised: the caller retries with its
+    idempotency key. ``each`` may already have seen the replies by then. A
+    connection on which no call ran (all answered NOSCRIPT, MOVED, ...) is not
+    judged by its ``WAIT``.
     """
+    if wait is not None and wait[0] <= 0:
+        wait = None
     if isinstance(client, RedisCluster):
-        return _run_cluster(client, calls, each)
-    replies, sent = _send_all(client, calls, each)
+        return _run_cluster(client, calls, each, wait)
+    replies, sent, acked = _send_all(client, calls, each, wait)
+    short = _short(acked, replies, "", wait)
     missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
     if missing:
         for script in {id(sent[i][0]): sent[i][0] for i in missing}.values():
             client.script_load(script.script)
-        again, _ = _send_all(client, [sent[i] for i in missing])
+        again, _, acked = _send_all(client, [sent[i] for i in missing], None, wait)
+        short = short or _short(acked, again, "", wait)
         for i, reply in zip(missing, again, strict=True):
             replies[i] = reply
             if each is not None and not isinstance(reply, Exception):
@@ -104,19 +143,64 @@ def run_many(
     for reply in replies:
         if isinstance(reply, Exception):
             raise reply
+    if short:
+        raise Unavailable(short)
     return replies
 
 
+_NO_WAIT = object()
+"""The ``acked`` of a connection that sent no ``WAIT``."""
+
+
+def _short(acked: Any, replies: Sequence[Any], where: str, wait: Wait | None) -> str | None:
+    """Why the ``WAIT`` behind ``replies`` falls short, or None if it does not
+    (or was not sent, or no call among ``replies`` ran on that connection)."""
+    if wait is None or acked is _NO_WAIT or all(isinstance(r, _NOT_RUN) for r in replies):
+        return None
+    n, timeout_ms = wait
+    if isinstance(acked, Exception):
+        return (
+            f"written{where}, but its WAIT was refused ({acked}); "
+            "retry with the same Idempotency-Key"
+        )
+    if int(acked) >= n:
+        return None
+    return (
+        f"written{where}, but only {int(acked)} of {n} replicas confirmed it within "
+        f"{timeout_ms} ms; retry with the same Idempotency-Key"
+    )
+
+
+def _wait_packed(conn: Any, wait: Wait) -> bytes:
+    command = ("WAIT", wait[0], wait[1])
+    if _hiredis_pack is None:
+        return b"".join(conn.pack_command(*command))
+    return _hiredis_pack(command)
+
+
+def _read_wait(conn: Any) -> Any:
+    """The reply of a pipelined ``WAIT``: the replicas that confirmed, or its error."""
+    try:
+        return conn.read_response()
+    except ResponseError as exc:  # e.g. the node is a replica now: the stream stays in step
+        return exc
+
+
 def _send_all(
-    client: Any, calls: Iterable[Call], each: Callable[[int, Any], None] | None = None
-) -> tuple[list[Any], list[Call]]:
-    """(replies, the calls sent); an error reply is returned in its place.
+    client: Any,
+    calls: Iterable[Call],
+    each: Callable[[int, Any], None] | None = None,
+    wait: Wait | None = None,
+) -> tuple[list[Any], list[Call], Any]:
+    """(replies, the calls sent, the reply of the ``WAIT`` behind them or
+    ``_NO_WAIT``); an error reply is returned in its place.
 
     ``client`` is ``Any`` here: the connection-level calls below are untyped in redis-py."""
     replies: list[Any] = []
     pool = client.connection_pool
     conn = pool.get_connection()
     sent = []
+    acked: Any = _NO_WAIT
 
     def packed(call: Call) -> bytes:
         script, keys, args = call
@@ -131,11 +215,14 @@ def _send_all(
         if isinstance(calls, list):  # all known: one write (each write is a costly syscall)
             sent = calls
             if sent:
-                conn.send_packed_command([b"".join(map(packed, sent))])
+                tail = [_wait_packed(conn, wait)] if wait is not None else []
+                conn.send_packed_command([b"".join([*map(packed, sent), *tail])])
         else:  # built as we go: each call goes out as soon as it exists
             for call in calls:
                 conn.send_packed_command([packed(call)], check_health=not sent)
                 sent.append(call)
+            if sent and wait is not None:
+                conn.send_packed_command([_wait_packed(conn, wait)], check_health=False)
         for i in range(len(sent)):
             try:
                 reply = conn.read_response()
@@ -145,17 +232,29 @@ def _send_all(
             replies.append(reply)
             if each is not None:
                 each(i, reply)
+        if sent and wait is not None:
+            acked = _read_wait(conn)
     except BaseException:
         conn.disconnect()  # replies may still be in flight: never reuse this socket
         raise
     finally:
         pool.release(conn)
-    return replies, sent
+    return replies, sent, acked
 
 
 CLUSTER_ROUNDS = 16
-"""How many times a Cluster call that did not run (NOSCRIPT, MOVED, ASK,
-TRYAGAIN) is sent again before its error is raised (as redis-py's own TTL)."""
+"""How many times a Cluster call redirected (NOSCRIPT, MOVED, ASK) is sent
+again before its error is raised (as redis-py's own TTL)."""
+
+TRYAGAIN_FOR_S = 5.0
+"""How long calls answered TRYAGAIN are sent again (every ``TRYAGAIN_EVERY_S``)
+before the error is raised. TRYAGAIN means the call's slot is being migrated
+and its keys are split between the two nodes, or not all there (a key the call
+creates): that lasts until the slot's last key has moved or the slot is
+reassigned, which for a resharding takes as long as moving the slot's keys.
+Giving up early would fail appends (503) and, worse, a worker's settle: its
+entries would then be delivered and run again."""
+TRYAGAIN_EVERY_S = 0.05
 
 _NOT_RUN = (NoScriptError, AskError, TryAgainError)  # MovedError is an AskError
 """Error replies after which the script certainly did not run: safe to send again."""
@@ -171,10 +270,14 @@ class _NodeShare:
     pool: Any  # the node's ConnectionPool
     conn: Any  # one connection of it, for this round
     pending: list[bytes] | None = None  # packed calls not yet written (a list input)
+    short: str | None = None  # why this round's WAIT on this node fell short, if it did
 
 
 def _run_cluster(
-    client: RedisCluster, calls: Iterable[Call], each: Callable[[int, Any], None] | None
+    client: RedisCluster,
+    calls: Iterable[Call],
+    each: Callable[[int, Any], None] | None,
+    wait: Wait | None = None,
 ) -> list[Any]:
     """``run_many`` on a Redis Cluster: one pipelined round trip per node.
 
@@ -188,21 +291,29 @@ def _run_cluster(
     ``translate``) and nothing is resent. A call answered NOSCRIPT (the script
     is loaded on that node), MOVED (the slot table is updated), ASK (sent to the
     target after ASKING) or TRYAGAIN did not run: it runs again, up to
-    ``CLUSTER_ROUNDS`` times. Any other error reply is raised.
+    ``CLUSTER_ROUNDS`` redirections, and TRYAGAIN (a slot mid-migration) for up
+    to ``TRYAGAIN_FOR_S``. Any other error reply is raised.
+
+    With ``wait``, each node's share of each round is followed by ``WAIT`` on
+    the same connection; every share on which a call ran must be confirmed by
+    enough replicas of its node, else ``Unavailable`` (after the other errors).
     """
     sent: list[Call] = []
     replies: list[Any] = []
     streaming = not isinstance(calls, list)
-    shares = _cluster_round(client, calls, sent, replies, {}, streaming, each)
-    for _ in range(CLUSTER_ROUNDS):
+    shares = _cluster_round(client, calls, sent, replies, {}, streaming, each, wait)
+    short = [share.short for share in shares if share.short]
+    redirects, tryagain_until = 0, 0.0
+    while True:
         again: dict[int, Any] = {}  # index -> the ASK target (None: by the slot table)
         loaded: set[tuple[str, str]] = set()
-        slow = False
+        slow = redirected = False
         for share in shares:
             for i in share.indexes:
                 reply = replies[i]
                 if not isinstance(reply, _NOT_RUN):
                     continue
+                redirected = redirected or not isinstance(reply, TryAgainError)
                 if isinstance(reply, MovedError):
                     client.nodes_manager.move_slot(reply)
                     again[i] = None
@@ -220,16 +331,27 @@ def _run_cluster(
                         loaded.add((share.node.name, script.sha))
                     again[i] = share.node if share.asking else None
                 else:  # TRYAGAIN: a slot being migrated; give it a moment
-                    slow = True
-                    again[i] = None
+                    slow = True  # (at the ASK target again: the owner would only ASK)
+                    again[i] = share.node if share.asking else None
         if not again:
             break
+        if redirected:
+            redirects += 1
+            if redirects > CLUSTER_ROUNDS:
+                break
         if slow:
-            time.sleep(0.05)
-        shares = _cluster_round(client, sorted(again), sent, replies, again, False, each)
+            now = time.monotonic()
+            tryagain_until = tryagain_until or now + TRYAGAIN_FOR_S
+            if now >= tryagain_until:
+                break
+            time.sleep(TRYAGAIN_EVERY_S)
+        shares = _cluster_round(client, sorted(again), sent, replies, again, False, each, wait)
+        short += [share.short for share in shares if share.short]
     for reply in replies:
         if isinstance(reply, Exception):
             raise reply
+    if short:
+        raise Unavailable("; ".join(short))
     return replies
 
 
@@ -241,9 +363,12 @@ def _cluster_round(
     ask: dict[int, Any],
     streaming: bool,
     each: Callable[[int, Any], None] | None,
+    wait: Wait | None = None,
 ) -> list[_NodeShare]:
     """Send one round (new calls, or the indexes in ``sent`` of calls to send
-    again) grouped by node; store each reply (or error reply) in ``replies``."""
+    again) grouped by node; store each reply (or error reply) in ``replies``.
+    With ``wait`` each node's share ends with ``WAIT``, read after its replies;
+    a share it finds short says why in ``short``."""
     shares: dict[tuple[str, bool], _NodeShare] = {}
     try:
         for item in calls:
@@ -268,8 +393,12 @@ def _cluster_round(
                 share.pending.append(command)
             share.indexes.append(i)
         for share in shares.values():
-            if share.pending:  # all known: one write per node
-                share.conn.send_packed_command([b"".join(share.pending)])
+            out = share.pending or []  # all known: one write per node
+            if wait is not None:  # behind the node's calls, on their connection
+                out.append(_wait_packed(share.conn, wait))
+            if out:
+                first = share.pending is not None  # a list input: nothing written on it yet
+                share.conn.send_packed_command([b"".join(out)], check_health=first)
         for share in shares.values():
             for i in share.indexes:
                 if share.asking:
@@ -282,6 +411,10 @@ def _cluster_round(
                 replies[i] = reply
                 if each is not None:
                     each(i, reply)
+            if wait is not None:
+                acked = _read_wait(share.conn)
+                mine = [replies[i] for i in share.indexes]
+                share.short = _short(acked, mine, f" on {share.node.name}", wait)
     except BaseException as exc:
         for share in shares.values():
             share.conn.disconnect()  # replies may still be in flight: never reuse it

@@ -26,6 +26,8 @@ from .exits import RET_OK, RET_USAGE
 FACTORY = "api.cli.serve:app_from_env"
 RATE_ENV = cfg.RATE_PER_S
 BURST_ENV = cfg.RATE_BURST
+WAIT_ENV = cfg.WAIT_REPLICAS
+WAIT_TIMEOUT_ENV = cfg.WAIT_TIMEOUT_MS
 
 
 def add_parsers(
@@ -82,6 +84,24 @@ def add_parsers(
         default=defaults.rate_burst,
         help="per-key burst",
     )
+    add_option(
+        serve,
+        "--wait-replicas",
+        env=WAIT_ENV,
+        parse=cfg.WAIT_REPLICAS_VALUE,
+        default=defaults.wait_replicas,
+        help="answer an append (or enqueue) only once this many replicas of every Redis "
+        "node it was written on confirm it (WAIT), else 503 (retry with the same "
+        "Idempotency-Key); 0 = do not wait",
+    )
+    add_option(
+        serve,
+        "--wait-timeout-ms",
+        env=WAIT_TIMEOUT_ENV,
+        parse=cfg.WAIT_TIMEOUT_VALUE,
+        default=defaults.wait_timeout_ms,
+        help="how long an append waits for those replicas",
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -102,6 +122,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "LEDGER_API_KEYS": ",".join(f"{k}:{r}" for k, r in settings.api_keys.items()),
         RATE_ENV: repr(settings.rate_per_s),
         BURST_ENV: str(settings.rate_burst),
+        WAIT_ENV: str(settings.wait_replicas),
+        WAIT_TIMEOUT_ENV: str(settings.wait_timeout_ms),
     }
     if settings.redis_url:
         env["REDIS_URL"] = settings.redis_url
@@ -127,11 +149,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     """Check the options, hand the settings to uvicorn's workers, serve until stopped.
 
     ``settings`` carries the API keys (``api.cli`` reads LEDGER_API_KEYS for
-    ``serve`` only); the rate options are resolved like every other option.
+    ``serve`` only); the rate and WAIT options are resolved like every other option.
     """
     try:
         resolve(args)
-        settings = replace(settings, rate_per_s=args.rate_per_s, rate_burst=args.rate_burst)
+        settings = replace(
+            settings,
+            rate_per_s=args.rate_per_s,
+            rate_burst=args.rate_burst,
+            wait_replicas=args.wait_replicas,
+            wait_timeout_ms=args.wait_timeout_ms,
+        )
     except EnvError as exc:
         print(f"ledger serve: error: {exc}", file=sys.stderr)
         return RET_USAGE

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cli.exits import RET_MISMATCH, RET_OK
-from ..settings import Settings
+from ..settings import WAIT_REPLICAS, Settings
 from .deployment import Deployment
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -160,6 +160,9 @@ def _start_processes(
         mongo_db=settings.mongo_db,
         partitions=settings.partitions,
         log_level="WARNING",
+        # the demo never waits for replicas (its embedded Redis has none): an exported
+        # LEDGER_WAIT_REPLICAS must not turn every append of its API into a 503
+        env={WAIT_REPLICAS: "0"},
     )
     stack.callback(deployment.stop)  # before the first start: a signal may come in between
     # Same process group as the demo (a terminal's Ctrl-C reaches them too), and
@@ -290,7 +293,7 @@ def _backlog(qm: Any) -> int:
     from streams.scheduler import Scheduler
 
     total = Scheduler(qm.redis, qm.config.partitions).pending()
-    for p in range(qm.config.partitions):
+    for p in keys.partitions(qm.config.partitions):
         for level in keys.LEVELS_DESC:
             for g in groups(qm.redis, keys.stream(p, level)).values():
                 total += g.pending + (g.lag or 0)

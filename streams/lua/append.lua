@@ -61,10 +61,14 @@ local function append(a)
   if use_idem then idem, k = KEYS[k], k + 1 end
   if ref ~= '' then txn, k = KEYS[k], k + 1 end
 
+  -- A repeat rewrites its record as it is: no change, but a write, so that a
+  -- WAIT behind this call also covers the first append (Redis 7.2+ moves a
+  -- connection's WAIT offset only when one of its commands writes).
   if use_idem then
     local prior = redis.call('HMGET', idem, 'e', 'v', 'b', 'f')
     if prior[1] then
       if prior[4] ~= fp then return {'reused', 'key'} end
+      redis.call('HSET', idem, 'e', prior[1])
       return {'dup', prior[1], prior[2], prior[3]}
     end
   end
@@ -73,6 +77,7 @@ local function append(a)
     if prior then
       local e, v, b, f = string.match(prior, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')
       if f ~= fp then return {'reused', 'transaction'} end
+      redis.call('HSET', txn, ref, prior)
       return {'dup', e, v, b}
     end
   end

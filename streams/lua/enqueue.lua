@@ -19,6 +19,9 @@ Returns {"ok", task_id, entry_id|""} | {"dup", task_id} | {"reused"} | {"exists"
 if redis.call('EXISTS', KEYS[2]) == 1 then
   if ARGV[8] ~= '1' then return {'exists'} end
   if redis.call('HGET', KEYS[2], 'fingerprint') ~= ARGV[7] then return {'reused'} end
+  -- rewritten as it is: a write, so that a WAIT behind this call covers the
+  -- first enqueue too (Redis 7.2+ moves a connection's WAIT offset only on writes)
+  redis.call('HSET', KEYS[2], 'fingerprint', ARGV[7])
   return {'dup', ARGV[1]}
 end
 local t = redis.call('TIME')
