@@ -188,9 +188,12 @@ def projector(
     claim_idle_ms: int = 30_000,
     block_ms: int = 500,
     reclaim_every_ms: int = 100,
+    forget_idle_ms: int | None = None,
     retry: RetryPolicy | None = None,
 ) -> Worker:
-    """A consumer in ``proj:<name>`` that applies ``projection`` to ``db``."""
+    """A consumer in ``proj:<name>`` that applies ``projection`` to ``db``; dead
+    consumers of the group are removed as a worker's are (``forget_idle_ms``,
+    see ``WorkerConfig.forget_after_ms``)."""
     if projection.collection == EVENTS:
         ensure_indexes(db)
     processor = ProjectionProcessor(projection, db)
@@ -205,6 +208,7 @@ def projector(
             claim_idle_ms=claim_idle_ms,
             block_ms=block_ms,
             reclaim_every_ms=reclaim_every_ms,
+            forget_idle_ms=forget_idle_ms,
             retry=retry or RetryPolicy(max_attempts=10, base_ms=200, max_ms=30_000),
         ),
     )

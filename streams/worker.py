@@ -9,7 +9,10 @@ or dead-letter).
 
 A crash anywhere leaves the entries pending; they are claimed again after
 ``claim_idle_ms``, so nothing is lost, and handlers keyed on the event id make
-the redelivery harmless. SIGTERM (``stop``) lets the current round finish.
+the redelivery harmless. The dead consumer itself leaves the group once it
+holds nothing and has been idle for ``WorkerConfig.forget_after_ms``
+(``lua/forget.lua``, run now and then from the reclaim step). SIGTERM
+(``stop``) lets the current round finish.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from ledger.tasks import Priority
 from . import keys
 from .codec import EventMessage, Message, TaskMessage, decode, event_data, message_id
 from .connection import RedisClient, ensure_groups, is_cluster, translate
-from .errors import DecodeError, Retry
+from .errors import DecodeError, Retry, Unavailable
 from .handlers import NO_DATABASE, BoundDBManager, Handler
 from .ids import parse_id
 from .outcomes import (
@@ -47,12 +50,15 @@ from .outcomes import (
     settle_args,
 )
 from .registry import EventRecorder, HandlerRegistry, default_registry
+from .replies import text
 from .retry import RetryPolicy
 from .scripts import ScriptArg, Scripts, load, run_many
 
 log = logging.getLogger(__name__)
 
 MAX_ERROR_CHARS = 2000
+FORGET_FLOOR_MS = 60_000
+"""The least silence after which a consumer is removed by default (``WorkerConfig``)."""
 
 
 def per_partition(count: int, partitions: int) -> int:
@@ -73,18 +79,38 @@ class WorkerConfig:
     block_ms: int = 500
     claim_idle_ms: int = 60_000
     reclaim_every_ms: int = 100
+    forget_idle_ms: int | None = None
+    """Remove a consumer of the group that holds nothing and has not touched a stream
+    for this long (``lua/forget.lua``); None: ``forget_after_ms``'s default."""
     status_ttl_s: int = 7 * 24 * 3600
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     allowed_collections: frozenset[str] = frozenset()
     track: bool = True
     """Keep task status and queue stats (the ``workers`` group); projectors don't."""
 
+    @property
+    def forget_after_ms(self) -> int:
+        """How long a consumer with no pending entry may stay idle before it is
+        removed from the group: ``forget_idle_ms``, else ten times ``claim_idle_ms``
+        and at least a minute. A live consumer is never idle that long (it touches
+        itself every ``forget_every_ms``, see ``lua/forget.lua``), and
+        ``claim_idle_ms`` after its death a dead one's entries were taken over."""
+        if self.forget_idle_ms is not None:
+            return self.forget_idle_ms
+        return max(10 * self.claim_idle_ms, FORGET_FLOOR_MS)
+
+    @property
+    def forget_every_ms(self) -> int:
+        """How often a consumer looks for dead ones (and touches itself): half the
+        threshold, at most 30 s."""
+        return max(self.reclaim_every_ms, min(self.forget_after_ms // 2, 30_000))
+
 
 @dataclass(slots=True)
 class Delivery:
     """One entry being processed; a ``Processor`` sets ``done`` or ``error``."""
 
-    partition: int
+    partition: keys.Partition
     level: Priority
     entry_id: str
     fields: Mapping[bytes, bytes]
@@ -131,6 +157,7 @@ class Worker:
     ) -> None:
         self.redis = client
         self.partitions = partitions
+        self._parts = keys.partitions(partitions)
         self.config = config or WorkerConfig()
         self.processor = processor or TaskProcessor(registry, db, self.config.allowed_collections)
         self.consumer = consumer or consumer_name()
@@ -140,6 +167,12 @@ class Worker:
         self.stopping = threading.Event()
         self._next_reclaim = 0.0
         self._rand = random.Random()
+        self.forgotten = 0
+        """Dead consumers this one removed from the group (``_forget``)."""
+        # a random phase: consumers started together do not all look at once
+        self._next_forget = time.monotonic() + self._rand.uniform(
+            0, self.config.forget_every_ms / 1000
+        )
         self._levels = tuple(sorted(self.config.levels, reverse=True))
         self._level_digits = "".join(str(self._rank_key(lv)) for lv in self._levels)
         ensure_groups(client, partitions, self.config.group, self._levels)
@@ -179,7 +212,7 @@ class Worker:
         """Entries still owed a retry, or pending anywhere in the group."""
         with translate():
             pipe = self.redis.pipeline(transaction=False)
-            for p in range(self.partitions):
+            for p in self._parts:
                 pipe.zcard(keys.retry(p, self.config.group))
                 for level in self._levels:
                     pipe.xpending(keys.stream(p, level), self.config.group)
@@ -200,6 +233,9 @@ class Worker:
         if now < self._next_reclaim:
             return []
         self._next_reclaim = now + self.config.reclaim_every_ms / 1000
+        if now >= self._next_forget:  # before claiming: a failure here loses no claim
+            self._next_forget = now + self.config.forget_every_ms / 1000
+            self._forget()
         with translate():
             replies = run_many(
                 self.redis,
@@ -220,10 +256,45 @@ class Worker:
                             self._level_digits,
                         ],
                     )
-                    for p in range(self.partitions)
+                    for p in self._parts
                 ],
             )
-        return _flat_deliveries(replies)
+        return _flat_deliveries(self._parts, replies)
+
+    def _forget(self) -> None:
+        """Remove the group's dead consumers: those that hold no pending entry (theirs
+        were taken over) and have been idle for ``forget_after_ms``, on every stream
+        of every partition, one atomic ``lua/forget.lua`` call per partition; and
+        touch this consumer, so that it never looks dead however quiet the streams.
+        Housekeeping: a failure is logged, never fails the round."""
+        group = self.config.group
+        streams = [[keys.stream(p, lv) for lv in keys.LEVELS_DESC] for p in self._parts]
+        try:
+            with translate():
+                replies = run_many(
+                    self.redis,
+                    [
+                        (
+                            self.scripts.forget,
+                            names,
+                            [group, self.config.forget_after_ms, self.consumer],
+                        )
+                        for names in streams
+                    ],
+                )
+        except Exception as exc:
+            log.warning("looking for dead consumers of %s failed: %s", group, exc)
+            return
+        for names, flat in zip(streams, replies, strict=True):
+            for i in range(0, len(flat), 3):
+                self.forgotten += 1
+                log.info(
+                    "removed consumer %s from group %s on %s: nothing pending, silent for %d ms",
+                    text(flat[i + 1]),
+                    group,
+                    names[int(flat[i]) - 1],
+                    int(flat[i + 2]),
+                )
 
     def _read(self) -> list[Delivery]:
         share = per_partition(self.config.batch, self.partitions)
@@ -236,10 +307,10 @@ class Worker:
                         [keys.stream(p, lv) for lv in keys.LEVELS_DESC],
                         [self.config.group, self.consumer, share, self._level_digits],
                     )
-                    for p in range(self.partitions)
+                    for p in self._parts
                 ],
             )
-        return _flat_deliveries(replies)
+        return _flat_deliveries(self._parts, replies)
 
     def _wait_for_work(self) -> list[Delivery]:
         """Block until anything arrives (single node), or nap (Cluster)."""
@@ -248,7 +319,7 @@ class Worker:
             self.stopping.wait(wait_ms / 1000)
             return []
         streams: dict[KeyT, StreamIdT] = {
-            keys.stream(p, lv): ">" for lv in self._levels for p in range(self.partitions)
+            keys.stream(p, lv): ">" for lv in self._levels for p in self._parts
         }
         with translate():
             reply = self.redis.xreadgroup(
@@ -258,7 +329,7 @@ class Worker:
 
     # -- processing -------------------------------------------------------------
     def _process(self, deliveries: list[Delivery]) -> None:
-        by_partition: dict[int, list[Delivery]] = defaultdict(list)
+        by_partition: dict[keys.Partition, list[Delivery]] = defaultdict(list)
         for d in deliveries:
             by_partition[d.partition].append(d)
             try:
@@ -300,16 +371,37 @@ class Worker:
                 )
             else:
                 d.outcome = self._failed(d, d.error or "not processed", d.retry_delay_ms)
-        self._settle(by_partition)
+        self._settle_patiently(by_partition)
         self.processed += sum(1 for d in runnable if d.done)
 
-    def _task_key(self, p: int, d: Delivery) -> str:
+    def _settle_patiently(self, by_partition: Mapping[keys.Partition, Sequence[Delivery]]) -> None:
+        """``_settle``, sent again while Redis does not take it (a slot mid-migration
+        for longer than ``run_many`` waits, a lost reply, a failover), for up to
+        ``claim_idle_ms`` unless stopping. Dropping a round's outcome would leave its
+        entries pending, to be claimed and run once more. Sent twice (its first reply
+        lost), it settles nothing twice: settle.lua skips what is no longer pending for
+        this consumer (acknowledged, or claimed by another one meanwhile); only a retry,
+        which stays pending, is rescheduled and counted in the stats again."""
+        deadline = time.monotonic() + self.config.claim_idle_ms / 1000
+        delay = 0.05
+        while True:
+            try:
+                self._settle(by_partition)
+                return
+            except Unavailable as exc:
+                if self.stopping.is_set() or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("settling a round failed (%s); again in %.2fs", exc, delay)
+            time.sleep(delay)
+            delay = min(2 * delay, 1.0)
+
+    def _task_key(self, p: keys.Partition, d: Delivery) -> str:
         """The status hash begin/settle keep for a task (the attempts hash: none)."""
         if self.config.track and isinstance(d.message, TaskMessage):
             return keys.task(p, d.message.task_id)
         return keys.attempts(p)
 
-    def _begin(self, by_partition: Mapping[int, Sequence[Delivery]]) -> None:
+    def _begin(self, by_partition: Mapping[keys.Partition, Sequence[Delivery]]) -> None:
         order = list(by_partition.items())
         with translate():
             replies = run_many(
@@ -349,7 +441,7 @@ class Worker:
         )
         return RetryLater(delay, error)
 
-    def _settle(self, by_partition: Mapping[int, Sequence[Delivery]]) -> None:
+    def _settle(self, by_partition: Mapping[keys.Partition, Sequence[Delivery]]) -> None:
         calls = []
         for p, ds in by_partition.items():
             entries: list[ScriptArg] = []
@@ -464,10 +556,12 @@ def _born_ms(message: Message | DecodeError | None) -> int:
     return 0
 
 
-def _flat_deliveries(replies: Sequence[Sequence[Any]]) -> list[Delivery]:
+def _flat_deliveries(
+    parts: Sequence[keys.Partition], replies: Sequence[Sequence[Any]]
+) -> list[Delivery]:
     """Deliveries from per-partition replies of (level digit, entry id, fields) triples."""
     out = []
-    for p, flat in enumerate(replies):
+    for p, flat in zip(parts, replies, strict=True):
         for i in range(0, len(flat), 3):
             out.append(
                 Delivery(

@@ -161,6 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=60_000,
         help="take over entries of a consumer silent this long",
     )
+    add_option(
+        worker,
+        "--forget-idle-ms",
+        env="LEDGER_FORGET_IDLE_MS",
+        parse=cfg.integer(1000, MAX_MS),
+        default=None,
+        shown_default="10 x claim-idle-ms, at least 60000",
+        help="remove a consumer that holds nothing and was idle this long from the group",
+    )
 
     project = sub.add_parser("project", help="build the MongoDB read models from the log")
     _common(project)
@@ -189,6 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
         parse=cfg.integer(1, MAX_MS),
         default=30_000,
         help="take over entries of a projector silent this long",
+    )
+    add_option(
+        project,
+        "--forget-idle-ms",
+        env="LEDGER_FORGET_IDLE_MS",
+        parse=cfg.integer(1000, MAX_MS),
+        default=None,
+        shown_default="10 x claim-idle-ms, at least 60000",
+        help="remove a projector that holds nothing and was idle this long from its group",
     )
     add_option(
         project,
@@ -361,6 +379,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     overrides = dict(
         levels=levels,
         claim_idle_ms=args.claim_idle_ms,
+        forget_idle_ms=args.forget_idle_ms,
         retry=RetryPolicy(
             max_attempts=args.max_attempts,
             base_ms=args.backoff_ms,
@@ -409,7 +428,13 @@ def _project(args: argparse.Namespace, settings: Settings) -> int:
     db = mongo(settings.mongo_url)[settings.mongo_db]
     workers = [
         projector(
-            client, settings.partitions, db, p, batch=args.batch, claim_idle_ms=args.claim_idle_ms
+            client,
+            settings.partitions,
+            db,
+            p,
+            batch=args.batch,
+            claim_idle_ms=args.claim_idle_ms,
+            forget_idle_ms=args.forget_idle_ms,
         )
         for p in chosen
     ]

@@ -37,12 +37,15 @@ HOSTILE: dict[str, tuple[str, tuple[str, ...]]] = {
     "LEDGER_HOST": ("not a host", ("serve",)),
     "LEDGER_PORT": ("65536", ("serve",)),
     "LEDGER_WORKERS": ("-3", ("serve",)),
+    "LEDGER_WAIT_REPLICAS": ("-1", ("serve",)),
+    "LEDGER_WAIT_TIMEOUT_MS": ("0", ("serve",)),  # WAIT n 0 would block for ever
     "LEDGER_IMPORT": ("os; rm -rf /", ("worker", "--burst")),
     "LEDGER_CONCURRENCY": ("nan", ("worker", "--burst")),
     "LEDGER_QUEUES": ("default,hi gh", ("worker", "--burst")),
     "LEDGER_MAX_ATTEMPTS": ("1_000", ("worker", "--burst")),
     "LEDGER_BACKOFF_MS": ("\uff19", ("worker", "--burst")),  # a full-width 9
     "LEDGER_CLAIM_IDLE_MS": ("9" * 5000, ("worker", "--burst")),
+    "LEDGER_FORGET_IDLE_MS": ("999", ("worker", "--burst")),
     "LEDGER_ONLY": (",,,", ("project", "--burst")),
     "LEDGER_BATCH": ("abc", ("project", "--burst")),
     "LEDGER_TRIM_AFTER_MS": ("-1", ("project", "--burst")),
@@ -121,6 +124,8 @@ def test_every_option_names_its_variable_in_help() -> None:
         "LEDGER_WORKERS",
         "LEDGER_RATE_PER_S",
         "LEDGER_RATE_BURST",
+        "LEDGER_WAIT_REPLICAS",
+        "LEDGER_WAIT_TIMEOUT_MS",
         "MONGO_URL",
         "MONGO_DB",
     ):
@@ -132,6 +137,7 @@ def test_every_option_names_its_variable_in_help() -> None:
         "LEDGER_MAX_ATTEMPTS",
         "LEDGER_BACKOFF_MS",
         "LEDGER_CLAIM_IDLE_MS",
+        "LEDGER_FORGET_IDLE_MS",
         "LEDGER_IMPORT",
         "REDIS_URL",
         "LEDGER_PARTITIONS",
@@ -139,7 +145,13 @@ def test_every_option_names_its_variable_in_help() -> None:
     ):
         assert f"env {name})" in worker, name
     project = " ".join(ledger("project", "--help", env=env).stdout.split())
-    for name in ("LEDGER_BATCH", "LEDGER_ONLY", "LEDGER_TRIM_AFTER_MS", "LEDGER_CLAIM_IDLE_MS"):
+    for name in (
+        "LEDGER_BATCH",
+        "LEDGER_ONLY",
+        "LEDGER_TRIM_AFTER_MS",
+        "LEDGER_CLAIM_IDLE_MS",
+        "LEDGER_FORGET_IDLE_MS",
+    ):
         assert f"env {name})" in project, name
 
 
@@ -176,10 +188,13 @@ NUMERIC = (
     "LEDGER_RATE_BURST",
     "LEDGER_PORT",
     "LEDGER_WORKERS",
+    "LEDGER_WAIT_REPLICAS",
+    "LEDGER_WAIT_TIMEOUT_MS",
     "LEDGER_CONCURRENCY",
     "LEDGER_MAX_ATTEMPTS",
     "LEDGER_BACKOFF_MS",
     "LEDGER_CLAIM_IDLE_MS",
+    "LEDGER_FORGET_IDLE_MS",
     "LEDGER_BATCH",
     "LEDGER_TRIM_AFTER_MS",
 )

@@ -17,19 +17,34 @@ from pymongo.errors import DuplicateKeyError
 from api.dev.deployment import Deployment
 from ledger.errors import InsufficientCredits
 from projections.projection import Insert, Upsert
+from projections.replay import replay
 from projections.runner import apply_writes
 from projections.store import connect
 from streams import QueueManager, keys
 from tests.helpers import eventually
 from tests.streamlog import account_histories
 
-from .conftest import PARTITIONS
+from .conftest import PARTITIONS, collection
 
 GROUP = "proj:balances"
 
 
 def streams() -> list[str]:
-    return [keys.stream(p, lv) for p in range(PARTITIONS) for lv in keys.LEVELS_DESC]
+    return [keys.stream(p, lv) for p in keys.partitions(PARTITIONS) for lv in keys.LEVELS_DESC]
+
+
+def assert_equals_a_replay(
+    qm: QueueManager, db: Database[Any], client: pymongo.MongoClient[Any], *views: str
+) -> None:
+    """Each of ``views`` in ``db`` is, document for document, what ``ledger replay``
+    builds from the log into a database of its own."""
+    other = client[f"{db.name}_replay"]
+    try:
+        replay(qm.redis, PARTITIONS, db, only=views, into=other)
+        for name in views:
+            assert collection(db, name) == collection(other, name), name
+    finally:
+        client.drop_database(other.name)
 
 
 class AfterReply(monitoring.CommandListener):
@@ -119,7 +134,10 @@ def test_an_insert_clashing_on_another_unique_index_is_not_taken_as_archived(
 
 @pytest.mark.slow  # two projector processes racing
 def test_two_projector_processes_of_one_read_model_end_at_every_last_version(
-    qm: QueueManager, mongo_db: Database[Any], deployment: Deployment
+    qm: QueueManager,
+    mongo_db: Database[Any],
+    mongo_client: pymongo.MongoClient[Any],
+    deployment: Deployment,
 ) -> None:
     users = [f"t{i}" for i in range(6)]
     for u in users:
@@ -147,3 +165,4 @@ def test_two_projector_processes_of_one_read_model_end_at_every_last_version(
     assert all(p.poll() is None for p in procs), "both projectors ran throughout"
     consumers = {c["name"] for s in streams() for c in qm.redis.xinfo_consumers(s, GROUP)}
     assert len({name.split(b":")[1] for name in consumers}) == 2, "two processes consumed"
+    assert_equals_a_replay(qm, mongo_db, mongo_client, "balances")

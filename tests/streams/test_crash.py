@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -41,7 +42,7 @@ def spawn_worker(deployment: Deployment) -> Iterator[Callable[..., subprocess.Po
 def pending(qm: QueueManager) -> int:
     return sum(
         qm.redis.xpending(keys.stream(p, lv), "workers")["pending"]
-        for p in range(PARTITIONS)
+        for p in keys.partitions(PARTITIONS)
         for lv in keys.LEVELS_DESC
     )
 
@@ -104,3 +105,54 @@ def test_sigterm_finishes_the_round_and_leaves_nothing_pending(
     ran = qm.redis.llen("test:ran")
     assert statuses["completed"] == ran and 20 <= ran < n
     assert statuses["queued"] == n - ran
+
+
+def consumers(qm: QueueManager) -> set[str]:
+    """Every consumer of the workers group, on any stream."""
+    return {
+        c["name"].decode()
+        for p in keys.partitions(PARTITIONS)
+        for lv in keys.LEVELS_DESC
+        for c in qm.redis.xinfo_consumers(keys.stream(p, lv), "workers")
+    }
+
+
+def of_process(names: set[str], pid: int) -> set[str]:
+    return {name for name in names if name.split(":")[1] == str(pid)}  # host:pid:thread-i
+
+
+def test_a_sigkilled_worker_leaves_the_group_once_its_entries_are_taken_over(
+    qm: QueueManager, spawn_worker: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    n = 120
+    ids = [qm.enqueue("default", "slow_insert", {"i": i, "ms": 15}) for i in range(n)]
+    forget = ("--forget-idle-ms", "1500")
+    dead = spawn_worker(*forget)
+    eventually(
+        lambda: qm.redis.llen("test:ran") >= 40 and pending(qm) > 0,
+        interval=0.02,
+        message="the worker did not get into its second round",
+    )
+    dead.send_signal(signal.SIGKILL)
+    dead.wait()
+    gone = of_process(consumers(qm), dead.pid)
+    assert gone and pending(qm) > 0, "the kill should leave a consumer holding entries"
+
+    survivor = spawn_worker(*forget)
+
+    def finished() -> bool:
+        statuses = {qm.get_task_status(t)["status"] for t in ids}  # type: ignore[index]
+        return statuses == {"completed"} and pending(qm) == 0
+
+    eventually(finished, timeout=30, message="the survivor did not finish the work")
+    eventually(
+        lambda: not consumers(qm) & gone,
+        timeout=15,
+        message=lambda: f"the dead consumer stayed: {sorted(consumers(qm))}",
+    )
+    live = of_process(consumers(qm), survivor.pid)
+    assert live, "the survivor is a consumer"
+    time.sleep(2.5)  # quiet streams for longer than the threshold: the live one stays
+    assert survivor.poll() is None
+    assert of_process(consumers(qm), survivor.pid) == live
+    assert sorted(int(x) for x in set(qm.redis.lrange("test:ran", 0, -1))) == list(range(n))

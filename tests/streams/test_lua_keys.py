@@ -95,6 +95,8 @@ def key_args(code: str) -> Iterator[tuple[str, str]]:
         if command in {"XREAD", "XREADGROUP"}:
             rest = args[[a.upper() for a in args].index("'STREAMS'") + 1 :]
             yield from ((command, a) for a in rest[: len(rest) // 2])
+        elif command in {"XINFO", "XGROUP"}:  # a subcommand, then the key
+            yield command, args[2]
         else:
             yield command, args[1]
 
@@ -185,6 +187,8 @@ def test_every_key_a_script_touches_is_declared(name: str) -> None:
         ("local function f(s) return redis.call('GET', s) end\nf(KEYS[1])\nf(ARGV[1])", ["GET s"]),
         ("local t = {}\nt[ARGV[1]] = 1\nfor s in pairs(t) do redis.call('DEL', s) end", ["DEL s"]),
         ("pcall(redis.call, 'XAUTOCLAIM', prefix .. 'x', 'g')", ["XAUTOCLAIM prefix .. 'x'"]),
+        ("pcall(redis.call, 'XINFO', 'CONSUMERS', ARGV[1], g)", ["XINFO ARGV[1]"]),
+        ("local s = KEYS[i]\nredis.call('XGROUP', 'DELCONSUMER', s, g, c)", []),
         (
             "redis.call('XREADGROUP', 'GROUP', g, c, 'STREAMS', ARGV[1], '>')",
             ["XREADGROUP ARGV[1]"],
