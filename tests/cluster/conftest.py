@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
+from pymongo.database import Database
 
 from api.dev.cluster import RedisClusterNodes
+from api.dev.deployment import Deployment
+
+ROOT = Path(__file__).resolve().parents[2]
+PARTITIONS = 8
+"""Partitions of the deployments here: enough that every master holds some."""
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +32,39 @@ def redis_cluster(redis_cluster_nodes: RedisClusterNodes) -> str:
     """The ``redis+cluster://`` URL of the session's cluster, flushed before the test."""
     redis_cluster_nodes.flushall()
     return redis_cluster_nodes.url
+
+
+@pytest.fixture
+def cluster_deployment(
+    redis_cluster: str, mongo_url: str, mongo_db: Database[Any], tmp_path: Path
+) -> Iterator[Deployment]:
+    """Real ``ledger`` processes on the session's cluster and this test's database,
+    ``PARTITIONS`` partitions, each logging to ``<tmp_path>/logs/<name>.log``;
+    whatever still runs is SIGKILLed at teardown (a failing test leaves nothing)."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    group = Deployment(
+        redis_cluster,
+        mongo_url,
+        mongo_db=mongo_db.name,
+        partitions=PARTITIONS,
+        log_level="WARNING",
+        log_dir=logs,
+        cwd=ROOT,
+        env={"LEDGER_API_KEYS": ""},
+    )
+    try:
+        yield group
+    finally:
+        for name in list(group.procs):
+            group.kill(name)
+        group.close()
+
+
+def log_tail(deployment: Deployment, chars: int = 3000) -> str:
+    """The end of every process's log (for a failing test's message)."""
+    assert deployment.log_dir is not None
+    parts = []
+    for log in sorted(deployment.log_dir.glob("*.log")):
+        parts.append(f"--- {log.name}\n{log.read_text(errors='replace')[-chars:]}")
+    return "\n".join(parts)
