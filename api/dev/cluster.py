@@ -57,13 +57,17 @@ class RedisClusterNodes:
         *,
         node_timeout_ms: int = 5000,
         appendonly: bool = False,
+        appendfsync: str = "everysec",
     ) -> None:
+        """``appendonly``/``appendfsync`` go to every node's ``EmbeddedRedis``
+        (``appendfsync="always"``: a SIGKILLed node loses no write it answered)."""
         self.data_dir = Path(data_dir)
         self.nodes: list[EmbeddedRedis] = []
         self.masters = masters
         self.replicas = replicas
         self.node_timeout_ms = node_timeout_ms
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
 
     @property
     def url(self) -> str:
@@ -97,6 +101,7 @@ class RedisClusterNodes:
                     node_dir,
                     port=_bus_free_port(),
                     appendonly=self.appendonly,
+                    appendfsync=self.appendfsync,
                     extra_args=[
                         "--cluster-enabled", "yes",
                         "--cluster-config-file", str(node_dir / "nodes.conf"),

@@ -10,8 +10,12 @@ from pathlib import Path
 import pytest
 
 from api.dev.embedded import EmbeddedMongo
+from streams import StreamsConfig
 
 PARTITIONS = 4
+CLUSTER_PARTITIONS = StreamsConfig().partitions
+"""The storm on a Redis Cluster runs with the default count, whose partitions spread
+over the slots (the storm asserts that every master holds some)."""
 HERE = Path(__file__).parent
 
 

@@ -5,6 +5,8 @@
 see redeliveries), fails on purpose when ``data["fail"]`` is set (so the task
 must end in the dead letters), and otherwise inserts one document through
 ``db_manager`` (idempotent per task: its ``_id`` derives from the task id).
+``REDIS_URL`` may name one redis-server or a Redis Cluster; on a Cluster no
+replica confirms a count, so a failover may lose the last ones.
 """
 
 from __future__ import annotations
@@ -13,22 +15,22 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import redis
-
 from streams import default_registry
+from streams.connection import RedisClient, connect
 from streams.handlers import DBManager
 from streams.registry import EVENT_COLLECTIONS, EventRecorder
 
 RUNS = "faults:runs"
 COLLECTION = "analytics"
 
-_clients: dict[str, redis.Redis] = {}
+_clients: dict[str, RedisClient] = {}
 
 
-def _redis() -> redis.Redis:
+def _redis() -> RedisClient:
+    """A client on ``REDIS_URL``: one redis-server or a Redis Cluster (``redis+cluster://``)."""
     url = os.environ["REDIS_URL"]
     if url not in _clients:
-        _clients[url] = redis.Redis.from_url(url, socket_connect_timeout=2)
+        _clients[url] = connect(url, socket_connect_timeout=2)
     return _clients[url]
 
 

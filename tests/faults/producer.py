@@ -2,14 +2,16 @@
 
 It appends mixed credit traffic through the HTTP API (``mode == "http"``) or the
 Python client (``mode == "client"``) and writes one JSON line per outcome to
-``spec["out"]``:
+``spec["out"]`` (each with ``at``, when it was answered):
 
 - ``ack``: an acknowledged append (key, op, user, event_id, version, balance);
 - ``refused``: a 409 / domain refusal (code);
 - ``task``: an acknowledged enqueue (task id, ref, style, fail);
 - ``dup``: a deliberate repeat of an acknowledged key, and what it answered;
 - ``gave_up`` / ``bad``: an operation never acknowledged, or an answer the
-  ledger must never give (a 5xx other than 503, a malformed body).
+  ledger must never give (a 5xx other than 503, a malformed body);
+- ``slow``: an operation that took more than ``SLOW_S`` to answer, and why
+  (the reasons of its retries; no invariant depends on it).
 
 Every operation has its own Idempotency-Key and is retried with that same key
 after a connection error or a 503 (Redis, the API or both may be down), so an
@@ -25,6 +27,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -34,10 +37,20 @@ from streams.errors import Unavailable
 
 RETRY_FOR_S = 60.0
 """How long one operation is retried before the producer gives up on it."""
+SLOW_S = 5.0
+"""An operation answered (or given up) after longer is recorded as ``slow``, with why."""
 
 
 class Retry(Exception):
     """The attempt's outcome is unknown: try again with the same key."""
+
+
+def _reason(exc: BaseException) -> str:
+    """A short, stable name for a failed attempt (``URLError`` wraps the socket error)."""
+    inner = getattr(exc, "reason", None)
+    if isinstance(inner, BaseException):
+        exc = inner
+    return f"{type(exc).__name__}: {exc}"[:120]
 
 
 class Producer:
@@ -49,11 +62,16 @@ class Producer:
         self.qm: QueueManager | None = None
         if spec["mode"] == "client":
             self.qm = QueueManager(
-                config=StreamsConfig(redis_url=spec["redis_url"], partitions=spec["partitions"])
+                config=StreamsConfig(
+                    redis_url=spec["redis_url"],  # redis://… or redis+cluster://…
+                    partitions=spec["partitions"],
+                    wait_replicas=spec.get("wait_replicas", 0),
+                )
             )
 
     def write(self, **record: Any) -> None:
-        self.out.write(json.dumps(record) + "\n")
+        """One outcome, stamped with its wall-clock time (``at``, seconds)."""
+        self.out.write(json.dumps({**record, "at": round(time.time(), 3)}) + "\n")
 
     # -- one attempt ----------------------------------------------------------
     def _http(
@@ -71,18 +89,18 @@ class Producer:
         except urllib.error.HTTPError as exc:
             try:
                 status, raw = exc.code, exc.read()
-            except (OSError, http.client.HTTPException):  # the API died mid-answer
-                raise Retry from None
+            except (OSError, http.client.HTTPException) as lost:  # the API died mid-answer
+                raise Retry(f"{exc.code}, then {type(lost).__name__}") from None
             finally:
                 exc.close()
             if status == 503:
-                raise Retry from None
+                raise Retry(f"503 {raw[:120].decode(errors='replace')}") from None
             try:
                 return status, json.loads(raw)
             except ValueError:
                 return status, {"unparsed": raw.decode(errors="replace")[:200]}
-        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError):
-            raise Retry from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
+            raise Retry(_reason(exc)) from None
 
     def _client(self, op: str, args: dict[str, Any], key: str) -> tuple[int, dict[str, Any]]:
         assert self.qm is not None
@@ -98,8 +116,8 @@ class Producer:
             }
             call = calls[op]
             done = call(idempotency_key=key, **args)
-        except Unavailable:
-            raise Retry from None
+        except Unavailable as exc:
+            raise Retry(str(exc)[:120]) from None
         except LedgerError as exc:
             return 409, {"error": exc.code}
         return 201, {
@@ -124,15 +142,23 @@ class Producer:
     def until_answered(
         self, op: str, args: dict[str, Any], key: str
     ) -> tuple[int, dict[str, Any]] | None:
-        deadline = time.monotonic() + RETRY_FOR_S
+        began = time.monotonic()
+        deadline = began + RETRY_FOR_S
         retries = 0
-        while time.monotonic() < deadline:
-            try:
-                return self.attempt(op, args, key)
-            except Retry:
-                retries += 1
-                time.sleep(min(0.5, 0.02 * retries))
-        return None
+        why: Counter[str] = Counter()
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    return self.attempt(op, args, key)
+                except Retry as exc:
+                    retries += 1
+                    why[str(exc)] += 1
+                    time.sleep(min(0.5, 0.02 * retries))
+            return None
+        finally:
+            took = time.monotonic() - began
+            if took > SLOW_S:  # for the reader of a failed storm: what held it up
+                self.write(t="slow", key=key, op=op, s=round(took, 1), why=dict(why.most_common(5)))
 
     # -- traffic ------------------------------------------------------------------
     def do(self, op: str, args: dict[str, Any], key: str, **extra: Any) -> dict[str, Any] | None:
