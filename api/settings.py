@@ -141,10 +141,16 @@ def redis_url(raw: str) -> str:
         raise ValueError("is not a redis://, rediss://, unix:// or redis+cluster:// URL")
     from redis.connection import parse_url
 
+    from streams.connection import cluster_seeds
+    from streams.errors import ConfigError
+
     try:
-        parse_url("redis" + text[len(scheme) :] if scheme == "redis+cluster" else text)  # type: ignore[no-untyped-call]
-        parts = urlsplit(text)
+        first = cluster_seeds(text)[0] if scheme == "redis+cluster" else text
+        parse_url(first)  # type: ignore[no-untyped-call]
+        parts = urlsplit(first)
         _ = parts.port
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
     except ValueError:
         raise ValueError("is not a valid Redis URL") from None
     if scheme != "unix" and not parts.hostname:

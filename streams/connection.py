@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
-from redis.cluster import RedisCluster
+from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException
 
 from ledger.tasks import Priority
 
@@ -38,12 +40,50 @@ class _ClusterClient(RedisCluster):
 
 
 def connect(url: str, **kwargs: Any) -> RedisClient:
-    """A client for ``redis://…`` / ``rediss://…`` or ``redis+cluster://host:port``."""
+    """A client for ``redis://…`` / ``rediss://…`` / ``unix://…``, or for a Cluster:
+    ``redis+cluster://host:port[,host:port…]``.
+
+    A Cluster client finds every node from any seed that answers, so name more
+    than one: with a single seed, a process started while that node is down
+    cannot join even though the cluster has failed over. Raises ``Unavailable``
+    when no seed answers (a Cluster client asks for the slot table at once)."""
     opts: dict[str, Any] = {"socket_connect_timeout": 5, "health_check_interval": 30}
     opts.update(kwargs)
-    if url.startswith(CLUSTER_SCHEME):
-        return _ClusterClient.from_url("redis://" + url[len(CLUSTER_SCHEME) :], **opts)
-    return redis.Redis.from_url(url, **opts)
+    if not url.startswith(CLUSTER_SCHEME):
+        return redis.Redis.from_url(url, **opts)
+    first, others = cluster_seeds(url)
+    try:
+        return _ClusterClient.from_url(
+            first,
+            startup_nodes=[ClusterNode(host, port) for host, port in others],  # type: ignore[no-untyped-call]
+            **opts,
+        )
+    except RedisClusterException as exc:
+        raise Unavailable(f"redis cluster is unavailable: {exc}") from None
+
+
+def cluster_seeds(url: str) -> tuple[str, list[tuple[str, int]]]:
+    """(a ``redis://`` URL of the first seed, (host, port) of the others) of a
+    ``redis+cluster://[user:password@]host:port,host:port…[/0][?options]`` URL."""
+    parts = urlsplit("redis://" + url[len(CLUSTER_SCHEME) :])
+    auth, _, hosts = parts.netloc.rpartition("@")
+    seeds = hosts.split(",")
+    others = []
+    for seed in seeds[1:]:
+        host, sep, port = seed.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"redis cluster seed {seed!r} is not host:port")
+        others.append((host.strip("[]"), int(port)))
+    netloc = f"{auth}@{seeds[0]}" if auth else seeds[0]
+    return urlunsplit(parts._replace(netloc=netloc)), others
+
+
+def ping(client: RedisClient) -> None:
+    """Raise unless Redis answers: on a Cluster, every master."""
+    if isinstance(client, RedisCluster):
+        client.ping(target_nodes=RedisCluster.PRIMARIES)
+    else:
+        client.ping()
 
 
 def is_cluster(client: RedisClient) -> bool:
@@ -55,7 +95,7 @@ def translate() -> Iterator[None]:
     """Turn driver errors into ``Unavailable`` (no driver internals leak out)."""
     try:
         yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except (redis.ConnectionError, redis.TimeoutError, RedisClusterException) as exc:
         raise Unavailable(f"redis is unavailable: {exc}") from None
     except redis.ResponseError as exc:
         raise Unavailable(f"redis refused the command: {exc}") from None

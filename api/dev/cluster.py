@@ -106,6 +106,7 @@ class RedisClusterNodes:
                         "--cluster-enabled", "yes",
                         "--cluster-config-file", str(node_dir / "nodes.conf"),
                         "--cluster-node-timeout", str(self.node_timeout_ms),
+                        "--repl-diskless-sync-delay", "0",  # a replica syncs at once
                     ],
                 )  # fmt: skip
                 self.nodes.append(node)

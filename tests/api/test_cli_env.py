@@ -16,7 +16,9 @@ import pytest
 import redis as redis_py
 
 from api import cli
-from api.settings import EnvError, FromEnv, Settings, resolve
+from api.settings import EnvError, FromEnv, Settings, env_value, resolve
+from api.settings import redis_url as redis_url_option
+from streams.connection import cluster_seeds
 
 ROOT = Path(__file__).resolve().parents[2]
 LEDGER = str(Path(sys.executable).with_name("ledger"))
@@ -320,3 +322,25 @@ def test_settings_from_env_names_the_variable_and_hides_keys() -> None:
         assert str(refused.value).startswith(f"{name}: ") and SECRET not in str(refused.value)
     # the commands other than serve never read the API's own variables
     assert Settings.from_env({"LEDGER_API_KEYS": "bad"}, server=False).api_keys == {}
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis+cluster://a:1,b", "seed 'b' is not host:port"),
+        ("redis+cluster://a:1,:5", "seed ':5' is not host:port"),
+        ("redis+cluster://a:1,b:99999", "seed 'b:99999' is not host:port"),
+        ("redis+cluster://a:1,b:x", "seed 'b:x' is not host:port"),
+        ("redis+cluster://,b:2", "is not a valid Redis URL"),
+    ],
+)
+def test_a_bad_cluster_seed_list_is_named(url: str, message: str) -> None:
+    with pytest.raises(EnvError, match=message):
+        env_value({"REDIS_URL": url}, "REDIS_URL", redis_url_option, None)
+
+
+def test_cluster_seeds_split_with_credentials_and_options() -> None:
+    assert cluster_seeds("redis+cluster://u:p@a:1,b:2,[::1]:3/0?ssl=false") == (
+        "redis://u:p@a:1/0?ssl=false",
+        [("b", 2), ("::1", 3)],
+    )

@@ -80,9 +80,6 @@ def cluster(tmp_path: Path) -> Iterator[RedisClusterNodes]:
     )
     try:
         nodes.start()
-        for node in nodes.running():  # a node started again resyncs at once, not after 5 s
-            with nodes.client(node.port) as c:
-                c.config_set("repl-diskless-sync-delay", 0)
         yield nodes
     finally:
         nodes.stop()

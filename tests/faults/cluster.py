@@ -168,14 +168,6 @@ class ClusterRedis:
         self._down: tuple[int, float, float, float] | None = None
         """(port, when it went down, when to start it again, wall clock when it
         went down) of the killed master."""
-        self.quick_sync()
-
-    def quick_sync(self) -> None:
-        """Full syncs start at once: by default a master waits 5 s for more
-        replicas to share a diskless transfer, which only lengthens the outage."""
-        for node in self.nodes.running():
-            with self.nodes.client(node.port) as c:
-                c.config_set("repl-diskless-sync-delay", 0)
 
     @property
     def url(self) -> str:
@@ -212,7 +204,6 @@ class ClusterRedis:
             return False
         begun = time.monotonic()
         self.nodes.restart(port)  # rejoins as a replica; returns once it is in sync
-        self.quick_sync()
         self._down = None
         self.outages.append((since, time.time()))
         self.notes.append(

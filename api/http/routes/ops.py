@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from ledger.errors import ValidationError
+from streams.connection import ping
 from streams.deadletters import DeadLetter, count_dead, list_dead, requeue
 from streams.times import iso_utc
 
@@ -46,7 +47,7 @@ async def ready(request: Request) -> Response:
     state = app_state(request)
     checks: dict[str, str] = {}
     try:
-        await state.blocking(state.redis.ping)
+        await state.blocking(ping, state.redis)
         checks["redis"] = "ok"
     except Exception as exc:
         checks["redis"] = f"unavailable: {type(exc).__name__}"
