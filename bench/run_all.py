@@ -31,6 +31,7 @@ MODEST: dict[str, list[str]] = {
     "memory": ["--minutes", "0.5"],
     "scaling": ["--tasks", "10000"],
     "peers": ["--tasks", "10000", "--latency-s", "5"],
+    "cluster": ["--events", "10000", "--tasks", "5000"],
 }
 
 Row = tuple[str, str, Any, str, str, bool | None]  # case, figure, value, unit, ratio, met
@@ -209,6 +210,25 @@ def rows_scaling(d: Any) -> list[Row]:
     ]
 
 
+def rows_cluster(d: Any) -> list[Row]:
+    rows: list[Row] = []
+    for r in d["results"]:
+        phases = {"append (batched)": r["append"], "enqueue_many": r["enqueue"]}
+        phases |= {f"drain, {n} worker proc(s)": row for n, row in r["drain"].items()}
+        for name, row in phases.items():
+            rows.append(
+                (
+                    "cluster",
+                    f"{name}, {r['backend']}",
+                    row["per_s"],
+                    "items/s",
+                    f"redis {row['redis_us_per_item']} µs/item",
+                    None,
+                )
+            )
+    return rows
+
+
 def rows_peers(d: Any) -> list[Row]:
     res, ratios, targets = d["results"], d["ratios"], d["targets"]
     t = res["dramatiq"]
@@ -263,6 +283,7 @@ EXTRACT: dict[str, Callable[[Any], list[Row]]] = {
     "memory": rows_memory,
     "scaling": rows_scaling,
     "peers": rows_peers,
+    "cluster": rows_cluster,
 }
 
 
