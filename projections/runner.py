@@ -25,8 +25,9 @@ from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError,
 from streams import keys
 from streams.codec import EventMessage
 from streams.connection import RedisClient
+from streams.processor import Delivery
 from streams.retry import RetryPolicy
-from streams.worker import Delivery, Worker, WorkerConfig
+from streams.worker import Worker, WorkerConfig
 
 from . import checkpoints
 from .archive import Archive

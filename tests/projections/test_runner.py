@@ -22,7 +22,7 @@ from projections.runner import ProjectionProcessor, all_projections, project_unt
 from projections.store import connect
 from streams import QueueManager, keys
 from streams.codec import decode
-from streams.worker import Delivery
+from streams.processor import Delivery
 from tests.helpers import eventually
 from tests.streamlog import account_histories, iter_entries
 
