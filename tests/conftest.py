@@ -6,6 +6,16 @@ test gets a flushed Redis and a database of its own, and factory fixtures stop
 whatever they started. SIGTERM and SIGHUP stop the run like Ctrl-C, so the
 fixtures' teardown stops the servers; a SIGKILLed run loses them through their
 parent-death signal (``api.procs``).
+
+``--redis-backend=cluster`` (or ``LEDGER_TEST_REDIS=cluster``) runs the same tests
+on a real 3-master Redis Cluster instead (``api.dev.cluster``, started once):
+``redis_url`` is its ``redis+cluster://`` URL and ``redis`` a Cluster client, every
+master flushed before the test; fixtures make their clients with
+``streams.connection.connect``, which follows the URL. A test that only means
+something on one node (it kills the session's redis-server, proxies its one port,
+reads one server's INFO…) says so with ``@pytest.mark.single_redis("why")``: it is
+skipped on the cluster with that reason. ``make test-cluster-core`` runs the core
+stream, projection and API modules this way.
 """
 
 from __future__ import annotations
@@ -20,12 +30,14 @@ from uuid import uuid4
 
 import pymongo
 import pytest
-import redis as redis_py
 from pymongo.database import Database
 
+from api.dev.cluster import RedisClusterNodes
 from api.dev.deployment import Deployment
 from api.dev.embedded import EmbeddedMongo, EmbeddedRedis
 from projections.store import connect
+from streams.connection import RedisClient
+from streams.connection import connect as redis_connect
 
 pytest_plugins = ["tests.guards"]  # suite hygiene around every test (see tests/guards.py)
 
@@ -33,6 +45,8 @@ MakeRedisServer = Callable[..., EmbeddedRedis]
 Handler = Callable[[int, Any], Any] | int | signal.Handlers | None
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+BACKENDS = ("single", "cluster")
+BACKEND_ENV = "LEDGER_TEST_REDIS"
 _previous: dict[int, Handler] = {}
 _owner_pid = os.getpid()
 
@@ -46,6 +60,42 @@ def _stop_like_ctrl_c(signum: int, frame: Any) -> None:
         os.kill(os.getpid(), signum)
         return
     raise KeyboardInterrupt(f"pytest stopped by {signal.Signals(signum).name}")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--redis-backend",
+        choices=BACKENDS,
+        default=None,
+        help=f"the Redis the tests' redis_url and redis fixtures point at: one redis-server "
+        f"(single, the default) or a 3-master Redis Cluster (cluster); env {BACKEND_ENV}",
+    )
+
+
+def redis_backend_of(config: pytest.Config) -> str:
+    """``--redis-backend``, else ``$LEDGER_TEST_REDIS``, else ``single``."""
+    chosen = config.getoption("redis_backend") or os.environ.get(BACKEND_ENV) or "single"
+    if chosen not in BACKENDS:
+        raise pytest.UsageError(f"{BACKEND_ENV}={chosen!r}: expected one of {BACKENDS}")
+    return str(chosen)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"redis backend: {redis_backend_of(config)}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On the cluster backend, skip the tests marked ``single_redis`` with their reason."""
+    cluster = redis_backend_of(config) == "cluster"
+    for item in items:
+        marker = item.get_closest_marker("single_redis")
+        if marker is None:
+            continue
+        reason = marker.args[0] if marker.args else marker.kwargs.get("reason")
+        if not isinstance(reason, str) or not reason.strip():
+            raise pytest.UsageError(f"{item.nodeid}: single_redis needs a reason (why one node)")
+        if cluster:
+            item.add_marker(pytest.mark.skip(reason=f"single Redis only: {reason}"))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -88,8 +138,32 @@ def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedM
 
 
 @pytest.fixture(scope="session")
-def redis_url(redis_server: EmbeddedRedis) -> str:
-    return redis_server.url
+def redis_backend(request: pytest.FixtureRequest) -> str:
+    """``single`` or ``cluster`` (``--redis-backend``)."""
+    return redis_backend_of(request.config)
+
+
+@pytest.fixture(scope="session")
+def redis_backend_cluster(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RedisClusterNodes]:
+    """The 3-master cluster behind ``redis_url`` on the cluster backend."""
+    cluster = RedisClusterNodes(tmp_path_factory.mktemp("redis-backend-cluster"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(request: pytest.FixtureRequest, redis_backend: str) -> str:
+    """The session server's URL, or the session cluster's (``redis+cluster://``)."""
+    if redis_backend == "cluster":
+        cluster: RedisClusterNodes = request.getfixturevalue("redis_backend_cluster")
+        return cluster.url
+    server: EmbeddedRedis = request.getfixturevalue("redis_server")
+    return server.url
 
 
 @pytest.fixture(scope="session")
@@ -98,9 +172,10 @@ def mongo_url(mongo_server: EmbeddedMongo) -> str:
 
 
 @pytest.fixture
-def redis(redis_url: str) -> Iterator[redis_py.Redis]:
-    """A client on the session server, flushed before the test and closed after."""
-    client = redis_py.Redis.from_url(redis_url)
+def redis(redis_url: str) -> Iterator[RedisClient]:
+    """A client on the session server (a Cluster client on the cluster backend),
+    flushed before the test (every master) and closed after."""
+    client = redis_connect(redis_url)
     client.flushall()
     try:
         yield client

@@ -2,7 +2,8 @@
 
 Registered by tests/conftest.py (``pytest_plugins``). Around each test:
 
-- the session's redis-server and Mongo-wire server must answer within seconds
+- the session's redis-server (or, on the cluster backend, every node of the
+  session's Redis Cluster) and Mongo-wire server must answer within seconds
   before the test starts (the Mongo-wire server a write and a read: its storage
   can wedge while it still answers ping); one that does not (dead, or wedged by
   the test before) is killed and started again on the same port and data, so
@@ -27,6 +28,7 @@ from pymongo import MongoClient
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from api.dev.cluster import RedisClusterNodes
 from api.dev.embedded import EmbeddedMongo, EmbeddedRedis
 from projections.store import connect
 from tests.proctree import Proc, descendants, kill_all
@@ -111,9 +113,37 @@ def _say(config: pytest.Config, line: str) -> None:
         reporter.write_line(line, red=True)
 
 
+def _on_cluster(request: pytest.FixtureRequest) -> bool:
+    """Whether the test's ``redis_url`` is the session cluster's (``--redis-backend``)."""
+    names = request.fixturenames
+    return "redis_backend" in names and request.getfixturevalue("redis_backend") == "cluster"
+
+
+def _ensure_cluster_serving(request: pytest.FixtureRequest) -> None:
+    """Every node of the session cluster answers, or is killed and started again."""
+    cluster: RedisClusterNodes = request.getfixturevalue("redis_backend_cluster")
+    for node in cluster.nodes:
+        if node.pid is not None and _redis_answers(node):
+            continue
+        _say(
+            request.config,
+            f"{request.node.nodeid}: the session cluster's node on {node.port} did not "
+            f"answer within {PING_TIMEOUT_S:g}s; restarting it",
+        )
+        node.kill()
+        cluster.restart(node.port)
+
+
 def _ensure_serving(request: pytest.FixtureRequest) -> None:
+    cluster = "redis_url" in request.fixturenames and _on_cluster(request)
+    if cluster:
+        _ensure_cluster_serving(request)
     for name, answers in (("redis_server", _redis_answers), ("mongo_server", _mongo_answers)):
-        if name not in request.fixturenames:
+        # redis_url is the session redis_server's on the single backend
+        wanted = name in request.fixturenames or (
+            name == "redis_server" and "redis_url" in request.fixturenames and not cluster
+        )
+        if not wanted:
             continue
         server = request.getfixturevalue(name)
         if server.pid is not None and answers(server):

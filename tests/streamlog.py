@@ -41,6 +41,12 @@ def iter_entries(
                 start = "(" + entries[-1][0].decode()
 
 
+def keys_matching(client: RedisClient, pattern: str = "*") -> set[str]:
+    """Every key matching ``pattern``, on every master of a Cluster (``SCAN`` goes to
+    each; ``KEYS`` would ask one node only, and miss what the others hold)."""
+    return {key.decode() for key in client.scan_iter(match=pattern, count=1000)}
+
+
 def xadd_fields(fields: Mapping[bytes, bytes] | Mapping[str, str]) -> dict[FieldT, EncodableT]:
     """A copy of an entry's fields typed as ``XADD`` takes them (redis-py's dict is invariant)."""
     return {name: value for name, value in fields.items()}

@@ -117,3 +117,46 @@ def test_meets_a_working_server({fixture}):
     assert f"the session's {fixture} did not answer within 3s; restarting it" in result.stdout, (
         result.stdout
     )
+
+
+def test_a_wedged_node_of_the_session_cluster_is_restarted_for_the_next_test(
+    tmp_path: Path,
+) -> None:
+    """On the cluster backend (``--redis-backend=cluster``) ``redis_url`` is the
+    session cluster's: the guard checks each of its nodes before a test."""
+    result = run_pytest(
+        tmp_path,
+        f"""
+import os, signal
+import pytest
+from api.dev.cluster import RedisClusterNodes
+from streams.connection import connect, ping
+
+@pytest.fixture(scope="session")
+def redis_backend():
+    return "cluster"
+
+@pytest.fixture(scope="session")
+def redis_backend_cluster():
+    with RedisClusterNodes({str(tmp_path / "cluster")!r}, masters=2) as cluster:
+        yield cluster
+
+@pytest.fixture(scope="session")
+def redis_url(redis_backend, redis_backend_cluster):
+    return redis_backend_cluster.url
+
+def test_wedges_a_node(redis_url, redis_backend_cluster):
+    os.kill(redis_backend_cluster.nodes[1].pid, signal.SIGSTOP)  # alive, answers nothing
+
+def test_meets_a_working_cluster(redis_url):
+    client = connect(redis_url, socket_timeout=2)
+    try:
+        ping(client)  # every master
+        client.set("k", "v")
+    finally:
+        client.close()
+""",
+    )
+    assert "2 passed" in result.stdout, result.stdout + result.stderr
+    assert "the session cluster's node on" in result.stdout, result.stdout
+    assert "did not answer within 3s; restarting it" in result.stdout, result.stdout

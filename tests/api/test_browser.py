@@ -24,6 +24,7 @@ from api.http.app import create_app
 from api.settings import Settings
 from projections.runner import project_until_idle
 from streams import HandlerRegistry, QueueManager, RetryPolicy, StreamsConfig
+from streams.connection import connect
 from tests.helpers import eventually
 
 from .conftest import KEYS, PARTITIONS
@@ -102,7 +103,7 @@ def qm(redis_url: str) -> Iterator[QueueManager]:
     registry.register("work", lambda data, db: True)
     manager = QueueManager(
         config=StreamsConfig(redis_url=redis_url, partitions=PARTITIONS),
-        client=redis_py.Redis.from_url(redis_url),
+        client=connect(redis_url),
         registry=registry,
     )
     try:

@@ -207,9 +207,13 @@ def test_projections_count_delivered_but_unacknowledged_entries_as_pending(
     # a projector consumer that reads and dies before acknowledging: its entries stay pending
     projector(state.redis, 4, state.db, CreditScores())  # creates the group
     normal = [keys.stream(p, keys.LEVEL_BY_NAME["normal"]) for p in keys.partitions(4)]
-    streams: dict[KeyT, StreamIdT] = dict.fromkeys(normal, ">")
-    # a RESP2 client (the default): a list of [stream, entries] pairs
-    read = cast(list[list[Any]], state.redis.xreadgroup("proj:credit_scores", "crashed", streams))
+    read: list[list[Any]] = []
+    for stream in normal:  # one stream a call: on a Cluster the partitions sit in other slots
+        streams: dict[KeyT, StreamIdT] = {stream: ">"}
+        # a RESP2 client (the default): a list of [stream, entries] pairs
+        read += cast(
+            list[list[Any]], state.redis.xreadgroup("proj:credit_scores", "crashed", streams)
+        )
     ids = sorted(entry_id.decode() for _, entries in read for entry_id, _ in entries)
     assert len(ids) == 2
     scores = projections_by_name(client)["credit_scores"]

@@ -18,6 +18,7 @@ import redis as redis_py
 from api.dev.deployment import Deployment
 from api.dev.embedded import free_port
 from streams import QueueManager, StreamsConfig, keys
+from streams.connection import connect
 from tests.helpers import eventually
 
 from .conftest import PARTITIONS
@@ -415,7 +416,7 @@ def snapshot(qm: QueueManager) -> dict[str, Any]:
 def test_hostile_requests_get_4xx_and_change_nothing(server: int, redis_url: str) -> None:
     qm = QueueManager(
         config=StreamsConfig(redis_url=redis_url, partitions=PARTITIONS),
-        client=redis_py.Redis.from_url(redis_url),
+        client=connect(redis_url),
     )
     try:
         for u in USERS:

@@ -19,6 +19,7 @@ from ledger.accounts import fold
 from projections.audit import audit
 from projections.store import connect
 from streams import QueueManager, StreamsConfig
+from streams.connection import connect as redis_connect
 from tests.helpers import eventually
 from tests.streamlog import account_histories
 
@@ -74,7 +75,7 @@ def test_projectors_wait_out_a_mongo_outage_and_the_api_answers_503(
     ]
     qm = QueueManager(
         config=StreamsConfig(redis_url=redis_url, partitions=PARTITIONS),
-        client=redis_py.Redis.from_url(redis_url),
+        client=redis_connect(redis_url),
     )
     mongo = connect(private_mongo.url)
     db = mongo["outage"]

@@ -18,6 +18,7 @@ from projections.runner import all_projections, group_of, projector
 from projections.store import MongoDBManager
 from streams import HandlerRegistry, QueueManager, StreamsConfig, keys
 from streams.codec import decode_event, pack
+from streams.connection import connect
 from streams.replies import entries as stream_entries
 from streams.replies import text
 
@@ -72,7 +73,7 @@ def test_poison_goes_to_the_dead_letters_and_nothing_stalls(
     registry.register("fault_task", handlers.fault_task)
     qm = QueueManager(
         config=StreamsConfig(redis_url=redis_url, partitions=PARTITIONS),
-        client=redis_py.Redis.from_url(redis_url),
+        client=connect(redis_url),
         registry=registry,
         db=MongoDBManager(mongo_db, allowed_collections(())),
     )

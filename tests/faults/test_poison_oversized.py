@@ -10,6 +10,7 @@ from redis.typing import EncodableT, FieldT
 from ledger.tasks import MAX_TASK_BYTES
 from streams import HandlerRegistry, QueueManager, StreamsConfig, keys
 from streams.codec import pack
+from streams.connection import connect
 from streams.replies import text
 
 from . import handlers
@@ -24,7 +25,7 @@ def test_an_oversized_task_entry_is_dead_lettered(
     registry.register("fault_task", handlers.fault_task)
     qm = QueueManager(
         config=StreamsConfig(redis_url=redis_url, partitions=PARTITIONS),
-        client=redis_py.Redis.from_url(redis_url),
+        client=connect(redis_url),
         registry=registry,
     )
     try:

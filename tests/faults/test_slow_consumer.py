@@ -11,6 +11,7 @@ from typing import Any
 import redis as redis_py
 
 from streams import HandlerRegistry, QueueManager, RetryPolicy, StreamsConfig
+from streams.connection import connect
 from streams.handlers import DBManager
 
 from .conftest import PARTITIONS
@@ -31,7 +32,7 @@ def test_a_stale_retry_does_not_hide_a_dead_letter(redis: redis_py.Redis, redis_
     registry.register("slow_fail", slow_then_fail)
     qm = QueueManager(
         config=StreamsConfig(redis_url=redis_url, partitions=PARTITIONS),
-        client=redis_py.Redis.from_url(redis_url),
+        client=connect(redis_url),
         registry=registry,
     )
     try:

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import redis as redis_py
 from pymongo.database import Database
 
 from api.cli.audit import add_parsers, run
@@ -23,7 +22,7 @@ from ledger.errors import InsufficientCredits
 from ledger.tasks import Priority
 from projections.runner import project_until_idle
 from streams import HandlerRegistry, QueueManager, StreamsConfig, keys
-from streams.connection import RedisClient
+from streams.connection import RedisClient, connect
 from streams.replies import Fields
 from streams.replies import entries as stream_entries
 from tests.streamlog import xadd_fields
@@ -32,11 +31,11 @@ PARTITIONS = 4
 
 
 @pytest.fixture
-def qm(redis: redis_py.Redis, redis_url: str) -> Iterator[QueueManager]:
+def qm(redis: RedisClient, redis_url: str) -> Iterator[QueueManager]:
     """A QueueManager with a handler registry of its own, on a flushed Redis."""
     manager = QueueManager(
         config=StreamsConfig(redis_url=redis_url, partitions=PARTITIONS),
-        client=redis_py.Redis.from_url(redis_url),
+        client=connect(redis_url),
         registry=HandlerRegistry(),
     )
     try:

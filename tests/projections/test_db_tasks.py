@@ -7,13 +7,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import redis as redis_py
 from pymongo.database import Database
 
 from ledger.errors import ValidationError
 from ledger.tasks import DEFAULT_COLLECTIONS, EVENT_RECORD_COLLECTIONS
 from projections.store import MongoDBManager
 from streams import HandlerRegistry, QueueManager, RetryPolicy, StreamsConfig
+from streams.connection import RedisClient, connect
 from streams.registry import EVENT_COLLECTIONS, DefaultDBHandler
 
 from .conftest import PARTITIONS
@@ -22,14 +22,14 @@ MakeQm = Callable[[HandlerRegistry], QueueManager]
 
 
 @pytest.fixture
-def make_qm(redis: redis_py.Redis, redis_url: str, mongo_db: Database[Any]) -> Iterator[MakeQm]:
+def make_qm(redis: RedisClient, redis_url: str, mongo_db: Database[Any]) -> Iterator[MakeQm]:
     """QueueManagers with a database, each with the handler registry it is given."""
     made: list[QueueManager] = []
 
     def make(registry: HandlerRegistry) -> QueueManager:
         qm = QueueManager(
             config=StreamsConfig(redis_url=redis_url, partitions=PARTITIONS),
-            client=redis_py.Redis.from_url(redis_url),
+            client=connect(redis_url),
             db=MongoDBManager(mongo_db, DEFAULT_COLLECTIONS),
             registry=registry,
         )

@@ -19,6 +19,7 @@ from api.dev.deployment import Deployment
 from ledger.errors import InsufficientCredits
 from projections.runner import all_projections, projector
 from streams import QueueManager, StreamsConfig, keys
+from streams.connection import connect
 from tests.helpers import eventually
 from tests.streamlog import account_histories
 
@@ -41,7 +42,7 @@ def test_projector_killed_repeatedly_loses_and_doubles_nothing(
     def produce() -> None:
         qm = QueueManager(
             config=StreamsConfig(redis_url=redis_url, partitions=PARTITIONS),
-            client=redis_py.Redis.from_url(redis_url),
+            client=connect(redis_url),
         )
         rng = random.Random(5)
         try:
@@ -104,7 +105,7 @@ def test_a_sigkilled_projector_of_two_leaves_its_group_and_the_other_finishes(
     def produce() -> None:
         qm = QueueManager(
             config=StreamsConfig(redis_url=redis_url, partitions=PARTITIONS),
-            client=redis_py.Redis.from_url(redis_url),
+            client=connect(redis_url),
         )
         rng = random.Random(21)
         try:

@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 import pytest
-import redis as redis_py
 from pymongo import MongoClient
 from pymongo.database import Database
 
@@ -18,6 +17,7 @@ from projections.eventlog import read_log
 from projections.replay import replay
 from projections.runner import all_projections, projector
 from streams import QueueManager
+from streams.connection import connect
 from tests.helpers import eventually
 from tests.streamlog import account_histories
 
@@ -157,7 +157,7 @@ def test_replay_while_producers_and_projectors_run(
     project(qm, mongo_db)
     stop = threading.Event()
     appended = [0]
-    producer_client = redis_py.Redis.from_url(redis_url)
+    producer_client = connect(redis_url)
     producer = QueueManager(config=qm.config, client=producer_client, registry=qm.registry)
 
     def produce() -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 import pymongo
-import redis as redis_py
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -25,6 +24,7 @@ from ledger.scores import credit_score
 from projections.runner import all_projections, group_of, projector
 from projections.store import connect
 from streams import HandlerRegistry, QueueManager, StreamsConfig, keys
+from streams.connection import connect as redis_connect
 from streams.connection import ensure_groups
 
 PARTITIONS = 2
@@ -38,7 +38,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @initialize()
     def start(self) -> None:
-        self.redis = redis_py.Redis.from_url(self.redis_url)
+        self.redis = redis_connect(self.redis_url)
         self.redis.flushall()
         self.mongo: pymongo.MongoClient[dict[str, Any]] = connect(self.mongo_url)
         self.db = self.mongo["stateful"]
@@ -122,13 +122,14 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(name=st.sampled_from(PROJECTIONS))
     def crash_a_projector_mid_round(self, name: str) -> None:
-        # a consumer reads a round (the entries become pending to it) and dies
+        # a consumer reads a round (the entries become pending to it) and dies; one
+        # XREADGROUP per partition, as projectors read (on a Cluster the partitions'
+        # streams sit in different slots)
         self.crashes += 1
-        streams: dict[KeyT, StreamIdT] = {
-            keys.stream(p, lv): ">" for p in keys.partitions(PARTITIONS) for lv in keys.LEVELS_DESC
-        }
         ensure_groups(self.redis, PARTITIONS, f"proj:{name}")
-        self.redis.xreadgroup(f"proj:{name}", f"crashed-{self.crashes}", streams, count=3)
+        for p in keys.partitions(PARTITIONS):
+            streams: dict[KeyT, StreamIdT] = {keys.stream(p, lv): ">" for lv in keys.LEVELS_DESC}
+            self.redis.xreadgroup(f"proj:{name}", f"crashed-{self.crashes}", streams, count=3)
 
     @precondition(lambda self: bool(self.history))
     @rule(name=st.sampled_from(["balances", "credit_scores"]))

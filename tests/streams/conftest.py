@@ -6,12 +6,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import redis as redis_py
 from pymongo.database import Database
 
 from ledger.tasks import DEFAULT_COLLECTIONS
 from projections.store import MongoDBManager
 from streams import HandlerRegistry, QueueManager, RetryPolicy, StreamsConfig, Worker
+from streams.connection import RedisClient, connect
 
 PARTITIONS = 4
 
@@ -28,11 +28,11 @@ def registry() -> HandlerRegistry:
 
 @pytest.fixture
 def qm(
-    redis: redis_py.Redis, config: StreamsConfig, registry: HandlerRegistry, mongo_db: Database[Any]
+    redis: RedisClient, config: StreamsConfig, registry: HandlerRegistry, mongo_db: Database[Any]
 ) -> Iterator[QueueManager]:
     manager = QueueManager(
         config=config,
-        client=redis_py.Redis.from_url(config.redis_url),
+        client=connect(config.redis_url),
         db=MongoDBManager(mongo_db, DEFAULT_COLLECTIONS),
         registry=registry,
     )

@@ -12,18 +12,17 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import redis
-
 from streams import default_registry
+from streams.connection import RedisClient, connect
 from streams.handlers import DBManager
 
-_clients: dict[str, redis.Redis] = {}
+_clients: dict[str, RedisClient] = {}
 
 
-def _redis() -> redis.Redis:
+def _redis() -> RedisClient:
     url = os.environ["REDIS_URL"]
     if url not in _clients:
-        _clients[url] = redis.Redis.from_url(url)
+        _clients[url] = connect(url)  # a Cluster client for redis+cluster://
     return _clients[url]
 
 

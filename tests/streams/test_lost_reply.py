@@ -24,6 +24,12 @@ from streams import QueueManager, StreamsConfig, Unavailable, keys
 
 PARTITIONS = 4
 
+pytestmark = pytest.mark.single_redis(
+    "the proxy stands in front of one redis-server's port; a Cluster client learns every "
+    "master's own address from CLUSTER SLOTS and goes around it (the cluster's lost reply: "
+    "tests/cluster/test_scripts_on_cluster.py)"
+)
+
 
 class ReplyDropper:
     """TCP proxy to Redis; while ``armed``, the next reply is swallowed and its
