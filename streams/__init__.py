@@ -5,9 +5,9 @@ from ledger.tasks import Priority as QueuePriority
 from .appender import Appended, Appender
 from .config import QueueSpec, StreamsConfig
 from .errors import ConfigError, DecodeError, Retry, StreamsError, Unavailable
-from .handlers import DBManager, Handler
+from .handlers import BatchDBManager, BatchHandler, DBManager, Handler
 from .queue_manager import QueueManager
-from .registry import HandlerRegistry, default_registry, handler
+from .registry import HandlerRegistry, batch_handler, default_registry, handler
 from .retry import RetryPolicy
 from .scheduler import Scheduler
 from .worker import Worker, WorkerConfig
@@ -15,6 +15,8 @@ from .worker import Worker, WorkerConfig
 __all__ = [
     "Appended",
     "Appender",
+    "BatchDBManager",
+    "BatchHandler",
     "ConfigError",
     "DBManager",
     "DecodeError",
@@ -31,6 +33,7 @@ __all__ = [
     "Unavailable",
     "Worker",
     "WorkerConfig",
+    "batch_handler",
     "default_registry",
     "handler",
 ]
