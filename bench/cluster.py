@@ -99,12 +99,18 @@ def measured(backend: Backend, work: Callable[[], int]) -> dict[str, Any]:
     }
 
 
-def processed(client: Any, partitions: int) -> int:
-    """Tasks completed so far (the queues' ``processed`` counters, every partition)."""
+def acknowledged(client: Any, partitions: int) -> int:
+    """Entries the ``workers`` group has read and acknowledged, every stream
+    (``XINFO GROUPS``: entries-read - pending; the stats counters lag a second)."""
     total = 0
     for p in keys.partitions(partitions):
-        stats: dict[bytes, bytes] = client.hgetall(keys.stats(p))
-        total += sum(int(v) for k, v in stats.items() if k.startswith(b"processed:"))
+        for level in keys.LEVELS_DESC:
+            stream = keys.stream(p, level)
+            if not client.exists(stream):
+                continue
+            for g in client.xinfo_groups(stream):
+                if g["name"] in (b"workers", "workers"):
+                    total += int(g.get("entries-read") or 0) - int(g["pending"])
     return total
 
 
@@ -125,15 +131,12 @@ def drain(backend: Backend, n_procs: int, tasks: int, tmp: Path) -> dict[str, An
             for _ in range(n_procs)
         ]
         try:
-            while processed(client, config.partitions) == 0:
+            while acknowledged(client, config.partitions) == 0:
                 time.sleep(0.005)
-            first = processed(client, config.partitions)
+            first = acknowledged(client, config.partitions)
 
             def work() -> int:
-                while not (
-                    processed(client, config.partitions) >= tasks
-                    and groups_idle(client, config.partitions)  # type: ignore[arg-type]
-                ):
+                while not groups_idle(client, config.partitions):  # type: ignore[arg-type]
                     time.sleep(0.01)
                 return tasks - first
 

@@ -36,7 +36,7 @@ def record(user: str, amount: int, tag: str | None, key: str) -> None:
         return
     pipe = client().pipeline(transaction=False)
     pipe.hincrby(key, user, amount)
-    pipe.hset(f"{key}:done", tag, int(time.time() * 1000))
+    pipe.hset(f"{key}:done", tag, f"{time.time() * 1000:.3f}")  # ms, to the microsecond
     pipe.execute()
 
 

@@ -1,6 +1,8 @@
-"""The same task through this project and through Dramatiq (Redis broker), same run.
+"""The same task through this project, Dramatiq (Redis broker) and a hand-rolled
+XREADGROUP loop (``bench.peer_loop``), same run, same redis-server.
 
     python -m bench.peers [--tasks 20000] [--processes 2] [--threads 8] [--latency-s 10]
+                          [--rate 500] [--partitions 16] [--concurrency N]
 
 Workload: a task whose handler does one HINCRBY of ``amount`` into a per-user
 hash (``bench.peer_handlers`` / ``bench.peer_dramatiq``), on one private
@@ -15,10 +17,17 @@ separate keys). For each system, in turn:
             completed task until the hash sums reach what was enqueued
   CPU       ms per task: producer (this process, while enqueueing) + redis-server
             (enqueue and drain) + workers (the drain, children included), from
-            /proc/<pid>/stat utime+stime
-  latency   restart the workers, offer a fixed load (default half the slower
-            drain rate) for ``--latency-s`` seconds; enqueue->done p50/p99/max
-            (the handler records its done time in the same round trip as HINCRBY)
+            /proc/<pid>/stat utime+stime; each kind of process on its own too
+  memory    Redis ``used_memory`` after the drain (workers stopped) less before the
+            enqueue, per task: what the system keeps per finished task
+  trickle   restart the workers (warm), offer a fixed load (``--rate``, 500/s) for
+            ``--latency-s`` seconds: enqueue->done p50/p99/max (the handler records
+            its done time in the same round trip as HINCRBY); Redis commands per
+            task end to end (``INFO commandstats`` deltas, commands run inside Lua
+            scripts included, / tasks) and CPU per task of each kind of process
+
+The ledger workers run with their defaults (``ledger worker --import
+bench.peer_handlers``: the queues' consumer threads) unless ``--concurrency``.
 
 Totals are checked: every user's sum equals what was enqueued for it.
 Raw HINCRBY one by one from this process is printed as the floor.
@@ -53,14 +62,38 @@ from bench.common import (
 )
 from ledger.tasks import Priority
 from streams import QueueManager, StreamsConfig
+from streams.config import DEFAULT_PARTITIONS
 
-PARTITIONS = 4
 SUMS = {
     "ledger": "bench:sum:ledger",
     "ledger_many": "bench:sum:ledger-many",
     "dramatiq": "bench:sum:dramatiq",
+    "loop": "bench:sum:loop",
 }
-LABELS = {"ledger": "ledger", "ledger_many": "ledger, enqueue_many", "dramatiq": "dramatiq"}
+LABELS = {
+    "ledger": "ledger",
+    "ledger_many": "ledger, enqueue_many",
+    "dramatiq": "dramatiq",
+    "loop": "XREADGROUP loop",
+}
+
+
+def commandstats(client: redis.Redis) -> dict[str, int]:
+    """Calls so far per command (``INFO commandstats``; inside scripts included)."""
+    return {
+        k.removeprefix("cmdstat_"): int(v["calls"])
+        for k, v in client.info("commandstats").items()
+        if isinstance(v, dict)
+    }
+
+
+def delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    out = {k: v - before.get(k, 0) for k, v in after.items()}
+    return {k: v for k, v in out.items() if v > 0}
+
+
+def used_memory(client: redis.Redis) -> int:
+    return int(client.info("memory")["used_memory"])
 
 
 def total(client: redis.Redis, key: str) -> int:
@@ -89,8 +122,14 @@ class System:
         self.send: Callable[[str, int, str | None], Any]
         self.send_many: Callable[[list[tuple[str, int]]], Any] | None = None
         self.is_ledger = name.startswith("ledger")
-        if self.is_ledger:
-            qm = QueueManager(config=StreamsConfig(redis_url=url, partitions=PARTITIONS))
+        if name == "loop":
+            from bench import peer_loop
+
+            loop_client = redis.Redis.from_url(url)
+            peer_loop.ensure_group(loop_client)
+            self.send = lambda u, a, tag: peer_loop.send(loop_client, u, a, tag)
+        elif self.is_ledger:
+            qm = QueueManager(config=StreamsConfig(redis_url=url, partitions=args.partitions))
             self.send = lambda u, a, tag: qm.enqueue(
                 "default",
                 "hincr",
@@ -116,8 +155,20 @@ class System:
             self.send = lambda u, a, tag: actor.send(u, a, tag)
 
     def start(self) -> list[subprocess.Popen[bytes]]:
+        import sys
+
         log = self.tmp / f"{self.name}-workers.log"
+        if self.name == "loop":
+            return [
+                spawn([sys.executable, "-m", "bench.peer_loop"], log, self.env)
+                for _ in range(self.args.processes)
+            ]
         if self.is_ledger:
+            concurrency = (
+                []
+                if self.args.concurrency is None
+                else ["--concurrency", str(self.args.concurrency)]
+            )
             return [
                 spawn(
                     ledger(
@@ -125,11 +176,10 @@ class System:
                         "--redis-url",
                         self.url,
                         "--partitions",
-                        str(PARTITIONS),
+                        str(self.args.partitions),
                         "--import",
                         "bench.peer_handlers",
-                        "--concurrency",
-                        str(self.args.concurrency),
+                        *concurrency,
                         "--log-level",
                         "WARNING",
                     ),
@@ -138,7 +188,6 @@ class System:
                 )
                 for _ in range(self.args.processes)
             ]
-        import sys
 
         return [
             spawn(
@@ -181,6 +230,7 @@ def drain(
         expected[u] = expected.get(u, 0) + a
     amount = sum(a for _, a in work)
     me = os.getpid()
+    mem0 = used_memory(client)
     c_me, c_redis = cpu_ms([me]), cpu_ms([redis_pid])
     t0 = time.perf_counter()
     if sys_.send_many is not None:
@@ -189,32 +239,36 @@ def drain(
         for u, a in work:
             sys_.send(u, a, None)
     enq_s = time.perf_counter() - t0
-    enq_cpu = cpu_ms([me]) - c_me + cpu_ms([redis_pid]) - c_redis
+    enq_producer = cpu_ms([me]) - c_me
+    enq_redis = cpu_ms([redis_pid]) - c_redis
+    enq_cpu = enq_producer + enq_redis
     procs = sys_.start()
     pids = [p.pid for p in procs]
     try:
         base = total(client, sys_.key)
         want = base + amount
-        first: tuple[float, int, float] | None = None
+        first: tuple[float, int, float, float] | None = None
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             now_total = total(client, sys_.key)
             if first is None and now_total > base:
-                first = (time.perf_counter(), now_total, cpu_ms([*pids, redis_pid]))
+                first = (time.perf_counter(), now_total, cpu_ms(pids), cpu_ms([redis_pid]))
             if now_total >= want:
                 break
             time.sleep(0.01)
-        t_end, cpu_end = time.perf_counter(), cpu_ms([*pids, redis_pid])
+        t_end, cpu_w_end, cpu_r_end = time.perf_counter(), cpu_ms(pids), cpu_ms([redis_pid])
     finally:
         stop(procs)
     assert first is not None
+    retained = used_memory(client) - mem0
     got = hash_ints(client, sys_.key)
     ok = got == expected
     # tasks done by the first observation: estimated from the amounts seen
     done_frac = (first[1] - base) / amount
     counted = n - int(done_frac * n)
     secs = t_end - first[0]
-    drain_cpu = cpu_end - first[2]
+    drain_workers, drain_redis = cpu_w_end - first[2], cpu_r_end - first[3]
+    drain_cpu = drain_workers + drain_redis
     return {
         "tasks": n,
         "enqueue_s": round(enq_s, 3),
@@ -225,6 +279,12 @@ def drain(
         "cpu_ms_enqueue_per_task": round(enq_cpu / n, 3),
         "cpu_ms_drain_per_task": round(drain_cpu / counted, 3),
         "cpu_ms_per_task": round(enq_cpu / n + drain_cpu / counted, 3),
+        "cpu_ms_per_task_by_kind": {
+            "producer": round(enq_producer / n, 3),
+            "workers": round(drain_workers / counted, 3),
+            "redis-server": round(enq_redis / n + drain_redis / counted, 3),
+        },
+        "redis_bytes_retained_per_task": round(retained / n, 1),
         "totals_ok": ok,
     }
 
@@ -232,6 +292,7 @@ def drain(
 def latency(
     sys_: System,
     client: redis.Redis,
+    redis_pid: int,
     rate: float,
     secs: float,
     users: int,
@@ -241,8 +302,12 @@ def latency(
     procs = sys_.start()
     try:
         sys_.wait_ready(client)
+        time.sleep(0.5)  # warm: the ready task settled
+        pids = [p.pid for p in procs]
         sent: dict[str, float] = {}
         n = int(rate * secs)
+        cmds0 = commandstats(client)
+        cpu0 = (cpu_ms([os.getpid()]), cpu_ms(pids), cpu_ms([redis_pid]))
         t0 = time.time()
         for i in range(n):
             due = t0 + i / rate
@@ -257,9 +322,19 @@ def latency(
         behind = time.time() - (t0 + n / rate)
         done_key = f"{sys_.key}:done"
         wait_until(lambda: client.hlen(done_key) >= n, 60, 0.05)
-        done = hash_ints(client, done_key)
+        # what the workers do while idle counts too: as long again as the last task took
+        time.sleep(max(0.0, min(2.0, time.time() - (t0 + n / rate))))
+        cpu1 = (cpu_ms([os.getpid()]), cpu_ms(pids), cpu_ms([redis_pid]))
+        cmds = delta(commandstats(client), cmds0)
+        done = {
+            (k.decode() if isinstance(k, bytes) else k): float(v)
+            for k, v in client.hgetall(done_key).items()
+        }
     finally:
         stop(procs)
+    # the bench's own polling (HLEN, INFO) is not the system's
+    for own in ("hlen", "info"):
+        cmds.pop(own, None)
     lat = [round(done[t] - s, 1) for t, s in sent.items() if t in done]
     got = hash_ints(client, sys_.key)
     return {
@@ -269,8 +344,20 @@ def latency(
         "done": len(lat),
         "producer_behind_s": round(behind, 3),
         "latency_ms": summary(lat),
+        "commands_per_task": round(sum(cmds.values()) / n, 2),
+        "commands_per_task_by_command": {
+            k: round(v / n, 2) for k, v in sorted(cmds.items(), key=lambda kv: -kv[1])
+        },
+        "cpu_ms_per_task_by_kind": {
+            kind: round((b - a) / n, 3)
+            for kind, a, b in zip(("producer", "workers", "redis-server"), cpu0, cpu1, strict=True)
+        },
         "totals_ok": got == expected,
     }
+
+
+SYSTEMS = ("ledger", "ledger_many", "dramatiq", "loop")
+TRICKLE = ("ledger", "dramatiq", "loop")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -282,14 +369,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--processes", type=int, default=2, help="worker processes, each system")
     ap.add_argument("--threads", type=int, default=8, help="Dramatiq threads per process")
     ap.add_argument(
-        "--concurrency", type=int, default=4, help="ledger consumers (threads) per worker process"
+        "--concurrency",
+        type=int,
+        default=None,
+        help="ledger consumers (threads) per worker process (default: the worker's own)",
     )
+    ap.add_argument("--partitions", type=int, default=DEFAULT_PARTITIONS)
     ap.add_argument("--latency-s", type=float, default=10.0)
     ap.add_argument(
-        "--rate",
-        type=float,
-        default=0.0,
-        help="offered load for the latency phase (default: half the slower drain)",
+        "--rate", type=float, default=500.0, help="offered load of the trickle (latency) phase"
     )
     ap.add_argument(
         "--many",
@@ -298,6 +386,11 @@ def main(argv: list[str] | None = None) -> int:
         help="tasks per enqueue_many call (the ledger's second run)",
     )
     ap.add_argument("--raw", type=int, default=20_000, help="raw HINCRBY calls (the floor)")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="the ledger alone (no ratios, no targets): for trying a change",
+    )
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp_s, EmbeddedRedis(Path(tmp_s) / "redis") as rs:
@@ -312,12 +405,11 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.raw):
             client.hincrby("bench:raw", f"u{i % 1000}", 1)
         raw_rate = args.raw / (time.perf_counter() - t0)
+        client.delete("bench:raw")
         print(f"raw HINCRBY one by one: {raw_rate:,.0f}/s", flush=True)
 
-        systems = {
-            name: System(name, rs.url, broker_url, args, tmp)
-            for name in ("ledger", "ledger_many", "dramatiq")
-        }
+        chosen = ("ledger",) if args.quick else SYSTEMS
+        systems = {name: System(name, rs.url, broker_url, args, tmp) for name in chosen}
         expected: dict[str, dict[str, int]] = {name: {} for name in systems}
         results: dict[str, dict[str, Any]] = {}
         for name, s in systems.items():
@@ -330,14 +422,16 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{LABELS[name]:<22} enqueue {d['enqueue_per_s']:>7,}/s  drain "
                 f"{d['drain_per_s']:>7,}/s  CPU {d['cpu_ms_per_task']:.3f} ms/task  "
+                f"kept {d['redis_bytes_retained_per_task']:.0f} B/task  "
                 f"totals ok: {d['totals_ok']}",
                 flush=True,
             )
-        rate = args.rate or round(min(r["drain"]["drain_per_s"] for r in results.values()) / 2)
-        for name in ("ledger", "dramatiq"):
+        rate = args.rate
+        for name in [n for n in TRICKLE if n in systems]:
             results[name]["latency"] = latency(
                 systems[name],
                 client,
+                rs.pid,
                 rate,
                 args.latency_s,
                 args.users,
@@ -346,12 +440,15 @@ def main(argv: list[str] | None = None) -> int:
             )
             lt = results[name]["latency"]
             print(
-                f"{name:<9} at {rate}/s: p50 {lt['latency_ms']['p50']} ms  p99 "
+                f"{LABELS[name]:<22} at {rate:g}/s: p50 {lt['latency_ms']['p50']} ms  p99 "
                 f"{lt['latency_ms']['p99']} ms  max {lt['latency_ms']['max']} ms  "
+                f"{lt['commands_per_task']} commands/task  "
                 f"({lt['done']}/{lt['sent']} done, totals ok: {lt['totals_ok']})",
                 flush=True,
             )
         client.close()
+    if args.quick:
+        return 0
 
     theirs = results["dramatiq"]
     ratios = {
@@ -359,35 +456,57 @@ def main(argv: list[str] | None = None) -> int:
             "drain": results[name]["drain"]["drain_per_s"] / theirs["drain"]["drain_per_s"],
             "cpu": results[name]["drain"]["cpu_ms_per_task"] / theirs["drain"]["cpu_ms_per_task"],
         }
-        for name in ("ledger", "ledger_many")
+        for name in ("ledger", "ledger_many", "loop")
     }
-    rows = [
-        ("drain, tasks/s", "drain_per_s", "{:,}"),
-        ("enqueue, tasks/s", "enqueue_per_s", "{:,}"),
-        ("CPU ms per task (all processes)", "cpu_ms_per_task", "{:.3f}"),
-        ("  of which enqueue side", "cpu_ms_enqueue_per_task", "{:.3f}"),
-        ("  of which drain side", "cpu_ms_drain_per_task", "{:.3f}"),
-    ]
+    shown = ("ledger", "ledger_many", "dramatiq", "loop")
     print(
         f"\n{args.tasks} HINCRBY tasks, {args.processes} worker processes each "
-        f"(ledger --concurrency {args.concurrency}, dramatiq --threads {args.threads}); "
-        f"ratios are ledger / dramatiq"
+        f"(ledger {args.partitions} partitions, --concurrency "
+        f"{args.concurrency or 'default'}; dramatiq --threads {args.threads}; "
+        f"loop: one stream, COUNT 100)"
     )
-    print(
-        f"{'figure':<34}{'ledger':>10}{'ratio':>7}{'ledger, many':>14}{'ratio':>7}{'dramatiq':>10}"
+    print(f"{'figure':<40}" + "".join(f"{LABELS[n]:>22}" for n in shown))
+
+    def row(label: str, values: list[Any], fmt: str) -> None:
+        cells = "".join(f"{'-' if v is None else fmt.format(v):>22}" for v in values)
+        print(f"{label:<40}{cells}")
+
+    drains = [results[n]["drain"] for n in shown]
+    row("drain, tasks/s", [d["drain_per_s"] for d in drains], "{:,}")
+    row("enqueue, tasks/s", [d["enqueue_per_s"] for d in drains], "{:,}")
+    row("CPU ms per task (all processes)", [d["cpu_ms_per_task"] for d in drains], "{:.3f}")
+    for kind in ("producer", "workers", "redis-server"):
+        row(
+            f"  of which {kind}",
+            [d["cpu_ms_per_task_by_kind"][kind] for d in drains],
+            "{:.3f}",
+        )
+    row(
+        "Redis bytes kept per finished task",
+        [d["redis_bytes_retained_per_task"] for d in drains],
+        "{:.0f}",
     )
-    for label, key, fmt in rows:
-        a, m, b = (results[n]["drain"][key] for n in ("ledger", "ledger_many", "dramatiq"))
-        print(
-            f"{label:<34}{fmt.format(a):>10}{a / b:>7.2f}{fmt.format(m):>14}{m / b:>7.2f}"
-            f"{fmt.format(b):>10}"
+    trickles = [results[n].get("latency") for n in shown]
+    row(
+        f"trickle {rate:g}/s: commands per task",
+        [t and t["commands_per_task"] for t in trickles],
+        "{:.2f}",
+    )
+    for kind in ("producer", "workers", "redis-server"):
+        row(
+            f"  CPU ms per task, {kind}",
+            [t and t["cpu_ms_per_task_by_kind"][kind] for t in trickles],
+            "{:.3f}",
         )
     for q in ("p50", "p99", "max"):
-        a, b = (results[n]["latency"]["latency_ms"][q] for n in ("ledger", "dramatiq"))
-        print(
-            f"{'latency ' + q + ' ms at ' + str(rate) + '/s':<34}{a:>10.1f}"
-            f"{(a / b if b else float('nan')):>7.2f}{'':>21}{b:>10.1f}"
+        row(
+            f"  latency {q} ms",
+            [t and t["latency_ms"][q] for t in trickles],
+            "{:.1f}",
         )
+    for n in TRICKLE:
+        top = list(results[n]["latency"]["commands_per_task_by_command"].items())[:8]
+        print(f"  commands per task, {LABELS[n]}: " + ", ".join(f"{k} {v}" for k, v in top))
     checked = {
         LABELS[n]: r["drain"]["totals_ok"] and r.get("latency", {"totals_ok": True})["totals_ok"]
         for n, r in results.items()
@@ -396,23 +515,38 @@ def main(argv: list[str] | None = None) -> int:
         "totals checked (every user's sum equals what was enqueued): "
         + ", ".join(f"{k} {v}" for k, v in checked.items())
     )
-    for n in ("ledger", "dramatiq"):
+    for n in TRICKLE:
         lt = results[n]["latency"]
         if lt["done"] < lt["sent"]:
             print(
                 f"  {LABELS[n]}: {lt['sent'] - lt['done']} of {lt['sent']} latency-phase tasks "
                 "not done within 60 s of the last send"
             )
-    targets = {}
+    targets: dict[str, dict[str, bool]] = {}
+    mine, dq = results["ledger"], results["dramatiq"]
     for name in ("ledger", "ledger_many"):
         r = ratios[name]
         targets[name] = {
             "drain >= 3x dramatiq": r["drain"] >= 3,
             "cpu/task <= 0.5x dramatiq": r["cpu"] <= 0.5,
+            "bytes kept/task <= 150": results[name]["drain"]["redis_bytes_retained_per_task"]
+            <= 150,
         }
+    targets["ledger"].update(
+        {
+            "trickle commands/task <= 8": mine["latency"]["commands_per_task"] <= 8,
+            "trickle redis-server CPU/task <= dramatiq's": mine["latency"][
+                "cpu_ms_per_task_by_kind"
+            ]["redis-server"]
+            <= dq["latency"]["cpu_ms_per_task_by_kind"]["redis-server"],
+            f"p99 at {rate:g}/s <= 2 ms": (mine["latency"]["latency_ms"]["p99"] or 1e9) <= 2,
+        }
+    )
+    for name, t in targets.items():
+        r = ratios[name]
         print(
-            f"targets, {LABELS[name]}: drain ratio {r['drain']:.2f} (>= 3: "
-            f"{r['drain'] >= 3}), CPU ratio {r['cpu']:.2f} (<= 0.5: {r['cpu'] <= 0.5})"
+            f"targets, {LABELS[name]}: drain ratio {r['drain']:.2f}, CPU ratio {r['cpu']:.2f}; "
+            + ", ".join(f"{k}: {v}" for k, v in t.items())
         )
     write(
         "peers",

@@ -4,6 +4,7 @@
     task_id = qm.enqueue(queue_name="high_priority", task_type="credit_purchase",
                          task_data={...}, priority=QueuePriority.HIGH, delay=0)
     qm.register_handler("credit_calculation", handler)
+    qm.register_batch_handler("notify", batch_handler, max_batch=100)
     qm.get_task_status(task_id); qm.get_queue_stats(); qm.get_queue_stats("default")
 
 plus the ledger's own calls (``register_user``, ``purchase``, ``use``, ``adjust``),
@@ -36,12 +37,12 @@ from .codec import pack
 from .config import StreamsConfig
 from .connection import RedisClient, connect, ensure_partitions, translate
 from .deadletters import DeadLetter, list_dead, requeue
-from .handlers import BoundDBManager, Handler
-from .registry import HandlerRegistry, default_registry
+from .handlers import BatchHandler, BoundDBManager, Handler
+from .registry import DEFAULT_MAX_BATCH, HandlerRegistry, default_registry
 from .replies import text
 from .scripts import Call, load, run_many
 from .status import queue_stats, task_status
-from .worker import Worker, WorkerConfig
+from .worker import Housekeeping, Worker, WorkerConfig
 
 TASK_ID_NAMESPACE = uuid.UUID("6f1c3a52-8d0e-4d3b-9a57-3c2e1f0b7a10")
 
@@ -159,7 +160,7 @@ class QueueManager:
         if (
             "operation" in task.data
             and "collection" in task.data
-            and self.registry.get(task.task_type) is None
+            and not self.registry.registered(task.task_type)
         ):
             check_db_task(task.data, self.allowed)
         data = pack(task.data)
@@ -205,6 +206,14 @@ class QueueManager:
     def register_handler(self, task_type: str, handler: Handler) -> None:
         """``handler(data, db_manager) -> bool`` runs tasks of ``task_type``."""
         self.registry.register(task_type, handler)
+
+    def register_batch_handler(
+        self, task_type: str, handler: BatchHandler, max_batch: int = DEFAULT_MAX_BATCH
+    ) -> None:
+        """``handler(list_of_task_data, db_manager) -> list[bool]`` runs up to
+        ``max_batch`` consecutive tasks of ``task_type`` per call, one result per
+        item: only the items that failed are retried (see ``streams.processor``)."""
+        self.registry.register_batch(task_type, handler, max_batch)
 
     def get_task_status(self, task_id: str) -> dict[str, Any] | None:
         return task_status(self.redis, self.config.partitions, task_id)
@@ -327,9 +336,19 @@ class QueueManager:
         return requeue(self.redis, self.scripts, self.config.partitions, dead_id)
 
     # -- consumers --------------------------------------------------------------------
-    def worker(self, config: WorkerConfig | None = None, **overrides: Any) -> Worker:
-        """A consumer in the ``workers`` group over the selected priority levels."""
-        base = config or WorkerConfig(allowed_collections=self.allowed)
+    def worker(
+        self,
+        config: WorkerConfig | None = None,
+        *,
+        housekeeping: Housekeeping | None = None,
+        **overrides: Any,
+    ) -> Worker:
+        """A consumer in the ``workers`` group over the selected priority levels
+        (consumers sharing ``housekeeping`` take turns looking for retries and dead
+        consumers' entries: one process's threads)."""
+        base = config or WorkerConfig(
+            allowed_collections=self.allowed, idempotency_ttl_s=self.config.idempotency_ttl_s
+        )
         if overrides:
             base = replace(base, **overrides)
         self._ready()
@@ -340,13 +359,15 @@ class QueueManager:
             registry=self.registry,
             config=base,
             scripts=self.scripts,
+            housekeeping=housekeeping,
         )
 
     def start_workers(self, count: int | None = None, **overrides: Any) -> None:
         """Run ``count`` consumer threads (default: the queues' configured workers)."""
         n = count if count is not None else sum(q.workers for q in self.config.queues)
+        shared = Housekeeping()  # one sweep for the process, not one per thread
         for i in range(n):
-            w = self.worker(**overrides)
+            w = self.worker(housekeeping=shared, **overrides)
             w.consumer = f"{w.consumer}-{i}"
             t = threading.Thread(target=w.run, name=f"ledger-worker-{i}", daemon=True)
             t.start()

@@ -1,11 +1,14 @@
 """A consumer in a group over every priority stream: read, run, settle.
 
 One round: claim what is due for another attempt (failed entries whose backoff
-ran out, entries of consumers that died), read new entries level by level
-(CRITICAL first, see ``per_partition`` and ``lua/read.lua``), count an attempt
-for each (``begin.lua``), run the handlers in priority order, then settle the
-whole round in one step per partition (``settle.lua``: ack, or schedule a retry,
-or dead-letter).
+ran out, when it runs out; entries of consumers that died, swept for every
+``sweep_every_ms``: ``Housekeeping``, one per process), read new entries level by
+level (CRITICAL first, see ``per_partition`` and ``lua/read.lua``) — or, after a
+round that read less than a batch, block at once on every stream — count an
+attempt for each (``begin.lua``), run the handlers in priority order, then settle
+the whole round in one step per partition (``settle.lua``: ack, or schedule a
+retry, or dead-letter, and the task's status). Queue statistics are added up in
+the process and written once per ``stats_every_ms`` (``Stats``).
 
 A crash anywhere leaves the entries pending; they are claimed again after
 ``claim_idle_ms``, so nothing is lost, and handlers keyed on the event id make
@@ -57,6 +60,9 @@ from .scripts import ScriptArg, Scripts, load, run_many
 
 log = logging.getLogger(__name__)
 
+MAX_BLOCK_MS = 1000
+"""The longest single blocking read (``_wait_for_work``), whatever ``block_ms``."""
+
 FORGET_FLOOR_MS = 60_000
 """The least silence after which a consumer is removed by default (``WorkerConfig``)."""
 
@@ -75,7 +81,7 @@ def per_partition(count: int, partitions: int) -> int:
 class WorkerConfig:
     group: str = "workers"
     levels: tuple[Priority, ...] = keys.LEVELS_DESC
-    batch: int = 32
+    batch: int = 128
     block_ms: int = 500
     claim_idle_ms: int = 60_000
     reclaim_every_ms: int = 100
@@ -83,6 +89,15 @@ class WorkerConfig:
     """Remove a consumer of the group that holds nothing and has not touched a stream
     for this long (``lua/forget.lua``); None: ``forget_after_ms``'s default."""
     status_ttl_s: int = 7 * 24 * 3600
+    """How long the status of a finished (completed or failed) task stays answerable
+    (``ledger worker --status-ttl-s``, ``LEDGER_STATUS_TTL_S``). A task enqueued with
+    an Idempotency-Key keeps its record at least ``idempotency_ttl_s`` from its enqueue
+    too, so that a repeat still finds it (``lua/settle.lua``)."""
+    idempotency_ttl_s: int = 7 * 24 * 3600
+    """``StreamsConfig.idempotency_ttl_s`` (``QueueManager.worker`` passes it)."""
+    stats_every_ms: int = 1000
+    """How often a running worker writes the queue statistics it added up
+    (``Stats``); a round run with ``step(block=False)`` writes them at its end."""
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     allowed_collections: frozenset[str] = frozenset()
     track: bool = True
@@ -100,10 +115,129 @@ class WorkerConfig:
         return max(10 * self.claim_idle_ms, FORGET_FLOOR_MS)
 
     @property
+    def sweep_every_ms(self) -> int:
+        """How often a process looks for entries that dead consumers left pending
+        (XAUTOCLAIM on every stream) and for retries it does not know of (those of
+        another process that died): a quarter of ``claim_idle_ms``, at most 15 s, at
+        least ``reclaim_every_ms``. An entry is only taken over ``claim_idle_ms``
+        after its consumer went silent, so sweeping more often finds nothing sooner.
+        Retries this process scheduled are claimed when due (``Housekeeping``)."""
+        return max(self.reclaim_every_ms, min(self.claim_idle_ms // 4, 15_000))
+
+    @property
     def forget_every_ms(self) -> int:
         """How often a consumer looks for dead ones (and touches itself): half the
         threshold, at most 30 s."""
         return max(self.reclaim_every_ms, min(self.forget_after_ms // 2, 30_000))
+
+
+LATENCIES_KEPT = 512
+"""Latest latencies kept per partition and queue (``ledger:{T}:lat:<queue>``)."""
+
+
+@dataclass(slots=True)
+class Stats:
+    """Queue statistics of settled entries, added up in the worker and written once
+    per ``WorkerConfig.stats_every_ms`` (``Worker.flush_stats``): counters
+    (``processed|failed|retried|dead:<queue>``), latest latencies and 10-second
+    throughput buckets, per partition. A SIGKILL loses what was not written yet
+    (at most one interval); task status is written by settle.lua, never here."""
+
+    counts: dict[tuple[keys.Partition, str], int] = field(default_factory=dict)
+    latencies: dict[tuple[keys.Partition, str], list[int]] = field(default_factory=dict)
+
+    def empty(self) -> bool:
+        return not self.counts and not self.latencies
+
+    def count(self, p: keys.Partition, queue: str, outcome: Outcome) -> None:
+        match outcome:
+            case Succeeded(latency_ms):
+                self._add(p, f"processed:{queue}")
+                self.latencies.setdefault((p, queue), []).append(latency_ms)
+            case RetryLater():
+                self._add(p, f"failed:{queue}")
+                self._add(p, f"retried:{queue}")
+            case DeadLettered():
+                self._add(p, f"failed:{queue}")
+                self._add(p, f"dead:{queue}")
+            case _:
+                pass
+
+    def _add(self, p: keys.Partition, field_: str, n: int = 1) -> None:
+        self.counts[(p, field_)] = self.counts.get((p, field_), 0) + n
+
+    def merge(self, other: Stats) -> None:
+        for (p, f), n in other.counts.items():
+            self._add(p, f, n)
+        for k, values in other.latencies.items():
+            self.latencies[k] = [*values, *self.latencies.get(k, [])][-LATENCIES_KEPT:]
+
+    def write(self, client: RedisClient, bucket: int) -> None:
+        """One pipelined round trip (per Cluster node): HINCRBY the counters, LPUSH
+        the latencies (LTRIM to the latest ``LATENCIES_KEPT``), HINCRBY the current
+        throughput bucket and drop the one two minutes old."""
+        pipe = client.pipeline(transaction=False)
+        for (p, f), n in self.counts.items():
+            pipe.hincrby(keys.stats(p), f, n)
+        for (p, queue), values in self.latencies.items():
+            lat, tput = keys.latencies(p, queue), keys.throughput(p, queue)
+            pipe.lpush(lat, *values[-LATENCIES_KEPT:])
+            pipe.ltrim(lat, 0, LATENCIES_KEPT - 1)
+            pipe.hincrby(tput, str(bucket), len(values))
+            pipe.hdel(tput, str(bucket - 12))
+        pipe.execute()
+
+
+@dataclass(slots=True)
+class Housekeeping:
+    """When the consumers of one process (one group) next look for work to take over.
+
+    One instance is shared by the consumer threads of a process
+    (``QueueManager.start_workers``), so one of them sweeps for all: every
+    ``sweep_every_ms`` the sweep runs ``lua/reclaim.lua`` on every partition
+    (due retries, and XAUTOCLAIM of entries idle for ``claim_idle_ms``); between
+    sweeps only partitions with a retry due now are looked at (``due``: the
+    monotonic time of each partition's earliest retry, from settling a retry and
+    from what ``reclaim.lua`` reports is left)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    next_sweep: float = 0.0
+    due: dict[keys.Partition, float] = field(default_factory=dict)
+    stats: Stats = field(default_factory=Stats)
+    """Not yet written (``Worker.flush_stats``), under ``lock``."""
+    next_flush: float = 0.0
+
+    def retry_at(self, p: keys.Partition, at: float) -> None:
+        with self.lock:
+            self.due[p] = min(self.due.get(p, at), at)
+
+    def take(
+        self, now: float, every_s: float, parts: Sequence[keys.Partition]
+    ) -> tuple[bool, list[keys.Partition]]:
+        """(sweep?, the partitions to look at now); they leave ``due``."""
+        with self.lock:
+            if now >= self.next_sweep:
+                self.next_sweep = now + every_s
+                self.due.clear()
+                return True, list(parts)
+            ready = [p for p, at in self.due.items() if at <= now]
+            for p in ready:
+                del self.due[p]
+            return False, ready
+
+    def failed(self, sweep: bool, parts: Sequence[keys.Partition], now: float) -> None:
+        """The look failed: look again next round."""
+        with self.lock:
+            if sweep:
+                self.next_sweep = now
+            for p in parts:
+                self.due[p] = now
+
+    def next_at(self) -> float:
+        """When a consumer should next look (retries, a sweep, stats to write)."""
+        with self.lock:
+            flush = [] if self.stats.empty() else [self.next_flush]
+            return min([self.next_sweep, *self.due.values(), *flush])
 
 
 def consumer_name() -> str:
@@ -125,6 +259,7 @@ class Worker:
         scripts: Scripts | None = None,
         processor: Processor | None = None,
         clock: Callable[[], float] = time.time,
+        housekeeping: Housekeeping | None = None,
     ) -> None:
         self.redis = client
         self.partitions = partitions
@@ -136,7 +271,9 @@ class Worker:
         self.clock = clock
         self.processed = 0
         self.stopping = threading.Event()
-        self._next_reclaim = 0.0
+        self.housekeeping = housekeeping or Housekeeping()
+        self._quiet = False
+        """The last round read less than a batch: the next one blocks at once."""
         self._rand = random.Random()
         self.forgotten = 0
         """Dead consumers this one removed from the group (``_forget``)."""
@@ -165,6 +302,7 @@ class Worker:
             except Exception:  # keep consuming through Redis outages
                 log.exception("worker round failed; retrying")
                 self.stopping.wait(0.5)
+        self.flush_stats()
 
     def run_until_idle(self, timeout: float = 30.0) -> int:
         """Process until nothing is left to do now or later (tests, ``--burst``)."""
@@ -192,45 +330,69 @@ class Worker:
 
     # -- one round ------------------------------------------------------------
     def step(self, block: bool = False) -> int:
-        deliveries = self._reclaim() + self._read()
-        if not deliveries and block:
-            deliveries = self._wait_for_work()
+        """One round. Blocking, after a round that read less than a batch, it skips
+        the sweep of every partition (``_read``) and waits on every stream at once
+        (``_wait_for_work``): what it returns is all there was."""
+        claimed = self._reclaim()
+        if block and self._quiet and not claimed and not is_cluster(self.redis):
+            fresh = self._wait_for_work()
+        else:
+            fresh = self._read()
+            if block and not claimed and not fresh:
+                fresh = self._wait_for_work()
+        self._quiet = len(fresh) < self.config.batch
+        deliveries = claimed + fresh
         if deliveries:
             self._process(deliveries)
+        if not block or time.monotonic() >= self.housekeeping.next_flush:
+            self.flush_stats()
         return len(deliveries)
 
     def _reclaim(self) -> list[Delivery]:
+        """Entries due for another attempt: on every partition each
+        ``sweep_every_ms`` (also those of dead consumers), else on those with a
+        retry due now (``Housekeeping``)."""
         now = time.monotonic()
-        if now < self._next_reclaim:
-            return []
-        self._next_reclaim = now + self.config.reclaim_every_ms / 1000
         if now >= self._next_forget:  # before claiming: a failure here loses no claim
             self._next_forget = now + self.config.forget_every_ms / 1000
             self._forget()
-        with translate():
-            replies = run_many(
-                self.redis,
-                [
-                    (
-                        self.scripts.reclaim,
-                        [
-                            keys.retry(p, self.config.group),
-                            keys.attempts(p),
-                            keys.cursor(p),
-                            *(keys.stream(p, lv) for lv in keys.LEVELS_DESC),
-                        ],
-                        [
-                            self.config.group,
-                            self.consumer,
-                            self.config.claim_idle_ms,
-                            self.config.batch,
-                            self._level_digits,
-                        ],
-                    )
-                    for p in self._parts
-                ],
-            )
-        return _flat_deliveries(self._parts, replies)
+        hk = self.housekeeping
+        sweep, parts = hk.take(now, self.config.sweep_every_ms / 1000, self._parts)
+        if not parts:
+            return []
+        try:
+            with translate():
+                replies = run_many(
+                    self.redis,
+                    [
+                        (
+                            self.scripts.reclaim,
+                            [
+                                keys.retry(p, self.config.group),
+                                keys.attempts(p),
+                                keys.cursor(p),
+                                *(keys.stream(p, lv) for lv in keys.LEVELS_DESC),
+                            ],
+                            [
+                                self.config.group,
+                                self.consumer,
+                                self.config.claim_idle_ms,
+                                self.config.batch,
+                                self._level_digits if sweep else "",
+                            ],
+                        )
+                        for p in parts
+                    ],
+                )
+        except BaseException:
+            hk.failed(sweep, parts, now)
+            raise
+        after = time.monotonic()
+        for p, flat in zip(parts, replies, strict=True):
+            wait_ms = int(flat[0])  # until the partition's next retry is due; -1: none
+            if wait_ms >= 0:
+                hk.retry_at(p, after + wait_ms / 1000)
+        return _flat_deliveries(parts, [flat[1:] for flat in replies])
 
     def _forget(self) -> None:
         """Remove the group's dead consumers: those that hold no pending entry (theirs
@@ -284,17 +446,24 @@ class Worker:
         return _flat_deliveries(self._parts, replies)
 
     def _wait_for_work(self) -> list[Delivery]:
-        """Block until anything arrives (single node), or nap (Cluster)."""
-        wait_ms = min(self.config.block_ms, self.config.reclaim_every_ms)
+        """Block until anything arrives (single node), or nap (Cluster), for at most
+        ``block_ms`` and not past the next look for retries or dead consumers. Each
+        stream gives at most its partition's share of a batch (as ``_read``)."""
+        until = min(self.housekeeping.next_at(), self._next_forget)
+        left_ms = int((until - time.monotonic()) * 1000)
+        # BLOCK 0 would wait for ever; a long one may outlast a client's socket timeout
+        wait_ms = max(1, min(self.config.block_ms, MAX_BLOCK_MS, left_ms))
         if is_cluster(self.redis):
+            wait_ms = max(1, min(wait_ms, self.config.reclaim_every_ms))
             self.stopping.wait(wait_ms / 1000)
             return []
         streams: dict[KeyT, StreamIdT] = {
             keys.stream(p, lv): ">" for lv in self._levels for p in self._parts
         }
+        share = per_partition(self.config.batch, self.partitions)
         with translate():
             reply = self.redis.xreadgroup(
-                self.config.group, self.consumer, streams, count=self.config.batch, block=wait_ms
+                self.config.group, self.consumer, streams, count=share, block=wait_ms
             )
         return _deliveries(reply)
 
@@ -344,6 +513,10 @@ class Worker:
                 d.outcome = self._failed(d, d.error or "not processed", d.retry_delay_ms)
         self._settle_patiently(by_partition)
         self.processed += sum(1 for d in runnable if d.done)
+        settled = time.monotonic()
+        for d in runnable:
+            if isinstance(d.outcome, RetryLater):  # claimed again when due (``_reclaim``)
+                self.housekeeping.retry_at(d.partition, settled + d.outcome.delay_ms / 1000)
 
     def _settle_patiently(self, by_partition: Mapping[keys.Partition, Sequence[Delivery]]) -> None:
         """``_settle``, sent again while Redis does not take it (a slot mid-migration
@@ -413,42 +586,61 @@ class Worker:
         return RetryLater(delay, error)
 
     def _settle(self, by_partition: Mapping[keys.Partition, Sequence[Delivery]]) -> None:
+        order = list(by_partition.items())
         calls = []
-        for p, ds in by_partition.items():
+        for p, ds in order:
             entries: list[ScriptArg] = []
-            timed: dict[str, None] = {}  # queues of "ok" entries: their latency keys go in KEYS
             for d in ds:
                 op, number, error = settle_args(d.outcome or RetryLater(0, "no outcome"))
-                queue = (
-                    "unknown" if isinstance(d.message, DecodeError | None) else d.message.queue_name
-                )
-                if op == "ok":
-                    timed[queue] = None
-                entries += [op, self._rank_key(d.level), d.entry_id, queue, number, error]
+                entries += [op, self._rank_key(d.level), d.entry_id, _queue(d), number, error]
             calls.append(
                 (
                     self.scripts.settle,
                     [
                         keys.attempts(p),
-                        keys.stats(p),
                         keys.retry(p, self.config.group),
                         keys.dead(p),
                         *(keys.stream(p, lv) for lv in keys.LEVELS_DESC),
                         *(self._task_key(p, d) for d in ds),
-                        *(k for q in timed for k in (keys.latencies(p, q), keys.throughput(p, q))),
                     ],
                     [
                         self.config.group,
                         self.config.status_ttl_s,
-                        len(timed),
                         self.consumer,
-                        *timed,
+                        self.config.idempotency_ttl_s,
                         *entries,
                     ],
                 )
             )
         with translate():
-            run_many(self.redis, calls)
+            replies = run_many(self.redis, calls)
+        stats = self.housekeeping.stats
+        with self.housekeeping.lock:
+            for (p, ds), flags in zip(order, replies, strict=True):
+                for d, settled in zip(ds, flags, strict=True):
+                    if int(settled) and d.outcome is not None:
+                        stats.count(p, _queue(d), d.outcome)
+
+    def flush_stats(self) -> None:
+        """Write the counters, latencies and throughput added up since the last
+        flush (``Stats``); a failure keeps them for the next one."""
+        hk = self.housekeeping
+        with hk.lock:
+            taken, hk.stats = hk.stats, Stats()
+            hk.next_flush = time.monotonic() + self.config.stats_every_ms / 1000
+        if taken.empty():
+            return
+        try:
+            with translate():
+                taken.write(self.redis, int(self.clock() * 1000) // 10000)
+        except Exception as exc:
+            log.warning("writing queue stats failed (kept for the next try): %s", exc)
+            with hk.lock:
+                hk.stats.merge(taken)
+
+
+def _queue(d: Delivery) -> str:
+    return "unknown" if isinstance(d.message, DecodeError | None) else d.message.queue_name
 
 
 def _born_ms(message: Message | DecodeError | None) -> int:

@@ -170,6 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
         shown_default="10 x claim-idle-ms, at least 60000",
         help="remove a consumer that holds nothing and was idle this long from the group",
     )
+    add_option(
+        worker,
+        "--status-ttl-s",
+        env="LEDGER_STATUS_TTL_S",
+        parse=cfg.integer(1, 10 * 365 * 24 * 3600),
+        default=7 * 24 * 3600,
+        help="keep a finished task's status this long (an Idempotency-Key's task: "
+        "at least the idempotency window)",
+    )
 
     project = sub.add_parser("project", help="build the MongoDB read models from the log")
     _common(project)
@@ -380,6 +389,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
         levels=levels,
         claim_idle_ms=args.claim_idle_ms,
         forget_idle_ms=args.forget_idle_ms,
+        status_ttl_s=args.status_ttl_s,
         retry=RetryPolicy(
             max_attempts=args.max_attempts,
             base_ms=args.backoff_ms,

@@ -11,12 +11,14 @@ KEYS[1] ledger:{pN}:retry:<group>   KEYS[2] ledger:{pN}:attempts   KEYS[3] ledge
 KEYS[4..7] ledger:{pN}:critical|high|normal|low
 ARGV[1] group   ARGV[2] consumer   ARGV[3] min_idle ms   ARGV[4] count
 ARGV[5] levels to autoclaim, as digits 1..4 (e.g. "1234"); "" = retries only
-Returns a flat list: level, entry id, {field, value, …} for each claimed entry.
+Returns a flat list: first the ms until the earliest retry left in the retry set
+is due (0: due now, more than count were; -1: none), then level, entry id,
+{field, value, …} for each claimed entry.
 ]]
 local group, consumer, min_idle, count = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local out = {}
+local out = {-1}
 
 local function drop(level, id)
   redis.call('XACK', KEYS[3 + tonumber(level)], group, id)
@@ -64,4 +66,6 @@ for level in string.gmatch(ARGV[5], '%d') do
     end
   end
 end
+local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if nxt[2] then out[1] = math.max(0, tonumber(nxt[2]) - now) end
 return out

@@ -48,6 +48,7 @@ HOSTILE: dict[str, tuple[str, tuple[str, ...]]] = {
     "LEDGER_BACKOFF_MS": ("\uff19", ("worker", "--burst")),  # a full-width 9
     "LEDGER_CLAIM_IDLE_MS": ("9" * 5000, ("worker", "--burst")),
     "LEDGER_FORGET_IDLE_MS": ("999", ("worker", "--burst")),
+    "LEDGER_STATUS_TTL_S": ("0", ("worker", "--burst")),
     "LEDGER_ONLY": (",,,", ("project", "--burst")),
     "LEDGER_BATCH": ("abc", ("project", "--burst")),
     "LEDGER_TRIM_AFTER_MS": ("-1", ("project", "--burst")),
@@ -140,6 +141,7 @@ def test_every_option_names_its_variable_in_help() -> None:
         "LEDGER_BACKOFF_MS",
         "LEDGER_CLAIM_IDLE_MS",
         "LEDGER_FORGET_IDLE_MS",
+        "LEDGER_STATUS_TTL_S",
         "LEDGER_IMPORT",
         "REDIS_URL",
         "LEDGER_PARTITIONS",
@@ -197,6 +199,7 @@ NUMERIC = (
     "LEDGER_BACKOFF_MS",
     "LEDGER_CLAIM_IDLE_MS",
     "LEDGER_FORGET_IDLE_MS",
+    "LEDGER_STATUS_TTL_S",
     "LEDGER_BATCH",
     "LEDGER_TRIM_AFTER_MS",
 )
