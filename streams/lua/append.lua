@@ -18,15 +18,17 @@ then per event, in order (only the keys the event uses):
 ARGV[1] idem_ttl    seconds to keep an idempotency record
 ARGV[2] max         largest total the ledger holds exactly (2^53-1)
 ARGV[3] queue       queue name recorded on the entries (stats)
-then 7 per event i (base = 3 + 7*(i-1)):
-  base+1 kind       user_registered | credits_purchased | credits_used | credits_adjusted
-  base+2 user_id
-  base+3 amount     signed change to the balance (0 for a registration)
-  base+4 text       email | currency | reason
-  base+5 ref        purchase transaction id, else ""
-  base+6 use_idem   "1" when the idem key is a real idempotency key
-  base+7 fingerprint digest of the request, to tell a true repeat from a reused key
-                    ("" when there is neither key nor transaction id)
+then one per event, ARGV[3 + i]: its fields joined by "\31" (the unit separator,
+no field holds it: ledger.commands refuses control characters in texts, and the
+appender checks again), one string rather than seven arguments to parse:
+  kind "\31" user_id "\31" amount "\31" text "\31" ref "\31" use_idem fingerprint
+  kind        user_registered | credits_purchased | credits_used | credits_adjusted
+  amount      signed change to the balance (0 for a registration)
+  text        email | currency | reason
+  ref         purchase transaction id, else ""
+  use_idem    "1" when the idem key is a real idempotency key, else "0" (one character)
+  fingerprint digest of the request, to tell a true repeat from a reused key
+              ("" when there is neither key nor transaction id)
 
 An event's id is "<user_id>:<version>": unique by construction (stream entry
 ids are only unique within one stream) and stable if the entry is requeued.
@@ -35,6 +37,7 @@ Returns one reply per event:
      or {"dup", event_id, version, balance}              (a repeat: nothing appended)
      or {"reused", "key"|"transaction"} | {"duplicate_user"} | {"unknown_account"}
      or {"insufficient", balance} | {"limit"}
+     or {"malformed"}   (an event argument not as above: it and the later ones not run)
 The hash is sha1 over "<len>:<value>" pieces (see ledger/chain.py).
 ]]
 local idem_ttl = tonumber(ARGV[1])
@@ -45,17 +48,41 @@ local at_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local at = string.format('%d', at_ms)
 local genesis = string.rep('0', 40)
 
-local PIECES = string.rep('%d:%s', 11)  -- one string.format, not 22 concatenations
+-- The hashed text's "<len>:" prefixes are looked up, not formatted: turning
+-- numbers into strings is the dear part of building it (a longer text, rare,
+-- is formatted on a miss). A literal table: filling it by a loop would format
+-- every entry, on every call. One concatenation builds the whole text.
+local LEN = setmetatable({[0] = '0:', '1:', '2:', '3:', '4:', '5:', '6:', '7:', '8:', '9:',
+  '10:', '11:', '12:', '13:', '14:', '15:', '16:', '17:', '18:', '19:', '20:', '21:', '22:',
+  '23:', '24:', '25:', '26:', '27:', '28:', '29:', '30:', '31:', '32:', '33:', '34:', '35:',
+  '36:', '37:', '38:', '39:', '40:', '41:', '42:', '43:', '44:', '45:', '46:', '47:', '48:',
+  '49:', '50:', '51:', '52:', '53:', '54:', '55:', '56:', '57:', '58:', '59:', '60:', '61:',
+  '62:', '63:', '64:'},
+  {__index = function(_, n) return n .. ':' end})
+local AT = LEN[#at] .. at
 
 local function fmt(n) return string.format('%d', n) end
 
 local k = 2  -- the next event's first key
+-- The state of each account this call appended to, as written: a later event
+-- of the same account reads it here instead of from Redis (one HMGET per
+-- account per call). Each event still writes its account hash at once, so the
+-- hash and the stream agree after every event, whatever happens after it.
+local written = {}
+
+local EVENT = '^([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([01])(.*)$'
+
+local malformed = false  -- once an event is, the keys of the later ones are unknown
 
 local function append(a)
-  local kind, user, am, text, ref = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4],
-                                    ARGV[a + 5]
-  local amount = tonumber(am)
-  local use_idem, fp = ARGV[a + 6] == '1', ARGV[a + 7]
+  if malformed then return {'malformed'} end
+  local kind, user, am, text, ref, flag, fp = string.match(ARGV[a], EVENT)
+  local amount = kind and tonumber(am)
+  if not amount then
+    malformed = true
+    return {'malformed'}
+  end
+  local use_idem = flag == '1'
   local acct, idem, txn = KEYS[k], nil, nil
   k = k + 1
   if use_idem then idem, k = KEYS[k], k + 1 end
@@ -83,7 +110,8 @@ local function append(a)
   end
 
   -- numbers are formatted only where they change: each string.format costs
-  local state = redis.call('HMGET', acct, 'version', 'balance', 'purchased', 'used', 'head')
+  local state = written[acct] or
+                redis.call('HMGET', acct, 'version', 'balance', 'purchased', 'used', 'head')
   local v, b, p, u, head
   if kind == 'user_registered' then
     if state[1] then return {'duplicate_user'} end
@@ -106,9 +134,10 @@ local function append(a)
     v, b, head = fmt(tonumber(state[1]) + 1), fmt(balance), state[5]
   end
 
-  -- texts never hold control characters (ledger.commands), so %s copies them whole
-  local hash = redis.sha1hex(string.format(PIECES, #kind, kind, #user, user, #v, v, #at, at,
-    #am, am, #b, b, #p, p, #u, u, #text, text, #ref, ref, #head, head))
+  -- the canonical text of ledger/chain.py: "<len>:<value>" pieces, lengths in bytes
+  local hash = redis.sha1hex(LEN[#kind] .. kind .. LEN[#user] .. user .. LEN[#v] .. v .. AT ..
+    LEN[#am] .. am .. LEN[#b] .. b .. LEN[#p] .. p .. LEN[#u] .. u .. LEN[#text] .. text ..
+    LEN[#ref] .. ref .. LEN[#head] .. head)
 
   redis.call('XADD', stream, '*',
     'k', kind, 'u', user, 'v', v, 't', at, 'a', am, 'b', b, 'p', p, 'x', u,
@@ -117,10 +146,15 @@ local function append(a)
   if kind == 'user_registered' then
     redis.call('HSET', acct, 'version', v, 'balance', b, 'purchased', p, 'used', u,
                'head', hash, 'email', text)
+  elseif kind == 'credits_purchased' then  -- only the fields that change
+    redis.call('HSET', acct, 'version', v, 'balance', b, 'purchased', p, 'head', hash)
+  elseif kind == 'credits_used' then
+    redis.call('HSET', acct, 'version', v, 'balance', b, 'used', u, 'head', hash)
   else
-    redis.call('HSET', acct, 'version', v, 'balance', b, 'purchased', p, 'used', u,
-               'head', hash)
+    redis.call('HSET', acct, 'version', v, 'balance', b, 'head', hash)
   end
+  state[1], state[2], state[3], state[4], state[5] = v, b, p, u, hash  -- no new table
+  written[acct] = state
   local event_id = user .. ':' .. v
   if use_idem then
     redis.call('HSET', idem, 'e', event_id, 'v', v, 'b', b, 'f', fp)
@@ -133,7 +167,7 @@ local function append(a)
 end
 
 local out = {}
-for i = 1, (#ARGV - 3) / 7 do
-  out[i] = append(3 + 7 * (i - 1))
+for i = 4, #ARGV do
+  out[i - 3] = append(i)
 end
 return out

@@ -6,7 +6,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import redis as redis_py
 
 from ledger.chain import verify
 from ledger.commands import Purchase, RegisterUser, Use
@@ -22,7 +21,7 @@ from ledger.errors import (
 from ledger.money import MAX_CREDITS
 from ledger.tasks import Priority
 from streams import ConfigError, QueueManager, RetryPolicy, StreamsConfig, keys
-from streams.connection import ensure_partitions
+from streams.connection import connect, ensure_partitions
 from tests.streamlog import account_histories, iter_entries
 
 from .conftest import PARTITIONS
@@ -53,6 +52,33 @@ def test_events_carry_version_totals_and_chain(qm: QueueManager) -> None:
         "used_total": 120,
         "head": events[-1].hash,
     }
+
+
+def test_long_texts_hash_like_the_python_chain(qm: QueueManager) -> None:
+    """Texts longer than append.lua's table of "<len>:" prefixes (multi-byte too)."""
+    email = "e" * 60 + "@" + "d" * 60 + ".example.com"
+    qm.register_user("long", email)
+    qm.purchase("long", 900, "t" * 64)
+    qm.use("long", 10, "é" * 500)  # 1,000 bytes
+    qm.adjust("long", 5, "r" * 65)
+    events = account_histories(qm.redis, PARTITIONS)["long"]
+    assert [e.version for e in events] == [1, 2, 3, 4]
+    assert verify(events) is None
+    assert qm.balance("long")["balance"] == 895  # type: ignore[index]
+
+
+def test_a_malformed_event_argument_runs_nothing_from_it_on(qm: QueueManager) -> None:
+    """Each event is one argument, fields joined by \\x1f; one not so shaped
+    leaves the keys of the later ones unknown: none of them runs."""
+    qm.register_user("mal", "mal@example.com")
+    p = keys.partition_of("mal", PARTITIONS)
+    acct, stream = keys.account(p, "mal"), keys.stream(p, Priority.NORMAL)
+    good = "\x1f".join(("credits_adjusted", "mal", "5", "fix", "", "0"))
+    replies = qm.scripts.append(
+        keys=[stream, acct, acct, acct], args=[60, MAX_CREDITS, "q", good, "bad", good]
+    )
+    assert replies == [[b"ok", b"2", b"5"], [b"malformed"], [b"malformed"]]
+    assert qm.balance("mal")["balance"] == 5  # type: ignore[index]
 
 
 def test_overdraft_is_refused_and_appends_nothing(qm: QueueManager) -> None:
@@ -117,7 +143,7 @@ def test_concurrent_spends_never_overdraw(qm: QueueManager, redis_url: str) -> N
     barrier = threading.Barrier(16)
 
     def spend(i: int) -> bool:
-        manager = QueueManager(config=qm.config, client=redis_py.Redis.from_url(redis_url))
+        manager = QueueManager(config=qm.config, client=connect(redis_url))
         try:
             barrier.wait() if i < 16 else None
             manager.use("frank", 30, f"spend {i}")
@@ -141,7 +167,7 @@ def test_concurrent_repeats_of_one_key_make_one_event(qm: QueueManager, redis_ur
     barrier = threading.Barrier(20)
 
     def buy(_: int) -> str:
-        manager = QueueManager(config=qm.config, client=redis_py.Redis.from_url(redis_url))
+        manager = QueueManager(config=qm.config, client=connect(redis_url))
         try:
             barrier.wait()
             return manager.purchase("gina", 25, "tx-same", idempotency_key="same-key").event_id

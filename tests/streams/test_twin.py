@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 from ledger.accounts import Account, apply
 from ledger.commands import Command, Purchase, decide
 from ledger.errors import LedgerError, TransactionReused
-from streams import QueueManager
+from ledger.events import Event
+from ledger.tasks import Priority
+from streams import Appended, QueueManager
 from tests.streamlog import account_histories
 
 from ..strategies import QUICK, commands
@@ -55,3 +57,52 @@ def test_script_and_python_decide_alike(qm: QueueManager, cmds: list[Command]) -
         if isinstance(cmd, Purchase):
             purchases[cmd.user_id, cmd.transaction_id] = (cmd, appended.event_id)
         assert appended.balance == model[cmd.user_id].totals.balance
+
+
+@settings(QUICK, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(st.lists(commands(USERS), min_size=1, max_size=40))
+def test_batched_script_and_python_decide_alike(qm: QueueManager, cmds: list[Command]) -> None:
+    """One append_batch: many events of one account in one script call, each
+    seeing the ones before it (the account state the script carries along)."""
+    qm.redis.flushall()
+    results = qm.append_batch([(cmd, Priority.NORMAL, None) for cmd in cmds])
+    histories = account_histories(qm.redis, PARTITIONS)
+    model: dict[str, Account] = {}
+    events: dict[str, list[Event]] = {}
+    purchases: dict[tuple[str, str], tuple[Purchase, str]] = {}
+    for cmd, result in zip(cmds, results, strict=True):
+        if isinstance(cmd, Purchase) and (cmd.user_id, cmd.transaction_id) in purchases:
+            first, first_id = purchases[cmd.user_id, cmd.transaction_id]
+            if first == cmd:
+                assert isinstance(result, Appended) and result.duplicate
+                assert result.event_id == first_id
+            else:
+                assert isinstance(result, TransactionReused)
+            continue
+        mine = events.setdefault(cmd.user_id, [])
+        try:
+            at_ms = histories[cmd.user_id][len(mine)].at_ms if isinstance(result, Appended) else 0
+            py_event = decide(model.get(cmd.user_id), cmd, at_ms=at_ms)
+        except LedgerError as py_refusal:
+            assert type(result) is type(py_refusal)
+            continue
+        assert isinstance(result, Appended), f"script refused {cmd} but decide accepted it"
+        assert py_event == histories[cmd.user_id][len(mine)]
+        mine.append(py_event)
+        model[cmd.user_id] = apply(model.get(cmd.user_id), py_event)
+        assert (result.version, result.balance) == (
+            py_event.version,
+            model[cmd.user_id].totals.balance,
+        )
+        if isinstance(cmd, Purchase):
+            purchases[cmd.user_id, cmd.transaction_id] = (cmd, result.event_id)
+    assert {u: len(h) for u, h in histories.items()} == {u: len(e) for u, e in events.items() if e}
+    for user, account in model.items():
+        state = qm.balance(user)
+        assert state is not None
+        assert (state["version"], state["balance"]) == (account.version, account.totals.balance)
+        assert state["head"] == account.head
+        assert (state["purchased_total"], state["used_total"]) == (
+            account.totals.purchased,
+            account.totals.used,
+        )
