@@ -39,6 +39,7 @@ from api.dev.cluster import RedisClusterNodes
 from api.dev.embedded import EmbeddedRedis
 from api.dev.loadgen import credit_traffic, registrations, user_ids
 from bench.common import (
+    acknowledged,
     cpu_ms,
     facts,
     groups_idle,
@@ -50,7 +51,7 @@ from bench.common import (
 )
 from ledger.commands import Command
 from ledger.tasks import Priority
-from streams import QueueManager, StreamsConfig, keys
+from streams import QueueManager, StreamsConfig
 from streams.connection import connect
 
 MODEL_MASTERS = 16
@@ -99,21 +100,6 @@ def measured(backend: Backend, work: Callable[[], int]) -> dict[str, Any]:
     }
 
 
-def acknowledged(client: Any, partitions: int) -> int:
-    """Entries the ``workers`` group has read and acknowledged, every stream
-    (``XINFO GROUPS``: entries-read - pending; the stats counters lag a second)."""
-    total = 0
-    for p in keys.partitions(partitions):
-        for level in keys.LEVELS_DESC:
-            stream = keys.stream(p, level)
-            if not client.exists(stream):
-                continue
-            for g in client.xinfo_groups(stream):
-                if g["name"] in (b"workers", "workers"):
-                    total += int(g.get("entries-read") or 0) - int(g["pending"])
-    return total
-
-
 def drain(backend: Backend, n_procs: int, tasks: int, tmp: Path) -> dict[str, Any]:
     """Enqueue ``tasks`` no-op tasks, then time ``n_procs`` worker processes draining them."""
     client = connect(backend.url)
@@ -136,7 +122,7 @@ def drain(backend: Backend, n_procs: int, tasks: int, tmp: Path) -> dict[str, An
             first = acknowledged(client, config.partitions)
 
             def work() -> int:
-                while not groups_idle(client, config.partitions):  # type: ignore[arg-type]
+                while not groups_idle(client, config.partitions):
                     time.sleep(0.01)
                 return tasks - first
 

@@ -13,7 +13,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -196,20 +196,33 @@ def task_times(
     return out
 
 
-def groups_idle(client: redis.Redis, partitions: int, groups: Sequence[str] | None = None) -> bool:
-    """Every group on every priority stream has nothing undelivered and nothing pending."""
+def group_infos(client: Any, partitions: int) -> Iterator[tuple[str, dict[Any, Any]]]:
+    """(group name, its ``XINFO GROUPS`` row) on every priority stream that exists."""
     for p in keys.partitions(partitions):
         for level in keys.LEVELS_DESC:
             stream = keys.stream(p, level)
-            if not client.exists(stream):
-                continue
-            for g in client.xinfo_groups(stream):
-                name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
-                if groups is not None and name not in groups:
-                    continue
-                if int(g.get("pending", 0)) or int(g.get("lag") or 0):
-                    return False
-    return True
+            if client.exists(stream):
+                for g in client.xinfo_groups(stream):
+                    yield (g["name"].decode() if isinstance(g["name"], bytes) else g["name"]), g
+
+
+def groups_idle(client: Any, partitions: int, groups: Sequence[str] | None = None) -> bool:
+    """Every group on every priority stream has nothing undelivered and nothing pending."""
+    return not any(
+        int(g.get("pending", 0)) or int(g.get("lag") or 0)
+        for name, g in group_infos(client, partitions)
+        if groups is None or name in groups
+    )
+
+
+def acknowledged(client: Any, partitions: int, group: str = "workers") -> int:
+    """Entries ``group`` has read and acknowledged on every stream (entries-read -
+    pending; the queues' stats counters are written once a second, so they lag)."""
+    return sum(
+        int(g.get("entries-read") or 0) - int(g["pending"])
+        for name, g in group_infos(client, partitions)
+        if name == group
+    )
 
 
 def worker_ready(client: redis.Redis, partitions: int, consumers: int) -> bool:
