@@ -1,4 +1,5 @@
-"""A real 3-master Redis Cluster for the tests in this directory (started once)."""
+"""Fixtures of the cluster tests: the session's 3-master Redis Cluster (started once,
+shared with the cluster backend of tests/conftest.py) and real processes on it."""
 
 from __future__ import annotations
 
@@ -18,13 +19,9 @@ PARTITIONS = 8
 
 
 @pytest.fixture(scope="session")
-def redis_cluster_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
-    cluster = RedisClusterNodes(tmp_path_factory.mktemp("redis-cluster"))
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+def redis_cluster_nodes(redis_backend_cluster: RedisClusterNodes) -> RedisClusterNodes:
+    """The session's 3-master cluster (the one the cluster backend runs on)."""
+    return redis_backend_cluster
 
 
 @pytest.fixture
