@@ -18,26 +18,18 @@ from collections.abc import Mapping
 from typing import Any
 
 from streams import default_registry
-from streams.connection import RedisClient, connect
+from streams.connection import RedisClient
 from streams.handlers import DBManager
 from streams.replies import text
+from tests.handler_redis import handler_redis
 
 RUNS = "cluster-test:runs"
 COLLECTION = "analytics"
 TASK_TYPE = "cluster_task"
 
-_clients: dict[str, RedisClient] = {}
-
-
-def _redis() -> RedisClient:
-    url = os.environ["REDIS_URL"]
-    if url not in _clients:
-        _clients[url] = connect(url)
-    return _clients[url]
-
 
 def cluster_task(data: Mapping[str, Any], db_manager: DBManager) -> bool:
-    _redis().hincrby(RUNS, f"{data['ref']}|{os.getpid()}", 1)
+    handler_redis().hincrby(RUNS, f"{data['ref']}|{os.getpid()}", 1)
     time.sleep(float(data.get("sleep", 0)))
     db_manager.insert(COLLECTION, {"ref": data["ref"]})
     return True

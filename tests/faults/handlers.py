@@ -11,31 +11,20 @@ replica confirms a count, so a failover may lose the last ones.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
 from streams import default_registry
-from streams.connection import RedisClient, connect
 from streams.handlers import DBManager
 from streams.registry import EVENT_COLLECTIONS, EventRecorder
+from tests.handler_redis import handler_redis
 
 RUNS = "faults:runs"
 COLLECTION = "analytics"
 
-_clients: dict[str, RedisClient] = {}
-
-
-def _redis() -> RedisClient:
-    """A client on ``REDIS_URL``: one redis-server or a Redis Cluster (``redis+cluster://``)."""
-    url = os.environ["REDIS_URL"]
-    if url not in _clients:
-        _clients[url] = connect(url, socket_connect_timeout=2)
-    return _clients[url]
-
 
 def fault_task(data: Mapping[str, Any], db_manager: DBManager) -> bool:
-    _redis().hincrby(RUNS, str(data["ref"]), 1)
+    handler_redis().hincrby(RUNS, str(data["ref"]), 1)
     if data.get("fail"):
         raise RuntimeError(f"planned failure of {data['ref']}")
     db_manager.insert(COLLECTION, {"ref": data["ref"]})
@@ -49,7 +38,7 @@ class CountingRecorder:
         self.inner = EventRecorder(EVENT_COLLECTIONS[task_type])
 
     def __call__(self, data: Mapping[str, Any], db_manager: DBManager) -> bool:
-        _redis().hincrby(RUNS, str(data["event_id"]), 1)
+        handler_redis().hincrby(RUNS, str(data["event_id"]), 1)
         return self.inner(data, db_manager)
 
 

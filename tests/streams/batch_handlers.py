@@ -11,27 +11,17 @@ before the round is settled. An item with ``"fail": true`` fails.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from streams import BatchDBManager, batch_handler
-from streams.connection import RedisClient, connect
-
-_clients: dict[str, RedisClient] = {}
-
-
-def _redis() -> RedisClient:
-    url = os.environ["REDIS_URL"]
-    if url not in _clients:
-        _clients[url] = connect(url)
-    return _clients[url]
+from tests.handler_redis import handler_redis
 
 
 @batch_handler("batch_insert", max_batch=50)
 def batch_insert(items: list[Mapping[str, Any]], db_manager: BatchDBManager) -> list[bool]:
-    r = _redis()
+    r = handler_redis()
     pipe = r.pipeline(transaction=False)
     pipe.rpush("test:batches", len(items))
     pipe.rpush("test:ran", *(item["i"] for item in items))
