@@ -3,6 +3,9 @@ shared with the cluster backend of tests/conftest.py) and real processes on it."
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -65,3 +68,19 @@ def log_tail(deployment: Deployment, chars: int = 3000) -> str:
     for log in sorted(deployment.log_dir.glob("*.log")):
         parts.append(f"--- {log.name}\n{log.read_text(errors='replace')[-chars:]}")
     return "\n".join(parts)
+
+
+def audit_report(deployment: Deployment) -> dict[str, Any]:
+    """Run ``ledger audit --json`` as a process on the deployment's servers; it must
+    exit 0 (a clean audit); its report."""
+    audit = subprocess.run(
+        [sys.executable, "-m", "api", "audit", "--json", "--log-level", "WARNING"],
+        cwd=ROOT,
+        env=deployment.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert audit.returncode == 0, audit.stdout[-3000:] + audit.stderr[-3000:]
+    report: dict[str, Any] = json.loads(audit.stdout)
+    return report

@@ -15,8 +15,6 @@ from __future__ import annotations
 import http.client
 import json
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from typing import Any
@@ -31,7 +29,7 @@ from streams.connection import connect
 from tests.helpers import eventually
 
 from . import handlers
-from .conftest import PARTITIONS, ROOT, log_tail
+from .conftest import PARTITIONS, audit_report, log_tail
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -269,16 +267,7 @@ def test_ledger_processes_run_on_a_cluster(
         assert mongo_db.users.count_documents({}) == len(USERS)
         assert mongo_db.credit_usage.count_documents({}) == 3 * len(USERS)
 
-        audit = subprocess.run(
-            [sys.executable, "-m", "api", "audit", "--json", "--log-level", "WARNING"],
-            cwd=ROOT,
-            env=deployment.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert audit.returncode == 0, audit.stdout[-3000:] + audit.stderr[-3000:]
-        report = json.loads(audit.stdout)
+        report = audit_report(deployment)
         assert report["accounts"] == len(USERS), report
     finally:
         api.close()

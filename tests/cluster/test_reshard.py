@@ -21,10 +21,7 @@ match the log and ``ledger audit`` is clean.
 from __future__ import annotations
 
 import contextlib
-import json
 import random
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -48,7 +45,7 @@ from tests.helpers import eventually
 from tests.streamlog import account_histories
 
 from . import handlers
-from .conftest import PARTITIONS, ROOT, log_tail
+from .conftest import PARTITIONS, audit_report, log_tail
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -402,16 +399,7 @@ def test_resharding_under_load_loses_and_doubles_nothing(
         )
         assert recorded == len(logged)
 
-        audit = subprocess.run(
-            [sys.executable, "-m", "api", "audit", "--json", "--log-level", "WARNING"],
-            cwd=ROOT,
-            env=deployment.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert audit.returncode == 0, audit.stdout[-3000:] + audit.stderr[-3000:]
-        assert json.loads(audit.stdout)["events"] == len(logged)
+        assert audit_report(deployment)["events"] == len(logged)
     finally:
         client.close()
     during = sum(1 for p in producers for t in p.times if moves_began <= t <= moves_ended)
