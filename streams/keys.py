@@ -22,6 +22,13 @@ task status hashes.
     ledger:{T}:cursor                    hash  <group>|<level> -> XAUTOCLAIM cursor
     ledger:{T}:lat:<queue>               list  latest 512 latencies (ms) of processed entries
     ledger:{T}:tput:<queue>              hash  10-second bucket -> entries processed
+    ledger:{sched}:schedules             zset  <name> by next_run_at (ms): recurring schedules
+    ledger:{sched}:schedule:<name>       hash  cron timezone queue_name task_type data priority
+                                               next_run_at last_run_at last_task_id …
+    ledger:{sched}:firing                 set  names whose claimed tick is not yet enqueued
+    ledger:{sched}:firing:<name>         hash  task_id tick queue_name task_type data priority
+    ledger:{sched}:schedule-stats        hash  fired -> ticks fired
+                                               (streams/schedules.py, lua/tick.lua; one slot)
     ledger:rl:<bucket>                   hash  tokens ts: an API token bucket (api/ratelimit.py;
                                                no hash tag; expires once it would be full again)
                                                bucket = anonymous | addr:<client address>
@@ -237,3 +244,18 @@ def latencies(p: Partition, queue: str) -> str:
 
 def throughput(p: Partition, queue: str) -> str:
     return f"{tag(p)}:tput:{queue}"
+
+
+SCHEDULE_TAG = f"{PREFIX}:{{sched}}"
+"""Every recurring schedule's keys share this hash tag (one Cluster slot)."""
+SCHEDULES = f"{SCHEDULE_TAG}:schedules"
+FIRING = f"{SCHEDULE_TAG}:firing"
+SCHEDULE_STATS = f"{SCHEDULE_TAG}:schedule-stats"
+
+
+def schedule(name: str) -> str:
+    return f"{SCHEDULE_TAG}:schedule:{name}"
+
+
+def firing(name: str) -> str:
+    return f"{SCHEDULE_TAG}:firing:{name}"

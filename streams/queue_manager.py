@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -31,7 +32,7 @@ from ledger.tasks import (
     check_task,
 )
 
-from . import keys
+from . import keys, schedules
 from .appender import Appended, Appender, check_idempotency_key
 from .codec import pack
 from .config import StreamsConfig
@@ -40,7 +41,7 @@ from .deadletters import DeadLetter, list_dead, requeue
 from .handlers import BatchHandler, BoundDBManager, Handler
 from .registry import DEFAULT_MAX_BATCH, HandlerRegistry, default_registry
 from .replies import text
-from .scripts import Call, load, run_many
+from .scripts import Call, ScriptArg, load, run_many
 from .status import queue_stats, task_status
 from .worker import Housekeeping, Worker, WorkerConfig
 
@@ -327,6 +328,71 @@ class QueueManager:
             "used_total": int(f["used"]),
             "head": f["head"],
         }
+
+    # -- recurring schedules (streams/schedules.py) -----------------------------------
+    def add_schedule(
+        self,
+        name: str,
+        cron: str,
+        queue_name: str,
+        task_type: str,
+        task_data: Mapping[str, Any],
+        priority: Priority | int | None = None,
+        timezone: str = "UTC",
+    ) -> bool:
+        """Create or replace the schedule ``name``; True if it was created.
+
+        ``cron``: 5 fields, or 6 with seconds first. The task is checked as
+        ``enqueue`` checks it (``ValidationError`` naming the field, nothing
+        stored). A replaced schedule keeps its ``last_run_at`` and fires next at
+        its new expression's first tick after now."""
+        name = schedules.check_name(name)
+        cron = schedules.check_cron(cron)
+        timezone = schedules.check_timezone(timezone)
+        _, (_, _, args) = self._enqueue_call(queue_name, task_type, task_data, priority, 0)
+        self._ready()
+        with translate():
+            first = schedules.next_tick(cron, timezone, int(time.time() * 1000))
+            put: list[ScriptArg] = [
+                "put",
+                name,
+                first,
+                *("cron", cron, "timezone", timezone, "queue_name", args[1]),
+                *("task_type", args[2], "data", args[3], "priority", args[4]),
+            ]
+            created = run_many(
+                self.redis, [(self.scripts.tick, [keys.SCHEDULES, keys.schedule(name)], put)]
+            )[0]
+        return bool(int(created))
+
+    def remove_schedule(self, name: str) -> bool:
+        """Delete the schedule ``name``; False if there was none. A tick already
+        claimed still fires; none after."""
+        if not isinstance(name, str) or schedules.NAME_RE.fullmatch(name) is None:
+            return False
+        with translate():
+            gone = run_many(
+                self.redis,
+                [(self.scripts.tick, [keys.SCHEDULES, keys.schedule(name)], ["remove", name])],
+            )[0]
+        return bool(int(gone))
+
+    def get_schedule(self, name: str) -> dict[str, Any] | None:
+        if not isinstance(name, str) or schedules.NAME_RE.fullmatch(name) is None:
+            return None
+        with translate():
+            raw = self.redis.hgetall(keys.schedule(name))
+        return schedules.describe(name, raw) if raw else None
+
+    def list_schedules(self) -> list[dict[str, Any]]:
+        """Every schedule, soonest first."""
+        with translate():
+            names = [text(n) for n in self.redis.zrange(keys.SCHEDULES, 0, -1)]
+            pipe = self.redis.pipeline(transaction=False)
+            for name in names:
+                pipe.hgetall(keys.schedule(name))
+            raws = pipe.execute() if names else []
+        return [schedules.describe(n, raw) for n, raw in zip(names, raws, strict=True) if raw]
 
     # -- operators ------------------------------------------------------------------
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:

@@ -1,4 +1,8 @@
-"""Delayed tasks: move them onto their streams once due (``ledger scheduler``).
+"""Delayed tasks and recurring schedules (``ledger scheduler``).
+
+``tick`` moves delayed tasks onto their streams once due; ``fire`` fires the
+recurring schedules due (``streams.schedules``), each tick once however many
+schedulers run and however they die.
 
 Any number of schedulers may run: a due task leaves the schedule in the same
 script step that appends it, and only if it is still there and due then, so it
@@ -13,9 +17,12 @@ import logging
 import threading
 from typing import Any
 
-from . import keys
+from ledger.tasks import Priority
+
+from . import keys, schedules
 from .connection import RedisClient, translate
-from .scripts import Scripts, load, run_many
+from .replies import text
+from .scripts import Call, Scripts, load, run_many
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +36,7 @@ class Scheduler:
         batch: int = 500,
         interval_ms: int = 50,
         scripts: Scripts | None = None,
+        task_ttl_s: int = 7 * 24 * 3600,
     ) -> None:
         self.redis = client
         self.partitions = partitions
@@ -36,6 +44,10 @@ class Scheduler:
         self.interval_ms = interval_ms
         self.scripts = scripts or load(client)
         self._stopping = threading.Event()
+        self.task_ttl_s = task_ttl_s
+        """TTL of a fired task's record (as ``StreamsConfig.idempotency_ttl_s``)."""
+        self.fired = 0
+        """Schedule ticks this scheduler fired (enqueued and recorded)."""
         self.missing = 0
         """Due tasks whose record was gone (deleted by hand): dropped, never counted as moved."""
 
@@ -94,6 +106,117 @@ class Scheduler:
             if max(len(ids) for ids in found.values()) < self.batch:
                 return moved
 
+    def fire(self) -> int:
+        """Fire every recurring schedule due now; returns the ticks fired here.
+
+        One round trip when nothing is due or unfinished ("due"); else the due
+        schedules are claimed (one "claim" each, which only one scheduler wins
+        per tick) and every claimed tick not yet enqueued — this pass's and any
+        a dead scheduler left — is enqueued, then marked done (see
+        ``streams.schedules``).
+        """
+        with translate():
+            now, due, firing = run_many(
+                self.redis,
+                [(self.scripts.tick, [keys.SCHEDULES, keys.FIRING], ["due", self.batch])],
+            )[0]
+        names = [text(n) for n in due]
+        claimed = self._claim(names, int(now)) if names else []
+        unfinished = {text(n) for n in firing} | set(claimed)
+        return self._finish(sorted(unfinished)) if unfinished else 0
+
+    def _claim(self, names: list[str], now: int) -> list[str]:
+        """Claim the due tick of each of ``names`` (cron math here, compare-and-set there)."""
+        with translate():
+            pipe = self.redis.pipeline(transaction=False)
+            for name in names:
+                pipe.hmget(keys.schedule(name), "cron", "timezone", "next_run_at")
+            records = pipe.execute()
+        calls: list[Call] = []
+        for name, (cron, tz, tick) in zip(names, records, strict=True):
+            if cron is None or tz is None or tick is None:
+                continue  # removed since "due"
+            try:
+                nxt = schedules.next_tick(text(cron), text(tz), max(now, int(tick)))
+            except Exception:
+                log.exception("schedule %s: cannot compute its next tick", name)
+                continue
+            calls.append(
+                (
+                    self.scripts.tick,
+                    [keys.SCHEDULES, keys.schedule(name), keys.FIRING, keys.firing(name)],
+                    ["claim", name, int(tick), nxt, schedules.task_id(name, int(tick))],
+                )
+            )
+        if not calls:
+            return []
+        with translate():
+            replies = run_many(self.redis, calls)
+        return [str(c[2][1]) for c, r in zip(calls, replies, strict=True) if text(r) == "ok"]
+
+    def _finish(self, names: list[str]) -> int:
+        """Enqueue the claimed ticks of ``names`` not yet enqueued, then mark them done."""
+        return self._done(self._enqueue(names))
+
+    def _enqueue(self, names: list[str]) -> list[tuple[str, str]]:
+        """Enqueue the claimed task of each of ``names`` (a repeat is a "dup");
+        returns (name, task id) for ``_done`` ("" where no claim was left)."""
+        with translate():
+            pipe = self.redis.pipeline(transaction=False)
+            for name in names:
+                pipe.hgetall(keys.firing(name))
+            records = pipe.execute()
+        work: list[tuple[str, str]] = []
+        enqueues: list[Call] = []
+        for name, raw in zip(names, records, strict=True):
+            f = {text(k): v for k, v in raw.items()}
+            if "task_id" not in f:
+                work.append((name, ""))  # a marker with no record: "done" drops it
+                continue
+            tid, tick = text(f["task_id"]), int(f["tick"])
+            p = keys.partition_of(tid, self.partitions)
+            prio = Priority(int(f["priority"]))
+            enqueues.append(
+                (
+                    self.scripts.enqueue,
+                    [keys.stream(p, prio), keys.task(p, tid), keys.scheduled(p)],
+                    [
+                        tid,
+                        f["queue_name"],
+                        f["task_type"],
+                        f["data"],
+                        int(prio),
+                        0,
+                        schedules.fingerprint(name, tick),
+                        "1",
+                        self.task_ttl_s,
+                    ],
+                )
+            )
+            work.append((name, tid))
+        if enqueues:
+            with translate():
+                run_many(self.redis, enqueues)  # "ok", or "dup"/"reused": enqueued before
+        return work
+
+    def _done(self, work: list[tuple[str, str]]) -> int:
+        """Drop the markers of enqueued ticks and record them; returns how many were ours."""
+        with translate():
+            done = run_many(
+                self.redis,
+                [
+                    (
+                        self.scripts.tick,
+                        [keys.schedule(n), keys.FIRING, keys.firing(n), keys.SCHEDULE_STATS],
+                        ["done", n, tid],
+                    )
+                    for n, tid in work
+                ],
+            )
+        fired = sum(int(d) for d in done)
+        self.fired += fired
+        return fired
+
     def pending(self) -> int:
         """Tasks still waiting for their time."""
         with translate():
@@ -111,4 +234,8 @@ class Scheduler:
                 self.tick()
             except Exception:
                 log.exception("scheduler tick failed; retrying")
+            try:
+                self.fire()
+            except Exception:
+                log.exception("firing recurring schedules failed; retrying")
             self._stopping.wait(self.interval_ms / 1000)

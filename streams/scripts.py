@@ -59,6 +59,7 @@ NAMES = (
     "requeue",
     "read",
     "forget",
+    "tick",
 )
 
 
@@ -85,6 +86,7 @@ class Scripts:
     requeue: Script
     read: Script
     forget: Script
+    tick: Script
 
 
 def load(client: RedisClient) -> Scripts:

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("ledger", "streams", "projections", "api")
 ALLOWED: dict[str, set[str]] = {
     "ledger": set(),
-    "streams": {"ledger", "redis", "hiredis", "msgpack"},
+    "streams": {"ledger", "redis", "hiredis", "msgpack", "croniter"},  # croniter: schedules
     "projections": {"ledger", "streams", "pymongo", "bson", "redis", "msgpack"},
     "api": {
         "ledger",

@@ -45,9 +45,15 @@ def build_state(settings: Settings) -> AppState:
 
 def routes() -> list[BaseRoute]:
     from .openapi import routes as openapi_routes
-    from .routes import ledger, ops, queue
+    from .routes import ledger, ops, queue, schedules
 
-    return [*ops.routes(), *queue.routes(), *ledger.routes(), *openapi_routes()]
+    return [
+        *ops.routes(),
+        *queue.routes(),
+        *schedules.routes(),
+        *ledger.routes(),
+        *openapi_routes(),
+    ]
 
 
 def create_app(settings: Settings, state: AppState | None = None) -> Starlette:

@@ -470,6 +470,19 @@ def render(
             g.lag_ms(now) / 1000,
             (("group", g.group),),
         )
+    from streams import keys as stream_keys
+
+    pipe = client.pipeline(transaction=False)
+    pipe.hget(stream_keys.SCHEDULE_STATS, "fired")
+    pipe.zcard(stream_keys.SCHEDULES)
+    fired, scheduled = pipe.execute()
+    out.add(
+        "ledger_schedule_fired_total",
+        "counter",
+        "Recurring schedule ticks fired (each enqueued one task)",
+        int(fired or 0),
+    )
+    out.add("ledger_schedules", "gauge", "Recurring schedules defined", int(scheduled))
     out.add(
         "ledger_dead_letters",
         "gauge",

@@ -24,6 +24,7 @@ from ledger.commands import (
 )
 from ledger.money import MAX_CREDITS
 from ledger.tasks import MAX_DELAY_SECONDS, NAME_PATTERN
+from streams.schedules import MAX_CRON, MAX_TIMEZONE, NAME_RE
 
 from .routes.ledger import DEFAULT_PAGE, DEFAULT_WAIT_MS, MAX_PAGE, MAX_WAIT_MS
 from .schemas import MAX_BATCH, MAX_BODY_BYTES
@@ -74,6 +75,7 @@ CREDITS: Final = {"type": "integer", "minimum": 0, "maximum": MAX_CREDITS}
 WHEN: Final = {"type": ["string", "null"]}
 NAME: Final = {"type": "string", "pattern": NAME_PATTERN}
 IDEM_ITEM: Final = {"type": "string", "pattern": IDEMPOTENCY_PATTERN}
+SCHEDULE_NAME: Final = {"type": "string", "pattern": f"^{NAME_RE.pattern}$"}
 
 
 def _kind(kind: str, required: dict[str, Schema], optional: dict[str, Schema]) -> Schema:
@@ -256,6 +258,35 @@ SCHEMAS: Final[dict[str, Schema]] = {
         }
     ),
     "QueueStats": {"type": "object", "additionalProperties": ref("QueueStat")},
+    "SchedulePut": obj(
+        {
+            "cron": {"type": "string", "minLength": 1, "maxLength": MAX_CRON},
+            "queue_name": NAME,
+            "task_type": NAME,
+            "task_data": {"type": "object", "propertyNames": {"not": {"pattern": "^\\$"}}},
+        },
+        {
+            "priority": {"type": "integer", "enum": [1, 2, 3, 4]},
+            "timezone": {"type": "string", "minLength": 1, "maxLength": MAX_TIMEZONE},
+        },
+    ),
+    "Schedule": obj(
+        {
+            "name": SCHEDULE_NAME,
+            "cron": {"type": "string"},
+            "timezone": {"type": "string"},
+            "queue_name": NAME,
+            "task_type": NAME,
+            "task_data": {"type": "object"},
+            "priority": {"type": "integer", "enum": [1, 2, 3, 4]},
+            "next_run_at": WHEN,
+            "last_run_at": WHEN,
+            "last_task_id": {"type": ["string", "null"]},
+            "created_at": WHEN,
+            "updated_at": WHEN,
+        }
+    ),
+    "Schedules": obj({"schedules": {"type": "array", "items": ref("Schedule")}}),
     "ExampleCreditPurchase": obj({}, {"user_id": USER_ID, "amount": AMOUNT}),
     "ExampleUserRegistration": obj({}, {"user_id": USER_ID, "email": EMAIL}),
     "ExampleCreditUpdate": obj({}, {"user_id": USER_ID, "delta": DELTA}),
@@ -266,7 +297,7 @@ ERRORS: Final = {
     400: "malformed JSON (not UTF-8, NaN, duplicate keys, nested deeper than allowed)",
     401: "no or unknown API key",
     403: "the key's role may not do this",
-    404: "unknown account, task or queue",
+    404: "unknown account, task, queue or schedule",
     409: "conflict: overdraft (with the balance), duplicate user, reused key, limit, "
     "or not yet projected (with version and current_version)",
     413: f"body larger than {MAX_BODY_BYTES} bytes (or task_data too large)",
@@ -339,6 +370,12 @@ def op(
     return operation
 
 
+def _no_content(operation: Schema) -> Schema:
+    """``operation`` answering 204 with no body on success."""
+    operation["responses"] = {"204": {"description": "done"}, **operation["responses"]}
+    return operation
+
+
 def _example(kind: str) -> Schema:
     o = op(
         f"enqueue a sample {kind} task", "producer", {202: "TaskAccepted"}, body=f"Example{kind}"
@@ -391,6 +428,35 @@ PATHS: Final[dict[str, dict[str, Schema]]] = {
     "/api/queue/example/credit-purchase": _example("CreditPurchase"),
     "/api/queue/example/user-registration": _example("UserRegistration"),
     "/api/queue/example/credit-update": _example("CreditUpdate"),
+    "/api/schedules": {
+        "get": op("every recurring schedule, soonest first", "admin", {200: "Schedules"})
+    },
+    "/api/schedules/{name}": {
+        "get": op(
+            "one recurring schedule",
+            "admin",
+            {200: "Schedule"},
+            errors=(404,),
+            params=(_param("name", "path", {"type": "string"}),),
+        ),
+        "put": op(
+            "create (201) or replace (200) a recurring schedule; cron: 5 fields, or 6 with "
+            "seconds first; takes effect at its next tick",
+            "admin",
+            {201: "Schedule", 200: "Schedule"},
+            body="SchedulePut",
+            params=(_param("name", "path", SCHEDULE_NAME),),
+        ),
+        "delete": _no_content(
+            op(
+                "delete a recurring schedule (a tick already claimed still fires)",
+                "admin",
+                {},
+                errors=(404,),
+                params=(_param("name", "path", {"type": "string"}),),
+            )
+        ),
+    },
     "/api/users": {
         "post": op(
             "register a user",
