@@ -34,6 +34,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,7 @@ from projections.audit import (
 from streams import HandlerRegistry, QueueManager, StreamsConfig, Unavailable, keys
 from streams.appender import Appended
 from streams.queue_manager import TASK_ID_NAMESPACE
+from tests.helpers import eventually
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -510,9 +512,15 @@ def test_appends_acknowledged_while_the_replica_was_cut_off(cluster: RedisCluste
         cluster.fail_master(victim)  # SIGKILL; the cut-off replica takes over
         log = logged(clients[0].redis, users)
         cluster.restart(victim)
-        # the refused ones, retried with their keys by the same client
+        # the refused ones, retried with their keys by the same client, as a client
+        # does: again while the rejoined replica has not confirmed yet (503)
         retried = [
-            clients[1].purchase(user, 5, transaction_id=key, idempotency_key=key)
+            eventually(
+                partial(clients[1].purchase, user, 5, transaction_id=key, idempotency_key=key),
+                timeout=20,
+                ignoring=(Unavailable,),
+                message=f"{key} never acknowledged after the failover",
+            )
             for user, key in refused[1]
         ]
         after = logged(clients[0].redis, users)
