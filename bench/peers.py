@@ -27,7 +27,7 @@ separate keys). For each system, in turn:
             scripts included, / tasks) and CPU per task of each kind of process
 
 The ledger workers run with their defaults (``ledger worker --import
-bench.peer_handlers``: one consumer thread per process) unless ``--concurrency``.
+bench.peer_handlers``: the queues' consumer threads) unless ``--concurrency``.
 
 Totals are checked: every user's sum equals what was enqueued for it.
 Raw HINCRBY one by one from this process is printed as the floor.

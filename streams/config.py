@@ -1,11 +1,7 @@
 """Queue configuration and the engine's settings.
 
 The original system's named queues map to priority levels; ``workers`` is how
-many consumers the original system ran for the queue. ``ledger worker`` no longer
-starts that many threads by default: it runs ``DEFAULT_CONCURRENCY`` consumer
-thread(s) per process (``--concurrency`` / ``LEDGER_CONCURRENCY`` to change it),
-which serve every level in priority order; ``workers`` remains the guide for how
-many consumers (processes times threads) a deployment runs in all.
+many consumers a worker process runs for the queue by default.
 """
 
 from __future__ import annotations
@@ -32,12 +28,6 @@ DEFAULT_QUEUES: tuple[QueueSpec, ...] = (
     QueueSpec(name="high_priority", priority=Priority.HIGH, workers=3),
     QueueSpec(name="low_priority", priority=Priority.LOW, workers=1),
 )
-
-DEFAULT_CONCURRENCY = 1
-"""Consumer threads per ``ledger worker`` process. A consumer runs a round's
-handlers one after the other, and its cost is Redis round trips and Python (one
-GIL): a second thread in the same process adds round trips and latency, not
-throughput, unless handlers block (on I/O) for long. Scale with processes."""
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 MAX_WAIT_REPLICAS = 100

@@ -10,8 +10,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from redis.exceptions import ResponseError
-
 from ledger.tasks import Priority
 
 from . import keys
@@ -34,28 +32,17 @@ STATUS_FIELDS = (
     "retry_at",
 )
 TIME_FIELDS = {"enqueued_at", "started_at", "finished_at", "due_at", "retry_at"}
-WHERE_FIELDS = ("priority", "entry")
-"""Where a queued task's entry is: a worker that reads it fresh writes nothing
-before it settles (``Worker._process``), so "processing" is read from the
-stream's pending list (``_pending``)."""
 
 
 def task_status(client: RedisClient, partitions: int, task_id: str) -> dict[str, Any] | None:
-    """The original status record of a task, or None if unknown (or expired).
-
-    A task recorded as queued whose entry is pending in the ``workers`` group is
-    being processed (its first attempt: later ones are written by begin.lua):
-    "processing", attempt 1, started when it was delivered."""
+    """The original status record of a task, or None if unknown (or expired)."""
     if not isinstance(task_id, str) or not 0 < len(task_id) <= 128:
         return None
     p = keys.partition_of(task_id, partitions)
     with translate():
-        got = client.hmget(keys.task(p, task_id), [*STATUS_FIELDS, *WHERE_FIELDS])
-    values, (priority, entry) = got[: len(STATUS_FIELDS)], got[len(STATUS_FIELDS) :]
+        values = client.hmget(keys.task(p, task_id), STATUS_FIELDS)
     if values[0] is None:
         return None
-    if values[0] == b"queued" and entry and priority:
-        values = _pending(client, p, text(priority), text(entry), values)
     out: dict[str, Any] = {"task_id": task_id}
     for name, raw in zip(STATUS_FIELDS, values, strict=True):
         value = text(raw) if raw is not None else None
@@ -65,30 +52,6 @@ def task_status(client: RedisClient, partitions: int, task_id: str) -> dict[str,
             out[name] = int(value or 0)
         else:
             out[name] = value or None
-    return out
-
-
-def _pending(
-    client: RedisClient, p: keys.Partition, priority: str, entry: str, values: list[Any]
-) -> list[Any]:
-    """``values`` as processing when ``entry`` is delivered to a worker (pending)."""
-    try:
-        stream = keys.stream(p, Priority(int(priority)))
-    except ValueError:
-        return values
-    with translate():
-        try:
-            rows = client.xpending_range(stream, "workers", min=entry, max=entry, count=1)
-        except ResponseError:  # no group yet: not delivered
-            return values
-    if not rows:
-        return values
-    row = rows[0]
-    now_ms = int(time.time() * 1000)
-    out = list(values)
-    out[STATUS_FIELDS.index("status")] = b"processing"
-    out[STATUS_FIELDS.index("attempts")] = max(1, int(row["times_delivered"]))
-    out[STATUS_FIELDS.index("started_at")] = now_ms - int(row["time_since_delivered"])
     return out
 
 

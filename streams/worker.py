@@ -5,12 +5,10 @@ ran out, when it runs out; entries of consumers that died, swept for every
 ``sweep_every_ms``: ``Housekeeping``, one per process), read new entries level by
 level (CRITICAL first, see ``per_partition`` and ``lua/read.lua``) — or, after a
 round that read less than a batch, block at once on every stream — count an
-attempt for each claimed entry (``begin.lua``; a fresh one is attempt 1), run
-the handlers in priority order, then settle the whole round in one step per
-partition (``settle.lua``: ack, or schedule a retry, or dead-letter, and the
-task's status; a completed task's entry is deleted from its stream). Queue
-statistics are added up in the process and written once per ``stats_every_ms``
-(``Stats``).
+attempt for each (``begin.lua``), run the handlers in priority order, then settle
+the whole round in one step per partition (``settle.lua``: ack, or schedule a
+retry, or dead-letter, and the task's status). Queue statistics are added up in
+the process and written once per ``stats_every_ms`` (``Stats``).
 
 A crash anywhere leaves the entries pending; they are claimed again after
 ``claim_idle_ms``, so nothing is lost, and handlers keyed on the event id make
@@ -343,11 +341,12 @@ class Worker:
             if block and not claimed and not fresh:
                 fresh = self._wait_for_work()
         self._quiet = len(fresh) < self.config.batch
-        if claimed or fresh:
-            self._process(claimed, fresh)
+        deliveries = claimed + fresh
+        if deliveries:
+            self._process(deliveries)
         if not block or time.monotonic() >= self.housekeeping.next_flush:
             self.flush_stats()
-        return len(claimed) + len(fresh)
+        return len(deliveries)
 
     def _reclaim(self) -> list[Delivery]:
         """Entries due for another attempt: on every partition each
@@ -469,29 +468,15 @@ class Worker:
         return _deliveries(reply)
 
     # -- processing -------------------------------------------------------------
-    def _process(self, claimed: list[Delivery], fresh: Sequence[Delivery] = ()) -> None:
-        """Run and settle a round: ``claimed`` entries (delivered before) first count
-        their attempt in ``begin.lua``; ``fresh`` ones (read with ``>``: never
-        delivered, so ours and not done yet) are attempt 1 without a call, a crash
-        during it being counted when the entry is claimed (begin.lua), and a task
-        read this way shows as processing from the stream's pending list
-        (``status.task_status``)."""
-        deliveries = [*claimed, *fresh]
+    def _process(self, deliveries: list[Delivery]) -> None:
         by_partition: dict[keys.Partition, list[Delivery]] = defaultdict(list)
-        to_begin: dict[keys.Partition, list[Delivery]] = defaultdict(list)
         for d in deliveries:
             by_partition[d.partition].append(d)
             try:
                 d.message = decode(d.fields)
             except DecodeError as exc:
                 d.message = exc
-        for d in claimed:
-            to_begin[d.partition].append(d)
-        for d in fresh:
-            d.attempts = 1
-        self._skip_completed(fresh)
-        if to_begin:
-            self._begin(to_begin)
+        self._begin(by_partition)
         runnable = []
         for d in deliveries:
             if d.not_run is NotRun.TAKEN_OVER:
@@ -590,22 +575,6 @@ class Worker:
                 else:
                     d.attempts = answer
 
-    def _skip_completed(self, fresh: Sequence[Delivery]) -> None:
-        """A fresh entry of a task completed already (its entry added again, e.g. by
-        hand) is acknowledged, not run: one pipelined HGET per task (what
-        ``begin.lua`` checks for a claimed one)."""
-        tasks = [d for d in fresh if self.config.track and isinstance(d.message, TaskMessage)]
-        if not tasks:
-            return
-        with translate():
-            pipe = self.redis.pipeline(transaction=False)
-            for d in tasks:
-                pipe.hget(self._task_key(d.partition, d), "status")
-            replies = pipe.execute()
-        for d, status in zip(tasks, replies, strict=True):
-            if status == b"completed":
-                d.not_run = NotRun.COMPLETED
-
     def _failed(self, d: Delivery, error: str, delay_ms: int | None) -> Outcome:
         policy = self.config.retry
         if policy.exhausted(d.attempts):
@@ -623,15 +592,7 @@ class Worker:
             entries: list[ScriptArg] = []
             for d in ds:
                 op, number, error = settle_args(d.outcome or RetryLater(0, "no outcome"))
-                entries += [
-                    op,
-                    self._rank_key(d.level),
-                    d.entry_id,
-                    _queue(d),
-                    number,
-                    error,
-                    d.attempts,
-                ]
+                entries += [op, self._rank_key(d.level), d.entry_id, _queue(d), number, error]
             calls.append(
                 (
                     self.scripts.settle,

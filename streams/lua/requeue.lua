@@ -40,8 +40,7 @@ fields[#fields + 1] = 'rq'; fields[#fields + 1] = meta.rq or (stream .. '/' .. m
 local id = redis.call('XADD', stream, '*', unpack(fields))
 redis.call('XDEL', KEYS[1], ARGV[1])
 if task_id then
-  redis.call('HSET', KEYS[4], 'status', 'queued', 'attempts', 0, 'entry', id, 'last_error', '',
-             'retry_at', '')
+  redis.call('HSET', KEYS[4], 'status', 'queued', 'attempts', 0, 'entry', id, 'last_error', '')
   redis.call('PERSIST', KEYS[4])
 end
 return {'ok', id, stream}

@@ -1,8 +1,7 @@
 --[[ settle.lua: record the outcome of processed entries of one partition.
 
 Acknowledging, scheduling a retry, dead-lettering and updating task status happen
-in one step (and a completed task's entry is deleted from its stream: XDEL), so
-an entry is never acked without its outcome, nor dead-lettered
+in one step, so an entry is never acked without its outcome, nor dead-lettered
 twice. The queue statistics (counters, latencies, throughput) are not written
 here: the worker adds up what this returns and writes them once per interval
 (``worker.Stats``).
@@ -18,10 +17,8 @@ ARGV[4] the idempotency window (s): when ARGV[2] is shorter, a task enqueued wit
         an Idempotency-Key (its record has a fingerprint) keeps its record for the
         window set at enqueue, so that a repeat still finds it, and for at least
         ARGV[2] after it finished
-then 7 values per entry i:  op ("ok"|"retry"|"dead"|"ack"|"skip"), level (1..4 = KEYS[4..7]),
-  entry id, queue name, number (ok: latency ms; retry: delay ms; dead: attempts), error,
-  attempt (1: a fresh delivery, which wrote nothing before: no attempts field to
-  forget, no error or retry time to clear; the task's "attempts" is written here)
+then 6 values per entry i:  op ("ok"|"retry"|"dead"|"ack"|"skip"), level (1..4 = KEYS[4..7]),
+  entry id, queue name, number (ok: latency ms; retry: delay ms; dead: attempts), error
 Returns per entry 1 if its outcome was recorded, 0 if not (skipped, or no longer
 pending for this consumer); an error, with nothing written, when the keys do not
 match the number of entries.
@@ -31,8 +28,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local group, ttl, consumer = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local short = ttl < tonumber(ARGV[4])
 local first = 4  -- ARGV index before the first entry's values
-local per = 7
-local n = (#ARGV - first) / per
+local n = (#ARGV - first) / 6
 
 -- checked before anything is written: a script is not rolled back
 if n ~= math.floor(n) or #KEYS ~= 7 + n then
@@ -42,7 +38,7 @@ end
 -- which entries are still ours: one XPENDING per level, not one per entry
 local ids_by_level, mine = {}, {}
 for i = 1, n do
-  local b = first + (i - 1) * per
+  local b = first + (i - 1) * 6
   local level = tonumber(ARGV[b + 2])
   ids_by_level[level] = ids_by_level[level] or {}
   table.insert(ids_by_level[level], ARGV[b + 3])
@@ -52,7 +48,7 @@ for level, ids in pairs(ids_by_level) do
 end
 
 -- acks are gathered and written once per call
-local acks, forget, out, drop = {}, {}, {}, {}
+local acks, forget, out = {}, {}, {}
 local function keep(tkey)  -- a finished task's record: kept ttl seconds (see ARGV[4])
   if short and (redis.call('HGET', tkey, 'fingerprint') or '') ~= ''
       and redis.call('TTL', tkey) >= ttl then
@@ -60,56 +56,38 @@ local function keep(tkey)  -- a finished task's record: kept ttl seconds (see AR
   end
   redis.call('EXPIRE', tkey, ttl)
 end
--- a task's status, one HSET; started: when a fresh delivery (begin.lua did not run
--- for it) was read, else nil
-local function record(tkey, started, attempts, status, ...)
-  local fields = {'status', status, 'attempts', attempts, ...}
-  if started then fields[#fields + 1] = 'started_at'; fields[#fields + 1] = started end
-  redis.call('HSET', tkey, unpack(fields))
-end
-local function ack(level, id, attempt)
+local function ack(level, id)
   acks[level] = acks[level] or {}
   table.insert(acks[level], id)
-  if attempt ~= 1 then table.insert(forget, group .. '|' .. level .. '|' .. id) end
+  table.insert(forget, group .. '|' .. level .. '|' .. id)
 end
 
 for i = 1, n do
-  local b = first + (i - 1) * per
-  local op, level, id, queue, num, err, attempt = ARGV[b + 1], tonumber(ARGV[b + 2]),
-    ARGV[b + 3], ARGV[b + 4], tonumber(ARGV[b + 5]), ARGV[b + 6], tonumber(ARGV[b + 7])
+  local b = first + (i - 1) * 6
+  local op, level, id, queue, num, err =
+    ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3], ARGV[b + 4], tonumber(ARGV[b + 5]), ARGV[b + 6]
   local stream, tkey = KEYS[3 + level], KEYS[7 + i]
   local is_task = tkey ~= KEYS[1]
   out[i] = 0
-  local started = nil
   if not mine[level][id] then
     op = 'skip'  -- not ours any more (or already settled): nothing to record
-  elseif attempt == 1 then
-    started = now - mine[level][id]
   end
   if op == 'ok' then
-    ack(level, id, attempt)
+    ack(level, id)
     out[i] = 1
     if is_task then
-      if attempt == 1 then
-        record(tkey, started, 1, 'completed', 'finished_at', now)
-      else
-        record(tkey, started, attempt, 'completed', 'finished_at', now, 'last_error', '',
-               'retry_at', '')
-      end
+      redis.call('HSET', tkey, 'status', 'completed', 'finished_at', now, 'last_error', '',
+                 'retry_at', '')
       keep(tkey)
-      -- the stream entry of a completed task is of no more use (its record says
-      -- what happened; projectors skip tasks): deleted, it keeps no memory
-      drop[level] = drop[level] or {}
-      table.insert(drop[level], id)
     end
   elseif op == 'ack' then
-    ack(level, id, attempt)
+    ack(level, id)
     out[i] = 1
   elseif op == 'retry' then
     redis.call('ZADD', KEYS[2], now + num, level .. '|' .. id)
     out[i] = 1
     if is_task then
-      record(tkey, started, attempt, 'retrying', 'last_error', err, 'retry_at', now + num)
+      redis.call('HSET', tkey, 'status', 'retrying', 'last_error', err, 'retry_at', now + num)
     end
   elseif op == 'dead' then
     local fields = {}
@@ -122,11 +100,11 @@ for i = 1, n do
       fields[#fields + 1] = v
     end
     redis.call('XADD', KEYS[3], '*', unpack(fields))
-    ack(level, id, attempt)
+    ack(level, id)
     redis.call('ZREM', KEYS[2], level .. '|' .. id)
     out[i] = 1
     if is_task then
-      record(tkey, started, num, 'failed', 'finished_at', now, 'last_error', err)
+      redis.call('HSET', tkey, 'status', 'failed', 'finished_at', now, 'last_error', err)
       keep(tkey)
     end
   end
@@ -137,9 +115,6 @@ local function each_slice(list, f)  -- unpack() has a stack limit: 500 at a time
 end
 for level, ids in pairs(acks) do
   each_slice(ids, function(...) redis.call('XACK', KEYS[3 + level], group, ...) end)
-end
-for level, ids in pairs(drop) do
-  each_slice(ids, function(...) redis.call('XDEL', KEYS[3 + level], ...) end)
 end
 each_slice(forget, function(...) redis.call('HDEL', KEYS[1], ...) end)
 return out
