@@ -227,8 +227,32 @@ def build_parser() -> argparse.ArgumentParser:
         "than this (0: never trim)",
     )
 
-    sched = sub.add_parser("scheduler", help="move delayed tasks onto their streams when due")
+    sched = sub.add_parser(
+        "scheduler",
+        help="move delayed tasks onto their streams when due, and fire recurring schedules",
+    )
     _common(sched)
+
+    schedules = sub.add_parser("schedules", help="list, add or remove recurring schedules")
+    _common(schedules)
+    ssub = schedules.add_subparsers(dest="schedules_command", required=True)
+    ssub.add_parser("list", help="every schedule as JSON, soonest first")
+    sadd = ssub.add_parser(
+        "add", help="create or replace a schedule (takes effect at its next tick)"
+    )
+    sadd.add_argument("name", help="1-64 of A-Z a-z 0-9 _ . -")
+    sadd.add_argument(
+        "--cron",
+        required=True,
+        help="5 fields (minute hour day month weekday), or 6 with seconds first",
+    )
+    sadd.add_argument("--queue", required=True, dest="queue_name", help="the task's queue")
+    sadd.add_argument("--type", required=True, dest="task_type", help="the task's type")
+    sadd.add_argument("--data", default="{}", help="the task's data, a JSON object")
+    sadd.add_argument("--priority", type=int, default=None, help="1..4 (default: the queue's)")
+    sadd.add_argument("--timezone", default="UTC", help="IANA name the cron reads in")
+    srm = ssub.add_parser("remove", help="delete schedules (a tick already claimed still fires)")
+    srm.add_argument("names", nargs="+", metavar="NAME")
 
     stats = sub.add_parser("stats", help="print queue statistics as JSON")
     _common(stats)
@@ -293,6 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _scheduler(_settings(args))
         if args.command == "stats":
             return _stats(args, _settings(args))
+        if args.command == "schedules":
+            return _schedules(args, _settings(args))
         return _dlq(args, _settings(args))
     except EnvError as exc:
         print(f"ledger: error: {exc}", file=sys.stderr)
@@ -490,7 +516,9 @@ def _scheduler(settings: Settings) -> int:
 
     client = connect(settings.streams().redis_url)
     ensure_partitions(client, settings.partitions)
-    scheduler = Scheduler(client, settings.partitions)
+    scheduler = Scheduler(
+        client, settings.partitions, task_ttl_s=settings.streams().idempotency_ttl_s
+    )
     _on_term(scheduler.stop)
     log.info("scheduler up")
     scheduler.run()
@@ -505,6 +533,47 @@ def _stats(args: argparse.Namespace, settings: Settings) -> int:
     qm = QueueManager(config=settings.streams())
     print(json.dumps(qm.get_queue_stats(args.queue), indent=2))
     return RET_OK
+
+
+def _schedules(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from ledger.errors import ValidationError
+    from streams import QueueManager
+
+    qm = QueueManager(config=settings.streams())
+    if args.schedules_command == "list":
+        print(json.dumps(qm.list_schedules(), indent=2))
+        return RET_OK
+    if args.schedules_command == "add":
+        try:
+            data = json.loads(args.data)
+        except ValueError as exc:
+            print(f"ledger schedules add: --data is not JSON: {exc}", file=sys.stderr)
+            return RET_USAGE
+        try:
+            created = qm.add_schedule(
+                args.name,
+                args.cron,
+                args.queue_name,
+                args.task_type,
+                data,
+                args.priority,
+                args.timezone,
+            )
+        except ValidationError as exc:
+            print(f"ledger schedules add: {exc.field}: {exc}", file=sys.stderr)
+            return RET_USAGE
+        print(json.dumps({"created": created, **(qm.get_schedule(args.name) or {})}, indent=2))
+        return RET_OK
+    status = RET_OK
+    for name in args.names:
+        if qm.remove_schedule(name):
+            print(f"removed {name}")
+        else:
+            print(f"ledger schedules remove: no schedule {name!r}", file=sys.stderr)
+            status = RET_ERROR
+    return status
 
 
 def _dlq(args: argparse.Namespace, settings: Settings) -> int:
