@@ -37,10 +37,9 @@ import redis
 
 from api.dev.embedded import EmbeddedRedis
 from bench.common import facts, ledger, print_facts, spawn, write
-from bench.peers import System, drain
+from bench.peers import System, drain, peer_arguments
 from ledger.tasks import Priority
 from streams import BatchDBManager, QueueManager, StreamsConfig, default_registry
-from streams.config import DEFAULT_PARTITIONS
 
 TASK_TYPE = "hincr_batch"
 SUM_KEY = "bench:sum:ledger-batch"
@@ -136,17 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--tasks", type=int, default=20_000)
-    ap.add_argument("--users", type=int, default=1000)
-    ap.add_argument("--processes", type=int, default=2, help="worker processes, each system")
-    ap.add_argument("--threads", type=int, default=8, help="Dramatiq threads per process")
-    ap.add_argument(
-        "--concurrency",
-        type=int,
-        default=None,
-        help="ledger consumers (threads) per worker process (default: the worker's own)",
-    )
-    ap.add_argument("--partitions", type=int, default=DEFAULT_PARTITIONS)
+    peer_arguments(ap)
     ap.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="the handler's")
     args = ap.parse_args(argv)
 

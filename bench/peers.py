@@ -356,14 +356,8 @@ def latency(
     }
 
 
-SYSTEMS = ("ledger", "ledger_many", "dramatiq", "loop")
-TRICKLE = ("ledger", "dramatiq", "loop")
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def peer_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options every peer comparison takes (this one and ``bench.batch``)."""
     ap.add_argument("--tasks", type=int, default=20_000)
     ap.add_argument("--users", type=int, default=1000)
     ap.add_argument("--processes", type=int, default=2, help="worker processes, each system")
@@ -375,6 +369,17 @@ def main(argv: list[str] | None = None) -> int:
         help="ledger consumers (threads) per worker process (default: the worker's own)",
     )
     ap.add_argument("--partitions", type=int, default=DEFAULT_PARTITIONS)
+
+
+SYSTEMS = ("ledger", "ledger_many", "dramatiq", "loop")
+TRICKLE = ("ledger", "dramatiq", "loop")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    peer_arguments(ap)
     ap.add_argument("--latency-s", type=float, default=10.0)
     ap.add_argument(
         "--rate", type=float, default=500.0, help="offered load of the trickle (latency) phase"
