@@ -31,6 +31,19 @@ from .exits import RET_CONNECT, RET_ERROR, RET_IMPORT, RET_OK, RET_USAGE
 log = logging.getLogger("ledger")
 
 
+def _forget_idle_option(parser: argparse.ArgumentParser, who: str, group: str) -> None:
+    """``--forget-idle-ms`` of ``worker`` and ``project`` (lua/forget.lua)."""
+    add_option(
+        parser,
+        "--forget-idle-ms",
+        env="LEDGER_FORGET_IDLE_MS",
+        parse=cfg.integer(1000, MAX_MS),
+        default=None,
+        shown_default="10 x claim-idle-ms, at least 60000",
+        help=f"remove {who} that holds nothing and was idle this long from {group}",
+    )
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     """The connection options every command has; nothing is read until ``resolve``."""
     add_option(
@@ -161,15 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=60_000,
         help="take over entries of a consumer silent this long",
     )
-    add_option(
-        worker,
-        "--forget-idle-ms",
-        env="LEDGER_FORGET_IDLE_MS",
-        parse=cfg.integer(1000, MAX_MS),
-        default=None,
-        shown_default="10 x claim-idle-ms, at least 60000",
-        help="remove a consumer that holds nothing and was idle this long from the group",
-    )
+    _forget_idle_option(worker, "a consumer", "the group")
     add_option(
         worker,
         "--status-ttl-s",
@@ -208,15 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=30_000,
         help="take over entries of a projector silent this long",
     )
-    add_option(
-        project,
-        "--forget-idle-ms",
-        env="LEDGER_FORGET_IDLE_MS",
-        parse=cfg.integer(1000, MAX_MS),
-        default=None,
-        shown_default="10 x claim-idle-ms, at least 60000",
-        help="remove a projector that holds nothing and was idle this long from its group",
-    )
+    _forget_idle_option(project, "a projector", "its group")
     add_option(
         project,
         "--trim-after-ms",
