@@ -32,6 +32,8 @@ MODEST: dict[str, list[str]] = {
     "scaling": ["--tasks", "10000"],
     "peers": ["--tasks", "10000", "--latency-s", "5"],
     "cluster": ["--events", "10000", "--tasks", "5000"],
+    "dependencies": ["--pairs", "300"],
+    "holds": ["--pairs", "12000", "--expire", "10000"],
 }
 
 Row = tuple[str, str, Any, str, str, bool | None]  # case, figure, value, unit, ratio, met
@@ -229,6 +231,30 @@ def rows_cluster(d: Any) -> list[Row]:
     return rows
 
 
+def rows_dependencies(d: Any) -> list[Row]:
+    lat, k = d["latency_ms"], d["keepalive"]
+    return [
+        ("deps", "parent done -> child started, p50", round(lat["p50"], 2), "ms", "", None),
+        ("deps", "parent done -> child started, p99", round(lat["p99"], 2), "ms", "", None),
+        (
+            "deps",
+            "Redis commands per dependency",
+            d["commands_per_dependency"],
+            "commands",
+            f"{d['script_calls_per_dependency']} script calls",
+            None,
+        ),
+        (
+            "deps",
+            f"claim renewals, {k['handler_s']} s handler",
+            k["renewals"],
+            "XCLAIM",
+            f"claim_idle {k['claim_idle_ms']} ms",
+            None,
+        ),
+    ]
+
+
 def rows_peers(d: Any) -> list[Row]:
     res, ratios, targets = d["results"], d["ratios"], d["targets"]
     t = res["dramatiq"]
@@ -273,6 +299,34 @@ def rows_peers(d: Any) -> list[Row]:
     ]
 
 
+def rows_holds(d: Any) -> list[Row]:
+    spend, hold = d["rows"]
+    out: list[Row] = [
+        ("holds", spend["case"], spend["events_per_s"], "events/s", "", None),
+        (
+            "holds",
+            hold["case"],
+            hold["events_per_s"],
+            "events/s",
+            f"{hold['ratio_vs_purchase_use']:.0%} of purchase + use",
+            None,
+        ),
+    ]
+    e = d.get("expiry")
+    if e:
+        out.append(
+            (
+                "holds",
+                f"{e['holds']} holds due at once: all released",
+                e["seconds_to_release_all"],
+                "s",
+                f"{e['released_per_s']} expiries/s",
+                e["released"] == e["holds"],
+            )
+        )
+    return out
+
+
 EXTRACT: dict[str, Callable[[Any], list[Row]]] = {
     "append": rows_append,
     "projection": rows_projection,
@@ -284,6 +338,8 @@ EXTRACT: dict[str, Callable[[Any], list[Row]]] = {
     "scaling": rows_scaling,
     "peers": rows_peers,
     "cluster": rows_cluster,
+    "dependencies": rows_dependencies,
+    "holds": rows_holds,
 }
 
 

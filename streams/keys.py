@@ -11,6 +11,10 @@ task status hashes.
     ledger:{T}:idem:<n>:<user_id>:<key>  hash  e v b f   (first response of an Idempotency-Key; TTL)
                                                n = len(user_id): both parts may hold ":"
     ledger:{T}:txn:<user_id>             hash  <transaction_id> -> "e|v|b|f" (kept forever)
+    ledger:{T}:holds:<user_id>           hash  <hold_id> -> "credits|expires_at_ms|at_ms|reason":
+                                               the account's open holds (append.lua)
+    ledger:{T}:holds-due                 zset  <hold_id> by expiry (ms): open holds, for
+                                               the scheduler's sweep (streams/holds.py)
     ledger:{T}:task:<task_id>            hash  status attempts queue_name task_type … (TTL once
                                                on a stream; none while scheduled: "data" and
                                                "ttl" wait there for the scheduler)
@@ -22,6 +26,12 @@ task status hashes.
     ledger:{T}:cursor                    hash  <group>|<level> -> XAUTOCLAIM cursor
     ledger:{T}:lat:<queue>               list  latest 512 latencies (ms) of processed entries
     ledger:{T}:tput:<queue>              hash  10-second bucket -> entries processed
+    ledger:{T}:deps:<task_id>             set  parents a waiting task still waits for
+    ledger:{T}:children:<task_id>         set  waiting tasks to tell when this one ends
+    ledger:{T}:waiting                   zset  <task_id> of waiting tasks by enqueue time (ms)
+    ledger:{T}:outbox                  stream  ends of parents not yet told to their children
+                                               (p=parent o=completed|failed|cancelled e c=ids;
+                                               group "release"; streams/dependencies.py)
     ledger:{sched}:schedules             zset  <name> by next_run_at (ms): recurring schedules
     ledger:{sched}:schedule:<name>       hash  cron timezone queue_name task_type data priority
                                                next_run_at last_run_at last_task_id …
@@ -201,6 +211,16 @@ def transactions(p: Partition, user_id: str) -> str:
     return f"{tag(p)}:txn:{user_id}"
 
 
+def holds(p: Partition, user_id: str) -> str:
+    """An account's open holds (hold id -> "credits|expires_at_ms|at_ms|reason")."""
+    return f"{tag(p)}:holds:{user_id}"
+
+
+def holds_due(p: Partition) -> str:
+    """The partition's open holds by expiry time (ms)."""
+    return f"{tag(p)}:holds-due"
+
+
 def task(p: Partition, task_id: str) -> str:
     return f"{tag(p)}:task:{task_id}"
 
@@ -227,6 +247,22 @@ def stats(p: Partition) -> str:
 
 def cursor(p: Partition) -> str:
     return f"{tag(p)}:cursor"
+
+
+def deps(p: Partition, task_id: str) -> str:
+    return f"{tag(p)}:deps:{task_id}"
+
+
+def children(p: Partition, task_id: str) -> str:
+    return f"{tag(p)}:children:{task_id}"
+
+
+def waiting(p: Partition) -> str:
+    return f"{tag(p)}:waiting"
+
+
+def outbox(p: Partition) -> str:
+    return f"{tag(p)}:outbox"
 
 
 def parse_stream(key: str) -> tuple[Partition, Priority]:

@@ -7,8 +7,9 @@
     qm.register_batch_handler("notify", batch_handler, max_batch=100)
     qm.get_task_status(task_id); qm.get_queue_stats(); qm.get_queue_stats("default")
 
-plus the ledger's own calls (``register_user``, ``purchase``, ``use``, ``adjust``),
-which go through the atomic append.
+plus the ledger's own calls (``register_user``, ``purchase``, ``use``, ``adjust``,
+and the credit holds ``hold``, ``capture``, ``release``), which go through the
+atomic append; ``open_holds`` lists an account's open holds.
 """
 
 from __future__ import annotations
@@ -19,9 +20,19 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
-from ledger.commands import Adjust, Command, Purchase, RegisterUser, Use, check
+from ledger.commands import (
+    Adjust,
+    Capture,
+    Command,
+    Hold,
+    Purchase,
+    RegisterUser,
+    Release,
+    Use,
+    check,
+)
 from ledger.errors import IdempotencyKeyReused, LedgerError, ValidationError
 from ledger.tasks import (
     MAX_TASK_BYTES,
@@ -38,7 +49,9 @@ from .codec import pack
 from .config import StreamsConfig
 from .connection import RedisClient, connect, ensure_partitions, translate
 from .deadletters import DeadLetter, list_dead, requeue
+from .dependencies import Dependencies, check_depends_on
 from .handlers import BatchHandler, BoundDBManager, Handler
+from .holds import OpenHoldView, account_holds, open_holds
 from .registry import DEFAULT_MAX_BATCH, HandlerRegistry, default_registry
 from .replies import text
 from .scripts import Call, ScriptArg, load, run_many
@@ -46,6 +59,13 @@ from .status import queue_stats, task_status
 from .worker import Housekeeping, Worker, WorkerConfig
 
 TASK_ID_NAMESPACE = uuid.UUID("6f1c3a52-8d0e-4d3b-9a57-3c2e1f0b7a10")
+
+
+class Enqueued(NamedTuple):
+    """What ``QueueManager.submit`` did: the task's id and its status then."""
+
+    task_id: str
+    status: str
 
 
 class QueueManager:
@@ -69,6 +89,7 @@ class QueueManager:
         self.allowed = allowed_collections(self.config.extra_collections)
         self.scripts = load(self.redis)
         self.appender = Appender(self.redis, self.config, self.scripts)
+        self.dependencies = Dependencies(self.redis, self.scripts, self.config.partitions)
         self._checked = False
         self._workers: list[tuple[Worker, threading.Thread]] = []
 
@@ -86,24 +107,73 @@ class QueueManager:
         priority: Priority | int | None = None,
         delay: float = 0,
         idempotency_key: str | None = None,
+        depends_on: Sequence[str] | None = None,
     ) -> str:
         """Queue a task; returns its id. ``priority`` defaults to the queue's.
+
+        With ``depends_on`` (at most 100 task ids) the task waits until every one
+        of them completed, and is cancelled if one fails or is cancelled
+        (``streams.dependencies``); a delay then counts from its release.
 
         With ``wait_replicas`` the task is confirmed by that many replicas
         before its id is returned, as an append is; else ``Unavailable`` (the
         task stays queued: retry with the same ``idempotency_key``)."""
+        return self.submit(
+            queue_name, task_type, task_data, priority, delay, idempotency_key, depends_on
+        ).task_id
+
+    def submit(
+        self,
+        queue_name: str,
+        task_type: str,
+        task_data: Mapping[str, Any],
+        priority: Priority | int | None = None,
+        delay: float = 0,
+        idempotency_key: str | None = None,
+        depends_on: Sequence[str] | None = None,
+    ) -> Enqueued:
+        """``enqueue``, also telling the task's status once enqueued (queued,
+        scheduled, waiting, or cancelled when a parent had failed already)."""
+        parents = check_depends_on(depends_on)
         task_id, call = self._enqueue_call(
-            queue_name, task_type, task_data, priority, delay, idempotency_key
+            queue_name, task_type, task_data, priority, delay, idempotency_key, parents
         )
         self._ready()
-        with translate():
-            reply = run_many(self.redis, [call], wait=self.config.wait)[0]
-        status = reply[0].decode()
-        if status == "reused":
+        if parents:
+            outcome, status = self.dependencies.enqueue(task_id, call[2], parents, self.config.wait)
+        else:
+            with translate():
+                reply = run_many(self.redis, [call], wait=self.config.wait)[0]
+            outcome = reply[0].decode()
+            status = "scheduled" if call[2][5] else "queued"
+        if outcome == "reused":
             raise IdempotencyKeyReused(idempotency_key or "")
-        if status == "exists":  # a uuid4 collision: practically never
-            return self.enqueue(queue_name, task_type, task_data, priority, delay)
-        return task_id
+        if outcome == "exists":  # a uuid4 collision: practically never
+            return self.submit(queue_name, task_type, task_data, priority, delay, None, parents)
+        return Enqueued(task_id, status)
+
+    def chain(self, steps: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Enqueue tasks that run one after the other: each step (``enqueue``'s
+        keyword arguments, e.g. ``{"queue_name": …, "task_type": …, "task_data":
+        …}``) depends on the one before it. Returns their ids in order. A step that
+        fails (dead-lettered) or is cancelled cancels the rest."""
+        if isinstance(steps, str | bytes) or not isinstance(steps, Sequence) or not steps:
+            raise ValidationError("steps", "chain takes a non-empty list of enqueue arguments")
+        ids: list[str] = []
+        for i, step in enumerate(steps):
+            if not isinstance(step, Mapping):
+                raise ValidationError(f"steps[{i}]", f"steps[{i}] is not a mapping")
+            if "depends_on" in step:
+                raise ValidationError(f"steps[{i}].depends_on", "a chain sets depends_on itself")
+            ids.append(self.enqueue(**step, depends_on=ids[-1:] or None))
+        return ids
+
+    def cancel(self, task_id: str) -> str:
+        """Cancel a task that is waiting, queued or scheduled: it never runs, and
+        the tasks waiting for it are cancelled too. Returns "cancelled", or the
+        status that cannot be cancelled (processing, retrying, completed, failed,
+        cancelled), or "missing" for an unknown id."""
+        return self.dependencies.cancel(task_id)
 
     def enqueue_many(
         self,
@@ -149,6 +219,7 @@ class QueueManager:
         priority: Priority | int | None,
         delay: float,
         idempotency_key: str | None = None,
+        depends_on: Sequence[str] = (),
     ) -> tuple[str, Call]:
         """Check one task; (its id, the enqueue.lua call that queues it)."""
         spec = self.config.queue(queue_name) if isinstance(queue_name, str) else None
@@ -183,6 +254,7 @@ class QueueManager:
                         data,
                         str(int(task.priority)).encode(),
                         str(task.delay_ms).encode(),
+                        *(f"after:{parent}".encode() for parent in depends_on),
                     ]
                 )
             ).hexdigest()
@@ -289,6 +361,83 @@ class QueueManager:
             idempotency_key=idempotency_key,
         )
 
+    def hold(
+        self,
+        user_id: str,
+        amount: int,
+        expires_in_s: int,
+        reason: str = "",
+        *,
+        priority: Priority = Priority.NORMAL,
+        idempotency_key: str | None = None,
+    ) -> Appended:
+        """Reserve ``amount`` of the available credits for ``expires_in_s`` seconds.
+
+        Returns the ``credits_held`` event: ``.hold_id`` names the hold,
+        ``.held``/``.available`` are the account's after it. Raises
+        ``InsufficientCredits`` (amount > available), ``TooManyHolds`` (the
+        account has ``max_open_holds`` open) or ``ValidationError`` (e.g.
+        ``expires_in_s`` beyond ``max_hold_expiry_s``). Unless captured or
+        released first, ``ledger scheduler`` releases it at its expiry."""
+        return self.append(
+            Hold(user_id=user_id, amount=amount, reason=reason, expires_in_s=expires_in_s),
+            priority=priority,
+            idempotency_key=idempotency_key,
+        )
+
+    def capture(
+        self,
+        user_id: str,
+        hold_id: str,
+        amount: int | None = None,
+        *,
+        priority: Priority = Priority.NORMAL,
+        idempotency_key: str | None = None,
+    ) -> Appended:
+        """Use ``amount`` of an open hold (None: all of it); the rest is released
+        in the same event. ``HoldNotOpen`` if it was captured, released or has
+        expired; ``UnknownHold`` if this account never made it."""
+        return self.append(
+            Capture(user_id=user_id, hold_id=hold_id, amount=amount),
+            priority=priority,
+            idempotency_key=idempotency_key,
+        )
+
+    def release(
+        self,
+        user_id: str,
+        hold_id: str,
+        *,
+        priority: Priority = Priority.NORMAL,
+        idempotency_key: str | None = None,
+    ) -> Appended:
+        """Release the whole of an open hold (errors as ``capture``)."""
+        return self.append(
+            Release(user_id=user_id, hold_id=hold_id),
+            priority=priority,
+            idempotency_key=idempotency_key,
+        )
+
+    def open_holds(self, user_id: str) -> list[OpenHoldView]:
+        """The account's open holds in Redis, oldest first."""
+        return open_holds(self.redis, self.config.partitions, user_id)
+
+    def holds_of(self, user_id: str) -> dict[str, Any] | None:
+        """The account's balance, held, available and open holds (oldest first), read
+        together from Redis (held is the sum of the holds listed); None: no account."""
+        state, holds = account_holds(self.redis, self.config.partitions, user_id)
+        if not state:
+            return None
+        balance, held = int(state["balance"]), int(state.get("held") or 0)
+        return {
+            "user_id": user_id,
+            "version": int(state["version"]),
+            "balance": balance,
+            "held": held,
+            "available": balance - held,
+            "holds": holds,
+        }
+
     def append(
         self,
         command: Command,
@@ -320,10 +469,13 @@ class QueueManager:
         if not raw:
             return None
         f = {text(k): text(v) for k, v in raw.items()}
+        held = int(f.get("held") or 0)
         return {
             "user_id": user_id,
             "version": int(f["version"]),
             "balance": int(f["balance"]),
+            "held": held,
+            "available": int(f["balance"]) - held,
             "purchased_total": int(f["purchased"]),
             "used_total": int(f["used"]),
             "head": f["head"],

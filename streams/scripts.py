@@ -60,10 +60,12 @@ NAMES = (
     "read",
     "forget",
     "tick",
+    "deps",
+    "keepalive",
 )
 
 
-PRELUDES = {"begin": ("owned",), "settle": ("owned",)}
+PRELUDES = {"begin": ("owned",), "settle": ("owned",), "keepalive": ("owned",)}
 """Shared Lua functions a script is sent with (Redis scripts cannot import)."""
 
 
@@ -87,6 +89,8 @@ class Scripts:
     read: Script
     forget: Script
     tick: Script
+    deps: Script
+    keepalive: Script
 
 
 def load(client: RedisClient) -> Scripts:

@@ -19,6 +19,17 @@ from .groups import GroupInfo, groups
 from .replies import text
 from .times import iso_utc
 
+TASK_STATUSES = (
+    "waiting",
+    "queued",
+    "scheduled",
+    "processing",
+    "retrying",
+    "completed",
+    "failed",
+    "cancelled",
+)
+"""Every status a task record can show (``GET /api/queue/status``)."""
 STATUS_FIELDS = (
     "status",
     "attempts",
@@ -30,8 +41,22 @@ STATUS_FIELDS = (
     "last_error",
     "due_at",
     "retry_at",
+    "depends_on",
 )
 TIME_FIELDS = {"enqueued_at", "started_at", "finished_at", "due_at", "retry_at"}
+COUNTERS = (
+    "processed",
+    "failed",
+    "retried",
+    "dead",
+    "waiting",
+    "cancelled",
+    "released",
+    "dependents_cancelled",
+)
+"""Per queue, in ``ledger:{T}:stats``: ``waiting`` is a gauge (tasks waiting for
+their parents now), the others count since the start (``lua/settle.lua`` through
+the worker's ``Stats``; ``lua/deps.lua`` for the last four)."""
 
 
 def task_status(client: RedisClient, partitions: int, task_id: str) -> dict[str, Any] | None:
@@ -41,6 +66,8 @@ def task_status(client: RedisClient, partitions: int, task_id: str) -> dict[str,
     p = keys.partition_of(task_id, partitions)
     with translate():
         values = client.hmget(keys.task(p, task_id), STATUS_FIELDS)
+        if values[0] == b"waiting":
+            awaited = sorted(text(v) for v in client.smembers(keys.deps(p, task_id)))
     if values[0] is None:
         return None
     out: dict[str, Any] = {"task_id": task_id}
@@ -50,8 +77,11 @@ def task_status(client: RedisClient, partitions: int, task_id: str) -> dict[str,
             out[name] = iso_utc(int(value)) if value else None
         elif name == "attempts":
             out[name] = int(value or 0)
+        elif name == "depends_on":
+            out[name] = value.split(",") if value else []
         else:
             out[name] = value or None
+    out["waiting_for"] = awaited if values[0] == b"waiting" else []
     return out
 
 
@@ -94,7 +124,7 @@ def _summarise(
 ) -> dict[str, Any]:
     """A group missing on a stream (not created yet) counts nothing and leaves lag unknown."""
     length = 0
-    counters = {"processed": 0, "failed": 0, "retried": 0, "dead": 0}
+    counters = dict.fromkeys(COUNTERS, 0)
     latencies: list[int] = []
     recent = 0
     for i in range(0, len(replies), 4):

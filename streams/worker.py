@@ -38,9 +38,11 @@ from ledger.tasks import Priority
 from . import keys
 from .codec import EventMessage, Message, TaskMessage, decode
 from .connection import RedisClient, ensure_groups, is_cluster, translate
+from .dependencies import Releaser
 from .errors import DecodeError, Unavailable
 from .handlers import BoundDBManager
 from .ids import parse_id
+from .keepalive import KeepAlive
 from .outcomes import (
     Acknowledged,
     DeadLettered,
@@ -206,6 +208,9 @@ class Housekeeping:
     stats: Stats = field(default_factory=Stats)
     """Not yet written (``Worker.flush_stats``), under ``lock``."""
     next_flush: float = 0.0
+    keepalive: KeepAlive | None = None
+    """Renews the claims of the rounds running in this process (the first worker
+    made with this housekeeping creates it)."""
 
     def retry_at(self, p: keys.Partition, at: float) -> None:
         with self.lock:
@@ -272,6 +277,12 @@ class Worker:
         self.processed = 0
         self.stopping = threading.Event()
         self.housekeeping = housekeeping or Housekeeping()
+        with self.housekeeping.lock:
+            if self.housekeeping.keepalive is None:
+                self.housekeeping.keepalive = KeepAlive(
+                    client, self.scripts, max(1, self.config.claim_idle_ms // 4)
+                )
+            self.keepalive = self.housekeeping.keepalive
         self._quiet = False
         """The last round read less than a batch: the next one blocks at once."""
         self._rand = random.Random()
@@ -296,25 +307,27 @@ class Worker:
         self.stopping.set()
 
     def run(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                self.step(block=True)
-            except Exception:  # keep consuming through Redis outages
-                log.exception("worker round failed; retrying")
-                self.stopping.wait(0.5)
-        self.flush_stats()
+        with self.keepalive.running():
+            while not self.stopping.is_set():
+                try:
+                    self.step(block=True)
+                except Exception:  # keep consuming through Redis outages
+                    log.exception("worker round failed; retrying")
+                    self.stopping.wait(0.5)
+            self.flush_stats()
 
     def run_until_idle(self, timeout: float = 30.0) -> int:
         """Process until nothing is left to do now or later (tests, ``--burst``)."""
         deadline = time.monotonic() + timeout
         total = 0
-        while time.monotonic() < deadline:
-            n = self.step(block=False)
-            total += n
-            if n == 0 and not self._waiting():
-                return total
-            if n == 0:
-                time.sleep(self.config.reclaim_every_ms / 1000)
+        with self.keepalive.running():
+            while time.monotonic() < deadline:
+                n = self.step(block=False)
+                total += n
+                if n == 0 and not self._waiting():
+                    return total
+                if n == 0:
+                    time.sleep(self.config.reclaim_every_ms / 1000)
         raise TimeoutError(f"not idle after {timeout}s ({total} processed)")
 
     def _waiting(self) -> bool:
@@ -392,6 +405,8 @@ class Worker:
             wait_ms = int(flat[0])  # until the partition's next retry is due; -1: none
             if wait_ms >= 0:
                 hk.retry_at(p, after + wait_ms / 1000)
+        if sweep and self.config.track:  # outbox entries a dead process left
+            self._release(parts, self.config.claim_idle_ms)
         return _flat_deliveries(parts, [flat[1:] for flat in replies])
 
     def _forget(self) -> None:
@@ -469,6 +484,13 @@ class Worker:
 
     # -- processing -------------------------------------------------------------
     def _process(self, deliveries: list[Delivery]) -> None:
+        """Begin, run and settle a round; its claims are renewed meanwhile
+        (``streams.keepalive``), so a slow handler is never taken over while
+        this process lives."""
+        with self.keepalive.holding(self.config.group, self.consumer, deliveries):
+            self._run_round(deliveries)
+
+    def _run_round(self, deliveries: list[Delivery]) -> None:
         by_partition: dict[keys.Partition, list[Delivery]] = defaultdict(list)
         for d in deliveries:
             by_partition[d.partition].append(d)
@@ -545,6 +567,12 @@ class Worker:
             return keys.task(p, d.message.task_id)
         return keys.attempts(p)
 
+    def _children_key(self, p: keys.Partition, d: Delivery) -> str:
+        """The set of tasks waiting for a task (settle.lua; the attempts hash: none)."""
+        if self.config.track and isinstance(d.message, TaskMessage):
+            return keys.children(p, d.message.task_id)
+        return keys.attempts(p)
+
     def _begin(self, by_partition: Mapping[keys.Partition, Sequence[Delivery]]) -> None:
         order = list(by_partition.items())
         with translate():
@@ -601,7 +629,9 @@ class Worker:
                         keys.retry(p, self.config.group),
                         keys.dead(p),
                         *(keys.stream(p, lv) for lv in keys.LEVELS_DESC),
+                        keys.outbox(p),
                         *(self._task_key(p, d) for d in ds),
+                        *(self._children_key(p, d) for d in ds),
                     ],
                     [
                         self.config.group,
@@ -615,11 +645,28 @@ class Worker:
         with translate():
             replies = run_many(self.redis, calls)
         stats = self.housekeeping.stats
+        told = []
         with self.housekeeping.lock:
             for (p, ds), flags in zip(order, replies, strict=True):
-                for d, settled in zip(ds, flags, strict=True):
+                for d, settled in zip(ds, flags[:-1], strict=True):  # the last: told
                     if int(settled) and d.outcome is not None:
                         stats.count(p, _queue(d), d.outcome)
+                if int(flags[-1]):
+                    told.append(p)
+        if told:
+            self._release(told)
+
+    def _release(self, parts: Sequence[keys.Partition], min_idle_ms: int = -1) -> None:
+        """Tell waiting tasks that their parents ended (``streams.dependencies``):
+        at once after a settle that wrote outbox entries, and from the sweep for
+        entries a dead process left (``min_idle_ms``). Its failure is logged: the
+        entries stay in the outbox for the next sweep."""
+        try:
+            Releaser(self.redis, self.scripts, self.partitions, self.consumer).drain(
+                parts, min_idle_ms
+            )
+        except Exception as exc:
+            log.warning("releasing waiting tasks failed (the next sweep retries): %s", exc)
 
     def flush_stats(self) -> None:
         """Write the counters, latencies and throughput added up since the last

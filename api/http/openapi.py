@@ -17,14 +17,18 @@ from starlette.routing import BaseRoute, Route
 
 from ledger.commands import (
     CURRENCY_PATTERN,
+    HOLD_ID_PATTERN,
     MAX_EMAIL,
+    MAX_HOLD_EXPIRY_S,
     MAX_REASON,
     TRANSACTION_ID_PATTERN,
     USER_ID_PATTERN,
 )
 from ledger.money import MAX_CREDITS
 from ledger.tasks import MAX_DELAY_SECONDS, NAME_PATTERN
+from streams.dependencies import MAX_PARENTS, TASK_ID_PATTERN
 from streams.schedules import MAX_CRON, MAX_TIMEZONE, NAME_RE
+from streams.status import TASK_STATUSES
 
 from .routes.ledger import DEFAULT_PAGE, DEFAULT_WAIT_MS, MAX_PAGE, MAX_WAIT_MS
 from .schemas import MAX_BATCH, MAX_BODY_BYTES
@@ -74,8 +78,18 @@ VERSION: Final = {"type": "integer", "minimum": 0}
 CREDITS: Final = {"type": "integer", "minimum": 0, "maximum": MAX_CREDITS}
 WHEN: Final = {"type": ["string", "null"]}
 NAME: Final = {"type": "string", "pattern": NAME_PATTERN}
+TASK_ID: Final = {"type": "string", "pattern": f"^{TASK_ID_PATTERN}$"}
 IDEM_ITEM: Final = {"type": "string", "pattern": IDEMPOTENCY_PATTERN}
 SCHEDULE_NAME: Final = {"type": "string", "pattern": f"^{NAME_RE.pattern}$"}
+HOLD_ID: Final = {"type": "string", "pattern": HOLD_ID_PATTERN}
+EXPIRES_IN: Final = {
+    "type": "integer",
+    "minimum": 1,
+    "maximum": MAX_HOLD_EXPIRY_S,
+    "description": "seconds until the scheduler releases the hold; at most the deployment's "
+    "LEDGER_MAX_HOLD_EXPIRY_S (default 604800, 7 days), else 422",
+}
+HOLD_FIELDS: Final[dict[str, Schema]] = {"hold_id": HOLD_ID, "held": CREDITS, "available": CREDITS}
 
 
 def _kind(kind: str, required: dict[str, Schema], optional: dict[str, Schema]) -> Schema:
@@ -91,6 +105,7 @@ SCHEMAS: Final[dict[str, Schema]] = {
         {
             "field": {"type": ["string", "null"]},
             "balance": {"type": "integer"},
+            "available": {"type": "integer"},
             "version": VERSION,
             "current_version": VERSION,
         },
@@ -101,6 +116,49 @@ SCHEMAS: Final[dict[str, Schema]] = {
     "Adjust": obj({"delta": DELTA, "reason": ADJUST_REASON}),
     "Appended": obj(
         {"event_id": {"type": "string"}, "user_id": USER_ID, "version": VERSION, "balance": CREDITS}
+    ),
+    "Hold": obj({"amount": AMOUNT, "expires_in_s": EXPIRES_IN}, {"reason": REASON}),
+    "Capture": obj(
+        {},
+        {
+            "amount": {
+                **AMOUNT,
+                "description": "credits to use, at most the held amount (default: all); "
+                "the rest is released in the same event",
+            }
+        },
+    ),
+    "Release": obj({}),
+    "HoldAppended": obj(
+        {
+            "event_id": {"type": "string"},
+            "user_id": USER_ID,
+            "version": VERSION,
+            "balance": CREDITS,
+            **HOLD_FIELDS,
+        }
+    ),
+    "OpenHolds": obj(
+        {
+            "user_id": USER_ID,
+            "version": VERSION,
+            "balance": CREDITS,
+            "held": CREDITS,
+            "available": CREDITS,
+            "holds": {
+                "type": "array",
+                "items": obj(
+                    {
+                        "hold_id": HOLD_ID,
+                        "amount": AMOUNT,
+                        "reason": {"type": "string"},
+                        "created_at": WHEN,
+                        "expires_at": WHEN,
+                        "expires_at_ms": {"type": "integer"},
+                    }
+                ),
+            },
+        }
     ),
     "BatchRequest": obj(
         {
@@ -118,6 +176,13 @@ SCHEMAS: Final[dict[str, Schema]] = {
                         ),
                         _kind("use", {"amount": AMOUNT}, {"reason": REASON}),
                         _kind("adjust", {"delta": DELTA, "reason": ADJUST_REASON}, {}),
+                        _kind(
+                            "hold",
+                            {"amount": AMOUNT, "expires_in_s": EXPIRES_IN},
+                            {"reason": REASON},
+                        ),
+                        _kind("capture", {"hold_id": HOLD_ID}, {"amount": AMOUNT}),
+                        _kind("release", {"hold_id": HOLD_ID}, {}),
                     ]
                 },
             }
@@ -140,7 +205,8 @@ SCHEMAS: Final[dict[str, Schema]] = {
                                 "version": VERSION,
                                 "balance": CREDITS,
                                 "replayed": {"type": "boolean"},
-                            }
+                            },
+                            HOLD_FIELDS,
                         ),
                         obj(
                             {
@@ -149,7 +215,11 @@ SCHEMAS: Final[dict[str, Schema]] = {
                                 "error": {"type": "string"},
                                 "message": {"type": "string"},
                             },
-                            {"field": {"type": ["string", "null"]}, "balance": {"type": "integer"}},
+                            {
+                                "field": {"type": ["string", "null"]},
+                                "balance": {"type": "integer"},
+                                "available": {"type": "integer"},
+                            },
                         ),
                     ]
                 },
@@ -160,6 +230,8 @@ SCHEMAS: Final[dict[str, Schema]] = {
         {
             "user_id": USER_ID,
             "balance": CREDITS,
+            "held": {**CREDITS, "description": "the sum of the open credit holds"},
+            "available": {**CREDITS, "description": "balance - held: what may be spent or held"},
             "version": VERSION,
             "purchased_total": CREDITS,
             "used_total": CREDITS,
@@ -191,6 +263,10 @@ SCHEMAS: Final[dict[str, Schema]] = {
                                 "credits_purchased",
                                 "credits_used",
                                 "credits_adjusted",
+                                "credits_held",
+                                "hold_captured",
+                                "hold_released",
+                                "hold_expired",
                             ]
                         },
                         "version": VERSION,
@@ -203,6 +279,9 @@ SCHEMAS: Final[dict[str, Schema]] = {
                         "used_total": CREDITS,
                         "prev_hash": {"type": "string"},
                         "hash": {"type": "string"},
+                        "held_total": CREDITS,
+                        "hold_amount": CREDITS,
+                        "hold_expires_at_ms": {"type": "integer", "minimum": 0},
                     }
                 ),
             },
@@ -217,21 +296,27 @@ SCHEMAS: Final[dict[str, Schema]] = {
         {
             "priority": {"type": "integer", "enum": [1, 2, 3, 4]},
             "delay": {"type": "number", "minimum": 0, "maximum": MAX_DELAY_SECONDS},
+            "depends_on": {
+                "type": "array",
+                "maxItems": MAX_PARENTS,
+                "items": TASK_ID,
+                "description": "task ids that must complete first (the task waits until "
+                "then; a parent that fails or is cancelled cancels it); a delay counts "
+                "from the release",
+            },
         },
     ),
     "TaskAccepted": obj(
         {
             "task_id": {"type": "string"},
             "queue_name": NAME,
-            "status": {"enum": ["queued", "scheduled"]},
+            "status": {"enum": ["queued", "scheduled", "waiting", "cancelled"]},
         }
     ),
     "TaskStatus": obj(
         {
             "task_id": {"type": "string"},
-            "status": {
-                "enum": ["queued", "scheduled", "processing", "retrying", "completed", "failed"]
-            },
+            "status": {"enum": list(TASK_STATUSES)},
             "attempts": VERSION,
             "queue_name": NAME,
             "task_type": NAME,
@@ -239,7 +324,12 @@ SCHEMAS: Final[dict[str, Schema]] = {
             "started_at": WHEN,
             "finished_at": WHEN,
             "last_error": {"type": ["string", "null"]},
+            "depends_on": {"type": "array", "items": {"type": "string"}},
+            "waiting_for": {"type": "array", "items": {"type": "string"}},
         }
+    ),
+    "TaskCancelled": obj(
+        {"task_id": {"type": "string"}, "status": {"enum": ["cancelled"]}},
     ),
     "QueueStat": obj(
         {
@@ -253,6 +343,10 @@ SCHEMAS: Final[dict[str, Schema]] = {
             "failed": VERSION,
             "retried": VERSION,
             "dead": VERSION,
+            "waiting": VERSION,
+            "cancelled": VERSION,
+            "released": VERSION,
+            "dependents_cancelled": VERSION,
             "rate_per_s": {"type": "number"},
             "latency_ms": {"type": "object"},
         }
@@ -297,8 +391,9 @@ ERRORS: Final = {
     400: "malformed JSON (not UTF-8, NaN, duplicate keys, nested deeper than allowed)",
     401: "no or unknown API key",
     403: "the key's role may not do this",
-    404: "unknown account, task, queue or schedule",
-    409: "conflict: overdraft (with the balance), duplicate user, reused key, limit, "
+    404: "unknown account, hold, task, queue or schedule",
+    409: "conflict: overdraft (with the balance and available credits), duplicate user, "
+    "reused key, limit, too many open holds, a hold no longer open, "
     "or not yet projected (with version and current_version)",
     413: f"body larger than {MAX_BODY_BYTES} bytes (or task_data too large)",
     415: "Content-Type is not application/json",
@@ -406,6 +501,15 @@ PATHS: Final[dict[str, dict[str, Schema]]] = {
             errors=(409,),
         )
     },
+    "/api/queue/tasks/{task_id}": {
+        "delete": op(
+            "cancel a waiting, queued or scheduled task (and the tasks waiting for it)",
+            "producer",
+            {200: "TaskCancelled"},
+            errors=(404, 409),
+            params=(_param("task_id", "path", {"type": "string"}),),
+        )
+    },
     "/api/queue/status/{task_id}": {
         "get": op(
             "a task's status",
@@ -494,6 +598,46 @@ PATHS: Final[dict[str, dict[str, Schema]]] = {
             {201: "Appended"},
             body="Adjust",
             params=(USER_PARAM, IDEM_PARAM),
+            errors=(404, 409),
+        )
+    },
+    "/api/accounts/{user_id}/holds": {
+        "post": op(
+            "reserve credits: 409 insufficient_credits when amount exceeds the available "
+            "credits (balance - held), 409 too_many_holds beyond LEDGER_MAX_OPEN_HOLDS "
+            "(default 100) open holds; released by the scheduler at its expiry",
+            "producer",
+            {201: "HoldAppended"},
+            body="Hold",
+            params=(USER_PARAM, IDEM_PARAM),
+            errors=(404, 409),
+        ),
+        "get": op(
+            "the account's open holds, oldest first (from Redis: never behind)",
+            "reader",
+            {200: "OpenHolds"},
+            errors=(404, 422),
+            params=(USER_PARAM,),
+        ),
+    },
+    "/api/accounts/{user_id}/holds/{hold_id}/capture": {
+        "post": op(
+            "use all or part of an open hold, releasing the rest in the same event "
+            "(409 hold_not_open once captured, released or expired; 404 unknown_hold)",
+            "producer",
+            {201: "HoldAppended"},
+            body="Capture",
+            params=(USER_PARAM, _param("hold_id", "path", HOLD_ID), IDEM_PARAM),
+            errors=(404, 409),
+        )
+    },
+    "/api/accounts/{user_id}/holds/{hold_id}/release": {
+        "post": op(
+            "release an open hold (409 hold_not_open once captured, released or expired)",
+            "producer",
+            {201: "HoldAppended"},
+            body="Release",
+            params=(USER_PARAM, _param("hold_id", "path", HOLD_ID), IDEM_PARAM),
             errors=(404, 409),
         )
     },

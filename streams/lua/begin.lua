@@ -9,13 +9,15 @@ KEYS[1+n+i] the stream of entry i
 ARGV[1]    group      ARGV[2] consumer
 ARGV[2+i]  "<level>|<entry id>" of entry i (entry ids repeat across streams, so the
            level is part of the name)
-Returns attempts per entry, -1 for a task already completed (ack it, skip it), or
+Returns attempts per entry, -1 for a task already completed or cancelled (ack it,
+skip it), or
 -2 for an entry no longer pending for this consumer (another one took it over:
 leave it alone).
 ]]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
+local ended = {completed = true, cancelled = true}
 local n_entries = #ARGV - 2
 local by_stream, mine = {}, {}
 for i = 1, n_entries do
@@ -29,7 +31,7 @@ for i = 1, n_entries do
   local id = string.match(name, '|(.*)$')
   if not mine[stream][id] then
     out[#out + 1] = -2
-  elseif tkey ~= KEYS[1] and redis.call('HGET', tkey, 'status') == 'completed' then
+  elseif tkey ~= KEYS[1] and ended[redis.call('HGET', tkey, 'status')] then
     out[#out + 1] = -1
   else
     local n = redis.call('HINCRBY', KEYS[1], ARGV[1] .. '|' .. name, 1)

@@ -8,7 +8,9 @@ here: the worker adds up what this returns and writes them once per interval
 
 KEYS[1] ledger:{pN}:attempts     KEYS[2] ledger:{pN}:retry:<group>
 KEYS[3] ledger:{pN}:dead         KEYS[4..7] ledger:{pN}:critical|high|normal|low
-KEYS[7+i] ledger:{pN}:task:<id> of entry i (KEYS[1] when not a task), i = 1..n
+KEYS[8] ledger:{pN}:outbox
+KEYS[8+i] ledger:{pN}:task:<id> of entry i (KEYS[1] when not a task), i = 1..n
+KEYS[8+n+i] ledger:{pN}:children:<id> of entry i (KEYS[1] when not a task)
 ARGV[1] group   ARGV[2] seconds to keep a finished task's status
 ARGV[3] consumer: an entry no longer pending for it (taken over meanwhile) is left
         to the consumer that holds it now, so a late result never overwrites its
@@ -19,9 +21,12 @@ ARGV[4] the idempotency window (s): when ARGV[2] is shorter, a task enqueued wit
         ARGV[2] after it finished
 then 6 values per entry i:  op ("ok"|"retry"|"dead"|"ack"|"skip"), level (1..4 = KEYS[4..7]),
   entry id, queue name, number (ok: latency ms; retry: delay ms; dead: attempts), error
+A task that completes or is dead-lettered with tasks waiting for it
+(``deps.lua``) moves its children set into an outbox entry in the same step, so
+its children are told of its end however the process dies afterwards.
 Returns per entry 1 if its outcome was recorded, 0 if not (skipped, or no longer
-pending for this consumer); an error, with nothing written, when the keys do not
-match the number of entries.
+pending for this consumer), then the number of outbox entries written; an error,
+with nothing written, when the keys do not match the number of entries.
 ]]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -31,7 +36,7 @@ local first = 4  -- ARGV index before the first entry's values
 local n = (#ARGV - first) / 6
 
 -- checked before anything is written: a script is not rolled back
-if n ~= math.floor(n) or #KEYS ~= 7 + n then
+if n ~= math.floor(n) or #KEYS ~= 8 + 2 * n then
   return redis.error_reply('settle.lua: KEYS and ARGV do not match')
 end
 
@@ -48,13 +53,20 @@ for level, ids in pairs(ids_by_level) do
 end
 
 -- acks are gathered and written once per call
-local acks, forget, out = {}, {}, {}
+local acks, forget, out, told = {}, {}, {}, 0
 local function keep(tkey)  -- a finished task's record: kept ttl seconds (see ARGV[4])
   if short and (redis.call('HGET', tkey, 'fingerprint') or '') ~= ''
       and redis.call('TTL', tkey) >= ttl then
     return
   end
   redis.call('EXPIRE', tkey, ttl)
+end
+local function tell_children(task_id, children, outcome, err)
+  local ids = redis.call('SMEMBERS', children)
+  if #ids == 0 then return end
+  redis.call('XADD', KEYS[8], '*', 'p', task_id, 'o', outcome, 'e', err, 'c', table.concat(ids, ','))
+  redis.call('DEL', children)
+  told = told + 1
 end
 local function ack(level, id)
   acks[level] = acks[level] or {}
@@ -66,7 +78,7 @@ for i = 1, n do
   local b = first + (i - 1) * 6
   local op, level, id, queue, num, err =
     ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3], ARGV[b + 4], tonumber(ARGV[b + 5]), ARGV[b + 6]
-  local stream, tkey = KEYS[3 + level], KEYS[7 + i]
+  local stream, tkey, children = KEYS[3 + level], KEYS[8 + i], KEYS[8 + n + i]
   local is_task = tkey ~= KEYS[1]
   out[i] = 0
   if not mine[level][id] then
@@ -79,6 +91,7 @@ for i = 1, n do
       redis.call('HSET', tkey, 'status', 'completed', 'finished_at', now, 'last_error', '',
                  'retry_at', '')
       keep(tkey)
+      tell_children(string.match(tkey, ':task:(.*)$'), children, 'completed', '')
     end
   elseif op == 'ack' then
     ack(level, id)
@@ -106,6 +119,7 @@ for i = 1, n do
     if is_task then
       redis.call('HSET', tkey, 'status', 'failed', 'finished_at', now, 'last_error', err)
       keep(tkey)
+      tell_children(string.match(tkey, ':task:(.*)$'), children, 'failed', err)
     end
   end
 end
@@ -117,4 +131,5 @@ for level, ids in pairs(acks) do
   each_slice(ids, function(...) redis.call('XACK', KEYS[3 + level], group, ...) end)
 end
 each_slice(forget, function(...) redis.call('HDEL', KEYS[1], ...) end)
+out[n + 1] = told
 return out

@@ -143,7 +143,14 @@ def test_dashboard_renders_follows_the_queues_and_requeues(
     for i in range(5):
         qm.enqueue("default", "work", {"n": i})
     doomed = qm.enqueue("high_priority", "nobody_handles_this", {"x": 1})
-    wait_shown(page, {"backlog-default": "5", "backlog-high_priority": "1"})
+    after_doomed = qm.enqueue("default", "work", {"n": "after"}, depends_on=[doomed])
+    qm.add_schedule("nightly", "0 3 * * *", "default", "work", {"n": "nightly"})
+    wait_shown(page, {"backlog-default": "5", "backlog-high_priority": "1", "waiting-default": "1"})
+    waits_for = page.text_content(f"#waiting tr[data-task='{after_doomed}'] td:nth-child(4)")
+    assert waits_for == f"{doomed} (of 1)"
+    assert page.text_content("#schedules tr[data-schedule='nightly'] td:nth-child(2)") == (
+        "0 3 * * *"
+    )
     queued_chart = page.evaluate("document.getElementById('chart-backlog').toDataURL()")
     lag = page.text_content("#projections tr[data-projection='balances'] td:nth-child(3)")
     assert lag == "6"  # not yet delivered to the projector
@@ -157,8 +164,10 @@ def test_dashboard_renders_follows_the_queues_and_requeues(
             "processed-default": "5",
             "backlog-high_priority": "0",
             "dead-count": "1",
+            "waiting-default": "0",  # cancelled with its dead parent
         },
     )
+    page.wait_for_selector(f"#waiting tr[data-task='{after_doomed}']", state="detached")
     page.wait_for_function(
         '() => document.querySelector("#projections tr[data-projection='
         "'balances'] td:nth-child(3)\").textContent === '0'",

@@ -236,7 +236,8 @@ def test_overview_has_queues_projections_and_dead_letters(make_client: MakeClien
     assert client.get("/api/ops/overview", headers=auth("reader")).status_code == 403
     make_dead_letters(client, 2)
     body = client.get("/api/ops/overview", headers=auth("admin")).json()
-    assert set(body) == {"at", "queues", "projections", "dead_letters"}
+    assert set(body) == {"at", "queues", "projections", "dead_letters", "schedules", "waiting"}
+    assert (body["schedules"], body["waiting"]) == ([], [])
     assert set(body["queues"]) == {"default", "high_priority", "low_priority"}
     assert body["queues"]["default"]["dead"] == 2
     assert body["dead_letters"]["count"] == 2 and len(body["dead_letters"]["newest"]) == 2

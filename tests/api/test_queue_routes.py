@@ -70,7 +70,10 @@ def test_enqueue_status_and_worker(
         "started_at",
         "finished_at",
         "last_error",
+        "depends_on",
+        "waiting_for",
     }
+    assert (status["depends_on"], status["waiting_for"]) == ([], [])
     assert run_worker(qm) == 1
     done = client.get(f"/api/queue/status/{task_id}", headers=READER).json()
     assert (done["status"], done["attempts"], done["task_type"]) == ("completed", 1, "store")
@@ -207,3 +210,22 @@ def test_examples_validate_their_bodies(make_client: MakeClient) -> None:
         "/api/queue/example/user-registration", json={"email": "nope"}, headers=PRODUCER
     )
     assert r.status_code == 422 and r.json()["field"] == "email"
+
+
+def test_the_registration_example_builds_a_valid_default_email_from_any_user_id(
+    make_client: MakeClient,
+) -> None:
+    """Only an email the client sent can be refused: the default one is built from
+    the letters and digits of the user id, which may hold "@" or start with "."."""
+    client = make_client()
+    for user_id in ("@9", "a@b@c", "..", "x" * 128):
+        r = client.post(
+            "/api/queue/example/user-registration", json={"user_id": user_id}, headers=PRODUCER
+        )
+        assert r.status_code == 202, (user_id, r.json())
+    r = client.post(
+        "/api/queue/example/user-registration",
+        json={"user_id": "@9", "email": "no-at-sign"},
+        headers=PRODUCER,
+    )
+    assert (r.status_code, r.json()["field"]) == (422, "email")

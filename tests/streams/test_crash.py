@@ -156,3 +156,45 @@ def test_a_sigkilled_worker_leaves_the_group_once_its_entries_are_taken_over(
     assert survivor.poll() is None
     assert of_process(consumers(qm), survivor.pid) == live
     assert sorted(int(x) for x in set(qm.redis.lrange("test:ran", 0, -1))) == list(range(n))
+
+
+def test_a_sigkill_loses_at_most_one_flush_of_counters_and_no_status(
+    qm: QueueManager,
+    registry: HandlerRegistry,
+    make_worker: Callable[..., Worker],
+    spawn_worker: Callable[..., subprocess.Popen[bytes]],
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker adds its counters up and writes them once a second: a SIGKILL may
+    lose the counts of what it finished in its last second, never more, and never a
+    task's status (written with the acknowledgement)."""
+    from datetime import datetime
+
+    from .crash_handlers import slow_insert
+
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    n = 300
+    ids = qm.enqueue_many("default", "slow_insert", [{"i": i, "ms": 8} for i in range(n)])
+    proc = spawn_worker()
+    eventually(lambda: qm.redis.llen("test:ran") >= 150, interval=0.02, timeout=30)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = time.time()
+    counted = qm.get_queue_stats("default")["processed"]
+    finished = [
+        datetime.fromisoformat(s["finished_at"]).timestamp()
+        for s in (qm.get_task_status(t) for t in ids)
+        if s is not None and s["status"] == "completed"
+    ]
+    interval_s = 1.0 + 0.25  # the flush interval, and a margin for a loaded machine
+    assert counted <= len(finished)
+    assert counted >= sum(at < killed - interval_s for at in finished), (
+        counted,
+        len(finished),
+    )
+    registry.register("slow_insert", slow_insert)
+    make_worker(claim_idle_ms=500).run_until_idle(timeout=60)
+    assert {qm.get_task_status(t)["status"] for t in ids} == {"completed"}  # type: ignore[index]
+    after = qm.get_queue_stats("default")["processed"]
+    assert after == counted + (n - len(finished))  # the rest, counted by the second worker

@@ -121,3 +121,46 @@ def test_finished_status_is_kept_for_status_ttl_but_a_keyed_task_for_its_window(
     # a repeat within the window finds the first task (nothing runs again)
     assert qm.enqueue("default", "ok", {"n": 2}, idempotency_key="order-77") == keyed
     assert qm.get_task_status(keyed)["status"] == "completed"  # type: ignore[index]
+
+
+def test_the_counters_equal_what_ran(qm: QueueManager, registry: HandlerRegistry) -> None:
+    """Counters summed in the workers and written once per interval add up to exactly
+    what the handlers did: processed, failed (each failed attempt), retried, dead."""
+    attempts: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def flaky(data: Mapping[str, Any], db_manager: DBManager) -> bool:
+        with lock:
+            attempts[data["k"]] = attempts.get(data["k"], 0) + 1
+            n = attempts[data["k"]]
+        return n > int(data["fails"])  # fails its first `fails` attempts
+
+    registry.register("flaky", flaky)
+    plan = {"default": [0] * 20 + [1] * 8 + [5] * 3, "high_priority": [0] * 10 + [2] * 4}
+    for queue, fails in plan.items():
+        qm.enqueue_many(
+            queue, "flaky", [{"k": f"{queue}-{i}", "fails": f} for i, f in enumerate(fails)]
+        )
+    qm.start_workers(
+        3, stats_every_ms=100, retry=RetryPolicy(max_attempts=3, base_ms=10, max_ms=20)
+    )
+    try:
+        total = sum(len(f) for f in plan.values())
+        eventually(
+            lambda: sum(s["processed"] + s["dead"] for s in qm.get_queue_stats().values()) == total,
+            timeout=20,
+        )
+    finally:
+        qm.stop_workers()
+    for queue, fails in plan.items():
+        ran = [min(f, 3) if f >= 3 else f + 1 for f in fails]  # attempts each task took
+        stats = qm.get_queue_stats(queue)
+        want = {
+            "processed": sum(f < 3 for f in fails),
+            "dead": sum(f >= 3 for f in fails),
+            "failed": sum(n - (f < 3) for f, n in zip(fails, ran, strict=True)),
+            "retried": sum(min(f, 2) for f in fails),
+        }
+        assert {k: stats[k] for k in want} == want, queue
+        assert [attempts[f"{queue}-{i}"] for i in range(len(fails))] == ran
+    assert len(qm.dead_letters()) == 3

@@ -8,7 +8,9 @@
     GET  /api/projections                projector groups: pending, lag, lag_ms, checkpoint
                                          (reader, producer or admin)
     GET  /api/ops/overview               what the dashboard polls: queue stats, projections,
-                                         dead-letter count and the newest ones (admin)
+                                         dead-letter count and the newest ones, schedules
+                                         (with their last task's status), the oldest
+                                         waiting tasks and what they wait for (admin)
     GET  /dashboard, /dashboard/app.js   the operator's page (public: it holds no data)
 
 ``lag_ms`` of a projection is now minus the append time of the oldest entry its
@@ -28,6 +30,7 @@ from starlette.routing import BaseRoute, Route
 from ledger.errors import ValidationError
 from streams.connection import ping
 from streams.deadletters import DeadLetter, count_dead, list_dead, requeue
+from streams.dependencies import waiting_tasks
 from streams.times import iso_utc
 
 from .. import dashboard, metrics
@@ -114,6 +117,15 @@ async def projections(request: Request) -> Response:
     return JSONResponse(await state.blocking(_projections, state))
 
 
+def _schedules(state: AppState) -> list[dict[str, Any]]:
+    """Every schedule, with the status of the task its last tick fired."""
+    found = state.qm.list_schedules()
+    for s in found:
+        last = state.qm.get_task_status(s["last_task_id"]) if s.get("last_task_id") else None
+        s["last_task_status"] = last["status"] if last else None
+    return found
+
+
 def _overview(state: AppState) -> dict[str, Any]:
     config = state.settings.streams()
     return {
@@ -124,6 +136,8 @@ def _overview(state: AppState) -> dict[str, Any]:
             "count": count_dead(state.redis, config.partitions),
             "newest": [dead_letter_json(d) for d in list_dead(state.redis, config.partitions, 50)],
         },
+        "schedules": _schedules(state),
+        "waiting": waiting_tasks(state.redis, config.partitions, 50),
     }
 
 

@@ -1,6 +1,9 @@
 """The original ``/api/queue`` endpoints, same paths and bodies.
 
 POST /api/queue/enqueue                       producer  202 {task_id, queue_name, status}
+                                                        (+ depends_on: [task_id, …])
+DELETE /api/queue/tasks/{task_id}             producer  200 {task_id, status: cancelled}
+                                                        | 409 (running or ended) | 404
 GET  /api/queue/status/{task_id}              reader    200 status record | 404
 GET  /api/queue/stats[/{queue_name}]          admin     200 per-queue figures | 404
 POST /api/queue/example/credit-purchase       producer  202 (a sample task of that kind)
@@ -10,6 +13,7 @@ POST /api/queue/example/credit-update         producer  202
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any, Final
 
@@ -18,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from ledger.commands import check_email, check_user_id
+from ledger.errors import ValidationError
 from ledger.money import check_amount, check_delta
 from ledger.tasks import Priority, check_priority
 
@@ -27,7 +32,7 @@ from ..schemas import idempotency_key, json_object, only_fields
 from ..state import app_state
 
 ENQUEUE_REQUIRED: Final = ("queue_name", "task_type", "task_data")
-ENQUEUE_OPTIONAL: Final = ("priority", "delay")
+ENQUEUE_OPTIONAL: Final = ("priority", "delay", "depends_on")
 MAX_TASK_ID: Final = 128
 
 
@@ -49,16 +54,53 @@ async def enqueue(request: Request) -> Response:
     delay = body.get("delay", 0)
     # absent: the queue's own priority; present, it must be 1..4 (null is refused)
     priority = check_priority(body["priority"]) if "priority" in body else None
-    task_id = await state.blocking(
-        state.qm.enqueue,
+    if "depends_on" not in body:
+        task_id = await state.blocking(
+            state.qm.enqueue,
+            body["queue_name"],
+            body["task_type"],
+            body["task_data"],
+            priority,
+            delay,
+            idempotency_key=key,
+        )
+        return accepted(task_id, body["queue_name"], delay)
+    if not isinstance(body["depends_on"], list):  # null, a string, an object...
+        raise ValidationError("depends_on", "depends_on must be a list of task ids")
+    done = await state.blocking(
+        state.qm.submit,
         body["queue_name"],
         body["task_type"],
         body["task_data"],
         priority,
         delay,
-        idempotency_key=key,
+        key,
+        body["depends_on"],
     )
-    return accepted(task_id, body["queue_name"], delay)
+    return JSONResponse(
+        {"task_id": done.task_id, "queue_name": body["queue_name"], "status": done.status},
+        status_code=202,
+    )
+
+
+@requires(Role.PRODUCER)
+async def cancel(request: Request) -> Response:
+    """Cancel a waiting, queued or scheduled task; its dependents are cancelled too."""
+    task_id = request.path_params["task_id"]
+    state = app_state(request)
+    outcome = "missing"
+    if 0 < len(task_id) <= MAX_TASK_ID:
+        outcome = await state.blocking(state.qm.cancel, task_id)
+    if outcome == "missing":
+        return error_response(404, "unknown_task", f"no task {task_id[:MAX_TASK_ID]!r}")
+    if outcome != "cancelled":
+        return error_response(
+            409,
+            "not_cancellable",
+            f"task {task_id!r} is {outcome}: only waiting, queued or scheduled tasks can be "
+            "cancelled",
+        )
+    return JSONResponse({"task_id": task_id, "status": "cancelled"})
 
 
 @requires(Role.READER)
@@ -82,6 +124,8 @@ async def status(request: Request) -> Response:
             "started_at",
             "finished_at",
             "last_error",
+            "depends_on",
+            "waiting_for",
         )
     }
     return JSONResponse(record)
@@ -126,7 +170,10 @@ def _credit_purchase(body: dict[str, Any]) -> tuple[str, str, dict[str, Any], Pr
 def _user_registration(body: dict[str, Any]) -> tuple[str, str, dict[str, Any], Priority]:
     only_fields(body, (), ("user_id", "email"))
     user = _sample_id(body)
-    email = check_email(body.get("email", f"{user}@example.com"))
+    # a user id may hold what an address may not ("@9"): the default is built from
+    # the letters and digits of it, so only an email the client sent can be refused
+    local = re.sub(r"[^A-Za-z0-9._-]", "", user).strip(".") or "user"
+    email = check_email(body.get("email", f"{local[:64]}@example.com"))
     return (
         "default",
         "user_registration",
@@ -177,6 +224,7 @@ def routes() -> list[BaseRoute]:
     return [
         Route("/api/queue/enqueue", enqueue, methods=["POST"]),
         Route("/api/queue/status/{task_id}", status, methods=["GET"]),
+        Route("/api/queue/tasks/{task_id}", cancel, methods=["DELETE"]),
         Route("/api/queue/stats", stats, methods=["GET"]),
         Route("/api/queue/stats/{queue_name}", queue_stats, methods=["GET"]),
         *(

@@ -133,6 +133,10 @@
       done.dataset.value = String(q.processed);
       c.append(done, el("div", "failed " + fmt(q.failed) + " · retried " + fmt(q.retried) +
         " · dead " + fmt(q.dead) + " · p95 " + fmt(q.latency_ms.p95) + " ms", "sub"));
+      const waiting = el("div", "waiting " + fmt(q.waiting) + " · cancelled " + fmt(q.cancelled), "sub");
+      waiting.id = "waiting-" + name;
+      waiting.dataset.value = String(q.waiting);
+      c.append(waiting);
       cards.append(c);
     }
     const d = el("div", null, "card");
@@ -152,6 +156,47 @@
       tr.append(el("td", p.projection), el("td", fmt(p.pending), "num"), el("td", fmt(p.lag), "num"),
         el("td", (p.lag_ms / 1000).toFixed(1) + " s", "num"), el("td", ago(p.oldest_unacked_at)),
         el("td", ago(p.checkpoint_at)));
+      body.append(tr);
+    }
+  }
+
+  const until = (iso) => {
+    if (!iso) return "–";
+    const s = (Date.parse(iso) - Date.now()) / 1000;
+    return s <= 0 ? "due" : s < 90 ? "in " + s.toFixed(0) + " s" : s < 5400
+      ? "in " + (s / 60).toFixed(0) + " min" : iso.replace("T", " ").slice(0, 19) + "Z";
+  };
+  function emptyRow(body, text, cols) {
+    const tr = el("tr"), td = el("td", text, "empty");
+    td.colSpan = cols; tr.append(td); body.append(tr);
+  }
+
+  function renderSchedules(ov) {
+    const body = $("schedules").tBodies[0];
+    body.replaceChildren();
+    if (!ov.schedules.length) return emptyRow(body, "No schedules.", 6);
+    for (const s of ov.schedules) {
+      const tr = el("tr");
+      tr.dataset.schedule = s.name;
+      tr.append(el("td", s.name), el("td", s.cron + (s.timezone !== "UTC" ? " (" + s.timezone + ")" : "")),
+        el("td", s.queue_name + " · " + s.task_type), el("td", until(s.next_run_at)),
+        el("td", ago(s.last_run_at)),
+        el("td", s.last_task_id ? s.last_task_id + " · " + (s.last_task_status || "expired") : "–"));
+      body.append(tr);
+    }
+  }
+
+  function renderWaiting(ov) {
+    const body = $("waiting").tBodies[0];
+    body.replaceChildren();
+    $("waiting-title").textContent = ov.waiting.length ? "(oldest " + ov.waiting.length + " shown)" : "";
+    if (!ov.waiting.length) return emptyRow(body, "No task is waiting for another.", 4);
+    for (const w of ov.waiting) {
+      const tr = el("tr");
+      tr.dataset.task = w.task_id;
+      tr.append(el("td", w.task_id), el("td", w.queue_name + " · " + w.task_type),
+        el("td", ago(new Date(w.enqueued_at_ms).toISOString())),
+        el("td", w.waiting_for.join(", ") + " (of " + w.depends_on.length + ")"));
       body.append(tr);
     }
   }
@@ -197,6 +242,8 @@
     const ov = dash.overview, last = dash.samples[dash.samples.length - 1];
     renderCards(ov, last.rate);
     renderProjections(ov);
+    renderSchedules(ov);
+    renderWaiting(ov);
     renderDeadLetters(ov);
     const queues = Object.keys(ov.queues);
     const line = (names, pick) => names.map((name, i) => ({
