@@ -23,6 +23,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from ledger.commands import (
+    DEFAULT_MAX_HOLD_EXPIRY_S,
+    DEFAULT_MAX_OPEN_HOLDS,
+    MAX_HOLD_EXPIRY_S,
+    MAX_OPEN_HOLDS,
+)
 from streams.config import (
     DEFAULT_PARTITIONS,
     MAX_WAIT_REPLICAS,
@@ -50,6 +56,8 @@ RATE_BURST = "LEDGER_RATE_BURST"
 LOG_LEVEL = "LEDGER_LOG_LEVEL"
 WAIT_REPLICAS = "LEDGER_WAIT_REPLICAS"
 WAIT_TIMEOUT_MS = "LEDGER_WAIT_TIMEOUT_MS"
+MAX_OPEN_HOLDS_ENV = "LEDGER_MAX_OPEN_HOLDS"
+MAX_HOLD_EXPIRY_ENV = "LEDGER_MAX_HOLD_EXPIRY_S"
 
 
 class EnvError(ConfigError):
@@ -344,6 +352,12 @@ class Settings:
     answered, on every node it was written on; else HTTP 503. 0: no WAIT."""
     wait_timeout_ms: int = 1000
     """How long to wait for them."""
+    max_open_holds: int = DEFAULT_MAX_OPEN_HOLDS
+    """Open credit holds per account (``LEDGER_MAX_OPEN_HOLDS``, 1..10000, default
+    100); one more is refused with 409 ``too_many_holds``."""
+    max_hold_expiry_s: int = DEFAULT_MAX_HOLD_EXPIRY_S
+    """Longest hold (``LEDGER_MAX_HOLD_EXPIRY_S``, seconds, 1..31622400, default
+    604800 = 7 days); a longer ``expires_in_s`` is refused with 422 naming it."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, server: bool = True) -> Settings:
@@ -359,6 +373,12 @@ class Settings:
             extra_collections=env_value(env, COLLECTIONS, collections, ()),
             wait_replicas=env_value(env, WAIT_REPLICAS, WAIT_REPLICAS_VALUE, d.wait_replicas),
             wait_timeout_ms=env_value(env, WAIT_TIMEOUT_MS, WAIT_TIMEOUT_VALUE, d.wait_timeout_ms),
+            max_open_holds=env_value(
+                env, MAX_OPEN_HOLDS_ENV, MAX_OPEN_HOLDS_VALUE, d.max_open_holds
+            ),
+            max_hold_expiry_s=env_value(
+                env, MAX_HOLD_EXPIRY_ENV, MAX_HOLD_EXPIRY_VALUE, d.max_hold_expiry_s
+            ),
         )
         return base.with_server_env(env) if server else base
 
@@ -381,6 +401,8 @@ class Settings:
             extra_collections=self.extra_collections,
             wait_replicas=self.wait_replicas,
             wait_timeout_ms=self.wait_timeout_ms,
+            max_open_holds=self.max_open_holds,
+            max_hold_expiry_s=self.max_hold_expiry_s,
         )
 
 
@@ -390,3 +412,5 @@ BURST_VALUE = integer(1, 1_000_000)
 WAIT_REPLICAS_VALUE = integer(0, MAX_WAIT_REPLICAS)
 WAIT_TIMEOUT_VALUE = integer(1, MAX_WAIT_TIMEOUT_MS)
 """0 is refused: ``WAIT n 0`` would block for ever."""
+MAX_OPEN_HOLDS_VALUE = integer(1, MAX_OPEN_HOLDS)
+MAX_HOLD_EXPIRY_VALUE = integer(1, MAX_HOLD_EXPIRY_S)

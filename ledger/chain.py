@@ -8,6 +8,11 @@ whole history. SHA-1 because the append runs inside Redis's Lua, whose only
 digest is ``redis.sha1hex``; ``streams/lua/append.lua`` builds the very same
 bytes. A changed, missing, inserted or reordered event breaks the chain at the
 first version that differs.
+
+Holds add three pieces after ``prev_hash``: ``held`` (the account's held total
+after the event), the hold's amount and its expiry (ms). They are appended
+only when one of them is non-zero, so an event of an account that never held
+credits hashes exactly as it did before holds existed.
 """
 
 from __future__ import annotations
@@ -36,24 +41,27 @@ def canonical(
     text: str,
     ref: str,
     prev_hash: str,
+    held: int = 0,
+    hold_amount: int = 0,
+    hold_expiry_ms: int = 0,
 ) -> bytes:
     """The bytes an event's hash covers (mirrored field for field by append.lua)."""
-    return b"".join(
-        _piece(v)
-        for v in (
-            kind,
-            user_id,
-            version,
-            at_ms,
-            amount,
-            balance,
-            purchased,
-            used,
-            text,
-            ref,
-            prev_hash,
-        )
+    values: tuple[str | int, ...] = (
+        kind,
+        user_id,
+        version,
+        at_ms,
+        amount,
+        balance,
+        purchased,
+        used,
+        text,
+        ref,
+        prev_hash,
     )
+    if held or hold_amount or hold_expiry_ms:
+        values += (held, hold_amount, hold_expiry_ms)
+    return b"".join(_piece(v) for v in values)
 
 
 def link(
@@ -68,10 +76,26 @@ def link(
     text: str,
     ref: str,
     prev_hash: str,
+    held: int = 0,
+    hold_amount: int = 0,
+    hold_expiry_ms: int = 0,
 ) -> str:
     """The hash of an event with these fields."""
     data = canonical(
-        kind, user_id, version, at_ms, amount, balance, purchased, used, text, ref, prev_hash
+        kind,
+        user_id,
+        version,
+        at_ms,
+        amount,
+        balance,
+        purchased,
+        used,
+        text,
+        ref,
+        prev_hash,
+        held,
+        hold_amount,
+        hold_expiry_ms,
     )
     return hashlib.sha1(data).hexdigest()
 
@@ -91,6 +115,9 @@ def hash_of(event: Event) -> str:
         event.text,
         event.ref,
         event.prev_hash,
+        a.held,
+        event.hold_amount,
+        event.hold_expiry_ms,
     )
 
 

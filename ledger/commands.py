@@ -12,6 +12,18 @@ hash. It never looks at a clock; the caller passes ``at_ms``.
 
 The limits below are exported because the HTTP schemas and the Lua script
 enforce the very same ones.
+
+Holds (``Hold``, ``Capture``, ``Release``, ``Expire``): a hold reserves
+credits of the available amount (``balance - held``) until it is captured (all
+or part: the part is used, the rest released, in one event), released, or
+expired by the scheduler (``Expire``, at or after its deadline). A use or a
+negative adjustment is checked against the available amount, not the balance.
+Two limits are the deployment's (``HoldLimits``, passed to ``decide``; the
+append script gets the same numbers): at most ``max_open`` open holds per
+account (one more: ``TooManyHolds``, HTTP 409: the request is valid and will
+succeed once a hold closes) and an ``expires_in_s`` of at most ``max_expiry_s``
+(beyond: ``ValidationError`` on ``expires_in_s``, HTTP 422). ``MAX_HOLD_EXPIRY_S``
+(366 days) bounds every configuration.
 """
 
 from __future__ import annotations
@@ -25,20 +37,30 @@ from .accounts import Account, apply
 from .chain import hash_of
 from .errors import (
     DuplicateUser,
+    HoldNotDue,
+    HoldNotOpen,
     InsufficientCredits,
     LimitExceeded,
+    TooManyHolds,
     UnknownAccount,
+    UnknownHold,
     ValidationError,
 )
 from .events import (
     GENESIS,
     ZERO,
     CreditsAdjusted,
+    CreditsHeld,
     CreditsPurchased,
     CreditsUsed,
     Event,
+    HoldCaptured,
+    HoldExpired,
+    HoldReleased,
     Totals,
     UserRegistered,
+    hold_id_of,
+    hold_number,
 )
 from .money import MAX_CREDITS, check_amount, check_delta
 
@@ -53,6 +75,43 @@ CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f]")
 MAX_EMAIL: Final = 254
 MAX_REASON: Final = 500
 DEFAULT_CURRENCY: Final = "USD"
+HOLD_ID_PATTERN: Final = r"^[A-Za-z0-9._@:-]{1,128}:h[1-9][0-9]{0,14}$"
+HOLD_ID_RE: Final = re.compile(HOLD_ID_PATTERN)
+MAX_HOLD_EXPIRY_S: Final = 366 * 24 * 3600
+"""No configuration may let a hold live longer than this (a year and a day)."""
+DEFAULT_MAX_HOLD_EXPIRY_S: Final = 7 * 24 * 3600
+"""A hold's longest life unless configured (``LEDGER_MAX_HOLD_EXPIRY_S``): 7 days."""
+DEFAULT_MAX_OPEN_HOLDS: Final = 100
+"""Open holds per account unless configured (``LEDGER_MAX_OPEN_HOLDS``)."""
+MAX_OPEN_HOLDS: Final = 10_000
+"""No configuration may allow more open holds per account than this."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HoldLimits:
+    """The deployment's hold limits (``StreamsConfig`` carries them from the env)."""
+
+    max_open: int = DEFAULT_MAX_OPEN_HOLDS
+    max_expiry_s: int = DEFAULT_MAX_HOLD_EXPIRY_S
+
+    def __post_init__(self) -> None:
+        for name, value, hi in (
+            ("max_open", self.max_open, MAX_OPEN_HOLDS),
+            ("max_expiry_s", self.max_expiry_s, MAX_HOLD_EXPIRY_S),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= hi:
+                raise ValidationError(name, f"{name} must be a whole number in 1..{hi}")
+
+    def check_expiry(self, expires_in_s: int) -> int:
+        """``expires_in_s`` if this deployment allows it, else ValidationError (422)."""
+        if expires_in_s > self.max_expiry_s:
+            raise ValidationError(
+                "expires_in_s", f"expires_in_s must be at most {self.max_expiry_s} seconds"
+            )
+        return expires_in_s
+
+
+DEFAULT_HOLD_LIMITS: Final = HoldLimits()
 
 
 # Commands check their fields when built (``__post_init__``), so a command that
@@ -108,14 +167,74 @@ class Adjust:
         check_reason(self.reason, required=True)
 
 
-Command = RegisterUser | Purchase | Use | Adjust
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Hold:
+    """Reserve ``amount`` of the available credits for ``expires_in_s`` seconds."""
+
+    user_id: str
+    amount: int
+    reason: str = ""
+    expires_in_s: int
+
+    def __post_init__(self) -> None:
+        check_user_id(self.user_id)
+        check_amount(self.amount, "amount")
+        check_reason(self.reason)
+        check_expires_in(self.expires_in_s)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Capture:
+    """Use ``amount`` of an open hold (None: all of it) and release the rest."""
+
+    user_id: str
+    hold_id: str
+    amount: int | None = None
+
+    def __post_init__(self) -> None:
+        check_user_id(self.user_id)
+        check_hold_id(self.hold_id)
+        if self.amount is not None:
+            check_amount(self.amount, "amount")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Release:
+    """Release the whole of an open hold."""
+
+    user_id: str
+    hold_id: str
+
+    def __post_init__(self) -> None:
+        check_user_id(self.user_id)
+        check_hold_id(self.hold_id)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Expire:
+    """Release an open hold whose deadline has passed (the scheduler's command)."""
+
+    user_id: str
+    hold_id: str
+
+    def __post_init__(self) -> None:
+        check_user_id(self.user_id)
+        check_hold_id(self.hold_id)
+
+
+Command = RegisterUser | Purchase | Use | Adjust | Hold | Capture | Release | Expire
+HoldCommand = Hold | Capture | Release | Expire
 
 KINDS: Final[Mapping[str, type[Command]]] = {
     "register_user": RegisterUser,
     "purchase": Purchase,
     "use": Use,
     "adjust": Adjust,
+    "hold": Hold,
+    "capture": Capture,
+    "release": Release,
 }
+"""Command class by the ``kind`` that ``parse`` accepts (``Expire`` is not a request)."""
 """Command class by the ``kind`` that ``parse`` accepts."""
 
 # kind -> (required fields, optional fields), in the order they are checked.
@@ -124,6 +243,9 @@ _FIELDS: Final[Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
     "purchase": (("user_id", "amount", "transaction_id"), ("currency",)),
     "use": (("user_id", "amount"), ("reason",)),
     "adjust": (("user_id", "delta", "reason"), ()),
+    "hold": (("user_id", "amount", "expires_in_s"), ("reason",)),
+    "capture": (("user_id", "hold_id"), ("amount",)),
+    "release": (("user_id", "hold_id"), ()),
 }
 
 
@@ -184,6 +306,20 @@ def check_reason(value: object, field: str = "reason", *, required: bool = False
     return reason
 
 
+def check_hold_id(value: object, field: str = "hold_id") -> str:
+    """``<user_id>:h<n>`` as ``ledger.events.hold_id_of`` makes them."""
+    return _matching(value, field, HOLD_ID_RE, "a hold id such as alice:h1")
+
+
+def check_expires_in(value: object, field: str = "expires_in_s") -> int:
+    """Whole seconds in ``1..MAX_HOLD_EXPIRY_S`` (the deployment may allow fewer)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(field, f"{field} must be a whole number of seconds")
+    if not 1 <= value <= MAX_HOLD_EXPIRY_S:
+        raise ValidationError(field, f"{field} must be between 1 and {MAX_HOLD_EXPIRY_S}")
+    return value
+
+
 # --- parse ----------------------------------------------------------------------
 
 
@@ -211,6 +347,8 @@ def kind_of(command: Command) -> str:
     for kind, cls in KINDS.items():
         if type(command) is cls:
             return kind
+    if type(command) is Expire:
+        return "expire"
     raise ValidationError("kind", f"not a command: {type(command).__name__}")
 
 
@@ -227,12 +365,24 @@ def _sealed(event: Event) -> Event:
     return replace(event, hash=hash_of(event))
 
 
-def decide(account: Account | None, command: Command, *, at_ms: int) -> Event:
+def decide(
+    account: Account | None,
+    command: Command,
+    *,
+    at_ms: int,
+    limits: HoldLimits = DEFAULT_HOLD_LIMITS,
+) -> Event:
     """The event ``command`` produces on ``account`` (None = not registered).
 
     Raises ``DuplicateUser``, ``UnknownAccount``, ``InsufficientCredits`` (a use
-    or negative adjustment beyond the balance) or ``LimitExceeded`` (a total
-    beyond ``MAX_CREDITS``), in that order of checking, like append.lua.
+    or negative adjustment beyond the available credits) or ``LimitExceeded`` (a
+    total beyond ``MAX_CREDITS``), in that order of checking, like append.lua.
+    Holds check, in order: the account; ``limits`` (expiry: ``ValidationError``;
+    open holds: ``TooManyHolds``); the available credits. A capture, release or
+    expiry checks the account, then ``UnknownHold`` (never made on this
+    account), ``HoldNotOpen`` (closed, or past its expiry for a capture or
+    release), ``HoldNotDue`` (an expiry before the deadline), then a capture's
+    amount (``ValidationError`` beyond the hold) and ``LimitExceeded``.
     """
     if isinstance(at_ms, bool) or not isinstance(at_ms, int) or at_ms < 0:
         raise ValidationError("at_ms", "at_ms must be a non-negative integer")
@@ -242,6 +392,8 @@ def decide(account: Account | None, command: Command, *, at_ms: int) -> Event:
         raise ValidationError(
             "user_id", f"command for {user_id!r} applied to account {account.user_id!r}"
         )
+    if isinstance(command, Hold):
+        limits.check_expiry(command.expires_in_s)
     if isinstance(command, RegisterUser):
         if account is not None:
             raise DuplicateUser(user_id)
@@ -258,12 +410,17 @@ def decide(account: Account | None, command: Command, *, at_ms: int) -> Event:
         )
     if account is None:
         raise UnknownAccount(user_id)
+    if isinstance(command, Hold | Capture | Release | Expire):
+        return _sealed(_decide_hold(account, command, at_ms, limits))
 
     before = account.totals
     if isinstance(command, Purchase):
         change, requested = command.amount, 0
         after = Totals(
-            balance=before.balance + change, purchased=before.purchased + change, used=before.used
+            balance=before.balance + change,
+            purchased=before.purchased + change,
+            used=before.used,
+            held=before.held,
         )
     elif isinstance(command, Use):
         change, requested = -command.amount, command.amount
@@ -271,14 +428,18 @@ def decide(account: Account | None, command: Command, *, at_ms: int) -> Event:
             balance=before.balance + change,
             purchased=before.purchased,
             used=before.used + command.amount,
+            held=before.held,
         )
     else:
         change, requested = command.delta, -command.delta
         after = Totals(
-            balance=before.balance + change, purchased=before.purchased, used=before.used
+            balance=before.balance + change,
+            purchased=before.purchased,
+            used=before.used,
+            held=before.held,
         )
-    if after.balance < 0:
-        raise InsufficientCredits(user_id, before.balance, requested)
+    if after.balance < before.held:
+        raise InsufficientCredits(user_id, before.balance, requested, before.available)
     if max(after.balance, after.purchased, after.used) > MAX_CREDITS:
         raise LimitExceeded(f"user {user_id!r}: a total would exceed {MAX_CREDITS} credits")
 
@@ -321,9 +482,66 @@ def decide(account: Account | None, command: Command, *, at_ms: int) -> Event:
     return _sealed(event)
 
 
+def _decide_hold(account: Account, command: HoldCommand, at_ms: int, limits: HoldLimits) -> Event:
+    """The (unsealed) hold event of ``command``; the checks as ``decide`` lists them."""
+    user_id, before = account.user_id, account.totals
+    version, head = account.version + 1, account.head
+    if isinstance(command, Hold):
+        if len(account.holds) >= limits.max_open:
+            raise TooManyHolds(user_id, limits.max_open)
+        if command.amount > before.available:
+            raise InsufficientCredits(user_id, before.balance, command.amount, before.available)
+        return CreditsHeld(
+            user_id=user_id,
+            version=version,
+            at_ms=at_ms,
+            after=replace(before, held=before.held + command.amount),
+            prev_hash=head,
+            hash="",
+            hold_id=hold_id_of(user_id, account.holds_made + 1),
+            credits=command.amount,
+            reason=command.reason,
+            expires_at_ms=at_ms + command.expires_in_s * 1000,
+        )
+    number = hold_number(user_id, command.hold_id)
+    if number is None or number > account.holds_made:
+        raise UnknownHold(user_id, command.hold_id)
+    hold = account.holds.get(command.hold_id)
+    if hold is None:
+        raise HoldNotOpen(user_id, command.hold_id)
+    if isinstance(command, Expire):
+        if at_ms < hold.expires_at_ms:
+            raise HoldNotDue(user_id, command.hold_id)
+    elif at_ms >= hold.expires_at_ms:
+        raise HoldNotOpen(user_id, command.hold_id)
+    released = replace(before, held=before.held - hold.credits)
+    common = dict(user_id=user_id, version=version, at_ms=at_ms, prev_hash=head, hash="")
+    if isinstance(command, Capture):
+        credits = hold.credits if command.amount is None else command.amount
+        if credits > hold.credits:
+            raise ValidationError(
+                "amount", f"amount {credits} is more than the {hold.credits} credits held"
+            )
+        if before.used + credits > MAX_CREDITS:
+            raise LimitExceeded(f"user {user_id!r}: a total would exceed {MAX_CREDITS} credits")
+        return HoldCaptured(
+            **common,  # type: ignore[arg-type]
+            after=replace(released, balance=before.balance - credits, used=before.used + credits),
+            hold_id=command.hold_id,
+            credits=credits,
+            hold_credits=hold.credits,
+        )
+    cls = HoldExpired if isinstance(command, Expire) else HoldReleased
+    return cls(**common, after=released, hold_id=command.hold_id, hold_credits=hold.credits)  # type: ignore[arg-type]
+
+
 def apply_command(
-    account: Account | None, command: Command, *, at_ms: int
+    account: Account | None,
+    command: Command,
+    *,
+    at_ms: int,
+    limits: HoldLimits = DEFAULT_HOLD_LIMITS,
 ) -> tuple[Account, Event]:
     """Decide and apply in one step: the new account and the event it took."""
-    event = decide(account, command, at_ms=at_ms)
+    event = decide(account, command, at_ms=at_ms, limits=limits)
     return apply(account, event), event

@@ -12,13 +12,17 @@ The HTTP status of each class is in one table, ``api.http.errors.STATUS``.
     │   ├── ValidationError               field                  -> 422 invalid
     │   │   └── PayloadTooLarge           (ledger.tasks)         -> 413
     │   ├── NotFound                                             -> 404
-    │   │   └── UnknownAccount            user_id
+    │   │   ├── UnknownAccount            user_id
+    │   │   └── UnknownHold               user_id, hold_id
     │   ├── Conflict                                             -> 409
     │   │   ├── DuplicateUser             user_id
-    │   │   ├── InsufficientCredits       balance (in the body too)
+    │   │   ├── InsufficientCredits       balance, available (in the body too)
     │   │   ├── IdempotencyKeyReused      key
     │   │   ├── TransactionReused         transaction_id
     │   │   ├── LimitExceeded
+    │   │   ├── HoldNotOpen               user_id, hold_id (captured, released, expired)
+    │   │   ├── HoldNotDue                user_id, hold_id (an expiry before the deadline)
+    │   │   ├── TooManyHolds              user_id, limit
     │   │   └── DuplicateDocument         (projections.store) collection, doc_id
     │   └── IntegrityError                                       -> 500, own code
     │       ├── VersionGap                user_id, expected, got
@@ -89,8 +93,58 @@ class UnknownAccount(NotFound):
         self.user_id = user_id
 
 
+class UnknownHold(NotFound):
+    """No hold of this id was ever made on this account (another account's id too)."""
+
+    code = "unknown_hold"
+
+    def __init__(self, user_id: str, hold_id: str) -> None:
+        super().__init__(f"user {user_id!r} has no hold {hold_id!r}")
+        self.user_id = user_id
+        self.hold_id = hold_id
+
+
 class Conflict(LedgerError):
     code = "conflict"
+
+
+class HoldNotOpen(Conflict):
+    """The hold was captured, released or has expired: it can change nothing any more."""
+
+    code = "hold_not_open"
+
+    def __init__(self, user_id: str, hold_id: str) -> None:
+        super().__init__(
+            f"hold {hold_id!r} of user {user_id!r} is no longer open "
+            "(captured, released or expired)"
+        )
+        self.user_id = user_id
+        self.hold_id = hold_id
+
+
+class HoldNotDue(Conflict):
+    """An expiry asked for before the hold's deadline (the scheduler's clock ran ahead)."""
+
+    code = "hold_not_due"
+
+    def __init__(self, user_id: str, hold_id: str) -> None:
+        super().__init__(f"hold {hold_id!r} of user {user_id!r} has not reached its expiry")
+        self.user_id = user_id
+        self.hold_id = hold_id
+
+
+class TooManyHolds(Conflict):
+    """The account already has as many open holds as allowed."""
+
+    code = "too_many_holds"
+
+    def __init__(self, user_id: str, limit: int) -> None:
+        super().__init__(
+            f"user {user_id!r} already has {limit} open holds (the most allowed); "
+            "capture or release one first"
+        )
+        self.user_id = user_id
+        self.limit = limit
 
 
 class DuplicateUser(Conflict):
@@ -104,13 +158,23 @@ class DuplicateUser(Conflict):
 class InsufficientCredits(Conflict):
     code = "insufficient_credits"
 
-    def __init__(self, user_id: str, balance: int, requested: int) -> None:
-        super().__init__(
-            f"user {user_id!r} has {balance} credits; {requested} would overdraw the account"
-        )
+    def __init__(
+        self, user_id: str, balance: int, requested: int, available: int | None = None
+    ) -> None:
+        if available is None or available == balance:
+            message = (
+                f"user {user_id!r} has {balance} credits; {requested} would overdraw the account"
+            )
+        else:
+            message = (
+                f"user {user_id!r} has {available} credits available ({balance} minus "
+                f"{balance - available} held); {requested} would overdraw the account"
+            )
+        super().__init__(message)
         self.user_id = user_id
         self.balance = balance
         self.requested = requested
+        self.available = balance if available is None else available
 
 
 class IdempotencyKeyReused(Conflict):

@@ -17,11 +17,20 @@ GENESIS = "0" * 40
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Totals:
-    """An account's running totals. balance = purchased - used + sum(adjustments)."""
+    """An account's running totals. balance = purchased - used + sum(adjustments).
+
+    ``held`` is the sum of the account's open holds: credits reserved, still in
+    ``balance``, but not spendable; ``available = balance - held`` (never < 0).
+    """
 
     balance: int = 0
     purchased: int = 0
     used: int = 0
+    held: int = 0
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.held
 
 
 ZERO = Totals()
@@ -49,8 +58,18 @@ class Event:
 
     @property
     def ref(self) -> str:
-        """An external reference (a purchase's transaction id), else ''."""
+        """An external reference (a purchase's transaction id, a hold's id), else ''."""
         return ""
+
+    @property
+    def hold_amount(self) -> int:
+        """The credits of the hold this event opens or closes, else 0."""
+        return 0
+
+    @property
+    def hold_expiry_ms(self) -> int:
+        """When the hold this event opens expires (UTC epoch ms), else 0."""
+        return 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,7 +132,130 @@ class CreditsAdjusted(Event):
         return self.reason
 
 
+def hold_id_of(user_id: str, number: int) -> str:
+    """The id of an account's ``number``-th hold (1, 2, 3 …): ``"<user_id>:h<number>"``.
+
+    Unique in the ledger and tied to its account: a hold id of another account
+    never names a hold of this one (the API answers 404 for it).
+    """
+    return f"{user_id}:h{number}"
+
+
+def hold_number(user_id: str, hold_id: str) -> int | None:
+    """``n`` when ``hold_id`` is ``hold_id_of(user_id, n)`` (n >= 1), else None."""
+    prefix = f"{user_id}:h"
+    digits = hold_id[len(prefix) :] if hold_id.startswith(prefix) else ""
+    if not digits or len(digits) > 15 or not digits.isascii() or not digits.isdigit():
+        return None
+    if digits[0] == "0":
+        return None
+    return int(digits)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CreditsHeld(Event):
+    """A hold: ``credits`` reserved until captured, released or ``expires_at_ms``.
+
+    The balance does not change; ``after.held`` grows by ``credits``.
+    """
+
+    kind: ClassVar[str] = "credits_held"
+    hold_id: str
+    credits: int
+    reason: str
+    expires_at_ms: int
+
+    @property
+    def text(self) -> str:
+        return self.reason
+
+    @property
+    def ref(self) -> str:
+        return self.hold_id
+
+    @property
+    def hold_amount(self) -> int:
+        return self.credits
+
+    @property
+    def hold_expiry_ms(self) -> int:
+        return self.expires_at_ms
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HoldCaptured(Event):
+    """``credits`` of the hold are used; the rest (``released``) is released, in one event."""
+
+    kind: ClassVar[str] = "hold_captured"
+    hold_id: str
+    credits: int
+    hold_credits: int
+
+    @property
+    def amount(self) -> int:
+        return -self.credits
+
+    @property
+    def ref(self) -> str:
+        return self.hold_id
+
+    @property
+    def hold_amount(self) -> int:
+        return self.hold_credits
+
+    @property
+    def released(self) -> int:
+        return self.hold_credits - self.credits
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HoldReleased(Event):
+    """The whole hold is released by its producer; nothing is used."""
+
+    kind: ClassVar[str] = "hold_released"
+    hold_id: str
+    hold_credits: int
+
+    @property
+    def ref(self) -> str:
+        return self.hold_id
+
+    @property
+    def hold_amount(self) -> int:
+        return self.hold_credits
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HoldExpired(Event):
+    """The whole hold is released by the scheduler, at or after its expiry."""
+
+    kind: ClassVar[str] = "hold_expired"
+    hold_id: str
+    hold_credits: int
+
+    @property
+    def ref(self) -> str:
+        return self.hold_id
+
+    @property
+    def hold_amount(self) -> int:
+        return self.hold_credits
+
+
+HOLD_EVENTS: tuple[type[Event], ...] = (CreditsHeld, HoldCaptured, HoldReleased, HoldExpired)
+CLOSING_EVENTS = (HoldCaptured, HoldReleased, HoldExpired)
+
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.kind: cls for cls in (UserRegistered, CreditsPurchased, CreditsUsed, CreditsAdjusted)
+    cls.kind: cls
+    for cls in (
+        UserRegistered,
+        CreditsPurchased,
+        CreditsUsed,
+        CreditsAdjusted,
+        CreditsHeld,
+        HoldCaptured,
+        HoldReleased,
+        HoldExpired,
+    )
 }
 """Event class by its ``kind`` string (the ``k`` field of a stream entry)."""

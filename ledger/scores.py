@@ -15,9 +15,19 @@ credits actually used: spending granted (adjusted) credits earns nothing, and,
 unlike a ratio ``used / purchased``, it never falls when a user buys more.
 ``version`` is the number of events in the account (registration included).
 
+Credit holds: the credits an account holds (``Totals.held``) count for
+nothing, whether the hold is open, released or expired: reserving credits is
+neither buying nor spending them. A capture counts as a use of the captured
+part only (it adds it to ``used``), exactly like ``credits_used``; the part a
+capture releases counts for nothing. Each hold event (hold, capture, release,
+expiry) is an event of the account, so it counts in ``version`` like any other
+(``history`` is capped at 2^10 events, so hold/release cycles cannot buy more
+than those 100 points, which ordinary use earns as well).
+
 Properties the tests hold it to: the result is in ``300..850``; it is
 non-decreasing in each of ``purchased``, ``used`` and ``version``; it ignores
-``balance``; and it uses no floats, so every process computes the same score.
+``balance`` and ``held``; and it uses no floats, so every process computes the
+same score.
 """
 
 from __future__ import annotations

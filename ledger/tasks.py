@@ -218,9 +218,11 @@ DEFAULT_COLLECTIONS: Final = frozenset(
         "credit_calculations",
         "notifications",
         "analytics",
+        "credit_holds",
     }
 )
-"""The original system's collections: what the default DB handler may touch."""
+"""The original system's collections (and ``credit_holds``, where the workers
+record hold events): what the default DB handler may touch."""
 READ_MODEL_COLLECTIONS: Final = frozenset({"balances", "credit_scores", "events", "checkpoints"})
 """Owned by the projectors; never writable through task data."""
 WORKER_COLLECTIONS: Final = frozenset({"task_targets"})
@@ -232,6 +234,7 @@ EVENT_RECORD_COLLECTIONS: Final = frozenset(
         "credit_purchases",
         "credit_usage",
         "credit_updates",
+        "credit_holds",
     }
 )
 """Where the workers record ledger events, each under its event id."""

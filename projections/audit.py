@@ -24,8 +24,18 @@ and then checks:
   trimming only ever removes a stream's oldest entries); a stream entry the
   archive projector has acknowledged but the archive lacks;
 - the Redis account state against the event of its version (version, balance,
-  purchased, used, head hash, email); a state newer than the log means events
-  are missing from the log;
+  purchased, used, head hash, email; with credit holds also ``held`` and
+  ``hseq``, the holds made, from the fold); a state newer than the log means
+  events are missing from the log;
+- credit holds: the fold checks every hold event (a new hold takes the next id;
+  a capture, release or expiry closes a hold that is open, of the amount it
+  says, before or after its deadline as its kind requires) and that ``held`` is
+  the sum of the open holds and never above the balance, at every version; the
+  account's open holds in Redis (``ledger:{<tag>}:holds:<user>``, read with its
+  state in one MULTI) must be exactly the fold's open holds at the state's
+  version (amount, expiry, creation time, reason), and each must be in the
+  partition's ``holds-due`` set at its expiry (else the scheduler would never
+  release it);
 - each view document against what its projection writes for the event of the
   document's version (every field, no more, no less). A document at an older
   version than the log is *lagging* (a note, not a mismatch) as long as its
@@ -82,6 +92,7 @@ NO_STATE = "no_account_state"
 MISSING_EVENTS = "missing_events"
 VIEW_WITHOUT_EVENTS = "view_without_events"
 LAGGING = "lagging"
+OPEN_HOLDS = "open_holds"
 
 ViewFields = Callable[[Event], dict[str, Any]]
 VIEWS: dict[str, ViewFields] = {BALANCES: balance_fields, CREDIT_SCORES: score_fields}
@@ -170,6 +181,7 @@ def audit(
     heads = stream_heads(client, streams)
     views = {name: _documents(db, name, user, page) for name in VIEWS}
     states = _states(client, partitions, user)
+    holds = _hold_states(client, partitions, states)
     counted = None if progress is None else (lambda n: progress("audit: reading the log", n, None))
     sources = read_sources(client, partitions, db, user=user, page=page, progress=counted)
     log = sources.log()
@@ -184,7 +196,7 @@ def audit(
     for name in sorted(users):
         events = log.get(name, [])
         _check_chain(name, events, out)
-        _check_state(name, partitions, events, states.get(name), out)
+        _check_state(name, partitions, events, states.get(name), out, holds.get(name), client)
         for view, fields in VIEWS.items():
             owed = _owed_version(events, "proj:" + view, marks, heads)
             _check_view(view, fields, name, events, views[view].get(name), owed, report)
@@ -405,12 +417,112 @@ def _states(client: RedisClient, partitions: int, user: str | None) -> dict[str,
     return out
 
 
+def _hold_states(
+    client: RedisClient, partitions: int, states: dict[str, dict[str, str]]
+) -> dict[str, dict[str, str]]:
+    """For accounts that made holds: their state and open holds read together (MULTI,
+    one slot), so a hold appended meanwhile cannot make them disagree; ``states``
+    is updated in place with the state read here."""
+    out: dict[str, dict[str, str]] = {}
+    for user in [u for u, st in states.items() if "hseq" in st]:
+        p = keys.partition_of(user, partitions)
+        with translate():
+            pipe = client.pipeline(transaction=True)
+            pipe.hgetall(keys.account(p, user))
+            pipe.hgetall(keys.holds(p, user))
+            state_raw, holds_raw = pipe.execute()
+        if state_raw:
+            states[user] = _decoded(state_raw)
+        out[user] = _decoded(holds_raw)
+    return out
+
+
+def _decoded(raw: Mapping[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
+
+
+def _due_scores(
+    client: RedisClient, partitions: int, user: str, hold_ids: Sequence[str]
+) -> list[float | bool | None]:
+    """Each hold's score in ``holds-due``; True for a hold closed since the state was
+    read (no longer in the holds hash: nothing to check). One MULTI, one slot."""
+    if not hold_ids:
+        return []
+    p = keys.partition_of(user, partitions)
+    with translate():
+        pipe = client.pipeline(transaction=True)
+        for hold_id in hold_ids:
+            pipe.hexists(keys.holds(p, user), hold_id)
+            pipe.zscore(keys.holds_due(p), hold_id)
+        replies = pipe.execute()
+    return [
+        float(score) if score is not None else None if still_open else True
+        for still_open, score in zip(replies[::2], replies[1::2], strict=True)
+    ]
+
+
+def _fold_to(events: Sequence[LoggedEvent], version: int) -> Account | None:
+    """The account after ``version`` (None where the chain check already reports why)."""
+    account: Account | None = None
+    try:
+        for logged in events:
+            if logged.event.version > version:
+                break
+            account = apply(account, logged.event)
+    except IntegrityError:
+        return None
+    return account
+
+
+def _check_holds(
+    user: str,
+    partitions: int,
+    account: Account,
+    open_holds: Mapping[str, str],
+    due: Callable[[Sequence[str]], list[float | bool | None]],
+    where: str,
+    out: list[Mismatch],
+) -> None:
+    expected = {
+        h.hold_id: f"{h.credits}|{h.expires_at_ms}|{h.at_ms}|{h.reason}"
+        for h in account.holds.values()
+    }
+    for hold_id in sorted(set(expected) | set(open_holds)):
+        if expected.get(hold_id) != open_holds.get(hold_id):
+            out.append(
+                Mismatch(
+                    user_id=user,
+                    what=OPEN_HOLDS,
+                    where=f"{where}.{hold_id}",
+                    expected=expected.get(hold_id),
+                    found=open_holds.get(hold_id),
+                )
+            )
+    ids = sorted(expected)
+    for hold_id, score in zip(ids, due(ids), strict=True):
+        want = account.holds[hold_id].expires_at_ms
+        if score is True:
+            continue  # closed since: its due entry went with it
+        if score is None or int(score) != want:
+            out.append(
+                Mismatch(
+                    user_id=user,
+                    what=OPEN_HOLDS,
+                    where=f"{keys.holds_due(keys.partition_of(user, partitions))}.{hold_id}",
+                    expected=want,
+                    found=score,
+                )
+            )
+
+
 def _check_state(
     user: str,
     partitions: int,
     events: Sequence[LoggedEvent],
     state: Mapping[str, str] | None,
     out: list[Mismatch],
+    open_holds: Mapping[str, str] | None = None,
+    client: RedisClient | None = None,
 ) -> None:
     where = keys.account(keys.partition_of(user, partitions), user)
     newest = events[-1].event.version if events else 0
@@ -469,10 +581,27 @@ def _check_state(
         if isinstance(first, UserRegistered) and first.version == 1
         else state.get("email", "")
     )  # (a history without registration: the chain check)
-    found = _state_differences(event, email, state)
+    made = 0
+    if "hseq" in state or any(e.event.hold_amount for e in events):
+        account = _fold_to(events, version)
+        if account is None:
+            return  # the chain check reports it
+        made = account.holds_made
+        if client is not None:
+            holds_key = keys.holds(keys.partition_of(user, partitions), user)
+            _check_holds(
+                user,
+                partitions,
+                account,
+                open_holds or {},
+                lambda ids: _due_scores(client, partitions, user, ids),
+                holds_key,
+                out,
+            )
+    found = _state_differences(event, email, state, made)
     if found and version < newest:
         # all but the version as of the newest event: the version was changed
-        against_newest = _state_differences(events[-1].event, email, state)
+        against_newest = _state_differences(events[-1].event, email, state, made)
         if set(against_newest) == {"version"}:
             found = against_newest
     for key, (want, got) in found.items():
@@ -482,7 +611,7 @@ def _check_state(
 
 
 def _state_differences(
-    event: Event, email: str, state: Mapping[str, str]
+    event: Event, email: str, state: Mapping[str, str], holds_made: int = 0
 ) -> dict[str, tuple[str | None, str | None]]:
     a = event.after
     expected = {
@@ -493,6 +622,8 @@ def _state_differences(
         "head": event.hash,
         "email": email,
     }
+    if holds_made:  # written by the first hold, kept from then on
+        expected.update(held=str(a.held), hseq=str(holds_made))
     return {
         key: (expected.get(key), state.get(key))
         for key in sorted(set(expected) | set(state))

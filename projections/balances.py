@@ -1,6 +1,11 @@
 """The ``balances`` read model: one document per account, its latest state.
 
-{_id: user_id, balance, version, purchased_total, used_total, updated_at}
+{_id: user_id, balance, held, available, version, purchased_total, used_total, updated_at}
+
+``held`` is the sum of the account's open credit holds after the event and
+``available = balance - held`` (what a use, a hold or a negative adjustment may
+take). Every event carries ``held`` (``Totals.held``), so "newer version wins"
+keeps both exact like the balance.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ def balance_fields(event: Event) -> dict[str, Any]:
     a = event.after
     return {
         "balance": a.balance,
+        "held": a.held,
+        "available": a.available,
         "version": event.version,
         "purchased_total": a.purchased,
         "used_total": a.used,

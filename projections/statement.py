@@ -3,11 +3,22 @@
 One row per event, in version order:
 
     version  time (UTC, ISO-8601)  kind  amount (signed change)  balance
-    purchased_total  used_total  reason  currency  transaction_id  event_id  hash
+    held  available  purchased_total  used_total  reason  currency
+    transaction_id  hold_id  hold_amount  released  expires_at  event_id  hash
 
 ``balance`` is the balance after the event, so each row's balance is the
 previous row's plus its amount, and the last row's is the account's balance;
-``purchased_total`` / ``used_total`` add up the same way. ``hash`` is the
+``purchased_total`` / ``used_total`` add up the same way.
+
+Credit holds: ``held`` is the sum of the open holds after the event and
+``available = balance - held``. A ``credits_held`` row has amount 0 (nothing
+is spent yet), its ``hold_id``, ``hold_amount`` (added to ``held``) and
+``expires_at``; a ``hold_captured`` row's amount is minus the credits captured
+(used), ``hold_amount`` is the whole hold (taken off ``held``) and
+``released`` the rest given back to ``available``; ``hold_released`` and
+``hold_expired`` rows have amount 0 and release the whole ``hold_amount``. So
+each row's ``held`` is the previous row's plus a hold's amount or minus a
+closed one's, and its ``available`` is its balance minus its held. ``hash`` is the
 event's SHA-1 chain hash (``docs/audit.md``). The history is verified (chain
 and fold) before anything is written: a statement is never made from a log
 that does not add up.
@@ -24,7 +35,16 @@ from pymongo.database import Database
 
 from ledger.accounts import fold
 from ledger.errors import UnknownAccount
-from ledger.events import CreditsAdjusted, CreditsPurchased, CreditsUsed, Event
+from ledger.events import (
+    CreditsAdjusted,
+    CreditsHeld,
+    CreditsPurchased,
+    CreditsUsed,
+    Event,
+    HoldCaptured,
+    HoldExpired,
+    HoldReleased,
+)
 from streams.codec import event_id
 from streams.connection import RedisClient
 from streams.times import iso_utc
@@ -38,11 +58,17 @@ COLUMNS: Final = (
     "kind",
     "amount",
     "balance",
+    "held",
+    "available",
     "purchased_total",
     "used_total",
     "reason",
     "currency",
     "transaction_id",
+    "hold_id",
+    "hold_amount",
+    "released",
+    "expires_at",
     "event_id",
     "hash",
 )
@@ -53,17 +79,31 @@ _FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
 
 def row(event: Event) -> dict[str, Any]:
     a = event.after
+    if isinstance(event, HoldCaptured):
+        released = event.released
+    elif isinstance(event, HoldReleased | HoldExpired):
+        released = event.hold_credits
+    else:
+        released = 0
     return {
         "version": event.version,
         "time": iso_utc(event.at_ms),
         "kind": event.kind,
         "amount": event.amount,
         "balance": a.balance,
+        "held": a.held,
+        "available": a.available,
         "purchased_total": a.purchased,
         "used_total": a.used,
-        "reason": event.reason if isinstance(event, CreditsUsed | CreditsAdjusted) else "",
+        "reason": (
+            event.reason if isinstance(event, CreditsUsed | CreditsAdjusted | CreditsHeld) else ""
+        ),
         "currency": event.currency if isinstance(event, CreditsPurchased) else "",
         "transaction_id": event.transaction_id if isinstance(event, CreditsPurchased) else "",
+        "hold_id": getattr(event, "hold_id", ""),
+        "hold_amount": event.hold_amount,
+        "released": released,
+        "expires_at": iso_utc(event.expires_at_ms) if isinstance(event, CreditsHeld) else "",
         "event_id": event_id(event.user_id, event.version),
         "hash": event.hash,
     }

@@ -14,15 +14,29 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 
-from ledger.commands import Adjust, Command, Purchase, RegisterUser, Use
+from ledger.commands import (
+    Adjust,
+    Capture,
+    Command,
+    Expire,
+    Hold,
+    Purchase,
+    RegisterUser,
+    Release,
+    Use,
+)
 from ledger.errors import (
     DuplicateUser,
+    HoldNotDue,
+    HoldNotOpen,
     IdempotencyKeyReused,
     InsufficientCredits,
     LedgerError,
     LimitExceeded,
+    TooManyHolds,
     TransactionReused,
     UnknownAccount,
+    UnknownHold,
     ValidationError,
 )
 from ledger.money import MAX_CREDITS
@@ -48,6 +62,14 @@ class Appended:
     version: int
     balance: int
     duplicate: bool = False
+    held: int = 0
+    """The account's held credits after the event (available = balance - held)."""
+    hold_id: str = ""
+    """The hold a hold event made, captured, released or expired; else ""."""
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.held
 
 
 def check_idempotency_key(key: object) -> str:
@@ -63,16 +85,30 @@ SEP = "\x1f"
 """Separates an event's fields in its one script argument (see append.lua)."""
 
 
-def _lua_args(command: Command) -> tuple[str, int, str, str]:
-    """(kind, signed amount, text, ref) as append.lua takes them."""
-    if isinstance(command, RegisterUser):
-        args = "user_registered", 0, command.email, ""
+HOLD_KINDS = frozenset({"credits_held", "hold_captured", "hold_released", "hold_expired"})
+
+LuaArgs = tuple[str, int, str, str, str]
+
+
+def _lua_args(command: Command) -> LuaArgs:
+    """(kind, amount, text, ref, extra) as append.lua takes them."""
+    args: LuaArgs
+    if isinstance(command, Hold):
+        args = "credits_held", command.amount, command.reason, "", str(command.expires_in_s)
+    elif isinstance(command, Capture):
+        args = "hold_captured", command.amount or 0, "", command.hold_id, ""
+    elif isinstance(command, Release):
+        args = "hold_released", 0, "", command.hold_id, ""
+    elif isinstance(command, Expire):
+        args = "hold_expired", 0, "", command.hold_id, ""
+    elif isinstance(command, RegisterUser):
+        args = "user_registered", 0, command.email, "", ""
     elif isinstance(command, Purchase):
-        args = "credits_purchased", command.amount, command.currency, command.transaction_id
+        args = "credits_purchased", command.amount, command.currency, command.transaction_id, ""
     elif isinstance(command, Use):
-        args = "credits_used", -command.amount, command.reason, ""
+        args = "credits_used", -command.amount, command.reason, "", ""
     elif isinstance(command, Adjust):
-        args = "credits_adjusted", command.delta, command.reason, ""
+        args = "credits_adjusted", command.delta, command.reason, "", ""
     else:
         raise ValidationError("kind", f"not a ledger command: {type(command).__name__}")
     if SEP in args[2] or SEP in args[3] or SEP in command.user_id:  # the command checked
@@ -80,9 +116,10 @@ def _lua_args(command: Command) -> tuple[str, int, str, str]:
     return args
 
 
-def fingerprint(kind: str, user_id: str, amount: int, text: str, ref: str) -> str:
+def fingerprint(kind: str, user_id: str, amount: int, text: str, ref: str, extra: str = "") -> str:
     """What makes two appends the same request (compared on a repeated key)."""
-    raw = "\x1f".join((kind, user_id, str(amount), text, ref)).encode("utf-8")
+    parts = (kind, user_id, str(amount), text, ref) + ((extra,) if extra else ())
+    raw = "\x1f".join(parts).encode("utf-8")
     return hashlib.sha1(raw).hexdigest()
 
 
@@ -117,9 +154,13 @@ class Appender:
         appended stays, and a retry with the same idempotency keys finds it.
         """
         args = []
+        limits = self._config.hold_limits
+        max_holds = limits.max_open
         for command, _, idem in items:
             if idem is not None:
                 check_idempotency_key(idem)
+            if isinstance(command, Hold):
+                limits.check_expiry(command.expires_in_s)
             args.append(_lua_args(command))
         if not items:
             return []
@@ -129,13 +170,13 @@ class Appender:
         def settle(call: int, replies: list[list[bytes]]) -> None:
             for index, reply in zip(batches[call], replies, strict=True):
                 command, _, idem = items[index]
-                if reply[0] == b"ok":  # the usual reply, without a call to _result
+                if reply[0] == b"ok" and len(reply) == 4:  # the usual reply, without _result
                     user, version = command.user_id, int(reply[1])
                     results[index] = _appended(
-                        f"{user}:{version}", user, version, int(reply[2]), False
+                        f"{user}:{version}", user, version, int(reply[2]), False, int(reply[3])
                     )
                 else:
-                    results[index] = _result(command, idem, reply)
+                    results[index] = _result(command, idem, reply, max_holds)
 
         with translate():
             run_many(self._redis, self._calls(items, args, batches), settle, wait=self._config.wait)
@@ -144,7 +185,7 @@ class Appender:
     def _calls(
         self,
         items: Sequence[tuple[Command, Priority, str | None]],
-        args: Sequence[tuple[str, int, str, str]],
+        args: Sequence[LuaArgs],
         batches: list[list[int]],
     ) -> Iterator[Call]:
         """The script calls for ``items``, each yielded when full; ``batches``
@@ -167,7 +208,7 @@ class Appender:
             return script, call[1], call[2]
 
         for index, (command, priority, idem) in enumerate(items):
-            kind, amount, text, ref = args[index]
+            kind, amount, text, ref, extra = args[index]
             user = command.user_id
             p = keys.partition_of(user, count)
             call = open_.get(p)
@@ -179,7 +220,12 @@ class Appender:
                 call = open_[p] = (
                     priority,
                     [keys.stream(p, priority)],
-                    [config.idempotency_ttl_s, MAX_CREDITS, config.queue_for(priority)],
+                    [
+                        config.idempotency_ttl_s,
+                        MAX_CREDITS,
+                        config.queue_for(priority),
+                        config.hold_limits.max_open,
+                    ],
                     [],
                 )
             call_keys, indexes = call[1], call[3]
@@ -189,12 +235,15 @@ class Appender:
             call_keys.append(prefix[0] + user)
             if idem:
                 call_keys.append(keys.idempotency(p, user, idem))
-            if ref:
+            hold = kind in HOLD_KINDS
+            if ref and not hold:
                 call_keys.append(prefix[1] + user)
-            fp = fingerprint(kind, user, amount, text, ref) if idem or ref else ""
-            call[2].append(
-                f"{kind}{SEP}{user}{SEP}{amount}{SEP}{text}{SEP}{ref}{SEP}{flag[bool(idem)]}{fp}"
-            )
+            if hold:
+                call_keys.append(keys.holds(p, user))
+                call_keys.append(keys.holds_due(p))
+            fp = fingerprint(kind, user, amount, text, ref, extra) if idem or ref else ""
+            arg = f"{kind}{SEP}{user}{SEP}{amount}{SEP}{text}{SEP}{ref}{SEP}{flag[bool(idem)]}{fp}"
+            call[2].append(f"{arg}{SEP}{extra}" if extra else arg)
             indexes.append(index)
             if len(indexes) >= limit:
                 del open_[p]
@@ -204,38 +253,72 @@ class Appender:
 
 
 _new = object.__new__
-_FIELDS = ("event_id", "user_id", "version", "balance", "duplicate")
+_FIELDS = ("event_id", "user_id", "version", "balance", "duplicate", "held", "hold_id")
 if tuple(f.name for f in fields(Appended)) != _FIELDS:  # pragma: no cover - a guard
     raise AssertionError("_appended must set every field of Appended, in order")
 _SET = tuple(Appended.__dict__[name].__set__ for name in _FIELDS)
 
 
-def _appended(event_id: str, user_id: str, version: int, balance: int, duplicate: bool) -> Appended:
+def _appended(
+    event_id: str,
+    user_id: str,
+    version: int,
+    balance: int,
+    duplicate: bool,
+    held: int = 0,
+    hold_id: str = "",
+) -> Appended:
     """``Appended(...)``, a third of the cost: a frozen dataclass's ``__init__``
     sets each field through ``object.__setattr__``; this sets the slots directly
     (one result per appended event: it shows in the batch's cost)."""
     appended: Appended = _new(Appended)
-    set_event_id, set_user_id, set_version, set_balance, set_duplicate = _SET
+    set_event_id, set_user_id, set_version, set_balance, set_duplicate, set_held, set_hold = _SET
     set_event_id(appended, event_id)
     set_user_id(appended, user_id)
     set_version(appended, version)
     set_balance(appended, balance)
     set_duplicate(appended, duplicate)
+    set_held(appended, held)
+    set_hold(appended, hold_id)
     return appended
 
 
-def _result(command: Command, idem: str | None, reply: list[bytes]) -> Appended | LedgerError:
+def _result(
+    command: Command, idem: str | None, reply: list[bytes], max_holds: int = 0
+) -> Appended | LedgerError:
     status = reply[0]
     user = command.user_id
     if status == b"ok":
         version = int(reply[1])
-        return _appended(f"{user}:{version}", user, version, int(reply[2]), False)
+        held = int(reply[3]) if len(reply) > 3 else 0
+        hold_id = reply[4].decode() if len(reply) > 4 else ""
+        return _appended(f"{user}:{version}", user, version, int(reply[2]), False, held, hold_id)
     if status == b"dup":
-        return _appended(reply[1].decode(), user, int(reply[2]), int(reply[3]), True)
+        held = int(reply[4]) if len(reply) > 4 and reply[4] else 0
+        hold_id = reply[5].decode() if len(reply) > 5 else ""
+        return _appended(reply[1].decode(), user, int(reply[2]), int(reply[3]), True, held, hold_id)
     name = status.decode()
     if name == "insufficient":
-        requested = command.amount if isinstance(command, Use) else -getattr(command, "delta", 0)
-        return InsufficientCredits(user, int(reply[1]), requested)
+        if isinstance(command, Use | Hold):
+            requested = command.amount
+        else:
+            requested = -getattr(command, "delta", 0)
+        available = int(reply[2]) if len(reply) > 2 else None
+        return InsufficientCredits(user, int(reply[1]), requested, available)
+    hold_id = getattr(command, "hold_id", "")
+    if name == "too_many_holds":
+        return TooManyHolds(user, max_holds)
+    if name == "unknown_hold":
+        return UnknownHold(user, hold_id)
+    if name == "hold_not_open":
+        return HoldNotOpen(user, hold_id)
+    if name == "hold_not_due":
+        return HoldNotDue(user, hold_id)
+    if name == "over_capture":
+        return ValidationError(
+            "amount",
+            f"amount {getattr(command, 'amount', 0)} is more than the {int(reply[1])} credits held",
+        )
     if name == "unknown_account":
         return UnknownAccount(user)
     if name == "duplicate_user":

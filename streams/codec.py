@@ -3,7 +3,11 @@
 A ledger event is stored as flat fields written by ``append.lua`` (so the
 script can build it without a serialiser); a task stores its data as msgpack.
 
-    event fields  k u v t a b p x tx r ph h q [rq]
+    event fields  k u v t a b p x tx r ph h q [hd ha he] [rq]
+
+``hd ha he`` (held after, the hold's credits, its expiry) are there when one
+of them is non-zero: on hold events and on any event of an account holding
+credits; absent, they read as 0.
     task fields   k=task id q ty d t [rq]
 
 ``rq`` marks a requeued copy of a dead letter (its original "<stream>/<id>").
@@ -20,9 +24,13 @@ import msgpack
 from ledger.events import (
     EVENT_TYPES,
     CreditsAdjusted,
+    CreditsHeld,
     CreditsPurchased,
     CreditsUsed,
     Event,
+    HoldCaptured,
+    HoldExpired,
+    HoldReleased,
     Totals,
     UserRegistered,
 )
@@ -116,6 +124,10 @@ def decode_event(fields: Mapping[bytes, bytes]) -> Event:
     def n(name: bytes) -> int:
         return int(fields[name])
 
+    def n0(name: bytes) -> int:
+        raw = fields.get(name)
+        return int(raw) if raw else 0
+
     kind = s(b"k")
     if kind not in EVENT_TYPES:
         raise DecodeError(f"unknown event kind {kind!r}", fields)
@@ -125,9 +137,19 @@ def decode_event(fields: Mapping[bytes, bytes]) -> Event:
         at_ms=n(b"t"),
         prev_hash=s(b"ph"),
         hash=s(b"h"),
-        after=Totals(balance=n(b"b"), purchased=n(b"p"), used=n(b"x")),
+        after=Totals(balance=n(b"b"), purchased=n(b"p"), used=n(b"x"), held=n0(b"hd")),
     )
     amount, text = n(b"a"), s(b"tx")
+    if kind == CreditsHeld.kind:
+        return CreditsHeld(
+            hold_id=s(b"r"), credits=n0(b"ha"), reason=text, expires_at_ms=n0(b"he"), **common
+        )
+    if kind == HoldCaptured.kind:
+        return HoldCaptured(hold_id=s(b"r"), credits=-amount, hold_credits=n0(b"ha"), **common)
+    if kind == HoldReleased.kind:
+        return HoldReleased(hold_id=s(b"r"), hold_credits=n0(b"ha"), **common)
+    if kind == HoldExpired.kind:
+        return HoldExpired(hold_id=s(b"r"), hold_credits=n0(b"ha"), **common)
     if kind == UserRegistered.kind:
         return UserRegistered(email=text, **common)
     if kind == CreditsPurchased.kind:
@@ -140,7 +162,7 @@ def decode_event(fields: Mapping[bytes, bytes]) -> Event:
 def event_fields(event: Event, queue_name: str) -> dict[str, str]:
     """The stream fields of an event, exactly as append.lua writes them."""
     a = event.after
-    return {
+    fields = {
         "k": event.kind,
         "u": event.user_id,
         "v": str(event.version),
@@ -155,6 +177,9 @@ def event_fields(event: Event, queue_name: str) -> dict[str, str]:
         "h": event.hash,
         "q": queue_name,
     }
+    if a.held or event.hold_amount or event.hold_expiry_ms:
+        fields.update(hd=str(a.held), ha=str(event.hold_amount), he=str(event.hold_expiry_ms))
+    return fields
 
 
 def event_data(event: Event) -> dict[str, Any]:
@@ -177,7 +202,25 @@ def event_data(event: Event) -> dict[str, Any]:
         data.update(amount=event.credits, reason=event.reason)
     elif isinstance(event, CreditsAdjusted):
         data.update(delta=event.delta, reason=event.reason)
+    elif isinstance(event, CreditsHeld):
+        data.update(
+            hold_id=event.hold_id,
+            amount=event.credits,
+            reason=event.reason,
+            expires_at_ms=event.expires_at_ms,
+        )
+    elif isinstance(event, HoldCaptured):
+        data.update(
+            hold_id=event.hold_id,
+            amount=event.credits,
+            released=event.released,
+            hold_amount=event.hold_credits,
+        )
+    elif isinstance(event, HoldReleased | HoldExpired):
+        data.update(hold_id=event.hold_id, released=event.hold_credits)
     data.update(
         balance_after=a.balance, purchased_total=a.purchased, used_total=a.used, hash=event.hash
     )
+    if a.held:
+        data.update(held_total=a.held, available_after=a.available)
     return data

@@ -11,6 +11,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ledger.commands import (
+    DEFAULT_MAX_HOLD_EXPIRY_S,
+    DEFAULT_MAX_OPEN_HOLDS,
+    MAX_HOLD_EXPIRY_S,
+    MAX_OPEN_HOLDS,
+    HoldLimits,
+)
 from ledger.tasks import Priority
 
 from .errors import ConfigError
@@ -51,6 +58,12 @@ class StreamsConfig:
     wait_timeout_ms: int = 1000
     """How long an append waits for them; then ``Unavailable`` (HTTP 503)."""
     extra_collections: tuple[str, ...] = field(default_factory=tuple)
+    max_open_holds: int = DEFAULT_MAX_OPEN_HOLDS
+    """Most open credit holds one account may have (``LEDGER_MAX_OPEN_HOLDS``, 1..10000,
+    default 100); one more is refused with ``TooManyHolds`` (HTTP 409 too_many_holds)."""
+    max_hold_expiry_s: int = DEFAULT_MAX_HOLD_EXPIRY_S
+    """Longest ``expires_in_s`` of a hold (``LEDGER_MAX_HOLD_EXPIRY_S``, 1..31622400,
+    default 604800 = 7 days); beyond it a hold is refused with 422 naming expires_in_s."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.partitions <= 1024:
@@ -62,6 +75,15 @@ class StreamsConfig:
             raise ConfigError(f"wait_replicas must be between 0 and {MAX_WAIT_REPLICAS}")
         if not _whole(self.wait_timeout_ms, 1, MAX_WAIT_TIMEOUT_MS):  # WAIT n 0: for ever
             raise ConfigError(f"wait_timeout_ms must be between 1 and {MAX_WAIT_TIMEOUT_MS}")
+        if not _whole(self.max_open_holds, 1, MAX_OPEN_HOLDS):
+            raise ConfigError(f"max_open_holds must be between 1 and {MAX_OPEN_HOLDS}")
+        if not _whole(self.max_hold_expiry_s, 1, MAX_HOLD_EXPIRY_S):
+            raise ConfigError(f"max_hold_expiry_s must be between 1 and {MAX_HOLD_EXPIRY_S}")
+
+    @property
+    def hold_limits(self) -> HoldLimits:
+        """The hold limits ``ledger.commands.decide`` and append.lua enforce."""
+        return HoldLimits(max_open=self.max_open_holds, max_expiry_s=self.max_hold_expiry_s)
 
     @property
     def wait(self) -> tuple[int, int] | None:
@@ -79,7 +101,8 @@ class StreamsConfig:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> StreamsConfig:
         """Settings from REDIS_URL, LEDGER_PARTITIONS, LEDGER_COLLECTIONS (comma list),
-        LEDGER_WAIT_REPLICAS and LEDGER_WAIT_TIMEOUT_MS."""
+        LEDGER_WAIT_REPLICAS, LEDGER_WAIT_TIMEOUT_MS, LEDGER_MAX_OPEN_HOLDS and
+        LEDGER_MAX_HOLD_EXPIRY_S."""
         env = os.environ if environ is None else environ
         try:
             partitions = int(env.get("LEDGER_PARTITIONS", DEFAULT_PARTITIONS))
@@ -92,6 +115,12 @@ class StreamsConfig:
             extra_collections=tuple(c.strip() for c in extra),
             wait_replicas=_env_int(env, "LEDGER_WAIT_REPLICAS", 0, 0, MAX_WAIT_REPLICAS),
             wait_timeout_ms=_env_int(env, "LEDGER_WAIT_TIMEOUT_MS", 1000, 1, MAX_WAIT_TIMEOUT_MS),
+            max_open_holds=_env_int(
+                env, "LEDGER_MAX_OPEN_HOLDS", DEFAULT_MAX_OPEN_HOLDS, 1, MAX_OPEN_HOLDS
+            ),
+            max_hold_expiry_s=_env_int(
+                env, "LEDGER_MAX_HOLD_EXPIRY_S", DEFAULT_MAX_HOLD_EXPIRY_S, 1, MAX_HOLD_EXPIRY_S
+            ),
         )
 
 

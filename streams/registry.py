@@ -10,7 +10,10 @@ handlers.
 Built-ins, used when nothing is registered for a type:
 - ledger events (task types ``user_registration``, ``credit_purchase``,
   ``credit_usage``, ``credit_update``) are recorded in the original system's
-  collections, one document per event, its ``_id`` the event id;
+  collections, one document per event, its ``_id`` the event id; credit holds
+  too: ``credit_hold``, ``credit_hold_release`` and ``credit_hold_expiry`` in
+  ``credit_holds``, and a capture (``credit_hold_capture``: credits used) in
+  ``credit_usage``, its data naming the ``hold_id`` and the ``released`` rest;
 - tasks in the original ``{operation, collection, data, filter}`` form go to the
   default DB handler (allow-listed collections, no ``$``-keys).
 
@@ -36,12 +39,20 @@ EVENT_TASK_TYPES: dict[str, str] = {
     "credits_purchased": "credit_purchase",
     "credits_used": "credit_usage",
     "credits_adjusted": "credit_update",
+    "credits_held": "credit_hold",
+    "hold_captured": "credit_hold_capture",
+    "hold_released": "credit_hold_release",
+    "hold_expired": "credit_hold_expiry",
 }
 EVENT_COLLECTIONS: dict[str, str] = {
     "user_registration": "users",
     "credit_purchase": "credit_purchases",
     "credit_usage": "credit_usage",
     "credit_update": "credit_updates",
+    "credit_hold": "credit_holds",
+    "credit_hold_capture": "credit_usage",
+    "credit_hold_release": "credit_holds",
+    "credit_hold_expiry": "credit_holds",
 }
 
 

@@ -2,7 +2,8 @@
 
 ``tick`` moves delayed tasks onto their streams once due; ``fire`` fires the
 recurring schedules due (``streams.schedules``), each tick once however many
-schedulers run and however they die.
+schedulers run and however they die; ``expire_holds`` releases the credit
+holds past their expiry (``streams.holds``), each exactly once.
 
 Any number of schedulers may run: a due task leaves the schedule in the same
 script step that appends it, and only if it is still there and due then, so it
@@ -20,7 +21,10 @@ from typing import Any
 from ledger.tasks import Priority
 
 from . import keys, schedules
+from .appender import Appender
+from .config import StreamsConfig
 from .connection import RedisClient, translate
+from .holds import ExpiryStats, expire_due
 from .replies import text
 from .scripts import Call, Scripts, load, run_many
 
@@ -37,6 +41,7 @@ class Scheduler:
         interval_ms: int = 50,
         scripts: Scripts | None = None,
         task_ttl_s: int = 7 * 24 * 3600,
+        config: StreamsConfig | None = None,
     ) -> None:
         self.redis = client
         self.partitions = partitions
@@ -50,6 +55,23 @@ class Scheduler:
         """Schedule ticks this scheduler fired (enqueued and recorded)."""
         self.missing = 0
         """Due tasks whose record was gone (deleted by hand): dropped, never counted as moved."""
+        self.config = config or StreamsConfig(partitions=partitions)
+        """For the expiries' appends (queue names, idempotency TTL, WAIT, hold limits)."""
+        self._appender: Appender | None = None
+        self.hold_stats = ExpiryStats()
+
+    @property
+    def holds_expired(self) -> int:
+        """Holds this scheduler released at their expiry."""
+        return self.hold_stats.expired
+
+    def expire_holds(self) -> int:
+        """Release every credit hold due now (``streams.holds.expire_due``)."""
+        if self._appender is None:
+            self._appender = Appender(self.redis, self.config, self.scripts)
+        return expire_due(
+            self.redis, self._appender, self.partitions, batch=self.batch, stats=self.hold_stats
+        )
 
     def tick(self) -> int:
         """Move every task due now; returns how many moved (only those).
@@ -238,4 +260,8 @@ class Scheduler:
                 self.fire()
             except Exception:
                 log.exception("firing recurring schedules failed; retrying")
+            try:
+                self.expire_holds()
+            except Exception:
+                log.exception("expiring credit holds failed; retrying")
             self._stopping.wait(self.interval_ms / 1000)

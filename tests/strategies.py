@@ -21,9 +21,13 @@ from ledger.chain import hash_of
 from ledger.commands import (
     MAX_REASON,
     Adjust,
+    Capture,
     Command,
+    Expire,
+    Hold,
     Purchase,
     RegisterUser,
+    Release,
     Use,
     decide,
 )
@@ -136,6 +140,47 @@ def commands(users: Sequence[str], *, register: bool = True) -> st.SearchStrateg
     if register:
         balance_changes.append(st.builds(RegisterUser, user_id=uid, email=emails()))
     return st.one_of(*balance_changes)
+
+
+def hold_commands(
+    users: Sequence[str],
+    *,
+    holds_per_user: int = 4,
+    expire: bool = True,
+    hold_amounts: st.SearchStrategy[int] | None = None,
+) -> st.SearchStrategy[Command]:
+    """Valid hold commands for these users: holds (expiring in 60 s or more),
+    captures (all or part), releases and (``expire``) expiries of hold ids made
+    for any of the users, so some name another account's hold."""
+    uid = st.sampled_from(list(users))
+    numbers = st.integers(1, holds_per_user)
+
+    @st.composite
+    def closing(draw: st.DrawFn, cls: type[Capture | Release | Expire]) -> Command:
+        user = draw(uid)
+        owner = draw(st.one_of(st.just(user), st.just(user), st.just(user), uid))
+        hold_id = f"{owner}:h{draw(numbers)}"
+        if cls is Capture:
+            amount = draw(st.one_of(st.none(), st.integers(1, 60)))
+            return Capture(user_id=user, hold_id=hold_id, amount=amount)
+        return cls(user_id=user, hold_id=hold_id)
+
+    options = [
+        st.builds(
+            Hold,
+            user_id=uid,
+            amount=hold_amounts
+            if hold_amounts is not None
+            else st.one_of(st.integers(1, 50), amounts()),
+            reason=reasons(),
+            expires_in_s=st.integers(60, 7 * 24 * 3600),
+        ),
+        closing(Capture),
+        closing(Release),
+    ]
+    if expire:
+        options.append(closing(Expire))
+    return st.one_of(*options)
 
 
 @st.composite

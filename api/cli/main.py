@@ -24,6 +24,7 @@ from typing import Any
 from streams.config import DEFAULT_PARTITIONS
 
 from .. import settings as cfg
+from ..http import metrics_process
 from ..settings import MAX_MS, EnvError, Settings, add_option, env_value, resolve, source
 from . import audit, serve
 from .exits import RET_CONNECT, RET_ERROR, RET_IMPORT, RET_OK, RET_USAGE
@@ -119,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run task handlers (the `workers` group)")
     _common(worker)
+    metrics_process.add_options(worker)
     add_option(
         worker,
         "--import",
@@ -187,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     project = sub.add_parser("project", help="build the MongoDB read models from the log")
     _common(project)
+    metrics_process.add_options(project)
     add_option(
         project,
         "--only",
@@ -229,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="move delayed tasks onto their streams when due, and fire recurring schedules",
     )
     _common(sched)
+    metrics_process.add_options(sched)
 
     schedules = sub.add_parser("schedules", help="list, add or remove recurring schedules")
     _common(schedules)
@@ -311,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "project":
             return _project(args, _settings(args))
         if args.command == "scheduler":
-            return _scheduler(_settings(args))
+            return _scheduler(args, _settings(args))
         if args.command == "stats":
             return _stats(args, _settings(args))
         if args.command == "schedules":
@@ -420,6 +424,10 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
         ),
         allowed_collections=qm.allowed,
     )
+    # the consumer threads of start_workers (QueueManager keeps them in _workers)
+    metrics_process.start(
+        args, metrics_process.WorkerCollector(lambda: [w for w, _ in qm._workers])
+    )
     if args.burst:
         worker = qm.worker(**overrides)
         handled = worker.run_until_idle(timeout=3600)
@@ -471,6 +479,12 @@ def _project(args: argparse.Namespace, settings: Settings) -> int:
         )
         for p in chosen
     ]
+    metrics_process.start(
+        args,
+        metrics_process.ProjectorCollector(
+            [(p.name, w) for p, w in zip(chosen, workers, strict=True)]
+        ),
+    )
     if args.burst:
         for w in workers:
             w.run_until_idle(timeout=3600)
@@ -507,15 +521,19 @@ def _project(args: argparse.Namespace, settings: Settings) -> int:
     return RET_OK
 
 
-def _scheduler(settings: Settings) -> int:
+def _scheduler(args: argparse.Namespace, settings: Settings) -> int:
     from streams import Scheduler
     from streams.connection import connect, ensure_partitions
 
     client = connect(settings.streams().redis_url)
     ensure_partitions(client, settings.partitions)
     scheduler = Scheduler(
-        client, settings.partitions, task_ttl_s=settings.streams().idempotency_ttl_s
+        client,
+        settings.partitions,
+        task_ttl_s=settings.streams().idempotency_ttl_s,
+        config=settings.streams(),
     )
+    metrics_process.start(args, metrics_process.SchedulerCollector(scheduler))
     _on_term(scheduler.stop)
     log.info("scheduler up")
     scheduler.run()

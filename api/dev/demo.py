@@ -194,11 +194,12 @@ def _start_processes(
 def _drive(
     settings: Settings, args: argparse.Namespace, procs: list[subprocess.Popen[bytes]]
 ) -> int:
+    from ledger.commands import Hold
     from ledger.errors import LedgerError
     from ledger.tasks import Priority
     from streams import QueueManager
 
-    from .loadgen import credit_traffic, registrations, user_ids
+    from .loadgen import OpenHolds, credit_traffic, hold_traffic, registrations, user_ids
 
     qm = QueueManager(config=settings.streams())
     users = user_ids(args.users)
@@ -240,6 +241,25 @@ def _drive(
     _say(
         f"  accepted {outcome['accepted']}, duplicates recognised {outcome['duplicate']}, "
         f"refused (would overdraw) {outcome['refused']}"
+    )
+
+    # credit holds: reserve an estimate, then capture a random part or release it
+    open_holds = OpenHolds()
+    made = settled = 0
+    for round_no in range(5):
+        cmds = list(hold_traffic(users, 100, open_holds, seed=500 + round_no))
+        results = qm.append_batch([(c, Priority.NORMAL, None) for c in cmds])
+        for cmd, result in zip(cmds, results, strict=True):
+            if isinstance(result, LedgerError) or result.duplicate:
+                continue
+            if isinstance(cmd, Hold):
+                open_holds.add(cmd.user_id, result.hold_id, cmd.amount)
+                made += 1
+            else:
+                settled += 1
+    _say(
+        f"credit holds: {made} made, {settled} captured in part or released, "
+        f"{len(open_holds.holds)} left open (the scheduler releases them at their expiry)"
     )
 
     tasks = [qm.enqueue("high_priority", "credit_calculation", {"user_id": u}) for u in users[:20]]
@@ -293,7 +313,9 @@ def _backlog(qm: Any) -> int:
     from streams.scheduler import Scheduler
 
     total = Scheduler(qm.redis, qm.config.partitions).pending()
+    soon = int(time.time() * 1000) + 10_000  # holds the scheduler is about to release
     for p in keys.partitions(qm.config.partitions):
+        total += int(qm.redis.zcount(keys.holds_due(p), "-inf", soon))
         for level in keys.LEVELS_DESC:
             for g in groups(qm.redis, keys.stream(p, level)).values():
                 total += g.pending + (g.lag or 0)
@@ -326,7 +348,7 @@ def _report(qm: Any, settings: Settings, tasks: list[str], outcome: dict[str, in
         _say(f"  {m}")
     recorded = sum(
         db[c].count_documents({})
-        for c in ("users", "credit_purchases", "credit_usage", "credit_updates")
+        for c in ("users", "credit_purchases", "credit_usage", "credit_updates", "credit_holds")
     )
     _say(
         f"original collections hold {recorded} event records for {report.events} events "
@@ -367,9 +389,10 @@ def _post(url: str, body: Any) -> Any:
 
 def _keep_traffic_flowing(base_url: str, users: int, procs: list[subprocess.Popen[bytes]]) -> int:
     """Credit traffic through the HTTP API until a stop signal (the dashboard moves)."""
-    from .loadgen import as_batch_item, credit_traffic, user_ids
+    from .loadgen import OpenHolds, as_batch_item, credit_traffic, hold_traffic, user_ids
 
     names = user_ids(users)
+    open_holds = OpenHolds()
     sent = accepted = 0
     _say(f"traffic keeps flowing through {base_url}/api/events:batch; press Ctrl-C to stop")
     round_no = -1
@@ -378,9 +401,17 @@ def _keep_traffic_flowing(base_url: str, users: int, procs: list[subprocess.Pope
         if any(p.poll() is not None for p in procs):
             raise SystemExit("a demo process exited; see its output above")
         items = [as_batch_item(c) for c in credit_traffic(names, 20, seed=1000 + round_no)]
+        items += [
+            as_batch_item(c) for c in hold_traffic(names, 6, open_holds, seed=5000 + round_no)
+        ]
         result = _post(f"{base_url}/api/events:batch", {"events": items})
         sent += len(items)
         accepted += int(result.get("accepted", 0))
+        for item, outcome in zip(items, result.get("results") or [], strict=False):
+            amount = item.get("amount")
+            if item["kind"] == "hold" and outcome.get("status") == 201:
+                assert isinstance(amount, int)
+                open_holds.add(str(item["user_id"]), outcome.get("hold_id", ""), amount)
         if round_no % 10 == 0:
             _post(
                 f"{base_url}/api/queue/enqueue",

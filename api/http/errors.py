@@ -146,6 +146,7 @@ def error_body(exc: Error) -> dict[str, Any]:
         body["field"] = field
     if isinstance(exc, InsufficientCredits):
         body["balance"] = exc.balance
+        body["available"] = exc.available  # balance minus the credits on hold
     return body
 
 

@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from starlette.requests import Request
 
-from ledger.commands import check_user_id
+from ledger.commands import check_hold_id, check_user_id
 from ledger.errors import ValidationError
 
 from .errors import BadRequest, BodyTooLarge, MalformedJson, UnsupportedMediaType
@@ -155,6 +155,11 @@ def only_fields(
 def path_user(request: Request) -> str:
     """The ``{user_id}`` path parameter, by the body's rules."""
     return check_user_id(request.path_params["user_id"])
+
+
+def path_hold(request: Request) -> str:
+    """The ``{hold_id}`` path parameter (``<user_id>:h<n>``; 422 naming hold_id otherwise)."""
+    return check_hold_id(request.path_params["hold_id"])
 
 
 def query_int(request: Request, name: str, default: int | None, lo: int, hi: int) -> int | None:

@@ -247,3 +247,37 @@ def test_a_script_call_whose_reply_is_lost_is_not_resent(
         cluster.announce(home, None)
     with cluster.client(home) as c:
         assert c.xlen(keys.stream(p, Priority.NORMAL)) == 4
+
+
+def test_holds_and_their_expiry_on_cluster(
+    qm: QueueManager, redis_cluster_nodes: RedisClusterNodes
+) -> None:
+    """Holds touch the account, its holds hash and the partition's due set: one slot;
+    the scheduler's sweep reads every partition's due set, on every master."""
+    import time
+
+    from ledger.errors import HoldNotOpen
+    from streams.holds import expire_due, pending_holds
+
+    users = users_on(redis_cluster_nodes, 6)
+    for u in users:
+        qm.register_user(u, f"{u}@example.com")
+        qm.purchase(u, 100, transaction_id=f"h-{u}")
+    made = [qm.hold(u, 30, 1) for u in users]
+    kept = qm.hold(users[0], 10, 600, idempotency_key="keep")
+    assert qm.hold(users[0], 10, 600, idempotency_key="keep").hold_id == kept.hold_id
+    assert qm.capture(users[0], kept.hold_id, 4).balance == 96
+    with pytest.raises(HoldNotOpen):
+        qm.release(users[0], kept.hold_id)
+    assert [state(qm, u)["held"] for u in users] == [30] * len(users)
+    time.sleep(1.05)
+    assert expire_due(qm.redis, qm.appender, PARTITIONS) == len(made)
+    assert pending_holds(qm.redis, PARTITIONS) == 0
+    assert [state(qm, u)["held"] for u in users] == [0] * len(users)
+    # the audit reads an account's state and open holds in one MULTI (one slot)
+    from projections.audit import _hold_states
+
+    qm.hold(users[1], 7, 600)
+    states: dict[str, dict[str, str]] = {u: {"hseq": "?"} for u in users}
+    holds = _hold_states(qm.redis, PARTITIONS, states)
+    assert states[users[1]]["held"] == "7" and list(holds[users[1]]) == [f"{users[1]}:h2"]

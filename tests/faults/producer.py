@@ -4,9 +4,12 @@ It appends mixed credit traffic through the HTTP API (``mode == "http"``) or the
 Python client (``mode == "client"``) and writes one JSON line per outcome to
 ``spec["out"]`` (each with ``at``, when it was answered):
 
-- ``ack``: an acknowledged append (key, op, user, event_id, version, balance);
+- ``ack``: an acknowledged append (key, op, user, event_id, version, balance;
+  hold_id for a hold) — purchases, uses, adjustments, holds (some expiring after
+  1-2 s, for the schedulers to release), captures of a part or all, releases;
 - ``refused``: a 409 / domain refusal (code);
-- ``task``: an acknowledged enqueue (task id, ref, style, fail);
+- ``task``: an acknowledged enqueue (task id, ref, style, fail, parents: the task
+  ids it depends on, some of this producer's latest tasks);
 - ``dup``: a deliberate repeat of an acknowledged key, and what it answered;
 - ``gave_up`` / ``bad``: an operation never acknowledged, or an answer the
   ledger must never give (a 5xx other than 503, a malformed body);
@@ -113,6 +116,9 @@ class Producer:
                 "purchase": self.qm.purchase,
                 "use": self.qm.use,
                 "adjust": self.qm.adjust,
+                "hold": self.qm.hold,
+                "capture": self.qm.capture,
+                "release": self.qm.release,
             }
             call = calls[op]
             done = call(idempotency_key=key, **args)
@@ -125,6 +131,7 @@ class Producer:
             "version": done.version,
             "balance": done.balance,
             "user_id": done.user_id,
+            **({"hold_id": done.hold_id} if op == "hold" else {}),
         }
 
     def attempt(self, op: str, args: dict[str, Any], key: str) -> tuple[int, dict[str, Any]]:
@@ -135,8 +142,13 @@ class Producer:
             return self._http("POST", "/api/users", args, key)
         if op == "task":
             return self._http("POST", "/api/queue/enqueue", args, key)
-        path = {"purchase": "purchases", "use": "usage", "adjust": "adjustments"}[op]
-        body = {k: v for k, v in args.items() if k != "user_id"}
+        body = {k: v for k, v in args.items() if k not in ("user_id", "hold_id")}
+        if op in ("capture", "release"):
+            path = f"holds/{args['hold_id']}/{op}"
+        else:
+            path = {"purchase": "purchases", "use": "usage", "adjust": "adjustments"}.get(
+                op, "holds"
+            )
         return self._http("POST", f"/api/accounts/{user}/{path}", body, key)
 
     def until_answered(
@@ -180,6 +192,7 @@ class Producer:
                 version=body["version"],
                 balance=body["balance"],
                 amount=args.get("amount", args.get("delta", 0)),
+                hold_id=body.get("hold_id"),
             )
             return body
         if status == 409:
@@ -197,6 +210,8 @@ class Producer:
             for u in users:  # every producer registers every user with the same key
                 self.do("register", {"user_id": u, "email": f"{u}@example.com"}, f"reg-{u}")
             acked: list[tuple[str, dict[str, Any], str, str]] = []
+            recent: list[str] = []  # this producer's latest custom tasks, to depend on
+            holds: list[tuple[str, str]] = []  # (user, hold id) of its holds not yet closed
             stop_at = time.monotonic() + spec["seconds"]
             i = 0
             while time.monotonic() < stop_at:
@@ -228,6 +243,10 @@ class Producer:
                             "delay": rng.choice([0, 0, 0, 0.3]),
                         }
                         style = "custom"
+                        if recent and rng.random() < 0.3:  # waits for earlier tasks
+                            args["depends_on"] = rng.sample(
+                                recent, min(len(recent), rng.randint(1, 2))
+                            )
                     else:
                         fail = False
                         args = {
@@ -242,9 +261,47 @@ class Producer:
                             "delay": 0,
                         }
                         style = "original"
-                    self.do("task", args, key, ref=ref, style=style, fail=fail)
+                    done = self.do(
+                        "task",
+                        args,
+                        key,
+                        ref=ref,
+                        style=style,
+                        fail=fail,
+                        parents=args.get("depends_on", []),
+                    )
+                    if done is not None and style == "custom":
+                        recent = [*recent, done["task_id"]][-10:]
                     continue
-                if roll < 0.45:
+                if 0.40 <= roll < 0.54:  # reserve, then capture a part or release
+                    if roll < 0.48 or not holds:
+                        op, args = (
+                            "hold",
+                            {
+                                "user_id": user,
+                                "amount": rng.choice([20, 60, 150]),
+                                "expires_in_s": rng.choice([1, 2, 30]),
+                                "reason": "storm",
+                            },
+                        )
+                    else:
+                        owner, hold_id = holds.pop(rng.randrange(len(holds)))
+                        op, args = (
+                            rng.choice(["capture", "capture", "release"]),
+                            {
+                                "user_id": owner,
+                                "hold_id": hold_id,
+                            },
+                        )
+                        if op == "capture" and rng.random() < 0.6:
+                            args["amount"] = rng.choice([1, 10, 20])  # at most the held 20
+                    body = self.do(op, args, key)
+                    if body is not None:
+                        acked.append((op, args, key, body["event_id"]))
+                        if op == "hold":
+                            holds.append((user, body["hold_id"]))
+                    continue
+                if roll < 0.40:
                     op, args = (
                         "purchase",
                         {

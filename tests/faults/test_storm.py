@@ -1,4 +1,6 @@
-"""The storm: mixed credit traffic from several producer processes while a chaos
+"""The storm: mixed credit traffic (purchases, uses, adjustments, credit holds
+captured, released or left to expire, tasks that wait for earlier ones, and a
+recurring schedule) from several producer processes while a chaos
 loop SIGKILLs and restarts workers, projectors, the scheduler and the API, and
 crashes Redis: once, on one redis-server (AOF, appendfsync always), kill -9 and
 start again; on a Redis Cluster (three masters with a replica each, AOF
@@ -49,7 +51,15 @@ from ledger.tasks import allowed_collections
 from projections.audit import audit
 from projections.runner import all_projections, projector
 from projections.store import MongoDBManager, connect
-from streams import HandlerRegistry, QueueManager, RetryPolicy, Scheduler, StreamsConfig, keys
+from streams import (
+    HandlerRegistry,
+    QueueManager,
+    RetryPolicy,
+    Scheduler,
+    StreamsConfig,
+    keys,
+    schedules,
+)
 from streams.codec import event_id
 from streams.connection import connect as connect_redis
 from streams.registry import EVENT_COLLECTIONS, EVENT_TASK_TYPES
@@ -75,6 +85,11 @@ NODE_TIMEOUT_MS = 3000
 shorter: on a loaded machine a slow node must not be taken for a failed one."""
 SEED = int(os.environ.get("LEDGER_STORM_SEED", "20261128"))
 PRODUCERS = ("http", "http", "client", "client")
+SCHEDULE = "storm-tick"
+SCHEDULE_CRON = "*/2 * * * * *"
+"""A recurring task every 2 s, fired by the schedulers the chaos kills."""
+SCHEDULE_BORN = "storm:schedule-born"
+"""When the test created the schedule (its first tick is the first after)."""
 USERS = [f"storm-{i:02d}" for i in range(10)]
 
 
@@ -112,12 +127,16 @@ def drain(qm: QueueManager, db: Database[Any], partitions: int) -> None:
         scheduler.tick()
         return False
 
-    eventually(all_moved, message="delayed tasks never came due")
-    qm.worker(
+    worker = qm.worker(
         claim_idle_ms=100,
         reclaim_every_ms=50,
         retry=RetryPolicy(max_attempts=6, base_ms=50, max_ms=200),
-    ).run_until_idle(timeout=DRAIN_S)
+    )
+    while True:  # a delayed task released by its parents is scheduled only then
+        eventually(all_moved, message="delayed tasks never came due")
+        worker.run_until_idle(timeout=DRAIN_S)
+        if not scheduler.pending():
+            break
     for projection in all_projections():
         projector(
             qm.redis, partitions, db, projection, claim_idle_ms=100, reclaim_every_ms=50
@@ -140,6 +159,14 @@ def storm(
     }
     if store.wait_replicas:
         env["LEDGER_WAIT_REPLICAS"] = str(store.wait_replicas)
+    scheduling = QueueManager(
+        config=StreamsConfig(redis_url=store.url, partitions=store.partitions),
+        client=connect_redis(store.url),
+    )
+    scheduling.redis.hset(SCHEDULE_BORN, "ms", int(time.time() * 1000))  # before its 1st tick
+    scheduling.add_schedule(
+        SCHEDULE, SCHEDULE_CRON, "default", "fault_task", {"ref": SCHEDULE, "fail": False}
+    )
     fleet = Fleet(logs, env, free_port())
     fleet.start_all()
     outs = [tmp_path / f"producer-{i}.jsonl" for i in range(len(PRODUCERS))]
@@ -198,6 +225,7 @@ def storm(
             producing.kill(name)
         producing.close()
         fleet.stop_all()
+        scheduling.close()
     return read_records(outs), fleet
 
 
@@ -257,6 +285,9 @@ def test_storm_of_kills_loses_nothing_and_doubles_nothing(
                 f"ledger audit exited {cli.returncode}: {cli.stdout[-2000:]}{cli.stderr[-2000:]}"
             )
         acked = {r["event_id"] for r in records if r["t"] == "ack"}
+        kinds = Counter(
+            e.kind for evs in account_histories(client, partitions).values() for e in evs
+        )
         faults = sum(fleet.kills.values()) + store.kills
         answered = [r["at"] for r in records if r["t"] == "ack"]
         down = sum(any(a <= t <= b for a, b in store.outages) for t in answered)
@@ -265,8 +296,12 @@ def test_storm_of_kills_loses_nothing_and_doubles_nothing(
             f"({down} while Redis was down or degraded), "
             f"{faults} faults injected ({dict(fleet.kills)}, Redis x{store.kills}: "
             f"{'; '.join(store.notes)}), "
-            f"{sum(r['t'] == 'task' for r in records)} tasks, "
-            f"{sum(r['t'] == 'refused' for r in records)} refusals, "
+            f"{sum(r['t'] == 'task' for r in records)} tasks "
+            f"({sum(bool(r.get('parents')) for r in records if r['t'] == 'task')} waiting for "
+            "others), "
+            f"{sum(r['t'] == 'refused' for r in records)} refusals, holds: "
+            f"{kinds['credits_held']} held, {kinds['hold_captured']} captured, "
+            f"{kinds['hold_released']} released, {kinds['hold_expired']} expired; "
             f"{len(problems)} mismatches; storm {stormed:.0f}s, drain {drained:.0f}s"
         )
         assert not problems, "\n".join(problems[:50])
@@ -277,11 +312,43 @@ def test_storm_of_kills_loses_nothing_and_doubles_nothing(
             "no overdraft was attempted"
         )
         assert any(r["t"] == "dup" for r in records), "no key was repeated"
+        assert kinds["credits_held"] and kinds["hold_captured"] and kinds["hold_expired"], kinds
         assert any(r["t"] == "task" and r["fail"] for r in records), "no failing task"
         assert any(r["t"] == "task" and r["style"] == "original" for r in records)
     finally:
         qm.close()
         mongo.close()
+
+
+def check_schedule(qm: QueueManager, db: Database[Any], dead: set[str]) -> list[str]:
+    """The recurring schedule fired while schedulers were being SIGKILLed. Every
+    tick from its creation until the check (the schedulers are stopped by then)
+    either fired once — its task (id derived from the tick) completed with one
+    effect, whose ``_id`` is the task id, or is dead with its error — or was missed
+    while no scheduler ran and coalesced into the next: a few, not most."""
+    if not qm.remove_schedule(SCHEDULE):
+        return ["the storm's schedule is gone"]
+    ticks, at = [], int(qm.redis.hget(SCHEDULE_BORN, "ms") or 0)
+    while (at := schedules.next_tick(SCHEDULE_CRON, "UTC", at)) <= time.time() * 1000:
+        ticks.append(at)
+    ids = {schedules.task_id(SCHEDULE, t): t for t in ticks}
+    fired = {tid: (qm.get_task_status(tid) or {}).get("status") for tid in ids}
+    fired = {tid: status for tid, status in fired.items() if status}
+    problems = [
+        f"schedule tick {ids[tid]} ended {status!r}"
+        for tid, status in fired.items()
+        if status != "completed" and tid not in dead
+    ]
+    effects = Counter(d["_id"] for d in db[handlers.COLLECTION].find({"ref": SCHEDULE}, {"_id": 1}))
+    problems += [f"an effect of no fired tick: {e}" for e in effects if e not in fired]
+    problems += [
+        f"schedule tick {ids[tid]} completed with {effects[tid]} effects"
+        for tid, status in fired.items()
+        if status == "completed" and effects[tid] != 1
+    ]
+    if len(fired) < len(ticks) / 2:
+        problems.append(f"only {len(fired)} of the schedule's {len(ticks)} ticks fired")
+    return problems
 
 
 def check(
@@ -308,9 +375,18 @@ def check(
             problems.append(f"one event acknowledged two ways: {r}")
     # nothing unacknowledged is in the log (every operation was retried until answered)
     acked_ids = {r["event_id"] for r in acks}
-    problems += [
-        f"in the log but never acknowledged: {eid}" for eid in sorted(set(logged) - acked_ids)
+    problems += [  # (but an expiry, which the schedulers append, no producer)
+        f"in the log but never acknowledged: {eid}"
+        for eid in sorted(set(logged) - acked_ids)
+        if logged[eid].kind != "hold_expired"
     ]
+    # every hold closed at most once; an expired one was open until its expiry
+    closed = Counter(
+        getattr(e, "hold_id", None)
+        for e in logged.values()
+        if e.kind in ("hold_captured", "hold_released", "hold_expired")
+    )
+    problems += [f"hold closed {n} times: {h}" for h, n in closed.items() if n > 1]
     # a repeated key answers the first event
     problems += [
         f"duplicate key made a new event: {r}"
@@ -379,13 +455,26 @@ def check(
         c: Counter(d.get("ref") for d in db[c].find({}, {"ref": 1}))
         for c in (handlers.COLLECTION, "notifications")
     }  # one read, not one per task
-    for r in (r for r in records if r["t"] == "task"):
+    tasks = [r for r in records if r["t"] == "task"]
+    cancelled = set()
+    for r in tasks:  # a task after a dead (or cancelled) parent is cancelled, never run
+        if any(p in dead or p in cancelled for p in r.get("parents", [])):
+            cancelled.add(r["task_id"])
+    for r in tasks:
         status = (qm.get_task_status(r["task_id"]) or {}).get("status")
         collection = handlers.COLLECTION if r["style"] == "custom" else "notifications"
         docs = effects[collection][r["ref"]]
         letter = dead.get(r["task_id"])
         if docs > 1:
             problems.append(f"task ran its effect {docs} times: {r}")
+        if r["task_id"] in cancelled:
+            if status != "cancelled" or docs or runs[r["ref"]] or letter is not None:
+                problems.append(
+                    f"a task after a dead parent is {status!r} (ran {runs[r['ref']]} times): {r}"
+                )
+            continue
+        if status == "cancelled":
+            problems.append(f"cancelled although every parent completed: {r}")
         if letter is not None:  # dead: with its error, and a failing task did nothing
             # (not its status hash: a stale settle may still say "retrying" - reported)
             if not letter.error:
@@ -400,6 +489,7 @@ def check(
         if r["fail"] and letter is None:
             problems.append(f"a task that always fails is not dead: {r} ({status!r})")
     custom = [r for r in records if r["t"] == "task" and r["style"] == "custom"]
+    problems += check_schedule(qm, db, {t for t in dead if t})
     # a task that is not dead ran; a dead one may not have (kills burn its attempts).
     # Its document shows it ran too: a Cluster failover may lose the last counts.
     problems += [
@@ -408,7 +498,9 @@ def check(
         if runs[r["ref"]] == 0
         and not effects[handlers.COLLECTION][r["ref"]]
         and r["task_id"] not in dead
+        and r["task_id"] not in cancelled
     ]
+    assert any(r.get("parents") for r in tasks), "no task waited for another"
     for p in keys.partitions(partitions):
         for lv in keys.LEVELS_DESC:
             for group in ("workers", *(f"proj:{pr.name}" for pr in all_projections())):

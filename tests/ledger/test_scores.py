@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -94,3 +96,28 @@ def test_spending_granted_credits_earns_nothing() -> None:
     assert credit_score(Totals(purchased=100, used=100), 5) > credit_score(
         Totals(purchased=100, used=0), 5
     )
+
+
+@s.QUICK
+@given(t=totals(), version=versions, held=credits)
+def test_held_credits_do_not_count(t: Totals, version: int, held: int) -> None:
+    assert credit_score(replace(t, held=held), version) == credit_score(t, version)
+
+
+def test_a_capture_counts_as_the_use_of_the_captured_part_only() -> None:
+    from ledger.accounts import Account
+    from ledger.commands import Capture, Command, Hold, Purchase, RegisterUser, apply_command
+
+    commands: list[Command] = [
+        RegisterUser(user_id="u", email="u@x"),
+        Purchase(user_id="u", amount=100, transaction_id="t"),
+        Hold(user_id="u", amount=60, expires_in_s=60),
+        Capture(user_id="u", hold_id="u:h1", amount=25),  # 35 released
+    ]
+    account: Account | None = None
+    for at_ms, command in enumerate(commands):
+        account, _ = apply_command(account, command, at_ms=at_ms)
+    assert account is not None
+    assert account.totals == Totals(balance=75, purchased=100, used=25, held=0)
+    used_25 = Totals(balance=75, purchased=100, used=25)
+    assert credit_score(account.totals, account.version) == credit_score(used_25, 4)

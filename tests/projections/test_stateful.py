@@ -1,9 +1,15 @@
 """A hypothesis state machine over the real servers: random appends (with
 repeats), projector rounds, projector crashes mid-round and rebuilds from the
-log, checked against a plain model after every step."""
+log, checked against a plain model after every step.
+
+Credit holds too: holds, captures (all or part), releases, and bursts of
+holds and spends sent concurrently from threads (the model then learns the
+order Redis chose from the log). Every account at every version has
+``available >= 0`` and ``held`` equal to the sum of its open holds."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pymongo
@@ -18,6 +24,7 @@ from hypothesis.stateful import (
 )
 from redis.typing import KeyT, StreamIdT
 
+from ledger.accounts import Account, apply
 from ledger.errors import LedgerError
 from ledger.events import Totals
 from ledger.scores import credit_score
@@ -26,6 +33,7 @@ from projections.store import connect
 from streams import HandlerRegistry, QueueManager, StreamsConfig, keys
 from streams.connection import connect as redis_connect
 from streams.connection import ensure_groups
+from tests.streamlog import account_histories
 
 PARTITIONS = 2
 USERS = ("ann", "ben", "cat")
@@ -49,8 +57,9 @@ class LedgerMachine(RuleBasedStateMachine):
             client=self.redis,
             registry=HandlerRegistry(),
         )
-        # model: every account's (balance, purchased, used) after each version
-        self.history: dict[str, list[tuple[int, int, int]]] = {}
+        # model: every account's (balance, purchased, used, held) after each version
+        self.history: dict[str, list[tuple[int, int, int, int]]] = {}
+        self.open: dict[str, dict[str, int]] = {}  # open holds: user -> hold id -> credits
         self.crashes = 0
 
     def teardown(self) -> None:
@@ -63,22 +72,26 @@ class LedgerMachine(RuleBasedStateMachine):
                 self.mongo.close()
 
     # -- appends -------------------------------------------------------------------
-    def _append(self, call: Any, user: str, change: tuple[int, int, int] | None) -> None:
+    def _append(self, call: Any, user: str, change: tuple[int, ...] | None) -> Any:
         before = self.history.get(user)
         try:
             appended = call()
         except LedgerError:
-            return
+            return None
         if appended.duplicate:
-            return
+            return None
         assert before is not None or change is None
         if change is None:
-            self.history[user] = [(0, 0, 0)]
+            self.history[user] = [(0, 0, 0, 0)]
+            self.open[user] = {}
         else:
-            b, p, u = before[-1]  # type: ignore[index]
-            self.history[user].append((b + change[0], p + change[1], u + change[2]))
+            b, p, u, h = before[-1]  # type: ignore[index]
+            held = h + (change[3] if len(change) > 3 else 0)
+            self.history[user].append((b + change[0], p + change[1], u + change[2], held))
         assert appended.version == len(self.history[user])
         assert appended.balance == self.history[user][-1][0]
+        assert appended.held == self.history[user][-1][3]
+        return appended
 
     @rule(user=st.sampled_from(USERS))
     def register(self, user: str) -> None:
@@ -102,6 +115,70 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(user=st.sampled_from(USERS), delta=st.integers(-300, 300).filter(bool))
     def adjust(self, user: str, delta: int) -> None:
         self._append(lambda: self.qm.adjust(user, delta, "ops"), user, (delta, 0, 0))
+
+    # -- holds ---------------------------------------------------------------------------
+    @rule(user=st.sampled_from(USERS), amount=st.integers(1, 300), key=st.sampled_from("pq"))
+    def hold(self, user: str, amount: int, key: str) -> None:
+        done = self._append(
+            lambda: self.qm.hold(user, amount, 600, idempotency_key=f"{key}{amount}"),
+            user,
+            (0, 0, 0, amount),
+        )
+        if done is not None:
+            self.open[user][done.hold_id] = amount
+
+    @precondition(lambda self: any(self.open.values()))
+    @rule(data=st.data(), part=st.one_of(st.none(), st.integers(1, 300)))
+    def capture(self, data: st.DataObject, part: int | None) -> None:
+        user = data.draw(st.sampled_from(sorted(u for u, h in self.open.items() if h)))
+        hold_id = data.draw(st.sampled_from(sorted(self.open[user])))
+        credits = self.open[user][hold_id]
+        taken = credits if part is None else part
+        done = self._append(
+            lambda: self.qm.capture(user, hold_id, part), user, (-taken, 0, taken, -credits)
+        )
+        assert (done is None) == (taken > credits)
+        if done is not None:
+            del self.open[user][hold_id]
+
+    @precondition(lambda self: any(self.open.values()))
+    @rule(data=st.data())
+    def release(self, data: st.DataObject) -> None:
+        user = data.draw(st.sampled_from(sorted(u for u, h in self.open.items() if h)))
+        hold_id = data.draw(st.sampled_from(sorted(self.open[user])))
+        credits = self.open[user].pop(hold_id)
+        assert self._append(lambda: self.qm.release(user, hold_id), user, (0, 0, 0, -credits))
+        assert self._append(lambda: self.qm.release(user, hold_id), user, (0, 0, 0, 0)) is None
+
+    @precondition(lambda self: bool(self.history))
+    @rule(data=st.data(), holds=st.integers(1, 4), uses=st.integers(1, 4))
+    def concurrent_holds_and_spends(self, data: st.DataObject, holds: int, uses: int) -> None:
+        """Holds, uses and negative adjustments of one account sent at once from threads."""
+        user = data.draw(st.sampled_from(sorted(self.history)))
+        amount = data.draw(st.integers(1, 150))
+
+        def one(i: int) -> None:
+            try:
+                if i < holds:
+                    self.qm.hold(user, amount, 600)
+                elif i % 2:
+                    self.qm.use(user, amount)
+                else:
+                    self.qm.adjust(user, -amount, "fee")
+            except LedgerError:
+                pass
+
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(one, range(holds + uses)))
+        known = len(self.history[user])
+        account: Account | None = None
+        for event in account_histories(self.redis, PARTITIONS)[user]:
+            account = apply(account, event)
+            if event.version > known:
+                a = event.after
+                self.history[user].append((a.balance, a.purchased, a.used, a.held))
+        assert account is not None
+        self.open[user] = {h.hold_id: h.credits for h in account.holds.values()}
 
     # -- projectors ------------------------------------------------------------------
     def _projector(self, name: str, batch: int = 5) -> Any:
@@ -152,20 +229,38 @@ class LedgerMachine(RuleBasedStateMachine):
             state = self.qm.balance(user)
             assert state is not None
             assert state["version"] == len(states)
-            assert (state["balance"], state["purchased_total"], state["used_total"]) == states[-1]
+            assert (
+                state["balance"],
+                state["purchased_total"],
+                state["used_total"],
+                state["held"],
+            ) == states[-1]
             assert state["balance"] >= 0
+            assert state["available"] >= 0
+            assert state["held"] == sum(self.open[user].values())
+            assert {h.hold_id: h.amount for h in self.qm.open_holds(user)} == self.open[user]
+
+    @invariant()
+    def at_every_version_available_is_not_negative(self) -> None:
+        for states in self.history.values():
+            for balance, _, _, held in states:
+                assert 0 <= held <= balance
 
     @invariant()
     def views_show_a_state_the_account_really_had(self) -> None:
         for doc in self.db.balances.find({}):
             states = self.history[doc["_id"]]
             assert 1 <= doc["version"] <= len(states)
-            assert (doc["balance"], doc["purchased_total"], doc["used_total"]) == states[
-                doc["version"] - 1
-            ]
+            assert (
+                doc["balance"],
+                doc["purchased_total"],
+                doc["used_total"],
+                doc["held"],
+            ) == states[doc["version"] - 1]
+            assert doc["available"] == doc["balance"] - doc["held"]
         for doc in self.db.credit_scores.find({}):
             states = self.history[doc["_id"]]
-            b, p, u = states[doc["version"] - 1]
+            b, p, u, _ = states[doc["version"] - 1]
             assert doc["score"] == credit_score(
                 Totals(balance=b, purchased=p, used=u), doc["version"]
             )

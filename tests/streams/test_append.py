@@ -48,6 +48,8 @@ def test_events_carry_version_totals_and_chain(qm: QueueManager) -> None:
         "user_id": "alice",
         "version": 4,
         "balance": 350,
+        "held": 0,
+        "available": 350,
         "purchased_total": 500,
         "used_total": 120,
         "head": events[-1].hash,
@@ -75,9 +77,9 @@ def test_a_malformed_event_argument_runs_nothing_from_it_on(qm: QueueManager) ->
     acct, stream = keys.account(p, "mal"), keys.stream(p, Priority.NORMAL)
     good = "\x1f".join(("credits_adjusted", "mal", "5", "fix", "", "0"))
     replies = qm.scripts.append(
-        keys=[stream, acct, acct, acct], args=[60, MAX_CREDITS, "q", good, "bad", good]
+        keys=[stream, acct, acct, acct], args=[60, MAX_CREDITS, "q", 100, good, "bad", good]
     )
-    assert replies == [[b"ok", b"2", b"5"], [b"malformed"], [b"malformed"]]
+    assert replies == [[b"ok", b"2", b"5", b"0"], [b"malformed"], [b"malformed"]]
     assert qm.balance("mal")["balance"] == 5  # type: ignore[index]
 
 

@@ -1,24 +1,31 @@
 """append.lua and ledger.commands.decide are twins: same decision, same event, same hash.
 
+Holds too: holds, captures (all or part), releases and early expiries, with a
+small open-hold limit so ``TooManyHolds`` is reached; events carry the held
+total, and the account state in Redis (held, open holds) matches the fold.
+
 The script also deduplicates purchases by transaction id before deciding; the
 test models that rule itself (decide is the pure decision, without memory).
 """
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
+
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from ledger.accounts import Account, apply
-from ledger.commands import Command, Purchase, decide
+from ledger.accounts import Account, apply, fold
+from ledger.commands import Command, HoldLimits, Purchase, decide
 from ledger.errors import LedgerError, TransactionReused
 from ledger.events import Event
 from ledger.tasks import Priority
 from streams import Appended, QueueManager
 from tests.streamlog import account_histories
 
-from ..strategies import QUICK, commands
+from ..strategies import QUICK, commands, hold_commands
 from .conftest import PARTITIONS
 
 USERS = ["ann", "b.e-n", "c:1"]  # reasons and emails carry the multi-byte text
@@ -106,3 +113,73 @@ def test_batched_script_and_python_decide_alike(qm: QueueManager, cmds: list[Com
             account.totals.purchased,
             account.totals.used,
         )
+
+
+HOLD_LIMITS = HoldLimits(max_open=2)
+
+
+@settings(QUICK, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.one_of(
+            commands(USERS, register=False),
+            hold_commands(USERS, holds_per_user=3),
+            *[hold_commands(USERS[:2], holds_per_user=2, hold_amounts=st.integers(1, 40))] * 4,
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_script_and_python_decide_holds_alike(qm: QueueManager, cmds: list[Command]) -> None:
+    qm.redis.flushall()
+    small = QueueManager(config=replace(qm.config, max_open_holds=2), client=qm.redis)
+    model: dict[str, Account] = {}
+    for user in USERS[:2]:  # the third stays unregistered
+        small.register_user(user, f"{user.replace(':', '')}@example.com")
+        small.purchase(user, 100, "opening")
+    for user, history in account_histories(qm.redis, PARTITIONS).items():
+        opened = fold(history)
+        assert opened is not None
+        model[user] = opened
+    for cmd in cmds:
+        if isinstance(cmd, Purchase):
+            cmd = replace(cmd, transaction_id=f"t{time.monotonic_ns()}")  # no dedup to model
+        try:
+            appended = small.append(cmd)
+        except LedgerError as lua_refusal:
+            try:
+                decide(
+                    model.get(cmd.user_id),
+                    cmd,
+                    at_ms=int(time.time() * 1000),
+                    limits=HOLD_LIMITS,
+                )
+            except LedgerError as py_refusal:
+                assert type(py_refusal) is type(lua_refusal), (py_refusal, lua_refusal)
+                event(f"refused: {lua_refusal.code}")
+                continue
+            raise AssertionError(f"script refused {cmd}, decide accepted") from None
+        lua_event = account_histories(qm.redis, PARTITIONS)[cmd.user_id][-1]
+        py_event = decide(model.get(cmd.user_id), cmd, at_ms=lua_event.at_ms, limits=HOLD_LIMITS)
+        assert py_event == lua_event
+        event(f"appended: {py_event.kind}")
+        account = apply(model.get(cmd.user_id), py_event)
+        model[cmd.user_id] = account
+        assert (appended.version, appended.balance, appended.held) == (
+            account.version,
+            account.totals.balance,
+            account.totals.held,
+        )
+        if py_event.kind in ("credits_held", "hold_captured", "hold_released"):
+            assert appended.hold_id == py_event.ref
+    for user, account in model.items():
+        state = small.balance(user)
+        assert state is not None
+        assert (state["balance"], state["held"], state["head"]) == (
+            account.totals.balance,
+            account.totals.held,
+            account.head,
+        )
+        assert {h.hold_id: h.amount for h in small.open_holds(user)} == {
+            h.hold_id: h.credits for h in account.holds.values()
+        }

@@ -4,6 +4,14 @@
     POST /api/accounts/{user_id}/purchases        producer  201 | 404 | 409
     POST /api/accounts/{user_id}/usage            producer  201 | 404 | 409 insufficient_credits
     POST /api/accounts/{user_id}/adjustments      admin     201 | 404 | 409
+    POST /api/accounts/{user_id}/holds            producer  201 | 404 | 409 insufficient_credits
+                                                            | 409 too_many_holds | 422
+    POST /api/accounts/{user_id}/holds/{hold_id}/capture
+                                                  producer  201 | 404 unknown_hold
+                                                            | 409 hold_not_open | 422
+    POST /api/accounts/{user_id}/holds/{hold_id}/release
+                                                  producer  201 | 404 | 409 hold_not_open
+    GET  /api/accounts/{user_id}/holds            reader    200 (open holds, from Redis) | 404
     POST /api/events:batch                        producer  200 with one result per item
     GET  /api/accounts/{user_id}/balance          reader    200 | 404 | 409 not_yet_projected
     GET  /api/accounts/{user_id}/credit-score     reader    200 | 404 | 409 not_yet_projected
@@ -19,6 +27,12 @@ and ``asyncio.sleep`` (10 ms, doubling to 250 ms) between them, so waits cannot
 starve appends. One API key may have ``WAITERS_PER_KEY`` (16) waits open per
 process; one more is answered at once with 429 ``too_many_waits`` and
 ``Retry-After: 1``.
+
+Holds answer ``{hold_id, event_id, user_id, version, balance, held,
+available}``. ``GET …/holds`` reads the open holds from Redis, where the append
+script keeps them (the authoritative state: a hold just made is listed, one
+just captured is not); a hold past its expiry stays listed, and counted in
+``held``, until ``ledger scheduler`` appends its ``hold_expired`` event.
 """
 
 from __future__ import annotations
@@ -35,7 +49,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from ledger.commands import Adjust, Command, parse
+from ledger.commands import Adjust, Capture, Command, Release, parse
 from ledger.errors import LedgerError, UnknownAccount, ValidationError
 from ledger.money import MAX_CREDITS
 from ledger.tasks import Priority
@@ -46,7 +60,15 @@ from streams.times import iso_utc
 from .. import metrics
 from ..auth import Role, caller, requires
 from ..errors import Forbidden, error_body, error_response, status_of
-from ..schemas import MAX_BATCH, idempotency_key, json_object, only_fields, path_user, query_int
+from ..schemas import (
+    MAX_BATCH,
+    idempotency_key,
+    json_object,
+    only_fields,
+    path_hold,
+    path_user,
+    query_int,
+)
 from ..state import AppState, app_state
 
 T = TypeVar("T")
@@ -73,15 +95,21 @@ EVENT_FIELDS: Final = (
     "prev_hash",
     "hash",
 )
+HOLD_EVENT_FIELDS: Final = ("held_total", "hold_amount", "hold_expires_at_ms")
+"""Held credits after the event, the credits of the hold it opens or closes, and
+the expiry of a hold it opens (0 where none: archived before holds, or no hold)."""
 
 
 def appended_body(a: Appended) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         "event_id": a.event_id,
         "user_id": a.user_id,
         "version": a.version,
         "balance": a.balance,
     }
+    if a.hold_id:  # a hold event: its hold and what it left held and available
+        body.update(hold_id=a.hold_id, held=a.held, available=a.available)
+    return body
 
 
 async def _append(request: Request, command: Command, key: str | None) -> Response:
@@ -125,6 +153,50 @@ async def usage(request: Request) -> Response:
 @requires(Role.ADMIN)
 async def adjustment(request: Request) -> Response:
     return await _append(request, *await _path_command(request, "adjust"))
+
+
+@requires(Role.PRODUCER)
+async def hold(request: Request) -> Response:
+    """Reserve ``amount`` credits of the available ones for ``expires_in_s`` seconds."""
+    return await _append(request, *await _path_command(request, "hold"))
+
+
+async def _hold_command(request: Request, kind: str) -> tuple[Command, str | None]:
+    user = path_user(request)
+    hold_id = path_hold(request)
+    key = idempotency_key(request)
+    body = await json_object(request, optional=True)
+    only_fields(body, (), ("amount",) if kind == "capture" else ())
+    command: Command
+    if kind == "capture":
+        command = Capture(user_id=user, hold_id=hold_id, amount=body.get("amount"))
+    else:
+        command = Release(user_id=user, hold_id=hold_id)
+    return command, key
+
+
+@requires(Role.PRODUCER)
+async def capture(request: Request) -> Response:
+    """Use ``amount`` (default: all) of an open hold; the rest is released."""
+    return await _append(request, *await _hold_command(request, "capture"))
+
+
+@requires(Role.PRODUCER)
+async def release(request: Request) -> Response:
+    """Release the whole of an open hold."""
+    return await _append(request, *await _hold_command(request, "release"))
+
+
+@requires(Role.READER)
+async def holds(request: Request) -> Response:
+    """The account's open holds, oldest first, with its balance, held and available."""
+    user = path_user(request)
+    state = app_state(request)
+
+    account = await state.blocking(state.qm.holds_of, user)
+    if account is None:
+        return JSONResponse(error_body(UnknownAccount(user)), status_code=404)
+    return JSONResponse({**account, "holds": [h.as_json() for h in account["holds"]]})
 
 
 # --- batch ----------------------------------------------------------------------------
@@ -293,17 +365,19 @@ async def balance(request: Request) -> Response:
 
 
 def _view(user: str, figure: str, doc: dict[str, Any]) -> Response:
-    """A balances or credit_scores document as the API shows it."""
-    return JSONResponse(
-        {
-            "user_id": user,
-            figure: doc[figure],
-            "version": doc["version"],
-            "purchased_total": doc["purchased_total"],
-            "used_total": doc["used_total"],
-            "updated_at": _iso(doc["updated_at"]),
-        }
+    """A balances or credit_scores document as the API shows it (a balance with
+    ``held`` and ``available``; a document projected before holds existed: 0 held)."""
+    body: dict[str, Any] = {"user_id": user, figure: doc[figure]}
+    if figure == "balance":
+        held = int(doc.get("held", 0))
+        body.update(held=held, available=int(doc.get("available", doc["balance"] - held)))
+    body.update(
+        version=doc["version"],
+        purchased_total=doc["purchased_total"],
+        used_total=doc["used_total"],
+        updated_at=_iso(doc["updated_at"]),
     )
+    return JSONResponse(body)
 
 
 @requires(Role.READER)
@@ -336,7 +410,14 @@ async def events(request: Request) -> Response:
         missing = await _missing(state, user)
         if missing.status_code == 404:
             return missing
-    items = [{"event_id": d["_id"], **{f: d.get(f) for f in EVENT_FIELDS}} for d in docs]
+    items = [
+        {
+            "event_id": d["_id"],
+            **{f: d.get(f) for f in EVENT_FIELDS},
+            **{f: d.get(f, 0) for f in HOLD_EVENT_FIELDS},
+        }
+        for d in docs
+    ]
     next_after = items[-1]["version"] if len(items) == limit else None
     return JSONResponse({"user_id": user, "events": items, "next_after_version": next_after})
 
@@ -347,6 +428,10 @@ def routes() -> list[BaseRoute]:
         Route("/api/accounts/{user_id}/purchases", purchase, methods=["POST"]),
         Route("/api/accounts/{user_id}/usage", usage, methods=["POST"]),
         Route("/api/accounts/{user_id}/adjustments", adjustment, methods=["POST"]),
+        Route("/api/accounts/{user_id}/holds", hold, methods=["POST"]),
+        Route("/api/accounts/{user_id}/holds", holds, methods=["GET"]),
+        Route("/api/accounts/{user_id}/holds/{hold_id}/capture", capture, methods=["POST"]),
+        Route("/api/accounts/{user_id}/holds/{hold_id}/release", release, methods=["POST"]),
         Route("/api/events:batch", batch, methods=["POST"]),
         Route("/api/accounts/{user_id}/balance", balance, methods=["GET"]),
         Route("/api/accounts/{user_id}/credit-score", credit_score, methods=["GET"]),
