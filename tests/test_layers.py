@@ -37,6 +37,7 @@ ALLOWED: dict[str, set[str]] = {
         "uvicorn",
         "anyio",
         "tqdm",
+        "prometheus_client",  # /metrics (api.http.metrics*)
     },
 }
 DEV = "api.dev"

@@ -7,6 +7,13 @@ processes build their own app with ``app_from_env`` (an importable factory), so
 
 With no API keys configured every request is admin: ``serve`` then refuses a
 host that is not loopback unless told ``--insecure`` (exit code 2).
+
+Metrics: ``run`` creates an empty directory for this serve and hands it to the
+worker processes as ``PROMETHEUS_MULTIPROC_DIR`` (``prometheus_client``'s
+multiprocess mode: each process writes its counters there, whichever process
+answers ``/metrics`` adds them all up), and removes it when uvicorn returns. A
+value inherited from the environment is replaced: files left by another run
+would be counted again.
 """
 
 from __future__ import annotations
@@ -14,8 +21,13 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import shutil
+import signal
 import sys
-from collections.abc import Callable, Mapping
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -28,6 +40,7 @@ RATE_ENV = cfg.RATE_PER_S
 BURST_ENV = cfg.RATE_BURST
 WAIT_ENV = cfg.WAIT_REPLICAS
 WAIT_TIMEOUT_ENV = cfg.WAIT_TIMEOUT_MS
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def add_parsers(
@@ -138,11 +151,51 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
 
 
 def app_from_env() -> Any:
-    """uvicorn's factory: the instrumented app, configured from the environment."""
+    """uvicorn's factory: the instrumented app, configured from the environment (one
+    call per worker process; ``metrics.process_started`` does its metrics bookkeeping)."""
     from ..http import metrics
     from ..http.app import create_app
 
-    return metrics.instrument(create_app(settings_from_env()))
+    app = metrics.instrument(create_app(settings_from_env()))
+    metrics.process_started()
+    return app
+
+
+@contextmanager
+def metrics_dir() -> Iterator[str]:
+    """An empty directory for multiprocess metrics, set as ``PROMETHEUS_MULTIPROC_DIR``
+    while the serve runs; removed (and the variable put back) afterwards.
+
+    uvicorn (one process) re-raises the SIGTERM it drained on, whose default action
+    ends the process before any ``finally``; so while the serve runs, SIGTERM and
+    SIGHUP left at their default remove the directory first, then end the process
+    by the same signal, as before. A SIGKILLed serve leaves it behind (a new serve
+    never reuses it).
+    """
+    path = tempfile.mkdtemp(prefix="ledger-serve-metrics-")
+    before = os.environ.get(MULTIPROC_ENV)
+    os.environ[MULTIPROC_ENV] = path
+
+    def remove_then_die(signum: int, frame: object) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)
+
+    replaced: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(sig) == signal.SIG_DFL:
+                replaced[sig] = signal.signal(sig, remove_then_die)
+    try:
+        yield path
+    finally:
+        for signum, handler in replaced.items():
+            signal.signal(signum, handler)
+        if before is None:
+            os.environ.pop(MULTIPROC_ENV, None)
+        else:
+            os.environ[MULTIPROC_ENV] = before
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -177,15 +230,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     os.environ.update(settings_env(settings))
-    uvicorn.run(
-        FACTORY,
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level=str(getattr(args, "log_level", "info")).lower(),
-        proxy_headers=False,
-        server_header=False,
-        log_config=None,
-    )
+    with metrics_dir():
+        uvicorn.run(
+            FACTORY,
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=str(getattr(args, "log_level", "info")).lower(),
+            proxy_headers=False,
+            server_header=False,
+            log_config=None,
+        )
     return RET_OK

@@ -1,30 +1,51 @@
-"""Prometheus metrics: a tiny process-local registry, an observer of the request
-timer (``api.http.timing``), and a snapshot of what Redis and the checkpoints say.
+"""Prometheus metrics on ``prometheus_client``: the request and append counters of
+the API processes, and a collector for what Redis and the MongoDB checkpoints say.
 
 ``GET /metrics`` serves the text exposition format 0.0.4. It needs the admin
 role when API keys are configured (Prometheus: ``authorization: {credentials:
 <key>}``); with no keys every caller is admin, as everywhere in the API.
 
-Process-local series (this API process only; each replica counts its own):
+Counted in the API processes (``Instruments``):
 
     ledger_http_requests_total{method,route,status}         counter
         (method: GET HEAD POST PUT PATCH DELETE OPTIONS or ``other``; route: the
-        route template or ``<unmatched>``)
+        route template or ``<unmatched>``; status: 100-599 or ``other``)
     ledger_http_request_duration_seconds{method,route}      histogram
     ledger_appends_total{result,reason}                      counter (``record_append``)
+        (result: ``accepted``, ``replayed`` (an idempotent replay: not a refusal)
+        or ``refused``; reason: the refusal's error code, ``other`` for a code this
+        version does not know, empty unless refused)
+    ledger_http_processes                                   gauge (API processes
+        serving: uvicorn's worker processes under ``ledger serve --workers N``)
 
-Series read from Redis (the same for every replica) and MongoDB checkpoints;
-``queue`` is a configured queue (enqueueing to any other name is refused), so
-clients cannot add label values:
+Every API process answers with the same totals. ``ledger serve`` runs
+``prometheus_client``'s multiprocess mode: it creates an empty directory for
+the serve (``PROMETHEUS_MULTIPROC_DIR``, removed when it stops), each uvicorn
+worker process writes its counters to its own memory-mapped files there, and
+the process answering a scrape adds up every file, those of workers that died
+(and were restarted) included, so totals never go backwards. A worker leaving
+calls ``mark_process_dead`` (and a scrape does it for any that was killed), which
+drops only its live gauge (``ledger_http_processes``). Without the variable (a
+TestClient, an embedded app) the counters are this process's.
 
-    ledger_queue_length / _pending / _lag / _consumers{queue}           gauges
+Read from Redis (the same for every replica) and MongoDB checkpoints at each
+scrape, once, by the process answering it (``StoreCollector``; never multiplied
+by the number of processes). ``queue`` is a configured queue (enqueueing to any
+other name is refused), so clients cannot add label values:
+
+    ledger_queue_length / _pending / _lag / _consumers / _waiting{queue}  gauges
     ledger_queue_processed_total / _failed_total / _retried_total /
-        _dead_total{queue}                                             counters
+        _dead_total / _cancelled_total / _released_total /
+        _dependents_cancelled_total{queue}                             counters
     ledger_group_pending / _lag{group,level}                           gauges (all partitions)
     ledger_group_lag_seconds{group}                                    gauge
     ledger_dead_letters                                                gauge
+    ledger_schedule_fired_total                                        counter
+    ledger_schedules                                                   gauge
     ledger_projection_pending / _lag / _lag_seconds{projection}        gauges
     ledger_projection_checkpoint_timestamp_seconds{projection}         gauge
+    ledger_redis_up                                                    gauge (0: Redis
+        could not be read for this scrape; the series above are then absent)
 
 Lag (entries) is what the consumer group has not been handed yet (Redis 7's
 ``XINFO GROUPS`` lag; absent on Redis 6.2). Lag in time (``lag_ms``) is *now
@@ -32,20 +53,29 @@ minus the time of the oldest entry the group has not acknowledged* — the
 oldest pending entry or the first undelivered one, whichever is older; stream
 entry ids carry the millisecond they were appended. 0 when the group is
 caught up.
+
+Workers, projectors and schedulers serve their own process metrics on
+``--metrics-port`` (``api.http.metrics_process``).
 """
 
 from __future__ import annotations
 
 import logging
-import math
+import os
 import re
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp
 
 from streams import keys
@@ -59,7 +89,10 @@ from .timing import Observer, RequestTimer, Timed
 
 log = logging.getLogger(__name__)
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+"""``text/plain; version=0.0.4; charset=utf-8``"""
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 DURATION_BUCKETS: tuple[float, ...] = (
     0.005,
@@ -75,138 +108,149 @@ DURATION_BUCKETS: tuple[float, ...] = (
     10.0,
 )
 
-Labels = tuple[tuple[str, str], ...]
+# ``_created`` series exist only outside multiprocess mode: without them the
+# exposition is the same whether one process answers or many.
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
-# -- the exposition format -----------------------------------------------------------------
-def escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+# -- the API process's counters -----------------------------------------------------------
+class Instruments:
+    """The counters and histograms an API process updates, in their own registry.
 
-
-def fmt_value(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if float(value).is_integer() and abs(value) < 2**53:
-        return str(int(value))
-    return repr(float(value))
-
-
-def sample(name: str, labels: Iterable[tuple[str, str]], value: float) -> str:
-    pairs = ",".join(f'{k}="{escape(v)}"' for k, v in labels)
-    return f"{name}{{{pairs}}} {fmt_value(value)}" if pairs else f"{name} {fmt_value(value)}"
-
-
-class Exposition:
-    """Collects families (``# HELP``/``# TYPE`` once each) and renders the text."""
+    ``INSTRUMENTS`` is the one the app uses; a test may make its own (outside
+    multiprocess mode: there, series of one name share their files).
+    """
 
     def __init__(self) -> None:
-        self._families: dict[str, tuple[str, str, list[str]]] = {}
-
-    def family(self, name: str, kind: str, help_text: str) -> list[str]:
-        if name not in self._families:
-            self._families[name] = (kind, help_text, [])
-        return self._families[name][2]
-
-    def add(
-        self,
-        name: str,
-        kind: str,
-        help_text: str,
-        value: float | None,
-        labels: Iterable[tuple[str, str]] = (),
-    ) -> None:
-        lines = self.family(name, kind, help_text)
-        if value is not None:
-            lines.append(sample(name, labels, value))
-
-    def render(self) -> str:
-        out: list[str] = []
-        for name, (kind, help_text, lines) in self._families.items():
-            out.append(f"# HELP {name} {help_text.replace(chr(92), chr(92) * 2)}")
-            out.append(f"# TYPE {name} {kind}")
-            out.extend(lines)
-        return "\n".join(out) + "\n"
-
-
-# -- the process-local registry ------------------------------------------------------------
-@dataclass
-class _Histogram:
-    buckets: list[int]
-    count: int = 0
-    total: float = 0.0
-
-
-@dataclass
-class Registry:
-    """Counters and histograms of this process; thread-safe, cheap to update."""
-
-    buckets: tuple[float, ...] = DURATION_BUCKETS
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _counters: dict[str, dict[Labels, float]] = field(default_factory=dict)
-    _histograms: dict[str, dict[Labels, _Histogram]] = field(default_factory=dict)
-    _help: dict[str, str] = field(default_factory=dict)
-
-    def inc(self, name: str, help_text: str, labels: Mapping[str, str], by: float = 1) -> None:
-        key = tuple(labels.items())
-        with self._lock:
-            self._help.setdefault(name, help_text)
-            series = self._counters.setdefault(name, {})
-            series[key] = series.get(key, 0) + by
-
-    def observe(self, name: str, help_text: str, labels: Mapping[str, str], value: float) -> None:
-        key = tuple(labels.items())
-        with self._lock:
-            self._help.setdefault(name, help_text)
-            series = self._histograms.setdefault(name, {})
-            h = series.get(key)
-            if h is None:
-                h = series[key] = _Histogram([0] * len(self.buckets))
-            for i, bound in enumerate(self.buckets):
-                if value <= bound:
-                    h.buckets[i] += 1
-            h.count += 1
-            h.total += value
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "ledger_http_requests",
+            "HTTP requests by route and status",
+            ("method", "route", "status"),
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "ledger_http_request_duration_seconds",
+            "HTTP request latency by route",
+            ("method", "route"),
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.appends = Counter(
+            "ledger_appends",
+            "Appends by result and refusal reason",
+            ("result", "reason"),
+            registry=self.registry,
+        )
+        self.processes = Gauge(
+            "ledger_http_processes",
+            "API worker processes alive (ledger serve --workers)",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        for result in ("accepted", "replayed"):  # present (at 0) before the first append
+            self.appends.labels(result, "")
 
     def value(self, name: str, **labels: str) -> float:
-        """A counter's current value (0 if never counted)."""
-        with self._lock:
-            return self._counters.get(name, {}).get(tuple(labels.items()), 0)
+        """A sample's current value in this registry (0 if absent)."""
+        found = self.registry.get_sample_value(name, labels)
+        return 0.0 if found is None else found
 
-    def write(self, out: Exposition) -> None:
-        with self._lock:
-            for name, series in self._counters.items():
-                lines = out.family(name, "counter", self._help[name])
-                lines.extend(sample(name, k, v) for k, v in sorted(series.items()))
-            for name, hseries in self._histograms.items():
-                lines = out.family(name, "histogram", self._help[name])
-                for k, h in sorted(hseries.items()):
-                    for bound, n in zip(self.buckets, h.buckets, strict=True):
-                        lines.append(sample(f"{name}_bucket", (*k, ("le", fmt_value(bound))), n))
-                    lines.append(sample(f"{name}_bucket", (*k, ("le", "+Inf")), h.count))
-                    lines.append(sample(f"{name}_sum", k, h.total))
-                    lines.append(sample(f"{name}_count", k, h.count))
+    def label_sets(self, family: str) -> set[frozenset[tuple[str, str]]]:
+        """The label sets of a family's series (``le`` left out)."""
+        out: set[frozenset[tuple[str, str]]] = set()
+        for metric in self.registry.collect():
+            if metric.name in (family, family.removesuffix("_total")):
+                out |= {
+                    frozenset((k, v) for k, v in s.labels.items() if k != "le")
+                    for s in metric.samples
+                }
+        return out
 
 
-REGISTRY = Registry()
+INSTRUMENTS = Instruments()
+
+
+def multiprocess_dir() -> str | None:
+    """The directory of multiprocess mode if this process counts in it, else None.
+
+    The variable must have been set before ``prometheus_client`` was imported
+    (``ledger serve`` sets it before uvicorn spawns its workers).
+    """
+    path = os.environ.get(MULTIPROC_ENV)
+    live = bool(getattr(values.ValueClass, "_multiprocess", False))
+    return path if path and live and os.path.isdir(path) else None
+
+
+def process_started() -> None:
+    """In multiprocess mode (``ledger serve``'s app factory): drop this process's
+    live gauge (``ledger_http_processes``) when it exits; if it is killed, the next
+    scrape does (``forget_dead_processes``)."""
+    path = multiprocess_dir()
+    if path is not None:
+        import atexit
+
+        atexit.register(mark_process_dead, os.getpid(), path)
+
+
+_LIVE_FILE = re.compile(r"^gauge_live[a-z]+_(\d+)\.db$")
+
+
+def forget_dead_processes(path: str) -> list[int]:
+    """``mark_process_dead`` for every process with live gauge files that no longer
+    runs (SIGKILLed: no exit handler ran). Their counters stay counted."""
+    gone: list[int] = []
+    for name in os.listdir(path):
+        m = _LIVE_FILE.match(name)
+        if m is None:
+            continue
+        pid = int(m.group(1))
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            gone.append(pid)
+        except PermissionError:  # runs, as another user
+            continue
+    for pid in set(gone):
+        mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+    return sorted(set(gone))
+
 
 _REASON_RE = re.compile(r"[^a-z0-9_]")
+_known_codes: set[str] = set()
+_codes_lock = threading.Lock()
 
 
-def record_append(outcome: str, count: int = 1, registry: Registry | None = None) -> None:
-    """Count appends: ``"accepted"``, or the refusal's error code (``insufficient_credits``…).
+def _is_known_code(code: str) -> bool:
+    """Whether ``code`` is the code of a ``LedgerError`` class (the domain's refusals)."""
+    if code in _known_codes:
+        return True
+    from ledger.errors import LedgerError
+
+    with _codes_lock:
+        todo: list[type[LedgerError]] = [LedgerError]
+        while todo:
+            cls = todo.pop()
+            _known_codes.add(cls.code)
+            todo.extend(cls.__subclasses__())
+    return code in _known_codes
+
+
+def record_append(outcome: str, count: int = 1, instruments: Instruments | None = None) -> None:
+    """Count appends: ``"accepted"``, ``"duplicate"`` (an idempotent replay: counted
+    as ``replayed``, not a refusal), or the refusal's error code
+    (``insufficient_credits``…); a code no ``LedgerError`` has counts as ``other``.
 
     Route modules call it once per append (or per batch item).
     """
     reason = _REASON_RE.sub("_", outcome.lower())[:64] or "unknown"
-    result = "accepted" if reason == "accepted" else "refused"
-    (registry or REGISTRY).inc(
-        "ledger_appends_total",
-        "Appends by result and refusal reason",
-        {"result": result, "reason": "" if result == "accepted" else reason},
-        count,
-    )
+    if reason == "accepted":
+        labels = ("accepted", "")
+    elif reason in ("duplicate", "replayed"):
+        labels = ("replayed", "")
+    else:
+        labels = ("refused", reason if _is_known_code(reason) else "other")
+    (instruments or INSTRUMENTS).appends.labels(*labels).inc(count)
 
 
 # -- the timing middleware ------------------------------------------------------------------
@@ -227,35 +271,32 @@ def status_label(status: int) -> str:
     return str(status) if 100 <= status <= 599 else "other"
 
 
-def request_observer(registry: Registry | None = None) -> Observer:
+UNMATCHED = "<unmatched>"
+
+
+def route_label(scope: Any) -> str:
+    """The matched route's template (``/api/dlq/{entry_id}/requeue``), else ``<unmatched>``."""
+    route = scope.get("route")
+    template = getattr(route, "path", None) if route is not None else None
+    return template if isinstance(template, str) else UNMATCHED
+
+
+def request_observer(instruments: Instruments | None = None) -> Observer:
     """Count and time each finished request by route template and status (a
     ``RequestTimer`` observer).
 
     Every label has a bounded set of values whatever the client sends: the
-    template is the matched route's path (``/api/dlq/{entry_id}/requeue``), so
-    ids never become label values, and unmatched paths count as ``<unmatched>``;
-    the method is ``method_label``'s, the status ``status_label``'s.
+    template is the matched route's path, so ids never become label values, and
+    unmatched paths count as ``<unmatched>``; the method is ``method_label``'s,
+    the status ``status_label``'s.
     """
-    target = registry or REGISTRY
+    target = instruments or INSTRUMENTS
 
     def observe(timed: Timed) -> None:
-        route = timed.scope.get("route")
-        template = getattr(route, "path", None) if route is not None else None
-        labels = {
-            "method": method_label(str(timed.scope.get("method", ""))),
-            "route": template if isinstance(template, str) else "<unmatched>",
-        }
-        target.inc(
-            "ledger_http_requests_total",
-            "HTTP requests by route and status",
-            {**labels, "status": status_label(timed.status)},
-        )
-        target.observe(
-            "ledger_http_request_duration_seconds",
-            "HTTP request latency by route",
-            labels,
-            timed.seconds,
-        )
+        method = method_label(str(timed.scope.get("method", "")))
+        route = route_label(timed.scope)
+        target.requests.labels(method, route, status_label(timed.status)).inc()
+        target.duration.labels(method, route).observe(timed.seconds)
 
     return observe
 
@@ -263,8 +304,8 @@ def request_observer(registry: Registry | None = None) -> Observer:
 class MetricsMiddleware(RequestTimer):
     """The request timer with only the metrics observer (for an app without access logs)."""
 
-    def __init__(self, app: ASGIApp, registry: Registry | None = None) -> None:
-        super().__init__(app, [request_observer(registry)])
+    def __init__(self, app: ASGIApp, instruments: Instruments | None = None) -> None:
+        super().__init__(app, [request_observer(instruments)])
 
 
 # -- what Redis says about consumer groups ---------------------------------------------------
@@ -417,118 +458,174 @@ def queues_status(client: RedisClient, config: StreamsConfig) -> dict[str, dict[
 
 
 # -- the whole page ------------------------------------------------------------------------
-def render(
-    client: RedisClient, config: StreamsConfig, db: Any, registry: Registry | None = None
-) -> str:
-    """Every series, as exposition text (blocking: run it on the thread pool)."""
-    from streams.deadletters import count_dead
+_QUEUE_GAUGES = {
+    "length": "Entries in the queue's priority streams (XLEN, all partitions)",
+    "pending": "Entries delivered to workers and not yet acknowledged",
+    "lag": "Entries not yet delivered to workers (Redis 7)",
+    "consumers": "Consumers in the workers group (largest over partitions)",
+    "waiting": "Tasks waiting for their parents (depends_on)",
+}
+_QUEUE_COUNTERS = {
+    "processed": "Tasks and events processed",
+    "failed": "Failed attempts",
+    "retried": "Attempts scheduled for retry",
+    "dead": "Entries dead-lettered",
+    "cancelled": "Tasks cancelled (by a client, or because a parent failed or was cancelled)",
+    "released": "Waiting tasks released once every parent completed",
+    "dependents_cancelled": "Waiting tasks cancelled because a parent failed or was cancelled",
+}
 
-    now = int(time.time() * 1000)
-    out = Exposition()
-    stats = queues_status(client, config)
-    gauges = {
-        "length": "Entries in the queue's priority streams (XLEN, all partitions)",
-        "pending": "Entries delivered to workers and not yet acknowledged",
-        "lag": "Entries not yet delivered to workers (Redis 7)",
-        "consumers": "Consumers in the workers group (largest over partitions)",
-    }
-    counters = {
-        "processed": "Tasks and events processed",
-        "failed": "Failed attempts",
-        "retried": "Attempts scheduled for retry",
-        "dead": "Entries dead-lettered",
-    }
-    for queue, s in stats.items():
-        for key, help_text in gauges.items():
-            out.add(f"ledger_queue_{key}", "gauge", help_text, s.get(key), [("queue", queue)])
-        for key, help_text in counters.items():
-            out.add(
-                f"ledger_queue_{key}_total", "counter", help_text, s.get(key), [("queue", queue)]
-            )
-    groups = group_status(client, config.partitions, ["workers"])
-    for g in groups.values():
-        for level, lv in g.levels.items():
-            pair = [("group", g.group), ("level", level)]
-            out.add(
-                "ledger_group_pending",
-                "gauge",
-                "Pending entries of a group per level",
-                lv.pending,
-                pair,
-            )
-            out.add(
-                "ledger_group_lag",
-                "gauge",
-                "Undelivered entries of a group per level",
-                lv.lag,
-                pair,
-            )
-        out.add(
+
+class StoreCollector(Collector):
+    """What Redis and the MongoDB checkpoints say, read when collected (one scrape:
+    one read, by the process answering it). Blocking: run it on the thread pool."""
+
+    def __init__(self, client: RedisClient, config: StreamsConfig, db: Any) -> None:
+        self.client = client
+        self.config = config
+        self.db = db
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        """Every family, or none if Redis cannot be read: ``ledger_redis_up`` says which.
+        The API processes' own counters are served either way (a Redis outage is when
+        the 5xx and refusal counts matter most)."""
+        try:
+            families = list(self._read())
+        except Exception as exc:  # Redis down, a Cluster slot moving: this scrape only
+            log.warning("metrics: Redis could not be read: %s", exc)
+            families = []
+        yield from families
+        yield GaugeMetricFamily(
+            "ledger_redis_up",
+            "1 if this scrape read Redis; 0: it could not, and the series read from it are absent",
+            1 if families else 0,
+        )
+
+    def _read(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        from streams.deadletters import count_dead
+
+        client, config = self.client, self.config
+        now = int(time.time() * 1000)
+        stats = queues_status(client, config)
+        names = [spec.name for spec in config.queues]  # configured queues only
+        for key, help_text in _QUEUE_GAUGES.items():
+            gauge = GaugeMetricFamily(f"ledger_queue_{key}", help_text, labels=("queue",))
+            for queue in names:
+                v = stats.get(queue, {}).get(key)
+                if v is not None:
+                    gauge.add_metric((queue,), v)
+            yield gauge
+        for key, help_text in _QUEUE_COUNTERS.items():
+            counter = CounterMetricFamily(f"ledger_queue_{key}", help_text, labels=("queue",))
+            for queue in names:
+                v = stats.get(queue, {}).get(key)
+                if v is not None:
+                    counter.add_metric((queue,), v)
+            yield counter
+        groups = group_status(client, config.partitions, ["workers"])
+        pending = GaugeMetricFamily(
+            "ledger_group_pending",
+            "Pending entries of a group per level",
+            labels=("group", "level"),
+        )
+        lag = GaugeMetricFamily(
+            "ledger_group_lag",
+            "Undelivered entries of a group per level",
+            labels=("group", "level"),
+        )
+        age = GaugeMetricFamily(
             "ledger_group_lag_seconds",
-            "gauge",
             "Age of the oldest entry the group has not acknowledged",
-            g.lag_ms(now) / 1000,
-            (("group", g.group),),
+            labels=("group",),
         )
-    from streams import keys as stream_keys
+        for g in groups.values():
+            for level, lv in g.levels.items():
+                pending.add_metric((g.group, level), lv.pending)
+                if lv.lag is not None:
+                    lag.add_metric((g.group, level), lv.lag)
+            age.add_metric((g.group,), g.lag_ms(now) / 1000)
+        yield from (pending, lag, age)
+        with translate():
+            pipe = client.pipeline(transaction=False)
+            pipe.hget(keys.SCHEDULE_STATS, "fired")
+            pipe.zcard(keys.SCHEDULES)
+            fired, scheduled = pipe.execute()
+        yield CounterMetricFamily(
+            "ledger_schedule_fired",
+            "Recurring schedule ticks fired (each enqueued one task)",
+            value=int(fired or 0),
+        )
+        yield GaugeMetricFamily("ledger_schedules", "Recurring schedules defined", int(scheduled))
+        yield GaugeMetricFamily(
+            "ledger_dead_letters",
+            "Dead letters kept (all partitions)",
+            count_dead(client, config.partitions),
+        )
+        families = {
+            "pending": GaugeMetricFamily(
+                "ledger_projection_pending",
+                "Pending entries of a projector group",
+                labels=("projection",),
+            ),
+            "lag": GaugeMetricFamily(
+                "ledger_projection_lag",
+                "Entries not yet delivered to a projector",
+                labels=("projection",),
+            ),
+            "lag_ms": GaugeMetricFamily(
+                "ledger_projection_lag_seconds",
+                "Age of the oldest entry a projector has not acknowledged",
+                labels=("projection",),
+            ),
+            "checkpoint_at": GaugeMetricFamily(
+                "ledger_projection_checkpoint_timestamp_seconds",
+                "When the projection last wrote its checkpoint",
+                labels=("projection",),
+            ),
+        }
+        for p in projections_status(client, config.partitions, self.db, now):
+            labels = (str(p["projection"]),)
+            families["pending"].add_metric(labels, p["pending"])
+            if p["lag"] is not None:
+                families["lag"].add_metric(labels, p["lag"])
+            families["lag_ms"].add_metric(labels, p["lag_ms"] / 1000)
+            if p["checkpoint_at"] is not None:
+                at = datetime.fromisoformat(p["checkpoint_at"].replace("Z", "+00:00"))
+                families["checkpoint_at"].add_metric(labels, at.timestamp())
+        yield from families.values()
 
-    pipe = client.pipeline(transaction=False)
-    pipe.hget(stream_keys.SCHEDULE_STATS, "fired")
-    pipe.zcard(stream_keys.SCHEDULES)
-    fired, scheduled = pipe.execute()
-    out.add(
-        "ledger_schedule_fired_total",
-        "counter",
-        "Recurring schedule ticks fired (each enqueued one task)",
-        int(fired or 0),
-    )
-    out.add("ledger_schedules", "gauge", "Recurring schedules defined", int(scheduled))
-    out.add(
-        "ledger_dead_letters",
-        "gauge",
-        "Dead letters kept (all partitions)",
-        count_dead(client, config.partitions),
-    )
-    for p in projections_status(client, config.partitions, db, now):
-        labels = [("projection", str(p["projection"]))]
-        out.add(
-            "ledger_projection_pending",
-            "gauge",
-            "Pending entries of a projector group",
-            p["pending"],
-            labels,
-        )
-        out.add(
-            "ledger_projection_lag",
-            "gauge",
-            "Entries not yet delivered to a projector",
-            p["lag"],
-            labels,
-        )
-        out.add(
-            "ledger_projection_lag_seconds",
-            "gauge",
-            "Age of the oldest entry a projector has not acknowledged",
-            p["lag_ms"] / 1000,
-            labels,
-        )
-        if p["checkpoint_at"] is not None:
-            at = datetime.fromisoformat(p["checkpoint_at"].replace("Z", "+00:00"))
-            out.add(
-                "ledger_projection_checkpoint_timestamp_seconds",
-                "gauge",
-                "When the projection last wrote its checkpoint",
-                at.timestamp(),
-                labels,
-            )
-        else:
-            out.family(
-                "ledger_projection_checkpoint_timestamp_seconds",
-                "gauge",
-                "When the projection last wrote its checkpoint",
-            )
-    (registry or REGISTRY).write(out)
-    return out.render()
+
+class _Merged(Collector):
+    """Another registry's families, collected as one collector of this registry."""
+
+    def __init__(self, source: CollectorRegistry | MultiProcessCollector) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Any]:
+        return iter(self.source.collect())
+
+
+def scrape_registry(
+    client: RedisClient, config: StreamsConfig, db: Any, instruments: Instruments | None = None
+) -> CollectorRegistry:
+    """A registry for one scrape: every API process's counters (multiprocess mode:
+    all the files; else ``instruments``) and one ``StoreCollector``."""
+    registry = CollectorRegistry(auto_describe=False)
+    path = multiprocess_dir() if instruments is None else None
+    if path is not None:
+        forget_dead_processes(path)
+        registry.register(_Merged(MultiProcessCollector(None, path=path)))  # type: ignore[no-untyped-call]
+    else:
+        registry.register(_Merged((instruments or INSTRUMENTS).registry))
+    registry.register(StoreCollector(client, config, db))
+    return registry
+
+
+def render(
+    client: RedisClient, config: StreamsConfig, db: Any, instruments: Instruments | None = None
+) -> str:
+    """Every series, as exposition text 0.0.4 (blocking: run it on the thread pool)."""
+    return generate_latest(scrape_registry(client, config, db, instruments)).decode("utf-8")
 
 
 def middleware() -> list[Any]:
@@ -538,6 +635,7 @@ def middleware() -> list[Any]:
 
     from ..jsonlog import RequestIdMiddleware, log_access
 
+    INSTRUMENTS.processes.set(1)  # this process serves an app
     return [
         Middleware(RequestIdMiddleware),
         Middleware(RequestTimer, observers=(log_access, request_observer())),
@@ -555,20 +653,27 @@ def instrument(app: Any) -> Any:
 
 __all__ = [
     "CONTENT_TYPE",
+    "DURATION_BUCKETS",
+    "INSTRUMENTS",
     "METHODS",
-    "REGISTRY",
-    "Exposition",
+    "MULTIPROC_ENV",
     "GroupStatus",
+    "Instruments",
     "MetricsMiddleware",
-    "Registry",
+    "StoreCollector",
+    "forget_dead_processes",
     "group_status",
     "instrument",
     "method_label",
     "middleware",
+    "multiprocess_dir",
+    "process_started",
     "projections_status",
     "queues_status",
     "record_append",
     "render",
     "request_observer",
+    "route_label",
+    "scrape_registry",
     "status_label",
 ]

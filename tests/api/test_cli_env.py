@@ -52,6 +52,8 @@ HOSTILE: dict[str, tuple[str, tuple[str, ...]]] = {
     "LEDGER_ONLY": (",,,", ("project", "--burst")),
     "LEDGER_BATCH": ("abc", ("project", "--burst")),
     "LEDGER_TRIM_AFTER_MS": ("-1", ("project", "--burst")),
+    "LEDGER_METRICS_PORT": ("0", ("scheduler",)),
+    "LEDGER_METRICS_HOST": ("not a host", ("scheduler",)),
 }
 ODD = ("abc", "-1", "nan", "1e999", "\u00e9\u00e9", "x" * 3000, "'\"\\\n:,")
 
@@ -202,6 +204,7 @@ NUMERIC = (
     "LEDGER_STATUS_TTL_S",
     "LEDGER_BATCH",
     "LEDGER_TRIM_AFTER_MS",
+    "LEDGER_METRICS_PORT",
 )
 
 

@@ -1,13 +1,21 @@
-"""GET /metrics: valid Prometheus text 0.0.4 whose numbers follow what happens."""
+"""GET /metrics: valid Prometheus text 0.0.4 whose numbers follow what happens.
+
+Expositions are read with ``prometheus_client``'s own parser (``parse``), which
+also checks that each is well formed; ``promtool check metrics`` lints one too
+where Debian's ``prometheus`` package is installed.
+"""
 
 from __future__ import annotations
 
-import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis as redis_py
+from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from pymongo.database import Database
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -25,45 +33,32 @@ from streams import RetryPolicy
 
 from .conftest import KEYS, PARTITIONS, MakeClient, auth
 
-NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
-LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*"'
-VALUE = r"(?:[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|NaN|[-+]Inf)"
-SAMPLE_RE = re.compile(rf"^({NAME})(?:\{{((?:{LABEL})(?:,{LABEL})*)?\}})? ({VALUE})(?: -?\d+)?$")
-HELP_RE = re.compile(rf"^# HELP ({NAME}) .*$")
-TYPE_RE = re.compile(rf"^# TYPE ({NAME}) (counter|gauge|histogram|summary|untyped)$")
-PAIR_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"')
-
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def unescape(value: str) -> str:
-    return re.sub(r"\\(.)", lambda m: {"n": "\n"}.get(m.group(1), m.group(1)), value)
+TYPES = {"counter", "gauge", "histogram", "summary", "untyped", "unknown", "info", "stateset"}
 
 
 def parse(text: str) -> Samples:
-    """Every line must be a HELP, TYPE or sample line; samples follow their TYPE."""
+    """Every sample of an exposition (``prometheus_client.parser``): each family is
+    typed, and no sample appears twice."""
     assert text.endswith("\n")
-    types: dict[str, str] = {}
     out: Samples = {}
-    for line in text.splitlines():
-        if line.startswith("# HELP"):
-            assert HELP_RE.match(line), line
-            continue
-        if line.startswith("# TYPE"):
-            m = TYPE_RE.match(line)
-            assert m, line
-            assert m.group(1) not in types, f"TYPE twice: {line}"
-            types[m.group(1)] = m.group(2)
-            continue
-        m = SAMPLE_RE.match(line)
-        assert m, f"not an exposition line: {line!r}"
-        name, labels, value = m.group(1), m.group(2) or "", m.group(3)
-        family = re.sub(r"_(bucket|sum|count)$", "", name)
-        assert name in types or (family in types and types[family] == "histogram"), line
-        key = (name, frozenset((k, unescape(v)) for k, v in PAIR_RE.findall(labels)))
-        assert key not in out, f"sample twice: {line}"
-        out[key] = float(value)
+    for family in text_string_to_metric_families(text):
+        assert family.type in TYPES, family
+        for s in family.samples:
+            key = (s.name, frozenset(s.labels.items()))
+            assert key not in out, f"sample twice: {s}"
+            out[key] = s.value
     return out
+
+
+def promtool_check(text: str) -> None:
+    """``promtool check metrics`` accepts ``text`` (a lint: names, help, types)."""
+    promtool = shutil.which("promtool")
+    assert promtool is not None
+    done = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def value(samples: Samples, name: str, **labels: str) -> float | None:
@@ -213,29 +208,31 @@ def test_http_requests_are_counted_and_timed_by_route_template(instrumented: Tes
 
 
 def test_an_exception_is_counted_as_a_500() -> None:
-    registry = metrics.Registry()
+    instruments = metrics.Instruments()
 
     async def boom(request: Request) -> Response:
         raise RuntimeError("kaput")
 
     app = Starlette(
         routes=[Route("/boom/{x}", boom)],
-        middleware=[Middleware(metrics.MetricsMiddleware, registry=registry)],
+        middleware=[Middleware(metrics.MetricsMiddleware, instruments=instruments)],
     )
     with TestClient(app, raise_server_exceptions=False) as client:
         assert client.get("/boom/1").status_code == 500
         assert client.get("/boom/2").status_code == 500
     assert (
-        registry.value("ledger_http_requests_total", method="GET", route="/boom/{x}", status="500")
+        instruments.value(
+            "ledger_http_requests_total", method="GET", route="/boom/{x}", status="500"
+        )
         == 2
     )
 
 
 def test_refused_requests_are_counted(instrumented: TestClient) -> None:
     labels = {"method": "GET", "route": "/api/projections", "status": "401"}
-    before = metrics.REGISTRY.value("ledger_http_requests_total", **labels)
+    before = metrics.INSTRUMENTS.value("ledger_http_requests_total", **labels)
     assert instrumented.get("/api/projections").status_code == 401
-    assert metrics.REGISTRY.value("ledger_http_requests_total", **labels) - before == 1
+    assert metrics.INSTRUMENTS.value("ledger_http_requests_total", **labels) - before == 1
 
 
 def test_record_append_counts_by_result_and_reason(make_client: MakeClient) -> None:
@@ -243,6 +240,8 @@ def test_record_append_counts_by_result_and_reason(make_client: MakeClient) -> N
     metrics.record_append("accepted")
     metrics.record_append("accepted", 2)
     metrics.record_append("insufficient_credits")
+    metrics.record_append("duplicate")  # an idempotent replay: not a refusal
+    metrics.record_append("made up by nobody")  # not a code: bounded to "other"
     after = scrape(make_client())
 
     def delta(**labels: str) -> float:
@@ -251,7 +250,46 @@ def test_record_append_counts_by_result_and_reason(make_client: MakeClient) -> N
         )
 
     assert delta(result="accepted", reason="") == 3
+    assert delta(result="replayed", reason="") == 1
     assert delta(result="refused", reason="insufficient_credits") == 1
+    assert delta(result="refused", reason="other") == 1
+    assert delta(result="refused", reason="duplicate") == 0
+
+
+def test_appends_through_the_api_count_replays_apart(instrumented: TestClient) -> None:
+    client = instrumented
+    producer = {**auth("producer"), "Idempotency-Key": "buy-once"}
+    assert (
+        client.post(
+            "/api/users", json={"user_id": "ann", "email": "a@x"}, headers=auth("producer")
+        ).status_code
+        == 201
+    )
+    before = scrape(client)
+    for _ in range(3):
+        r = client.post(
+            "/api/accounts/ann/purchases",
+            json={"amount": 5, "transaction_id": "t1"},
+            headers=producer,
+        )
+        assert r.status_code == 201, r.text
+    refused = client.post(
+        "/api/accounts/ann/usage", json={"amount": 1000}, headers=auth("producer")
+    )
+    assert refused.status_code == 409, refused.text
+    after = scrape(client)
+
+    def delta(**labels: str) -> float:
+        return (value(after, "ledger_appends_total", **labels) or 0) - (
+            value(before, "ledger_appends_total", **labels) or 0
+        )
+
+    assert delta(result="accepted", reason="") == 1
+    assert delta(result="replayed", reason="") == 2
+    assert delta(result="refused", reason="insufficient_credits") == 1
+    assert not any(
+        dict(labels).get("reason") == "duplicate" for n, labels in after if n.startswith("ledger_")
+    )
 
 
 @pytest.mark.slow  # waits out MongoDB's server selection
@@ -274,13 +312,91 @@ def test_metrics_need_admin_when_keys_are_configured(make_client: MakeClient) ->
 
 
 def test_label_values_are_escaped() -> None:
-    registry = metrics.Registry()
-    registry.inc("x_total", "help with a \\ backslash", {"v": 'a "quoted"\nline \\ end'})
-    registry.observe("y_seconds", "h", {"r": "/"}, 0.03)
-    out = metrics.Exposition()
-    registry.write(out)
-    samples = parse(out.render())
-    assert value(samples, "x_total", v='a "quoted"\nline \\ end') == 1
-    assert value(samples, "y_seconds_bucket", r="/", le="0.025") == 0
-    assert value(samples, "y_seconds_bucket", r="/", le="0.05") == 1
-    assert value(samples, "y_seconds_sum", r="/") == 0.03
+    instruments = metrics.Instruments()
+    instruments.requests.labels("GET", 'a "quoted"\nline \\ end', "200").inc()
+    instruments.duration.labels("GET", "/").observe(0.03)
+    samples = parse(generate_latest(instruments.registry).decode())
+    assert (
+        value(
+            samples,
+            "ledger_http_requests_total",
+            method="GET",
+            route='a "quoted"\nline \\ end',
+            status="200",
+        )
+        == 1
+    )
+    labels = {"method": "GET", "route": "/"}
+    assert value(samples, "ledger_http_request_duration_seconds_bucket", le="0.025", **labels) == 0
+    assert value(samples, "ledger_http_request_duration_seconds_bucket", le="0.05", **labels) == 1
+    assert value(samples, "ledger_http_request_duration_seconds_sum", **labels) == 0.03
+
+
+def test_the_exposition_keeps_every_name_and_label_set(make_client: MakeClient) -> None:
+    """The names and label sets dashboards and alert rules are written against."""
+    client = make_client()
+    state_of(client).qm.register_user("ann", "ann@example.com")
+    assert client.get("/health").status_code == 200
+    text = client.get("/metrics", headers=auth("admin")).text
+    found: dict[str, set[frozenset[str]]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            found.setdefault(s.name, set()).add(frozenset(s.labels))
+    expected = {
+        "ledger_http_requests_total": {"method", "route", "status"},
+        "ledger_http_request_duration_seconds_bucket": {"method", "route", "le"},
+        "ledger_http_request_duration_seconds_sum": {"method", "route"},
+        "ledger_http_request_duration_seconds_count": {"method", "route"},
+        "ledger_appends_total": {"result", "reason"},
+        **{f"ledger_queue_{k}": {"queue"} for k in ("length", "pending", "lag", "consumers")},
+        **{
+            f"ledger_queue_{k}_total": {"queue"} for k in ("processed", "failed", "retried", "dead")
+        },
+        "ledger_group_pending": {"group", "level"},
+        "ledger_group_lag": {"group", "level"},
+        "ledger_group_lag_seconds": {"group"},
+        "ledger_schedule_fired_total": set(),
+        "ledger_schedules": set(),
+        "ledger_dead_letters": set(),
+        "ledger_redis_up": set(),
+        **{f"ledger_projection_{k}": {"projection"} for k in ("pending", "lag", "lag_seconds")},
+    }
+    for name, labels in expected.items():
+        assert found.get(name) == {frozenset(labels)}, (name, found.get(name))
+    assert found.get("ledger_http_processes") == {frozenset()}
+    assert parse(text)[("ledger_http_processes", frozenset())] == 1
+    # no _created series: the same names whether one process answers or many
+    assert not any(n.endswith("_created") for n in found)
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="needs Debian's prometheus package")
+def test_promtool_accepts_the_exposition(make_client: MakeClient) -> None:
+    client = make_client()
+    state = state_of(client)
+    state.qm.register_user("ann", "ann@example.com")
+    state.qm.enqueue("default", "nobody_handles_this", {"x": 1})
+    assert state.db is not None
+    project_until_idle(state.redis, PARTITIONS, state.db)
+    client.get("/health")
+    client.get("/no/such/page")
+    metrics.record_append("insufficient_credits")
+    promtool_check(client.get("/metrics", headers=auth("admin")).text)
+
+
+def test_counters_are_served_while_redis_cannot_be_read(
+    instrumented: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streams.errors import Unavailable
+
+    assert value(scrape(instrumented), "ledger_redis_up") == 1
+
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise Unavailable("redis is down (simulated)")
+
+    monkeypatch.setattr(metrics, "queues_status", down)
+    assert instrumented.get("/health").status_code == 200
+    samples = scrape(instrumented)
+    assert value(samples, "ledger_redis_up") == 0
+    assert not any(n.startswith(("ledger_queue_", "ledger_projection_")) for n, _ in samples)
+    ok = value(samples, "ledger_http_requests_total", method="GET", route="/health", status="200")
+    assert ok is not None and ok >= 1

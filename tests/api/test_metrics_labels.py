@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis as redis_py
+from prometheus_client.parser import text_string_to_metric_families
 
 from api.http import metrics
 from streams.config import DEFAULT_QUEUES
@@ -15,10 +16,8 @@ KNOWN_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "ot
 
 
 def series(name: str) -> set[tuple[tuple[str, str], ...]]:
-    """The label sets of a process-local counter or histogram."""
-    registry = metrics.REGISTRY
-    with registry._lock:
-        return set(registry._counters.get(name, {})) | set(registry._histograms.get(name, {}))
+    """The label sets of a counter or histogram of this process (``le`` left out)."""
+    return {tuple(sorted(labels)) for labels in metrics.INSTRUMENTS.label_sets(name)}
 
 
 def test_made_up_methods_and_paths_add_no_series(make_client: MakeClient) -> None:
@@ -52,9 +51,18 @@ def test_queue_labels_are_the_configured_queues(
         assert refused.status_code == 422, refused.text
     text = client.get("/metrics", headers=auth("admin")).text
     queues: set[Any] = {
-        line.split('queue="', 1)[1].split('"', 1)[0]
-        for line in text.splitlines()
-        if 'queue="' in line
+        s.labels["queue"]
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if "queue" in s.labels
     }
     assert queues == {q.name for q in DEFAULT_QUEUES}
     assert metrics.method_label("get") == "other" and metrics.status_label(999) == "other"
+
+
+def test_refusal_reasons_are_the_known_codes() -> None:
+    before = metrics.INSTRUMENTS.label_sets("ledger_appends_total")
+    for i in range(50):
+        metrics.record_append(f"made_up_{i}")
+    added = metrics.INSTRUMENTS.label_sets("ledger_appends_total") - before
+    assert added <= {frozenset({("result", "refused"), ("reason", "other")})}, added
