@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from pymongo.database import Database
 
+from api.dev.deployment import Deployment
 from ledger.tasks import DEFAULT_COLLECTIONS
 from projections.store import MongoDBManager
 from streams import HandlerRegistry, QueueManager, RetryPolicy, StreamsConfig, Worker
@@ -40,6 +42,28 @@ def qm(
         yield manager
     finally:
         manager.close()
+
+
+@pytest.fixture
+def spawn_worker(deployment: Deployment) -> Callable[..., subprocess.Popen[bytes]]:
+    """A real ``ledger worker`` importing the crash tests' handlers, one consumer,
+    ``--claim-idle-ms 500``; ``extra`` arguments come last (an option given again
+    wins)."""
+
+    def spawn(*extra: str) -> subprocess.Popen[bytes]:
+        return deployment.start(
+            f"worker-{len(deployment.procs)}",
+            "worker",
+            "--import",
+            "tests.streams.crash_handlers",
+            "--concurrency",
+            "1",
+            "--claim-idle-ms",
+            "500",
+            *extra,
+        )
+
+    return spawn
 
 
 @pytest.fixture

@@ -6,37 +6,18 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from pymongo.database import Database
 
-from api.dev.deployment import Deployment
 from streams import HandlerRegistry, QueueManager, Worker, keys
 from tests.helpers import eventually
 
 from .conftest import PARTITIONS
 
 pytestmark = pytest.mark.slow  # workers in subprocesses, SIGKILLed and SIGTERMed
-
-
-@pytest.fixture
-def spawn_worker(deployment: Deployment) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    def spawn(*extra: str) -> subprocess.Popen[bytes]:
-        return deployment.start(
-            f"worker-{len(deployment.procs)}",
-            "worker",
-            "--import",
-            "tests.streams.crash_handlers",
-            "--concurrency",
-            "1",
-            "--claim-idle-ms",
-            "500",
-            *extra,
-        )
-
-    yield spawn
 
 
 def pending(qm: QueueManager) -> int:
