@@ -32,11 +32,17 @@ from streams.status import TASK_STATUSES
 
 from .routes.ledger import DEFAULT_PAGE, DEFAULT_WAIT_MS, MAX_PAGE, MAX_WAIT_MS
 from .schemas import MAX_BATCH, MAX_BODY_BYTES
+from .state import app_state
 
 Schema = dict[str, Any]
 
-TEXT_PATTERN: Final = r"^[^\x00-\x1f\x7f]*$"
-EMAIL_PATTERN: Final = r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$"
+NOT_TEXT: Final = r"\x00-\x1f\x7f"
+"""What no text field holds: control characters (``ledger.commands.CONTROL_RE``)."""
+SPACE: Final = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+"""Whitespace as the server sees it (Python's ``str.isspace``, which ``strip`` uses),
+spelled out: ECMA-262's ``\\s`` differs (it has U+FEFF and lacks U+0085, U+001C-1F)."""
+TEXT_PATTERN: Final = rf"^[^{NOT_TEXT}]*$"
+EMAIL_PATTERN: Final = rf"^[^@{SPACE}{NOT_TEXT}]+@[^@{SPACE}{NOT_TEXT}]+$"
 IDEMPOTENCY_PATTERN: Final = r"^[\x21-\x7e]{1,255}$"
 
 
@@ -58,18 +64,20 @@ def obj(
 
 
 USER_ID: Final = {"type": "string", "pattern": USER_ID_PATTERN}
-AMOUNT: Final = {"type": "integer", "minimum": 1, "maximum": MAX_CREDITS}
+WHOLE: Final = "a JSON integer literal: 26.0 or 2.6e1 is refused (422), as money is never a float"
+AMOUNT: Final = {"type": "integer", "minimum": 1, "maximum": MAX_CREDITS, "description": WHOLE}
 DELTA: Final = {
     "type": "integer",
     "minimum": -MAX_CREDITS,
     "maximum": MAX_CREDITS,
     "not": {"const": 0},
+    "description": WHOLE,
 }
 REASON: Final = {"type": "string", "maxLength": MAX_REASON, "pattern": TEXT_PATTERN}
 ADJUST_REASON: Final = {
     **REASON,
     "minLength": 1,
-    "pattern": r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$",
+    "pattern": rf"^[^{NOT_TEXT}]*[^{SPACE}{NOT_TEXT}][^{NOT_TEXT}]*$",
 }
 EMAIL: Final = {"type": "string", "maxLength": MAX_EMAIL, "pattern": EMAIL_PATTERN}
 CURRENCY: Final = {"type": "string", "pattern": CURRENCY_PATTERN}
@@ -78,6 +86,10 @@ VERSION: Final = {"type": "integer", "minimum": 0}
 CREDITS: Final = {"type": "integer", "minimum": 0, "maximum": MAX_CREDITS}
 WHEN: Final = {"type": ["string", "null"]}
 NAME: Final = {"type": "string", "pattern": NAME_PATTERN}
+DEPLOYMENT: Final = "x-deployment"
+"""Marks a schema the served document fills in from the deployment's configuration
+(``for_deployment``): "queue" (the configured queue names), "max-hold-expiry"."""
+QUEUE: Final = {**NAME, DEPLOYMENT: "queue"}
 TASK_ID: Final = {"type": "string", "pattern": f"^{TASK_ID_PATTERN}$"}
 IDEM_ITEM: Final = {"type": "string", "pattern": IDEMPOTENCY_PATTERN}
 SCHEDULE_NAME: Final = {"type": "string", "pattern": f"^{NAME_RE.pattern}$"}
@@ -86,8 +98,10 @@ EXPIRES_IN: Final = {
     "type": "integer",
     "minimum": 1,
     "maximum": MAX_HOLD_EXPIRY_S,
+    DEPLOYMENT: "max-hold-expiry",
     "description": "seconds until the scheduler releases the hold; at most the deployment's "
-    "LEDGER_MAX_HOLD_EXPIRY_S (default 604800, 7 days), else 422",
+    "LEDGER_MAX_HOLD_EXPIRY_S (default 604800, 7 days), else 422; a JSON integer literal "
+    "(60.0 is refused)",
 }
 HOLD_FIELDS: Final[dict[str, Schema]] = {"hold_id": HOLD_ID, "held": CREDITS, "available": CREDITS}
 
@@ -160,6 +174,25 @@ SCHEMAS: Final[dict[str, Schema]] = {
             },
         }
     ),
+    "BatchItem": {
+        "anyOf": [
+            _kind("register_user", {"email": EMAIL}, {}),
+            _kind(
+                "purchase",
+                {"amount": AMOUNT, "transaction_id": TRANSACTION_ID},
+                {"currency": CURRENCY},
+            ),
+            _kind("use", {"amount": AMOUNT}, {"reason": REASON}),
+            _kind("adjust", {"delta": DELTA, "reason": ADJUST_REASON}, {}),
+            _kind(
+                "hold",
+                {"amount": AMOUNT, "expires_in_s": EXPIRES_IN},
+                {"reason": REASON},
+            ),
+            _kind("capture", {"hold_id": HOLD_ID}, {"amount": AMOUNT}),
+            _kind("release", {"hold_id": HOLD_ID}, {}),
+        ]
+    },
     "BatchRequest": obj(
         {
             "events": {
@@ -167,23 +200,10 @@ SCHEMAS: Final[dict[str, Schema]] = {
                 "minItems": 1,
                 "maxItems": MAX_BATCH,
                 "items": {
-                    "anyOf": [
-                        _kind("register_user", {"email": EMAIL}, {}),
-                        _kind(
-                            "purchase",
-                            {"amount": AMOUNT, "transaction_id": TRANSACTION_ID},
-                            {"currency": CURRENCY},
-                        ),
-                        _kind("use", {"amount": AMOUNT}, {"reason": REASON}),
-                        _kind("adjust", {"delta": DELTA, "reason": ADJUST_REASON}, {}),
-                        _kind(
-                            "hold",
-                            {"amount": AMOUNT, "expires_in_s": EXPIRES_IN},
-                            {"reason": REASON},
-                        ),
-                        _kind("capture", {"hold_id": HOLD_ID}, {"amount": AMOUNT}),
-                        _kind("release", {"hold_id": HOLD_ID}, {}),
-                    ]
+                    "description": "one append, a BatchItem; each item is checked on its own: "
+                    "one that is not a valid BatchItem (not even an object) gets its 4xx in "
+                    "results, and the others still run",
+                    "x-item-schema": "#/components/schemas/BatchItem",
                 },
             }
         }
@@ -289,7 +309,7 @@ SCHEMAS: Final[dict[str, Schema]] = {
     ),
     "Enqueue": obj(
         {
-            "queue_name": NAME,
+            "queue_name": QUEUE,
             "task_type": NAME,
             "task_data": {"type": "object", "propertyNames": {"not": {"pattern": "^\\$"}}},
         },
@@ -355,7 +375,7 @@ SCHEMAS: Final[dict[str, Schema]] = {
     "SchedulePut": obj(
         {
             "cron": {"type": "string", "minLength": 1, "maxLength": MAX_CRON},
-            "queue_name": NAME,
+            "queue_name": QUEUE,
             "task_type": NAME,
             "task_data": {"type": "object", "propertyNames": {"not": {"pattern": "^\\$"}}},
         },
@@ -526,7 +546,7 @@ PATHS: Final[dict[str, dict[str, Schema]]] = {
             "admin",
             {200: "QueueStat"},
             errors=(404,),
-            params=(_param("queue_name", "path", {"type": "string"}),),
+            params=(_param("queue_name", "path", {"type": "string", DEPLOYMENT: "queue"}),),
         )
     },
     "/api/queue/example/credit-purchase": _example("CreditPurchase"),
@@ -781,8 +801,50 @@ def document(routes: list[BaseRoute]) -> Schema:
     }
 
 
+def for_deployment(
+    doc: Schema, queues: list[str], max_hold_expiry_s: int, *, keys: bool = True
+) -> Schema:
+    """``doc`` as this deployment answers: the queue names it accepts, the longest
+    hold it allows (the ``x-deployment`` marks are replaced); with no API keys
+    configured every caller is admin, so no operation asks for a bearer key and
+    none answers 401 or 403."""
+
+    def fill(node: Any) -> Any:
+        if isinstance(node, list):
+            return [fill(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        out = {k: fill(v) for k, v in node.items() if k != DEPLOYMENT}
+        match node.get(DEPLOYMENT):
+            case "queue":
+                out.pop("pattern", None)
+                out["enum"] = queues
+            case "max-hold-expiry":
+                out["maximum"] = max_hold_expiry_s
+        return out
+
+    out = dict(fill(doc))
+    if not keys:
+        for ops in out["paths"].values():
+            for operation in ops.values():
+                operation["security"] = []
+                for code in ("401", "403"):
+                    operation["responses"].pop(code, None)
+        out["info"] = {
+            **out["info"],
+            "description": out["info"]["description"]
+            + " This deployment has no API keys: every caller is admin.",
+        }
+    return out
+
+
 async def openapi(request: Request) -> Response:
-    return JSONResponse(document(request.app.routes))
+    state = app_state(request)
+    config = state.qm.config
+    doc = document(request.app.routes)
+    queues = [q.name for q in config.queues]
+    keys = bool(state.settings.api_keys)
+    return JSONResponse(for_deployment(doc, queues, config.max_hold_expiry_s, keys=keys))
 
 
 def routes() -> list[BaseRoute]:

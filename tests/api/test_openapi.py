@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -9,11 +10,11 @@ from jsonschema import Draft202012Validator
 from starlette.routing import BaseRoute, Route
 
 from api.http.app import routes
-from api.http.openapi import PATHS, SCHEMAS, document, mounted
+from api.http.openapi import PATHS, SCHEMAS, document, for_deployment, mounted
 from api.http.routes import ledger, queue
 from ledger.commands import CURRENCY_PATTERN, TRANSACTION_ID_PATTERN, USER_ID_PATTERN
 
-from .conftest import MakeClient
+from .conftest import MakeClient, auth
 
 
 def path_of(route: BaseRoute) -> str:
@@ -40,7 +41,9 @@ def test_served_document_is_the_apps(make_client: MakeClient) -> None:
     client = make_client()
     served = client.get("/openapi.json")
     assert served.status_code == 200 and served.json()["openapi"] == "3.1.0"
-    assert served.json() == document(client.app.routes)  # type: ignore[attr-defined]
+    routes_ = client.app.routes  # type: ignore[attr-defined]
+    queues = ["default", "high_priority", "low_priority"]
+    assert served.json() == for_deployment(document(routes_), queues, 604800)
 
 
 def test_every_route_is_documented_and_every_operation_mounted() -> None:
@@ -81,7 +84,12 @@ def test_limits_come_from_the_validators() -> None:
     assert props["transaction_id"]["pattern"] == TRANSACTION_ID_PATTERN
     assert props["currency"]["pattern"] == CURRENCY_PATTERN
     assert SCHEMAS["RegisterUser"]["properties"]["user_id"]["pattern"] == USER_ID_PATTERN
-    assert props["amount"] == {"type": "integer", "minimum": 1, "maximum": 2**53 - 1}
+    assert {k: v for k, v in props["amount"].items() if k != "description"} == {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 2**53 - 1,
+    }
+    assert "26.0" in props["amount"]["description"]  # whole numbers are JSON integers
     for name in ("RegisterUser", "Purchase", "Use", "Adjust", "Enqueue", "BatchRequest"):
         assert SCHEMAS[name]["additionalProperties"] is False, name
     assert re.fullmatch(SCHEMAS["Adjust"]["properties"]["reason"]["pattern"], "fee")
@@ -116,3 +124,38 @@ def test_documented_bodies_are_accepted(make_client: MakeClient) -> None:
             doc,
         )
         Draft202012Validator(response_schema).validate(r.json())
+
+
+def test_the_served_document_is_this_deployments(make_client: MakeClient) -> None:
+    """Queue names are the configured ones, the longest hold is the configured one,
+    and with no API keys no operation asks for a bearer key (every caller is admin)."""
+    keyed = make_client().get("/openapi.json").json()
+    enqueue = keyed["components"]["schemas"]["Enqueue"]["properties"]["queue_name"]
+    assert enqueue["enum"] == ["default", "high_priority", "low_priority"]
+    hold = keyed["components"]["schemas"]["Hold"]["properties"]["expires_in_s"]
+    assert hold["maximum"] == 604800
+    assert "x-deployment" not in json.dumps(keyed)
+    assert keyed["paths"]["/api/users"]["post"]["security"] == [{"bearer": []}]
+    open_doc = make_client(api_keys={}).get("/openapi.json").json()
+    users = open_doc["paths"]["/api/users"]["post"]
+    assert users["security"] == [] and not {"401", "403"} & set(users["responses"])
+
+
+def test_text_patterns_use_the_servers_whitespace_not_ecma_s() -> None:
+    """The server strips and refuses what Python's ``str.isspace`` calls whitespace:
+    the schema's class is that set exactly (ECMA-262's ``\\s`` is not)."""
+    from api.http.openapi import SPACE
+
+    space = re.compile(f"[{SPACE}]")
+    for code in range(0x110000):
+        c = chr(code)
+        assert bool(space.fullmatch(c)) == c.isspace(), hex(code)
+
+
+def test_a_405_lists_every_method_of_the_path(make_client: MakeClient) -> None:
+    client = make_client()
+    r = client.request("PATCH", "/api/schedules/nightly", headers=auth("admin"))
+    assert r.status_code == 405 and r.json()["error"] == "method_not_allowed"
+    assert r.headers["allow"] == "DELETE, GET, HEAD, PUT"
+    r = client.request("DELETE", "/api/accounts/alice/holds", headers=auth("admin"))
+    assert r.headers["allow"] == "GET, HEAD, POST"
