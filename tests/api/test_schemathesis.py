@@ -105,5 +105,5 @@ def test_schemathesis_finds_nothing(served: tuple[str, dict[str, str]], tmp_path
         *(arg for name, value in headers.items() for arg in ("--header", f"{name}: {value}")),
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}  # the hooks module: tests.api.…
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     assert run.returncode == 0, f"{' '.join(cmd)}\n{run.stdout[-12000:]}\n{run.stderr[-3000:]}"
