@@ -39,6 +39,7 @@ other name is refused), so clients cannot add label values:
         _dependents_cancelled_total{queue}                             counters
     ledger_group_pending / _lag{group,level}                           gauges (all partitions)
     ledger_group_lag_seconds{group}                                    gauge
+    ledger_group_level_lag_seconds{group,level}                        gauge (per priority)
     ledger_dead_letters                                                gauge
     ledger_schedule_fired_total                                        counter
     ledger_schedules                                                   gauge
@@ -315,6 +316,8 @@ class MetricsMiddleware(RequestTimer):
 class GroupLevel:
     pending: int = 0
     lag: int | None = 0
+    oldest_ms: int | None = None
+    """Append time of the level's oldest entry not acknowledged; None: caught up."""
 
 
 @dataclass(slots=True)
@@ -397,6 +400,8 @@ def group_status(
         lv.lag = None if lv.lag is None or lag is None else lv.lag + lag
         if oldest and (status.oldest_ms is None or min(oldest) < status.oldest_ms):
             status.oldest_ms = min(oldest)
+        if oldest and (lv.oldest_ms is None or min(oldest) < lv.oldest_ms):
+            lv.oldest_ms = min(oldest)
     return out
 
 
@@ -538,13 +543,22 @@ class StoreCollector(Collector):
             "Age of the oldest entry the group has not acknowledged",
             labels=("group",),
         )
+        level_age = GaugeMetricFamily(
+            "ledger_group_level_lag_seconds",
+            "Age of the oldest entry the group has not acknowledged, per priority level",
+            labels=("group", "level"),
+        )
         for g in groups.values():
             for level, lv in g.levels.items():
                 pending.add_metric((g.group, level), lv.pending)
                 if lv.lag is not None:
                     lag.add_metric((g.group, level), lv.lag)
+                oldest = lv.oldest_ms
+                level_age.add_metric(
+                    (g.group, level), 0 if oldest is None else max(0, now - oldest) / 1000
+                )
             age.add_metric((g.group,), g.lag_ms(now) / 1000)
-        yield from (pending, lag, age)
+        yield from (pending, lag, age, level_age)
         with translate():
             pipe = client.pipeline(transaction=False)
             pipe.hget(keys.SCHEDULE_STATS, "fired")

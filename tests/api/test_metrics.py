@@ -123,6 +123,12 @@ def test_queue_series_follow_enqueue_and_processing(make_client: MakeClient) -> 
     assert value(queued, "ledger_group_lag", group="workers", level="high") == 1
     age = value(queued, "ledger_group_lag_seconds", group="workers")
     assert age is not None and age >= 0
+    by_level = {
+        lv: value(queued, "ledger_group_level_lag_seconds", group="workers", level=lv)
+        for lv in ("critical", "high", "normal", "low")
+    }
+    assert by_level["critical"] == by_level["low"] == 0  # nothing waits there
+    assert by_level["normal"] is not None and 0 <= by_level["normal"] <= age
     qm.worker(retry=RetryPolicy(max_attempts=1)).run_until_idle()
     done = scrape(client)
     assert value(done, "ledger_queue_lag", queue="default") == 0
@@ -131,6 +137,7 @@ def test_queue_series_follow_enqueue_and_processing(make_client: MakeClient) -> 
     assert value(done, "ledger_queue_dead_total", queue="high_priority") == 1
     assert value(done, "ledger_dead_letters") == 1
     assert value(done, "ledger_group_lag_seconds", group="workers") == 0
+    assert value(done, "ledger_group_level_lag_seconds", group="workers", level="normal") == 0
 
 
 def test_projection_series_follow_projecting(make_client: MakeClient) -> None:
@@ -348,13 +355,26 @@ def test_the_exposition_keeps_every_name_and_label_set(make_client: MakeClient) 
         "ledger_http_request_duration_seconds_sum": {"method", "route"},
         "ledger_http_request_duration_seconds_count": {"method", "route"},
         "ledger_appends_total": {"result", "reason"},
-        **{f"ledger_queue_{k}": {"queue"} for k in ("length", "pending", "lag", "consumers")},
         **{
-            f"ledger_queue_{k}_total": {"queue"} for k in ("processed", "failed", "retried", "dead")
+            f"ledger_queue_{k}": {"queue"}
+            for k in ("length", "pending", "lag", "consumers", "waiting")
+        },
+        **{
+            f"ledger_queue_{k}_total": {"queue"}
+            for k in (
+                "processed",
+                "failed",
+                "retried",
+                "dead",
+                "cancelled",
+                "released",
+                "dependents_cancelled",
+            )
         },
         "ledger_group_pending": {"group", "level"},
         "ledger_group_lag": {"group", "level"},
         "ledger_group_lag_seconds": {"group"},
+        "ledger_group_level_lag_seconds": {"group", "level"},
         "ledger_schedule_fired_total": set(),
         "ledger_schedules": set(),
         "ledger_dead_letters": set(),
