@@ -284,12 +284,51 @@ def _drive(
         )
         for u in users[:5]
     ]
-    tasks.append(
-        qm.enqueue(
-            "default", "send_notification", {"to": "nobody@example.invalid", "text": "bounce"}
-        )
+    bounce = qm.enqueue(
+        "default", "send_notification", {"to": "nobody@example.invalid", "text": "bounce"}
     )
+    tasks.append(bounce)
     _say(f"enqueued {len(tasks)} original-style tasks (5 delayed by 1 s, 1 that must fail)")
+    # workflows: a chain, a task that waits for the failing one (cancelled with it), and
+    # a recurring schedule the scheduler fires every 10 s (the dashboard lists them)
+    report = {"event": "report_ready", "user_id": users[0]}
+    chain = qm.chain(
+        [
+            {
+                "queue_name": "high_priority",
+                "task_type": "credit_calculation",
+                "task_data": {"user_id": users[0]},
+            },
+            {
+                "queue_name": "default",
+                "task_type": "analytics_event",
+                "task_data": {"operation": "insert", "collection": "analytics", "data": report},
+            },
+            {
+                "queue_name": "low_priority",
+                "task_type": "send_notification",
+                "task_data": {"to": f"{users[0]}@example.com", "text": "your report is ready"},
+            },
+        ]
+    )
+    retry_later = qm.enqueue(
+        "default",
+        "send_notification",
+        {"to": "nobody@example.invalid", "text": "reminder"},
+        depends_on=[bounce],
+    )
+    tasks += [*chain, retry_later]
+    qm.add_schedule(
+        "demo-heartbeat",
+        "*/10 * * * * *",
+        "default",
+        "analytics_event",
+        {"operation": "insert", "collection": "analytics", "data": {"event": "heartbeat"}},
+    )
+    _say(
+        "workflows: a chain of 3 tasks, 1 task waiting for the one that must fail (it is "
+        "cancelled with it), and the schedule demo-heartbeat (every 10 s)"
+    )
 
     _wait_drained(qm, procs, timeout=120)
     return _report(qm, settings, tasks, outcome)
