@@ -60,6 +60,7 @@ from ledger.events import Event, UserRegistered
 from streams import keys
 from streams.codec import event_id
 from streams.connection import RedisClient, translate
+from streams.holds import read_together
 from streams.ids import EntryId, parse_id
 
 from .archive import archive_document
@@ -425,20 +426,10 @@ def _hold_states(
     is updated in place with the state read here."""
     out: dict[str, dict[str, str]] = {}
     for user in [u for u, st in states.items() if "hseq" in st]:
-        p = keys.partition_of(user, partitions)
-        with translate():
-            pipe = client.pipeline(transaction=True)
-            pipe.hgetall(keys.account(p, user))
-            pipe.hgetall(keys.holds(p, user))
-            state_raw, holds_raw = pipe.execute()
-        if state_raw:
-            states[user] = _decoded(state_raw)
-        out[user] = _decoded(holds_raw)
+        state, out[user] = read_together(client, partitions, user)
+        if state:
+            states[user] = state
     return out
-
-
-def _decoded(raw: Mapping[bytes, bytes]) -> dict[str, str]:
-    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
 
 
 def _due_scores(

@@ -20,7 +20,7 @@ the next round finds the holds still due.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,19 +85,39 @@ def open_holds(client: RedisClient, partitions: int, user_id: str) -> list[OpenH
     return sorted(views, key=lambda h: hold_number(h.hold_id))
 
 
-def account_holds(
+def read_together(
     client: RedisClient, partitions: int, user_id: str
-) -> tuple[dict[str, str], list[OpenHoldView]]:
-    """The account's state hash and its open holds, read together (one MULTI, one
-    slot): ``held`` is then exactly the sum of the holds listed. ({}, []) for no account."""
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The account's state hash and its holds hash (hold id -> entry), read together
+    (one MULTI, one slot): ``held`` is then exactly the sum of the holds read. Also what
+    ``ledger audit`` compares with the fold."""
     p = keys.partition_of(user_id, partitions)
     with translate():
         pipe = client.pipeline(transaction=True)
         pipe.hgetall(keys.account(p, user_id))
         pipe.hgetall(keys.holds(p, user_id))
         state_raw, holds_raw = pipe.execute()
-    state = {text(k): text(v) for k, v in state_raw.items()}
-    views = [parse_entry(text(k), text(v)) for k, v in holds_raw.items()]
+    return _decoded(state_raw), _decoded(holds_raw)
+
+
+def _decoded(raw: Mapping[Any, Any]) -> dict[str, str]:
+    """Text of a hash (undecodable bytes replaced: ``ledger audit`` reads what may be
+    damaged, and names what it finds rather than failing)."""
+    return {
+        (k.decode(errors="replace") if isinstance(k, bytes) else str(k)): (
+            v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+        )
+        for k, v in raw.items()
+    }
+
+
+def account_holds(
+    client: RedisClient, partitions: int, user_id: str
+) -> tuple[dict[str, str], list[OpenHoldView]]:
+    """The account's state hash and its open holds (``read_together``), oldest first;
+    ({}, []) for no account."""
+    state, raw = read_together(client, partitions, user_id)
+    views = [parse_entry(k, v) for k, v in raw.items()]
     return state, sorted(views, key=lambda h: hold_number(h.hold_id))
 
 
