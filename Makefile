@@ -24,7 +24,7 @@ test: $(STAMP)
 
 # The core stream, projection and API tests again, on a real 3-master Redis Cluster
 # (--redis-backend=cluster; tests/cluster hold the cluster-only ones). Chosen to fit about
-# 70 s on 2 cores. Tests marked single_redis are skipped there, each with its reason; the
+# 70 s on 2 cores. Tests marked single_redis (with their reason) are left out there; the
 # Mongo-outage test is left out (it waits out a MongoDB outage: Redis plays no part).
 CLUSTER_CORE := \
 	tests/streams/test_append.py tests/streams/test_enqueue.py \

@@ -13,9 +13,9 @@ on a real 3-master Redis Cluster instead (``api.dev.cluster``, started once):
 master flushed before the test; fixtures make their clients with
 ``streams.connection.connect``, which follows the URL. A test that only means
 something on one node (it kills the session's redis-server, proxies its one port,
-reads one server's INFO…) says so with ``@pytest.mark.single_redis("why")``: it is
-skipped on the cluster with that reason. ``make test-cluster-core`` runs the core
-stream, projection and API modules this way.
+reads one server's INFO…) says so with ``@pytest.mark.single_redis("why")``: on the
+cluster it is left out of the run (deselected), never reported as skipped.
+``make test-cluster-core`` runs the core stream, projection and API modules this way.
 """
 
 from __future__ import annotations
@@ -85,17 +85,23 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """On the cluster backend, skip the tests marked ``single_redis`` with their reason."""
+    """On the cluster backend, leave out (deselect) the tests marked ``single_redis``:
+    they are not run there at all, rather than reported as skipped."""
     cluster = redis_backend_of(config) == "cluster"
+    kept: list[pytest.Item] = []
+    left_out: list[pytest.Item] = []
     for item in items:
         marker = item.get_closest_marker("single_redis")
-        if marker is None:
-            continue
-        reason = marker.args[0] if marker.args else marker.kwargs.get("reason")
-        if not isinstance(reason, str) or not reason.strip():
-            raise pytest.UsageError(f"{item.nodeid}: single_redis needs a reason (why one node)")
-        if cluster:
-            item.add_marker(pytest.mark.skip(reason=f"single Redis only: {reason}"))
+        if marker is not None:
+            reason = marker.args[0] if marker.args else marker.kwargs.get("reason")
+            if not isinstance(reason, str) or not reason.strip():
+                raise pytest.UsageError(
+                    f"{item.nodeid}: single_redis needs a reason (why one node)"
+                )
+        (left_out if cluster and marker is not None else kept).append(item)
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = kept
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -389,7 +389,6 @@ def test_the_exposition_keeps_every_name_and_label_set(make_client: MakeClient) 
     assert not any(n.endswith("_created") for n in found)
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="needs Debian's prometheus package")
 def test_promtool_accepts_the_exposition(make_client: MakeClient) -> None:
     client = make_client()
     state = state_of(client)
