@@ -46,16 +46,18 @@ def qm(
 
 @pytest.fixture
 def spawn_worker(deployment: Deployment) -> Callable[..., subprocess.Popen[bytes]]:
-    """A real ``ledger worker`` importing the crash tests' handlers, one consumer,
-    ``--claim-idle-ms 500``; ``extra`` arguments come last (an option given again
-    wins)."""
+    """A real ``ledger worker`` importing ``handlers`` (the crash tests' by default),
+    one consumer, ``--claim-idle-ms 500``; ``extra`` arguments come last (an option
+    given again wins)."""
 
-    def spawn(*extra: str) -> subprocess.Popen[bytes]:
+    def spawn(
+        *extra: str, handlers: str = "tests.streams.crash_handlers"
+    ) -> subprocess.Popen[bytes]:
         return deployment.start(
             f"worker-{len(deployment.procs)}",
             "worker",
             "--import",
-            "tests.streams.crash_handlers",
+            handlers,
             "--concurrency",
             "1",
             "--claim-idle-ms",

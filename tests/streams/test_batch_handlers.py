@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,6 @@ import pytest
 import redis as redis_py
 from pymongo.database import Database
 
-from api.dev.deployment import Deployment
 from ledger.errors import ValidationError
 from ledger.tasks import Priority
 from streams import (
@@ -489,24 +488,6 @@ def test_ledger_worker_import_registers_batch_handlers(
     assert sorted(d["_id"] for d in mongo_db.analytics.find()) == sorted(ids)
 
 
-@pytest.fixture
-def spawn_worker(deployment: Deployment) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    def spawn(*extra: str) -> subprocess.Popen[bytes]:
-        return deployment.start(
-            f"worker-{len(deployment.procs)}",
-            "worker",
-            "--import",
-            "tests.streams.batch_handlers",
-            "--concurrency",
-            "1",
-            "--claim-idle-ms",
-            "500",
-            *extra,
-        )
-
-    yield spawn
-
-
 @pytest.mark.slow
 def test_sigkilled_batch_worker_is_taken_over_and_effects_happen_once(
     qm: QueueManager,
@@ -522,7 +503,7 @@ def test_sigkilled_batch_worker_is_taken_over_and_effects_happen_once(
     monkeypatch.setenv("REDIS_URL", redis_url)
     n = 120
     ids = [qm.enqueue("default", "batch_insert", {"i": i, "ms": 150}) for i in range(n)]
-    proc = spawn_worker()
+    proc = spawn_worker(handlers="tests.streams.batch_handlers")
     # kill while a call sleeps: its items were run (maybe inserted) but not settled
     eventually(
         lambda: qm.redis.llen("test:batches") >= 2,
