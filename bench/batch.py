@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,7 +35,7 @@ from typing import Any
 import redis
 
 from api.dev.embedded import EmbeddedRedis
-from bench.common import facts, ledger, print_facts, spawn, write
+from bench.common import facts, print_facts, write
 from bench.peers import System, drain, peer_arguments
 from ledger.tasks import Priority
 from streams import BatchDBManager, QueueManager, StreamsConfig, default_registry
@@ -78,6 +77,8 @@ default_registry.register_batch(
 class BatchSystem(System):
     """``bench.peers.System``'s ledger side, with the batch handler's task type."""
 
+    handlers = "bench.batch"
+
     def __init__(self, url: str, args: argparse.Namespace, tmp: Path) -> None:
         self.name, self.url, self.args, self.tmp = "ledger_batch", url, args, tmp
         self.key = SUM_KEY
@@ -99,31 +100,6 @@ class BatchSystem(System):
                 Priority.NORMAL,
             )
             for i in range(0, len(work), 500)
-        ]
-
-    def start(self) -> list[subprocess.Popen[bytes]]:
-        log = self.tmp / f"{self.name}-workers.log"
-        concurrency = (
-            [] if self.args.concurrency is None else ["--concurrency", str(self.args.concurrency)]
-        )
-        return [
-            spawn(
-                ledger(
-                    "worker",
-                    "--redis-url",
-                    self.url,
-                    "--partitions",
-                    str(self.args.partitions),
-                    "--import",
-                    "bench.batch",
-                    *concurrency,
-                    "--log-level",
-                    "WARNING",
-                ),
-                log,
-                self.env,
-            )
-            for _ in range(self.args.processes)
         ]
 
 

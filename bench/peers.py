@@ -109,6 +109,9 @@ def hash_ints(client: redis.Redis, key: str) -> dict[str, int]:
 class System:
     """How to enqueue to, and run workers of, one of the two systems."""
 
+    handlers = "bench.peer_handlers"
+    """The module ``ledger worker --import`` loads for the ledger's workers."""
+
     def __init__(
         self, name: str, url: str, broker_url: str, args: argparse.Namespace, tmp: Path
     ) -> None:
@@ -178,7 +181,7 @@ class System:
                         "--partitions",
                         str(self.args.partitions),
                         "--import",
-                        "bench.peer_handlers",
+                        self.handlers,
                         *concurrency,
                         "--log-level",
                         "WARNING",
