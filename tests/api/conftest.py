@@ -12,6 +12,9 @@ from starlette.testclient import TestClient
 
 from api.http.app import create_app
 from api.settings import Settings
+from ledger.tasks import allowed_collections
+from projections.store import MongoDBManager
+from streams import HandlerRegistry, QueueManager, StreamsConfig
 
 PARTITIONS = 4
 KEYS = {
@@ -56,3 +59,26 @@ def auth(role: str) -> dict[str, str]:
     """Headers with the test key of ``role``."""
     key = next(k for k, r in KEYS.items() if r == role)
     return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def api_registry() -> HandlerRegistry:
+    """The handlers of ``qm``'s workers (a registry of its own: modules other tests
+    import register into the global one); a test module overrides it to add some."""
+    return HandlerRegistry()
+
+
+@pytest.fixture
+def qm(
+    redis: redis_py.Redis, redis_url: str, mongo_db: Database[Any], api_registry: HandlerRegistry
+) -> Iterator[QueueManager]:
+    """A QueueManager on the app's servers and database, for workers and checks."""
+    manager = QueueManager(
+        config=StreamsConfig(redis_url=redis_url, partitions=PARTITIONS),
+        db=MongoDBManager(mongo_db, allowed_collections()),
+        registry=api_registry,
+    )
+    try:
+        yield manager
+    finally:
+        manager.close()

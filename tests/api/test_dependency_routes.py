@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis as redis_py
-from pymongo.database import Database
 
-from ledger.tasks import allowed_collections
-from projections.store import MongoDBManager
-from streams import HandlerRegistry, QueueManager, RetryPolicy, StreamsConfig
+from streams import HandlerRegistry, QueueManager, RetryPolicy
 from tests.streamlog import keys_matching
 
-from .conftest import PARTITIONS, MakeClient, auth
+from .conftest import MakeClient, auth
 
 PRODUCER = auth("producer")
 READER = auth("reader")
@@ -23,19 +19,11 @@ BODY = {"queue_name": "default", "task_type": "t", "task_data": {"n": 1}}
 
 
 @pytest.fixture
-def qm(redis: redis_py.Redis, redis_url: str, mongo_db: Database[Any]) -> Iterator[QueueManager]:
+def api_registry() -> HandlerRegistry:
     registry = HandlerRegistry()
     registry.register("t", lambda data, db_manager: True)
     registry.register("boom", lambda data, db_manager: False)
-    manager = QueueManager(
-        config=StreamsConfig(redis_url=redis_url, partitions=PARTITIONS),
-        db=MongoDBManager(mongo_db, allowed_collections()),
-        registry=registry,
-    )
-    try:
-        yield manager
-    finally:
-        manager.close()
+    return registry
 
 
 def enqueue(client: Any, **change: Any) -> Any:

@@ -2,37 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis as redis_py
 from pymongo.database import Database
 
-from ledger.tasks import allowed_collections
-from projections.store import MongoDBManager
-from streams import HandlerRegistry, QueueManager, StreamsConfig
+from streams import QueueManager
 from tests.streamlog import keys_matching
 
-from .conftest import PARTITIONS, MakeClient, auth
+from .conftest import MakeClient, auth
 
 PRODUCER = auth("producer")
 ADMIN = auth("admin")
 READER = auth("reader")
-
-
-@pytest.fixture
-def qm(redis: redis_py.Redis, redis_url: str, mongo_db: Database[Any]) -> Iterator[QueueManager]:
-    # a registry of its own: modules imported by other tests register into the global one
-    manager = QueueManager(
-        config=StreamsConfig(redis_url=redis_url, partitions=PARTITIONS),
-        db=MongoDBManager(mongo_db, allowed_collections()),
-        registry=HandlerRegistry(),
-    )
-    try:
-        yield manager
-    finally:
-        manager.close()
 
 
 def run_worker(qm: QueueManager) -> int:

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis as redis_py
 from jsonschema import Draft202012Validator
-from pymongo.database import Database
 
 from api.http.app import routes
 from api.http.openapi import document
-from ledger.tasks import allowed_collections
-from projections.store import MongoDBManager
-from streams import HandlerRegistry, QueueManager, Scheduler, StreamsConfig, keys, schedules
+from streams import QueueManager, Scheduler, keys, schedules
 
 from .conftest import PARTITIONS, MakeClient, auth
 from .test_openapi import inline
@@ -34,19 +30,6 @@ BODY: dict[str, Any] = {
 
 def valid(name: str, value: Any) -> None:
     Draft202012Validator(inline(DOC["components"]["schemas"][name], DOC)).validate(value)
-
-
-@pytest.fixture
-def qm(redis: redis_py.Redis, redis_url: str, mongo_db: Database[Any]) -> Iterator[QueueManager]:
-    manager = QueueManager(
-        config=StreamsConfig(redis_url=redis_url, partitions=PARTITIONS),
-        db=MongoDBManager(mongo_db, allowed_collections()),
-        registry=HandlerRegistry(),
-    )
-    try:
-        yield manager
-    finally:
-        manager.close()
 
 
 def test_put_get_list_replace_delete(make_client: MakeClient) -> None:
