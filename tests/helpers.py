@@ -9,9 +9,13 @@ subtly wrong (no last check, no message saying what was seen).
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import httpx2 as httpx
+import pytest
 
 T = TypeVar("T")
 
@@ -61,3 +65,14 @@ def eventually(
             text = message() if callable(message) else message
             raise AssertionError(f"{text} (waited {timeout:g}s; {seen}{hint})") from error
         time.sleep(min(interval, remaining))
+
+
+def serving(base_url: str, proc: subprocess.Popen[Any], output: Callable[[], object] = str) -> bool:
+    """For ``eventually``: True once ``GET /health`` of the server ``proc`` runs answers
+    200; fails at once, with what ``output()`` gives (its log), if the process exited."""
+    if proc.poll() is not None:
+        pytest.fail(f"the server exited with {proc.returncode} before it served: {output()}")
+    try:
+        return httpx.get(f"{base_url}/health", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False

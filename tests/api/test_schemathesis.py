@@ -14,18 +14,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx2 as httpx
 import pytest
 import redis as redis_py
 from pymongo.database import Database
 
 from api.dev.deployment import Deployment
 from api.dev.embedded import free_port
+from tests.helpers import eventually, serving
 
 from .conftest import KEYS, PARTITIONS
 
@@ -65,16 +64,11 @@ def served(
         port = free_port()
         proc = deployment.start("api", "serve", "--port", str(port), "--rate-per-s", "0")
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, (tmp_path / "api.log").read_text()
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.1)
+        eventually(
+            lambda: serving(base, proc, (tmp_path / "api.log").read_text),
+            timeout=60,
+            message="the server did not start",
+        )
         yield base, ({"Authorization": f"Bearer {ADMIN}"} if keys else {})
     finally:
         deployment.stop(30)

@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from pymongo.database import Database
 from api.cli import serve as cli_serve
 from api.cli.exits import RET_OK, RET_USAGE
 from api.settings import Settings
+from tests.helpers import eventually, serving
 
 from .conftest import KEYS, PARTITIONS, auth
 
@@ -128,16 +128,9 @@ def test_serves_with_two_workers_and_stops_on_sigterm(
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:  # poll until it listens, bounded
-            assert proc.poll() is None, proc.communicate()
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.1)
+        eventually(
+            lambda: serving(base, proc, proc.communicate), message="the server did not start"
+        )
         with httpx.Client(base_url=base, timeout=10) as client:
             assert client.get("/api/queue/stats").status_code == 401
             created = client.post(
