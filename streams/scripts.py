@@ -65,7 +65,12 @@ NAMES = (
 )
 
 
-PRELUDES = {"begin": ("owned",), "settle": ("owned",), "keepalive": ("owned",)}
+PRELUDES = {
+    "begin": ("owned",),
+    "settle": ("owned", "outbox"),
+    "keepalive": ("owned",),
+    "deps": ("outbox",),
+}
 """Shared Lua functions a script is sent with (Redis scripts cannot import)."""
 
 

@@ -56,16 +56,6 @@ local function count(field, queue, by)
   redis.call('HINCRBY', STATS, field .. ':' .. queue, by)
 end
 
--- a task's end reaches its children through the outbox (written here, in the
--- same step as the end); returns 1 if there were children to tell
-local function tell_children(task_id, children, outcome, err)
-  local ids = redis.call('SMEMBERS', children)
-  if #ids == 0 then return 0 end
-  redis.call('XADD', OUTBOX, '*', 'p', task_id, 'o', outcome, 'e', err, 'c', table.concat(ids, ','))
-  redis.call('DEL', children)
-  return 1
-end
-
 -- cancel a task that is waiting, queued or scheduled; returns outbox entries written
 local function cancel(task_id, tkey, deps, children, status, err)
   local f = redis.call('HMGET', tkey, 'queue_name', 'ttl')
@@ -81,7 +71,7 @@ local function cancel(task_id, tkey, deps, children, status, err)
   redis.call('HDEL', tkey, 'data', 'ttl', 'armed', 'due_at')
   if f[2] then redis.call('EXPIRE', tkey, tonumber(f[2])) end
   count('cancelled', queue, 1)
-  return tell_children(task_id, children, 'cancelled', err)
+  return tell_children(OUTBOX, task_id, children, 'cancelled', err)
 end
 
 -- a waiting, armed task with no parent left to wait for is queued (or scheduled)

@@ -61,13 +61,6 @@ local function keep(tkey)  -- a finished task's record: kept ttl seconds (see AR
   end
   redis.call('EXPIRE', tkey, ttl)
 end
-local function tell_children(task_id, children, outcome, err)
-  local ids = redis.call('SMEMBERS', children)
-  if #ids == 0 then return end
-  redis.call('XADD', KEYS[8], '*', 'p', task_id, 'o', outcome, 'e', err, 'c', table.concat(ids, ','))
-  redis.call('DEL', children)
-  told = told + 1
-end
 local function ack(level, id)
   acks[level] = acks[level] or {}
   table.insert(acks[level], id)
@@ -91,7 +84,8 @@ for i = 1, n do
       redis.call('HSET', tkey, 'status', 'completed', 'finished_at', now, 'last_error', '',
                  'retry_at', '')
       keep(tkey)
-      tell_children(string.match(tkey, ':task:(.*)$'), children, 'completed', '')
+      told = told + tell_children(KEYS[8], string.match(tkey, ':task:(.*)$'), children,
+                                  'completed', '')
     end
   elseif op == 'ack' then
     ack(level, id)
@@ -119,7 +113,8 @@ for i = 1, n do
     if is_task then
       redis.call('HSET', tkey, 'status', 'failed', 'finished_at', now, 'last_error', err)
       keep(tkey)
-      tell_children(string.match(tkey, ':task:(.*)$'), children, 'failed', err)
+      told = told + tell_children(KEYS[8], string.match(tkey, ':task:(.*)$'), children,
+                                  'failed', err)
     end
   end
 end
