@@ -31,6 +31,7 @@ CLUSTER_CORE := \
 	tests/streams/test_enqueue_many.py tests/streams/test_worker.py \
 	tests/streams/test_scheduler.py tests/streams/test_order.py tests/streams/test_twin.py \
 	tests/streams/test_dependencies.py tests/api/test_dependency_routes.py \
+	tests/streams/test_finished.py \
 	tests/streams/test_lua_keys.py tests/streams/test_keys.py \
 	tests/projections/test_runner.py tests/projections/test_replay.py \
 	tests/projections/test_audit.py tests/projections/test_eventlog.py \

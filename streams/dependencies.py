@@ -38,6 +38,7 @@ import os
 import re
 import socket
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ from typing import Any
 
 from ledger.errors import ValidationError
 
-from . import keys
+from . import finished, keys
 from .connection import RedisClient, translate
 from .replies import text
 from .scripts import Call, ScriptArg, Scripts, Wait, run_many
@@ -124,13 +125,24 @@ class Dependencies:
         return keys.partition_of(task_id, self.partitions)
 
     def unknown(self, task_ids: Sequence[str]) -> list[str]:
-        """The ids among ``task_ids`` with no task record."""
+        """The ids among ``task_ids`` with no task record (a hash, or a completed
+        task's compact one)."""
         with translate():
             pipe = self.redis.pipeline(transaction=False)
             for tid in task_ids:
                 pipe.exists(keys.task(self._p(tid), tid))
             found = pipe.execute()
-        return [tid for tid, n in zip(task_ids, found, strict=True) if not int(n)]
+        return [
+            tid
+            for tid, n in zip(task_ids, found, strict=True)
+            if not int(n) and not self._completed(tid)
+        ]
+
+    def _completed(self, task_id: str) -> bool:
+        """Whether ``task_id`` completed and left its hash for a compact record
+        (``streams.finished``): final, so asking after its hash was missing is safe."""
+        now_ms = int(time.time() * 1000)
+        return finished.lookup(self.redis, self._p(task_id), task_id, now_ms) is not None
 
     def enqueue(
         self, task_id: str, args: Sequence[ScriptArg], parents: Sequence[str], wait: Wait | None
@@ -191,6 +203,8 @@ class Dependencies:
         for ps, reply in zip(by_p.values(), replies, strict=True):
             for parent, answer in zip(ps, reply, strict=True):
                 answers[parent] = text(answer)
+                if answers[parent] == "gone" and self._completed(parent):
+                    answers[parent] = "completed"
         return answers
 
     def cancel(self, task_id: str) -> str:
@@ -212,6 +226,8 @@ class Dependencies:
             )[0]
         if int(told):
             self._releaser().drain([p])
+        if text(status) == "missing" and self._completed(task_id):
+            return "completed"
         return text(status)
 
     def _releaser(self) -> Releaser:

@@ -225,6 +225,17 @@ def task(p: Partition, task_id: str) -> str:
     return f"{tag(p)}:task:{task_id}"
 
 
+def done(p: Partition, width_ms: int, bucket: int) -> str:
+    """Completed tasks' statuses, one field each (``streams.finished``): the bucket
+    of ``width_ms`` milliseconds numbered ``bucket`` since the epoch."""
+    return f"{tag(p)}:done:{width_ms}:{bucket}"
+
+
+def done_index(p: Partition) -> str:
+    """The partition's done buckets (key -> when it may be dropped, ms)."""
+    return f"{tag(p)}:done"
+
+
 def attempts(p: Partition) -> str:
     return f"{tag(p)}:attempts"
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from ledger.tasks import Priority
 
-from . import keys
+from . import finished, keys
 from .config import StreamsConfig
 from .connection import RedisClient, translate
 from .groups import GroupInfo, groups
@@ -43,6 +45,10 @@ STATUS_FIELDS = (
     "retry_at",
     "depends_on",
 )
+WHERE_FIELDS = ("priority", "entry")
+"""Where a queued task's entry is: a worker that reads it fresh writes nothing
+before it settles (``Worker._process``), so "processing" is read from the
+stream's pending list (``_pending``)."""
 TIME_FIELDS = {"enqueued_at", "started_at", "finished_at", "due_at", "retry_at"}
 COUNTERS = (
     "processed",
@@ -60,19 +66,30 @@ the worker's ``Stats``; ``lua/deps.lua`` for the last four)."""
 
 
 def task_status(client: RedisClient, partitions: int, task_id: str) -> dict[str, Any] | None:
-    """The original status record of a task, or None if unknown (or expired)."""
+    """The original status record of a task, or None if unknown (or expired).
+
+    A completed task's record may be its compact field in a done bucket
+    (``streams.finished``). A task recorded as queued whose entry is pending in
+    the ``workers`` group is being processed, on its first attempt (later ones
+    are written by begin.lua): "processing", attempt 1, started when delivered."""
     if not isinstance(task_id, str) or not 0 < len(task_id) <= 128:
         return None
     p = keys.partition_of(task_id, partitions)
     with translate():
-        values = client.hmget(keys.task(p, task_id), STATUS_FIELDS)
+        got = client.hmget(keys.task(p, task_id), [*STATUS_FIELDS, *WHERE_FIELDS])
+        values, (priority, entry) = got[: len(STATUS_FIELDS)], got[len(STATUS_FIELDS) :]
         if values[0] == b"waiting":
             awaited = sorted(text(v) for v in client.smembers(keys.deps(p, task_id)))
     if values[0] is None:
-        return None
+        raw = finished.lookup(client, p, task_id, int(time.time() * 1000))
+        if raw is None:
+            return None
+        values = finished.status_values(raw, STATUS_FIELDS)
+    elif values[0] == b"queued" and entry and priority:
+        values = _pending(client, p, text(priority), text(entry), values)
     out: dict[str, Any] = {"task_id": task_id}
-    for name, raw in zip(STATUS_FIELDS, values, strict=True):
-        value = text(raw) if raw is not None else None
+    for name, raw_value in zip(STATUS_FIELDS, values, strict=True):
+        value = text(raw_value) if raw_value is not None else None
         if name in TIME_FIELDS:
             out[name] = iso_utc(int(value)) if value else None
         elif name == "attempts":
@@ -82,6 +99,31 @@ def task_status(client: RedisClient, partitions: int, task_id: str) -> dict[str,
         else:
             out[name] = value or None
     out["waiting_for"] = awaited if values[0] == b"waiting" else []
+    return out
+
+
+def _pending(
+    client: RedisClient, p: keys.Partition, priority: str, entry: str, values: list[Any]
+) -> list[Any]:
+    """``values`` as processing when ``entry`` is delivered to a worker (pending)."""
+    try:
+        stream = keys.stream(p, Priority(int(priority)))
+    except ValueError:
+        return values
+    with translate():
+        try:
+            rows = client.xpending_range(stream, "workers", min=entry, max=entry, count=1)
+        except ResponseError:  # no group yet: not delivered
+            return values
+    if not rows:
+        return values
+    row = rows[0]
+    out = list(values)
+    out[STATUS_FIELDS.index("status")] = b"processing"
+    out[STATUS_FIELDS.index("attempts")] = max(1, int(row["times_delivered"]))
+    out[STATUS_FIELDS.index("started_at")] = int(time.time() * 1000) - int(
+        row["time_since_delivered"]
+    )
     return out
 
 

@@ -5,10 +5,14 @@ ran out, when it runs out; entries of consumers that died, swept for every
 ``sweep_every_ms``: ``Housekeeping``, one per process), read new entries level by
 level (CRITICAL first, see ``per_partition`` and ``lua/read.lua``) — or, after a
 round that read less than a batch, block at once on every stream — count an
-attempt for each (``begin.lua``), run the handlers in priority order, then settle
-the whole round in one step per partition (``settle.lua``: ack, or schedule a
-retry, or dead-letter, and the task's status). Queue statistics are added up in
-the process and written once per ``stats_every_ms`` (``Stats``).
+attempt for each claimed entry (``begin.lua``; a fresh one is attempt 1 and
+costs no call), run the handlers in priority order, then settle the whole round
+in one step per partition (``settle.lua``: ack, or schedule a retry, or
+dead-letter, and the task's status; a completed task's record shrinks to a field
+of a done bucket, ``streams.finished``). Queue statistics are added up in the
+process and written once per ``stats_every_ms`` (``Stats``). The sweep also
+deletes completed tasks' stream entries once every group is past them
+(``Pruner``) and drops done buckets past the status retention.
 
 A crash anywhere leaves the entries pending; they are claimed again after
 ``claim_idle_ms``, so nothing is lost, and handlers keyed on the event id make
@@ -35,7 +39,7 @@ from redis.typing import KeyT, StreamIdT
 
 from ledger.tasks import Priority
 
-from . import keys
+from . import finished, keys
 from .codec import EventMessage, Message, TaskMessage, decode
 from .connection import RedisClient, ensure_groups, is_cluster, translate
 from .dependencies import Releaser
@@ -55,6 +59,7 @@ from .outcomes import (
     settle_args,
 )
 from .processor import MAX_ERROR_CHARS, Delivery, Processor, TaskProcessor
+from .prune import Pruner
 from .registry import HandlerRegistry, default_registry
 from .replies import text
 from .retry import RetryPolicy
@@ -211,6 +216,8 @@ class Housekeeping:
     keepalive: KeepAlive | None = None
     """Renews the claims of the rounds running in this process (the first worker
     made with this housekeeping creates it)."""
+    pruner: Pruner = field(default_factory=Pruner)
+    """The completed task entries this process will delete from their streams."""
 
     def retry_at(self, p: keys.Partition, at: float) -> None:
         with self.lock:
@@ -315,6 +322,7 @@ class Worker:
                     log.exception("worker round failed; retrying")
                     self.stopping.wait(0.5)
             self.flush_stats()
+            self.prune()
 
     def run_until_idle(self, timeout: float = 30.0) -> int:
         """Process until nothing is left to do now or later (tests, ``--burst``)."""
@@ -354,12 +362,12 @@ class Worker:
             if block and not claimed and not fresh:
                 fresh = self._wait_for_work()
         self._quiet = len(fresh) < self.config.batch
-        deliveries = claimed + fresh
-        if deliveries:
-            self._process(deliveries)
+        if claimed or fresh:
+            self._process(claimed, fresh)
         if not block or time.monotonic() >= self.housekeeping.next_flush:
             self.flush_stats()
-        return len(deliveries)
+            self.prune()
+        return len(claimed) + len(fresh)
 
     def _reclaim(self) -> list[Delivery]:
         """Entries due for another attempt: on every partition each
@@ -407,7 +415,24 @@ class Worker:
                 hk.retry_at(p, after + wait_ms / 1000)
         if sweep and self.config.track:  # outbox entries a dead process left
             self._release(parts, self.config.claim_idle_ms)
+            self._drop_done_buckets()
         return _flat_deliveries(parts, [flat[1:] for flat in replies])
+
+    def _drop_done_buckets(self) -> None:
+        """Completed tasks' statuses past the retention go (``streams.finished``);
+        housekeeping: a failure is logged, and the next sweep tries again."""
+        try:
+            finished.drop_expired(self.redis, self._parts, int(self.clock() * 1000))
+        except Exception as exc:
+            log.warning("dropping expired done buckets failed: %s", exc)
+
+    def prune(self) -> None:
+        """Delete the completed task entries every group is past (``streams.prune``);
+        housekeeping: a failure is logged, and what was left is kept for next time."""
+        try:
+            self.housekeeping.pruner.prune(self.redis)
+        except Exception as exc:
+            log.warning("deleting completed task entries failed: %s", exc)
 
     def _forget(self) -> None:
         """Remove the group's dead consumers: those that hold no pending entry (theirs
@@ -483,14 +508,21 @@ class Worker:
         return _deliveries(reply)
 
     # -- processing -------------------------------------------------------------
-    def _process(self, deliveries: list[Delivery]) -> None:
+    def _process(self, claimed: list[Delivery], fresh: list[Delivery]) -> None:
         """Begin, run and settle a round; its claims are renewed meanwhile
         (``streams.keepalive``), so a slow handler is never taken over while
         this process lives."""
+        deliveries = [*claimed, *fresh]
         with self.keepalive.holding(self.config.group, self.consumer, deliveries):
-            self._run_round(deliveries)
+            self._run_round(claimed, fresh)
 
-    def _run_round(self, deliveries: list[Delivery]) -> None:
+    def _run_round(self, claimed: list[Delivery], fresh: list[Delivery]) -> None:
+        """``claimed`` entries (delivered before) count their attempt in
+        ``begin.lua``; ``fresh`` ones (read with ``>``: never delivered, so ours)
+        are attempt 1 with no call, a crash during it being counted when the entry
+        is claimed, and a task read this way shows as processing from the
+        stream's pending list (``status.task_status``)."""
+        deliveries = [*claimed, *fresh]
         by_partition: dict[keys.Partition, list[Delivery]] = defaultdict(list)
         for d in deliveries:
             by_partition[d.partition].append(d)
@@ -498,7 +530,14 @@ class Worker:
                 d.message = decode(d.fields)
             except DecodeError as exc:
                 d.message = exc
-        self._begin(by_partition)
+        for d in fresh:
+            d.attempts = 1
+        self._skip_ended(fresh)
+        if claimed:
+            to_begin: dict[keys.Partition, list[Delivery]] = defaultdict(list)
+            for d in claimed:
+                to_begin[d.partition].append(d)
+            self._begin(to_begin)
         runnable = []
         for d in deliveries:
             if d.not_run is NotRun.TAKEN_OVER:
@@ -603,6 +642,31 @@ class Worker:
                 else:
                     d.attempts = answer
 
+    def _skip_ended(self, fresh: Sequence[Delivery]) -> None:
+        """A fresh entry of a task cancelled while queued (or completed already, its
+        entry added again by hand) is acknowledged, not run: one pipelined HGET per
+        task, what ``begin.lua`` checks for a claimed one."""
+        tasks = [d for d in fresh if self.config.track and isinstance(d.message, TaskMessage)]
+        if not tasks:
+            return
+        with translate():
+            pipe = self.redis.pipeline(transaction=False)
+            for d in tasks:
+                pipe.hget(self._task_key(d.partition, d), "status")
+            replies = pipe.execute()
+        now_ms = int(self.clock() * 1000)
+        for d, status in zip(tasks, replies, strict=True):
+            # no hash: completed (a compact record, ``streams.finished``), or a
+            # record that expired before its task ran (rare: ask)
+            if (
+                status is None
+                and isinstance(d.message, TaskMessage)
+                and finished.lookup(self.redis, d.partition, d.message.task_id, now_ms)
+            ):
+                status = b"completed"
+            if status in (b"completed", b"cancelled"):
+                d.not_run = NotRun.COMPLETED
+
     def _failed(self, d: Delivery, error: str, delay_ms: int | None) -> Outcome:
         policy = self.config.retry
         if policy.exhausted(d.attempts):
@@ -620,7 +684,16 @@ class Worker:
             entries: list[ScriptArg] = []
             for d in ds:
                 op, number, error = settle_args(d.outcome or RetryLater(0, "no outcome"))
-                entries += [op, self._rank_key(d.level), d.entry_id, _queue(d), number, error]
+                entries += [
+                    op,
+                    self._rank_key(d.level),
+                    d.entry_id,
+                    _queue(d),
+                    number,
+                    error,
+                    d.attempts,
+                ]
+            done = finished.bucket(p, int(self.clock() * 1000), self.config.status_ttl_s)
             calls.append(
                 (
                     self.scripts.settle,
@@ -630,6 +703,8 @@ class Worker:
                         keys.dead(p),
                         *(keys.stream(p, lv) for lv in keys.LEVELS_DESC),
                         keys.outbox(p),
+                        done.key,
+                        keys.done_index(p),
                         *(self._task_key(p, d) for d in ds),
                         *(self._children_key(p, d) for d in ds),
                     ],
@@ -638,6 +713,8 @@ class Worker:
                         self.config.status_ttl_s,
                         self.consumer,
                         self.config.idempotency_ttl_s,
+                        done.drop_at_ms if self.config.track else "",
+                        done.expire_at_ms,
                         *entries,
                     ],
                 )
@@ -651,6 +728,8 @@ class Worker:
                 for d, settled in zip(ds, flags[:-1], strict=True):  # the last: told
                     if int(settled) and d.outcome is not None:
                         stats.count(p, _queue(d), d.outcome)
+                        if isinstance(d.outcome, Succeeded) and isinstance(d.message, TaskMessage):
+                            self.housekeeping.pruner.completed(p, d.level, d.entry_id)
                 if int(flags[-1]):
                     told.append(p)
         if told:

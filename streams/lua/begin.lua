@@ -1,7 +1,11 @@
---[[ begin.lua: count a delivery attempt for each entry about to be processed.
+--[[ begin.lua: count a delivery attempt for each claimed entry about to be processed.
 
 Counting at the start (not at failure) means a worker killed mid-handler still
 used up an attempt, so a task that crashes every worker ends in the dead letters.
+Only entries delivered before (claimed: a retry, or taken over) come here: a fresh
+delivery (XREADGROUP ">") is attempt 1 and writes nothing before it settles, so
+the first claim of an entry finds no count and makes it 2 (the fresh attempt,
+then this one).
 
 KEYS[1]    ledger:{pN}:attempts        <group>|<level>|<entry id> -> attempts
 KEYS[1+i]  ledger:{pN}:task:<id>       status hash of entry i (KEYS[1] when not a task)
@@ -35,6 +39,7 @@ for i = 1, n_entries do
     out[#out + 1] = -1
   else
     local n = redis.call('HINCRBY', KEYS[1], ARGV[1] .. '|' .. name, 1)
+    if n == 1 then n = redis.call('HINCRBY', KEYS[1], ARGV[1] .. '|' .. name, 1) end
     if tkey ~= KEYS[1] then
       redis.call('HSET', tkey, 'status', 'processing', 'attempts', n, 'started_at', now)
     end

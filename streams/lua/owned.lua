@@ -1,7 +1,9 @@
 --[[ owned.lua: prepended to begin.lua and settle.lua (see scripts.PRELUDES).
 
-owned(stream, group, consumer, ids) -> set of the ids still pending for
-consumer, from one XPENDING over the ids' range instead of one per entry. When
+owned(stream, group, consumer, ids) -> the ids still pending for consumer, each
+mapped to its idle time (ms since it was last delivered to the consumer: settle.lua
+takes a fresh delivery's start from it), from one XPENDING over the ids' range
+instead of one per entry. When
 the consumer holds more entries in that range than one reply brings (many
 waiting retries), it asks entry by entry.
 ]]
@@ -23,11 +25,12 @@ local function owned(stream, group, consumer, ids)
   local rows = redis.call('XPENDING', stream, group, lo, hi, limit, consumer)
   local mine = {}
   if #rows < limit then
-    for _, row in ipairs(rows) do mine[row[1]] = true end
+    for _, row in ipairs(rows) do mine[row[1]] = row[3] end
     return mine
   end
   for _, id in ipairs(ids) do
-    if redis.call('XPENDING', stream, group, id, id, 1, consumer)[1] then mine[id] = true end
+    local row = redis.call('XPENDING', stream, group, id, id, 1, consumer)[1]
+    if row then mine[id] = row[3] end
   end
   return mine
 end

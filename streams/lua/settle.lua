@@ -6,11 +6,18 @@ twice. The queue statistics (counters, latencies, throughput) are not written
 here: the worker adds up what this returns and writes them once per interval
 (``worker.Stats``).
 
+A completed task with no Idempotency-Key and no parents leaves its hash (~460
+bytes) for one field of the partition's current "done" bucket (``streams.finished``:
+"enqueued|started-enqueued|finished-enqueued|attempts|due-enqueued|queue|type",
+times in ms), which the status API reads once the hash is gone. A task with a key
+keeps its hash: it is the idempotency record a repeat must find; one with parents
+keeps the parents it names.
+
 KEYS[1] ledger:{pN}:attempts     KEYS[2] ledger:{pN}:retry:<group>
 KEYS[3] ledger:{pN}:dead         KEYS[4..7] ledger:{pN}:critical|high|normal|low
-KEYS[8] ledger:{pN}:outbox
-KEYS[8+i] ledger:{pN}:task:<id> of entry i (KEYS[1] when not a task), i = 1..n
-KEYS[8+n+i] ledger:{pN}:children:<id> of entry i (KEYS[1] when not a task)
+KEYS[8] ledger:{pN}:outbox       KEYS[9] the current done bucket   KEYS[10] the done index
+KEYS[10+i] ledger:{pN}:task:<id> of entry i (KEYS[1] when not a task), i = 1..n
+KEYS[10+n+i] ledger:{pN}:children:<id> of entry i (KEYS[1] when not a task)
 ARGV[1] group   ARGV[2] seconds to keep a finished task's status
 ARGV[3] consumer: an entry no longer pending for it (taken over meanwhile) is left
         to the consumer that holds it now, so a late result never overwrites its
@@ -19,8 +26,12 @@ ARGV[4] the idempotency window (s): when ARGV[2] is shorter, a task enqueued wit
         an Idempotency-Key (its record has a fingerprint) keeps its record for the
         window set at enqueue, so that a repeat still finds it, and for at least
         ARGV[2] after it finished
-then 6 values per entry i:  op ("ok"|"retry"|"dead"|"ack"|"skip"), level (1..4 = KEYS[4..7]),
-  entry id, queue name, number (ok: latency ms; retry: delay ms; dead: attempts), error
+ARGV[5] when the bucket KEYS[9] may be dropped (ms; its score in the index KEYS[10]),
+        "" to keep every completed task's hash   ARGV[6] its expiry (ms), a safety net
+then 7 values per entry i:  op ("ok"|"retry"|"dead"|"ack"|"skip"), level (1..4 = KEYS[4..7]),
+  entry id, queue name, number (ok: latency ms; retry: delay ms; dead: attempts), error,
+  attempt (1: a fresh delivery, for which begin.lua did not run: no attempts field to
+  forget, and it started when it was delivered, which XPENDING tells)
 A task that completes or is dead-lettered with tasks waiting for it
 (``deps.lua``) moves its children set into an outbox entry in the same step, so
 its children are told of its end however the process dies afterwards.
@@ -32,18 +43,18 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local group, ttl, consumer = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local short = ttl < tonumber(ARGV[4])
-local first = 4  -- ARGV index before the first entry's values
-local n = (#ARGV - first) / 6
+local first, per = 6, 7  -- ARGV index before the first entry's values; values per entry
+local n = (#ARGV - first) / per
 
 -- checked before anything is written: a script is not rolled back
-if n ~= math.floor(n) or #KEYS ~= 8 + 2 * n then
+if n ~= math.floor(n) or #KEYS ~= 10 + 2 * n then
   return redis.error_reply('settle.lua: KEYS and ARGV do not match')
 end
 
 -- which entries are still ours: one XPENDING per level, not one per entry
 local ids_by_level, mine = {}, {}
 for i = 1, n do
-  local b = first + (i - 1) * 6
+  local b = first + (i - 1) * per
   local level = tonumber(ARGV[b + 2])
   ids_by_level[level] = ids_by_level[level] or {}
   table.insert(ids_by_level[level], ARGV[b + 3])
@@ -53,7 +64,7 @@ for level, ids in pairs(ids_by_level) do
 end
 
 -- acks are gathered and written once per call
-local acks, forget, out, told = {}, {}, {}, 0
+local acks, forget, out, told, compacted = {}, {}, {}, 0, false
 local function keep(tkey)  -- a finished task's record: kept ttl seconds (see ARGV[4])
   if short and (redis.call('HGET', tkey, 'fingerprint') or '') ~= ''
       and redis.call('TTL', tkey) >= ttl then
@@ -61,40 +72,68 @@ local function keep(tkey)  -- a finished task's record: kept ttl seconds (see AR
   end
   redis.call('EXPIRE', tkey, ttl)
 end
-local function ack(level, id)
+-- a task's status, one HSET; started: when a fresh delivery was read, else nil
+-- (begin.lua wrote it)
+local function record(tkey, started, attempts, status, ...)
+  local fields = {'status', status, 'attempts', attempts, ...}
+  if started then fields[#fields + 1] = 'started_at'; fields[#fields + 1] = started end
+  redis.call('HSET', tkey, unpack(fields))
+end
+-- a completed task's hash becomes one field of the done bucket, if it may (see above)
+local function compact(tkey, task_id, started, attempts)
+  if ARGV[5] == '' then return false end
+  local f = redis.call('HMGET', tkey, 'fingerprint', 'depends_on', 'enqueued_at',
+                       'started_at', 'due_at', 'queue_name', 'task_type')
+  if (f[1] or '') ~= '' or (f[2] or '') ~= '' or not tonumber(f[3]) or not f[6] then
+    return false
+  end
+  local enq = tonumber(f[3])
+  local due = tonumber(f[5] or '')
+  redis.call('HSET', KEYS[9], task_id, table.concat({enq, (started or tonumber(f[4]) or now) - enq,
+    now - enq, attempts, due and (due - enq) or '', f[6], f[7] or ''}, '|'))
+  redis.call('DEL', tkey)
+  compacted = true
+  return true
+end
+local function ack(level, id, attempt)
   acks[level] = acks[level] or {}
   table.insert(acks[level], id)
-  table.insert(forget, group .. '|' .. level .. '|' .. id)
+  if attempt ~= 1 then table.insert(forget, group .. '|' .. level .. '|' .. id) end
 end
 
 for i = 1, n do
-  local b = first + (i - 1) * 6
-  local op, level, id, queue, num, err =
-    ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3], ARGV[b + 4], tonumber(ARGV[b + 5]), ARGV[b + 6]
-  local stream, tkey, children = KEYS[3 + level], KEYS[8 + i], KEYS[8 + n + i]
+  local b = first + (i - 1) * per
+  local op, level, id, queue, num, err, attempt = ARGV[b + 1], tonumber(ARGV[b + 2]),
+    ARGV[b + 3], ARGV[b + 4], tonumber(ARGV[b + 5]), ARGV[b + 6], tonumber(ARGV[b + 7])
+  local stream, tkey, children = KEYS[3 + level], KEYS[10 + i], KEYS[10 + n + i]
   local is_task = tkey ~= KEYS[1]
   out[i] = 0
+  local started = nil
   if not mine[level][id] then
     op = 'skip'  -- not ours any more (or already settled): nothing to record
+  elseif attempt == 1 then
+    started = now - mine[level][id]
   end
   if op == 'ok' then
-    ack(level, id)
+    ack(level, id, attempt)
     out[i] = 1
     if is_task then
-      redis.call('HSET', tkey, 'status', 'completed', 'finished_at', now, 'last_error', '',
-                 'retry_at', '')
-      keep(tkey)
-      told = told + tell_children(KEYS[8], string.match(tkey, ':task:(.*)$'), children,
-                                  'completed', '')
+      local task_id = string.match(tkey, ':task:(.*)$')
+      if not compact(tkey, task_id, started, attempt) then
+        record(tkey, started, attempt, 'completed', 'finished_at', now, 'last_error', '',
+               'retry_at', '')
+        keep(tkey)
+      end
+      told = told + tell_children(KEYS[8], task_id, children, 'completed', '')
     end
   elseif op == 'ack' then
-    ack(level, id)
+    ack(level, id, attempt)
     out[i] = 1
   elseif op == 'retry' then
     redis.call('ZADD', KEYS[2], now + num, level .. '|' .. id)
     out[i] = 1
     if is_task then
-      redis.call('HSET', tkey, 'status', 'retrying', 'last_error', err, 'retry_at', now + num)
+      record(tkey, started, attempt, 'retrying', 'last_error', err, 'retry_at', now + num)
     end
   elseif op == 'dead' then
     local fields = {}
@@ -107,11 +146,11 @@ for i = 1, n do
       fields[#fields + 1] = v
     end
     redis.call('XADD', KEYS[3], '*', unpack(fields))
-    ack(level, id)
+    ack(level, id, attempt)
     redis.call('ZREM', KEYS[2], level .. '|' .. id)
     out[i] = 1
     if is_task then
-      redis.call('HSET', tkey, 'status', 'failed', 'finished_at', now, 'last_error', err)
+      record(tkey, started, num, 'failed', 'finished_at', now, 'last_error', err)
       keep(tkey)
       told = told + tell_children(KEYS[8], string.match(tkey, ':task:(.*)$'), children,
                                   'failed', err)
@@ -126,5 +165,8 @@ for level, ids in pairs(acks) do
   each_slice(ids, function(...) redis.call('XACK', KEYS[3 + level], group, ...) end)
 end
 each_slice(forget, function(...) redis.call('HDEL', KEYS[1], ...) end)
+if compacted and redis.call('ZADD', KEYS[10], 'NX', ARGV[5], KEYS[9]) == 1 then
+  redis.call('PEXPIREAT', KEYS[9], ARGV[6])  -- a new bucket
+end
 out[n + 1] = told
 return out

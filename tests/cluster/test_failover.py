@@ -543,5 +543,7 @@ def test_appends_acknowledged_while_the_replica_was_cut_off(cluster: RedisCluste
         )
     assert (len(acked[0]), refused[0], len(lost[0])) == (8, [], 8)  # every one: never replicated
     assert (acked[1], len(refused[1]), lost[1]) == ([], 8, [])
-    assert len(unconfirmed_lost) == 8 and not any(r.duplicate for r in retried)
+    assert len(unconfirmed_lost) == 8 and len(retried) == 8
+    # a retry may itself be answered 503 (the rejoined replica had not confirmed it
+    # yet) and the next one then replays it: whichever, each is in the log once
     assert all(len(after.get(k, [])) == 1 for k in refused[1])
