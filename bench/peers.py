@@ -18,7 +18,8 @@ separate keys). For each system, in turn:
   CPU       ms per task: producer (this process, while enqueueing) + redis-server
             (enqueue and drain) + workers (the drain, children included), from
             /proc/<pid>/stat utime+stime; each kind of process on its own too
-  memory    Redis ``used_memory`` after the drain (workers stopped) less before the
+  memory    Redis ``used_memory`` after the drain (workers stopped, Redis settled:
+            ``settled_memory``) less before the
             enqueue, per task: what the system keeps per finished task (measured
             after one warm-up message went through its workers, so that what is
             set up once, such as consumer groups and scripts, is not counted)
@@ -96,6 +97,21 @@ def delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
 
 def used_memory(client: redis.Redis) -> int:
     return int(client.info("memory")["used_memory"])
+
+
+def settled_memory(client: redis.Redis, most_s: float = 3.0) -> int:
+    """``used_memory`` once Redis has shrunk what the load grew and no longer holds
+    (the keyspace's hash tables are resized by its cron, ~100 ms apart): two equal
+    reads 300 ms apart, or what it is after ``most_s``."""
+    deadline = time.monotonic() + most_s
+    last = used_memory(client)
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        now = used_memory(client)
+        if now == last:
+            break
+        last = now
+    return last
 
 
 def total(client: redis.Redis, key: str) -> int:
@@ -272,7 +288,7 @@ def drain(
     finally:
         stop(procs)
     assert first is not None
-    retained = used_memory(client) - mem0
+    retained = settled_memory(client) - mem0
     got = hash_ints(client, sys_.key)
     ok = got == expected
     # tasks done by the first observation: estimated from the amounts seen

@@ -2,9 +2,10 @@
 
 A task's record is a hash of ~460 bytes of Redis memory. Once a task completes,
 ``lua/settle.lua`` replaces it by one field of its partition's current "done"
-bucket (``keys.done``): the task id mapped to
+bucket (``keys.done``): the task id (16 bytes when it is a uuid: ``packed_id``) mapped to
 ``enqueued|started-enqueued|finished-enqueued|attempts|due-enqueued|queue|type``
-(ms), about 120 bytes in all. A bucket spans an eighth of the status retention
+(ms, in base 36), 65-120 bytes in all (a hash of up to 512 fields is a listpack,
+a bigger one a hash table). A bucket spans an eighth of the status retention
 (at least a second), is listed in the partition's index (``keys.done_index``,
 scored with the time it may go: its end plus the retention) and is dropped with
 UNLINK (freed off the main thread) by a worker's sweep once that time passed
@@ -19,6 +20,7 @@ ones: those are not the many.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,7 +62,10 @@ def status_values(raw: bytes | str, fields: tuple[str, ...]) -> list[Any]:
     parts = text(raw).split("|")
     if len(parts) != _FIELDS:
         raise ValueError(f"not a completed-task record: {text(raw)!r}")
-    enq, started, finished, attempts, due = (int(v) if v else None for v in parts[:5])
+    try:
+        enq, started, finished, attempts, due = (int(v, 36) if v else None for v in parts[:5])
+    except ValueError:
+        raise ValueError(f"not a completed-task record: {text(raw)!r}") from None
     if enq is None or started is None or finished is None or attempts is None:
         raise ValueError(f"not a completed-task record: {text(raw)!r}")
     known: dict[str, bytes | None] = {
@@ -76,6 +81,17 @@ def status_values(raw: bytes | str, fields: tuple[str, ...]) -> list[Any]:
     return [known.get(name) for name in fields]
 
 
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def packed_id(task_id: str) -> bytes:
+    """A task id as its bucket field: a (lower-case) uuid as its 16 bytes, as
+    settle.lua writes it; any other id as it is."""
+    if _UUID.fullmatch(task_id):
+        return bytes.fromhex(task_id.replace("-", ""))
+    return task_id.encode()
+
+
 def lookup(client: RedisClient, p: keys.Partition, task_id: str, now_ms: int) -> bytes | None:
     """The bucket field of a completed task of partition ``p``, or None."""
     with translate():
@@ -84,7 +100,7 @@ def lookup(client: RedisClient, p: keys.Partition, task_id: str, now_ms: int) ->
             return None
         pipe = client.pipeline(transaction=False)
         for key in live:
-            pipe.hget(text(key), task_id)
+            pipe.hget(text(key), packed_id(task_id))
         found = pipe.execute()
     return next((v for v in found if v is not None), None)
 

@@ -18,7 +18,7 @@ Returns {"ok", task_id, entry_id|""} | {"dup", task_id} | {"reused"} | {"exists"
 ]]
 if redis.call('EXISTS', KEYS[2]) == 1 then
   if ARGV[8] ~= '1' then return {'exists'} end
-  if redis.call('HGET', KEYS[2], 'fingerprint') ~= ARGV[7] then return {'reused'} end
+  if (redis.call('HGET', KEYS[2], 'fingerprint') or '') ~= ARGV[7] then return {'reused'} end
   -- rewritten as it is: a write, so that a WAIT behind this call covers the
   -- first enqueue too (Redis 7.2+ moves a connection's WAIT offset only on writes)
   redis.call('HSET', KEYS[2], 'fingerprint', ARGV[7])
@@ -27,8 +27,11 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local delay = tonumber(ARGV[6])
-local record = {'task_id', ARGV[1], 'queue_name', ARGV[2], 'task_type', ARGV[3],
-  'priority', ARGV[5], 'attempts', 0, 'enqueued_at', now, 'fingerprint', ARGV[7]}
+-- no task_id (the key names it), no attempts 0 (absent reads as 0), a fingerprint
+-- only with a key: a smaller record while the task waits
+local record = {'queue_name', ARGV[2], 'task_type', ARGV[3], 'priority', ARGV[5],
+  'enqueued_at', now}
+if ARGV[7] ~= '' then record[#record + 1] = 'fingerprint'; record[#record + 1] = ARGV[7] end
 local function save(...)  -- one HSET: the common record and what is particular
   for _, v in ipairs({...}) do record[#record + 1] = v end
   redis.call('HSET', KEYS[2], unpack(record))

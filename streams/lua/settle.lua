@@ -9,7 +9,7 @@ here: the worker adds up what this returns and writes them once per interval
 A completed task with no Idempotency-Key and no parents leaves its hash (~460
 bytes) for one field of the partition's current "done" bucket (``streams.finished``:
 "enqueued|started-enqueued|finished-enqueued|attempts|due-enqueued|queue|type",
-times in ms), which the status API reads once the hash is gone. A task with a key
+numbers in base 36, times in ms), which the status API reads once the hash is gone. A task with a key
 keeps its hash: it is the idempotency record a repeat must find; one with parents
 keeps the parents it names.
 
@@ -79,6 +79,27 @@ local function record(tkey, started, attempts, status, ...)
   if started then fields[#fields + 1] = 'started_at'; fields[#fields + 1] = started end
   redis.call('HSET', tkey, unpack(fields))
 end
+-- a uuid as its 16 bytes (a hash field of 24 bytes instead of 40), any other id as it is
+local UUID = '^' .. string.rep('[0-9a-f]', 8) .. '%-' .. string.rep('[0-9a-f]', 4) .. '%-'
+  .. string.rep('[0-9a-f]', 4) .. '%-' .. string.rep('[0-9a-f]', 4) .. '%-'
+  .. string.rep('[0-9a-f]', 12) .. '$'
+local function packed_id(task_id)
+  if not string.match(task_id, UUID) then return task_id end
+  return (string.gsub(string.gsub(task_id, '-', ''), '%x%x',
+                      function(h) return string.char(tonumber(h, 16)) end))
+end
+-- a whole number >= 0 in base 36 (a time in ms: 8 characters instead of 13)
+local DIGITS = '0123456789abcdefghijklmnopqrstuvwxyz'
+local function b36(n)
+  n = math.max(0, math.floor(n))
+  local out = ''
+  repeat
+    local r = n % 36
+    out = string.sub(DIGITS, r + 1, r + 1) .. out
+    n = math.floor(n / 36)
+  until n == 0
+  return out
+end
 -- a completed task's hash becomes one field of the done bucket, if it may (see above)
 local function compact(tkey, task_id, started, attempts)
   if ARGV[5] == '' then return false end
@@ -89,8 +110,9 @@ local function compact(tkey, task_id, started, attempts)
   end
   local enq = tonumber(f[3])
   local due = tonumber(f[5] or '')
-  redis.call('HSET', KEYS[9], task_id, table.concat({enq, (started or tonumber(f[4]) or now) - enq,
-    now - enq, attempts, due and (due - enq) or '', f[6], f[7] or ''}, '|'))
+  redis.call('HSET', KEYS[9], packed_id(task_id), table.concat({b36(enq),
+    b36((started or tonumber(f[4]) or now) - enq), b36(now - enq), b36(attempts),
+    due and b36(due - enq) or '', f[6], f[7] or ''}, '|'))
   redis.call('DEL', tkey)
   compacted = true
   return true

@@ -162,8 +162,23 @@ def test_a_status_past_the_retention_is_gone_before_its_bucket_is_dropped(
 
 @pytest.mark.parametrize(
     "raw",
-    [b"", b"1|2|3", b"a|b|c|d|e|q|t", b"1|2|3|4|5|q|t|x", b"|0|0|1||q|t", "1|2|3|x||q|t"],
+    [b"", b"1|2|3", b"1.5|0|0|1||q|t", b"1|2|3|4|5|q|t|x", b"|0|0|1||q|t", "1|2|3|!||q|t"],
 )
 def test_a_bucket_field_settle_did_not_write_is_refused(raw: bytes | str) -> None:
     with pytest.raises(ValueError):
         finished.status_values(raw, STATUS_FIELDS)
+
+
+def test_a_uuid_is_kept_as_its_16_bytes_and_only_its_own_spelling_finds_it(
+    qm: QueueManager, registry: HandlerRegistry, make_worker: MakeWorker
+) -> None:
+    registry.register("ok", lambda data, db: True)
+    task_id = qm.enqueue("default", "ok", {})
+    make_worker().run_until_idle()
+    [(bucket, _)] = qm.redis.zrange(keys.done_index(_part(task_id)), 0, -1, withscores=True)
+    assert qm.redis.hkeys(bucket) == [bytes.fromhex(task_id.replace("-", ""))]
+    assert finished.packed_id(task_id) == bytes.fromhex(task_id.replace("-", ""))
+    assert finished.packed_id("not-a-uuid") == b"not-a-uuid"
+    assert finished.packed_id(task_id.upper()) == task_id.upper().encode()
+    assert qm.get_task_status(task_id.upper()) is None
+    assert qm.get_task_status(task_id) is not None
