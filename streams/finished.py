@@ -1,17 +1,23 @@
 """The status of completed tasks, kept compact for the status retention.
 
 A task's record is a hash of ~460 bytes of Redis memory. Once a task completes,
-``lua/settle.lua`` replaces it by one field of its partition's current "done"
-bucket (``keys.done``): the task id (16 bytes when it is a uuid: ``packed_id``) mapped to
+``lua/settle.lua`` replaces it by one field of a "done" bucket of its partition:
+the task id (16 bytes when it is a uuid: ``packed_id``) mapped to
 ``enqueued|started-enqueued|finished-enqueued|attempts|due-enqueued|queue|type``
-(ms, in base 36), 65-120 bytes in all (a hash of up to 512 fields is a listpack,
-a bigger one a hash table). A bucket spans an eighth of the status retention
-(at least a second), is listed in the partition's index (``keys.done_index``,
-scored with the time it may go: its end plus the retention) and is dropped with
-UNLINK (freed off the main thread) by a worker's sweep once that time passed
-(``drop_expired``); a key expiry one bucket later is the safety net. So a
-completed task's status answers for at least the retention, and at most an eighth
-longer.
+(ms, in base 36).
+
+Buckets are hashes of at most ~512 fields, so that Redis keeps each as a listpack
+(~60 bytes a task; a bigger hash becomes a hash table, ~115 bytes a task). A
+*family* of buckets (``keys.done``) holds the tasks completed in one span of an
+eighth of the status retention, spread over ``scale`` hashes by a hash of the task
+id (``part_of``). A family starts with one hash; when settle.lua reports that a
+hash of it holds ``SPLIT_AT`` fields, the worker sends later tasks to a new family
+of twice the scale (``Scales``), so buckets stay small at any rate and few at a low
+one. Families are listed in the partition's index (``keys.done_index``), scored
+with the time they may go: the span's end plus the retention. A worker's sweep
+drops a family past that time with UNLINK (freed off the main thread:
+``drop_expired``); a key expiry one span later is the safety net. So a completed
+task's status answers for at least the retention, and at most an eighth longer.
 
 Tasks enqueued with an Idempotency-Key keep their hash (it is the record a repeat
 must find), and so do tasks with parents (``depends_on``), failed and cancelled
@@ -21,7 +27,9 @@ ones: those are not the many.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import threading
+import zlib
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import keys
@@ -30,30 +38,77 @@ from .replies import text
 
 BUCKETS_PER_RETENTION = 8
 MIN_BUCKET_MS = 1000
+SPLIT_AT = 384
+"""Fields in one bucket at which its family's later tasks go to a family of twice
+the scale: below Redis's default ``hash-max-listpack-entries`` (512), with room for
+what other workers add before they hear of it."""
+MAX_SCALE = 4096
 _FIELDS = 7
 
 
 @dataclass(frozen=True, slots=True)
-class Bucket:
-    """Where completed tasks go now (settle.lua's KEYS[9] and ARGV[5..6])."""
+class Family:
+    """Where the tasks a worker completes now go (settle.lua's ARGV[5..7])."""
 
-    key: str
+    name: str
+    scale: int
     drop_at_ms: int
     """Its score in the index: after it, lookups ignore it and a sweep drops it."""
     expire_at_ms: int
+
+    def part_for(self, task_id: str) -> str:
+        return keys.done_part(self.name, part_of(task_id, self.scale))
 
 
 def width_ms(retention_s: int) -> int:
     return max(MIN_BUCKET_MS, retention_s * 1000 // BUCKETS_PER_RETENTION)
 
 
-def bucket(p: keys.Partition, now_ms: int, retention_s: int) -> Bucket:
-    """The bucket a task completed at ``now_ms`` goes to: it may be dropped
-    ``retention_s`` after the bucket's end."""
+def span(now_ms: int, retention_s: int) -> int:
+    """The number of the span ``now_ms`` falls in."""
+    return now_ms // width_ms(retention_s)
+
+
+def family(p: keys.Partition, now_ms: int, retention_s: int, scale: int = 1) -> Family:
+    """The family of ``scale`` buckets for tasks completed at ``now_ms``: it may be
+    dropped ``retention_s`` after its span's end."""
     width = width_ms(retention_s)
     n = now_ms // width
     drop = (n + 1) * width + retention_s * 1000
-    return Bucket(keys.done(p, width, n), drop, drop + width)
+    return Family(keys.done(p, width, n, scale), scale, drop, drop + width)
+
+
+def part_of(task_id: str, scale: int) -> int:
+    """Which of a family's ``scale`` buckets holds ``task_id``."""
+    return zlib.crc32(packed_id(task_id)) % scale if scale > 1 else 0
+
+
+@dataclass
+class Scales:
+    """The scale a process uses per partition for the current span: 1 when a span
+    starts, doubled each time settle.lua reports a bucket of the family in use
+    holding ``SPLIT_AT`` fields. Shared by the worker threads of a process."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    current: dict[keys.Partition, tuple[int, int]] = field(default_factory=dict)
+    """partition -> (span, scale)"""
+
+    def scale(self, p: keys.Partition, span_no: int) -> int:
+        with self.lock:
+            at, scale = self.current.get(p, (span_no, 1))
+            return scale if at == span_no else 1
+
+    def observe(self, p: keys.Partition, span_no: int, used: int, longest: int) -> None:
+        """settle.lua wrote into family ``(span_no, used)``; ``longest`` is the most
+        fields one of its buckets now holds."""
+        if longest < SPLIT_AT:
+            return
+        with self.lock:
+            at, scale = self.current.get(p, (span_no, 1))
+            if at != span_no:
+                at, scale = span_no, 1
+            if scale <= used:
+                self.current[p] = (span_no, min(MAX_SCALE, 2 * used))
 
 
 def status_values(raw: bytes | str, fields: tuple[str, ...]) -> list[Any]:
@@ -99,14 +154,21 @@ def lookup(client: RedisClient, p: keys.Partition, task_id: str, now_ms: int) ->
         if not live:
             return None
         pipe = client.pipeline(transaction=False)
-        for key in live:
-            pipe.hget(text(key), packed_id(task_id))
+        for name in live:
+            family_name = text(name)
+            scale = _scale_of(family_name)
+            part = keys.done_part(family_name, part_of(task_id, scale))
+            pipe.hget(part, packed_id(task_id))
         found = pipe.execute()
     return next((v for v in found if v is not None), None)
 
 
+def _scale_of(family_name: str) -> int:
+    return max(1, min(MAX_SCALE, int(family_name.rsplit(":", 1)[1])))
+
+
 def drop_expired(client: RedisClient, parts: tuple[keys.Partition, ...], now_ms: int) -> int:
-    """UNLINK the buckets of ``parts`` past their time (a big one is freed off
+    """UNLINK the families of ``parts`` past their time (a big hash is freed off
     Redis's main thread, unlike a key expiry); returns how many went."""
     with translate():
         pipe = client.pipeline(transaction=False)
@@ -117,7 +179,9 @@ def drop_expired(client: RedisClient, parts: tuple[keys.Partition, ...], now_ms:
         pipe = client.pipeline(transaction=False)
         for p, names in zip(parts, due, strict=True):
             for name in names:
-                pipe.unlink(text(name))
+                family_name = text(name)
+                for i in range(_scale_of(family_name)):  # one key a command: Cluster pipelines
+                    pipe.unlink(keys.done_part(family_name, i))
                 pipe.zrem(keys.done_index(p), name)
                 gone += 1
         if gone:

@@ -225,14 +225,20 @@ def task(p: Partition, task_id: str) -> str:
     return f"{tag(p)}:task:{task_id}"
 
 
-def done(p: Partition, width_ms: int, bucket: int) -> str:
-    """Completed tasks' statuses, one field each (``streams.finished``): the bucket
-    of ``width_ms`` milliseconds numbered ``bucket`` since the epoch."""
-    return f"{tag(p)}:done:{width_ms}:{bucket}"
+def done(p: Partition, width_ms: int, bucket: int, scale: int) -> str:
+    """A family of done buckets (``streams.finished``): completed tasks' statuses of
+    the ``bucket``-th span of ``width_ms`` since the epoch, spread over ``scale``
+    hashes, ``done_part``."""
+    return f"{tag(p)}:done:{width_ms}:{bucket}:{scale}"
+
+
+def done_part(family: str, sub: int) -> str:
+    """One hash of a family of done buckets (``done``)."""
+    return f"{family}:{sub}"
 
 
 def done_index(p: Partition) -> str:
-    """The partition's done buckets (key -> when it may be dropped, ms)."""
+    """The partition's families of done buckets (name -> when it may be dropped, ms)."""
     return f"{tag(p)}:done"
 
 

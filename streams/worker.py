@@ -218,6 +218,8 @@ class Housekeeping:
     made with this housekeeping creates it)."""
     pruner: Pruner = field(default_factory=Pruner)
     """The completed task entries this process will delete from their streams."""
+    scales: finished.Scales = field(default_factory=finished.Scales)
+    """How many done buckets completed tasks are spread over now, per partition."""
 
     def retry_at(self, p: keys.Partition, at: float) -> None:
         with self.lock:
@@ -612,6 +614,12 @@ class Worker:
             return keys.children(p, d.message.task_id)
         return keys.attempts(p)
 
+    def _done_key(self, p: keys.Partition, d: Delivery, done: finished.Family) -> str:
+        """The done bucket a completed task goes to (the attempts hash: none)."""
+        if self.config.track and isinstance(d.message, TaskMessage):
+            return done.part_for(d.message.task_id)
+        return keys.attempts(p)
+
     def _begin(self, by_partition: Mapping[keys.Partition, Sequence[Delivery]]) -> None:
         order = list(by_partition.items())
         with translate():
@@ -680,6 +688,7 @@ class Worker:
     def _settle(self, by_partition: Mapping[keys.Partition, Sequence[Delivery]]) -> None:
         order = list(by_partition.items())
         calls = []
+        families: list[tuple[int, finished.Family]] = []
         for p, ds in order:
             entries: list[ScriptArg] = []
             for d in ds:
@@ -693,7 +702,11 @@ class Worker:
                     error,
                     d.attempts,
                 ]
-            done = finished.bucket(p, int(self.clock() * 1000), self.config.status_ttl_s)
+            now_ms = int(self.clock() * 1000)
+            span = finished.span(now_ms, self.config.status_ttl_s)
+            scale = self.housekeeping.scales.scale(p, span)
+            done = finished.family(p, now_ms, self.config.status_ttl_s, scale)
+            families.append((span, done))
             calls.append(
                 (
                     self.scripts.settle,
@@ -703,17 +716,18 @@ class Worker:
                         keys.dead(p),
                         *(keys.stream(p, lv) for lv in keys.LEVELS_DESC),
                         keys.outbox(p),
-                        done.key,
                         keys.done_index(p),
                         *(self._task_key(p, d) for d in ds),
                         *(self._children_key(p, d) for d in ds),
+                        *(self._done_key(p, d, done) for d in ds),
                     ],
                     [
                         self.config.group,
                         self.config.status_ttl_s,
                         self.consumer,
                         self.config.idempotency_ttl_s,
-                        done.drop_at_ms if self.config.track else "",
+                        done.name if self.config.track else "",
+                        done.drop_at_ms,
                         done.expire_at_ms,
                         *entries,
                     ],
@@ -724,13 +738,15 @@ class Worker:
         stats = self.housekeeping.stats
         told = []
         with self.housekeeping.lock:
-            for (p, ds), flags in zip(order, replies, strict=True):
-                for d, settled in zip(ds, flags[:-1], strict=True):  # the last: told
+            for (p, ds), flags, (span, done) in zip(order, replies, families, strict=True):
+                # after one flag per entry: outbox entries written, the fullest bucket
+                self.housekeeping.scales.observe(p, span, done.scale, int(flags[-1]))
+                for d, settled in zip(ds, flags[:-2], strict=True):
                     if int(settled) and d.outcome is not None:
                         stats.count(p, _queue(d), d.outcome)
                         if isinstance(d.outcome, Succeeded) and isinstance(d.message, TaskMessage):
                             self.housekeeping.pruner.completed(p, d.level, d.entry_id)
-                if int(flags[-1]):
+                if int(flags[-2]):
                     told.append(p)
         if told:
             self._release(told)

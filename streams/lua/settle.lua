@@ -15,9 +15,10 @@ keeps the parents it names.
 
 KEYS[1] ledger:{pN}:attempts     KEYS[2] ledger:{pN}:retry:<group>
 KEYS[3] ledger:{pN}:dead         KEYS[4..7] ledger:{pN}:critical|high|normal|low
-KEYS[8] ledger:{pN}:outbox       KEYS[9] the current done bucket   KEYS[10] the done index
-KEYS[10+i] ledger:{pN}:task:<id> of entry i (KEYS[1] when not a task), i = 1..n
-KEYS[10+n+i] ledger:{pN}:children:<id> of entry i (KEYS[1] when not a task)
+KEYS[8] ledger:{pN}:outbox       KEYS[9] ledger:{pN}:done (the index of done buckets)
+KEYS[9+i] ledger:{pN}:task:<id> of entry i (KEYS[1] when not a task), i = 1..n
+KEYS[9+n+i] ledger:{pN}:children:<id> of entry i (KEYS[1] when not a task)
+KEYS[9+2n+i] the done bucket entry i goes to if it completes (KEYS[1] when not a task)
 ARGV[1] group   ARGV[2] seconds to keep a finished task's status
 ARGV[3] consumer: an entry no longer pending for it (taken over meanwhile) is left
         to the consumer that holds it now, so a late result never overwrites its
@@ -26,8 +27,9 @@ ARGV[4] the idempotency window (s): when ARGV[2] is shorter, a task enqueued wit
         an Idempotency-Key (its record has a fingerprint) keeps its record for the
         window set at enqueue, so that a repeat still finds it, and for at least
         ARGV[2] after it finished
-ARGV[5] when the bucket KEYS[9] may be dropped (ms; its score in the index KEYS[10]),
-        "" to keep every completed task's hash   ARGV[6] its expiry (ms), a safety net
+ARGV[5] the buckets' family (its name in the index), "" to keep every completed
+        task's hash   ARGV[6] when the family may be dropped (ms, its score in the
+        index)   ARGV[7] a new bucket's expiry (ms), a safety net
 then 7 values per entry i:  op ("ok"|"retry"|"dead"|"ack"|"skip"), level (1..4 = KEYS[4..7]),
   entry id, queue name, number (ok: latency ms; retry: delay ms; dead: attempts), error,
   attempt (1: a fresh delivery, for which begin.lua did not run: no attempts field to
@@ -36,18 +38,19 @@ A task that completes or is dead-lettered with tasks waiting for it
 (``deps.lua``) moves its children set into an outbox entry in the same step, so
 its children are told of its end however the process dies afterwards.
 Returns per entry 1 if its outcome was recorded, 0 if not (skipped, or no longer
-pending for this consumer), then the number of outbox entries written; an error,
+pending for this consumer), then the number of outbox entries written, then the
+most fields a done bucket written to now holds (0: none written); an error,
 with nothing written, when the keys do not match the number of entries.
 ]]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local group, ttl, consumer = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local short = ttl < tonumber(ARGV[4])
-local first, per = 6, 7  -- ARGV index before the first entry's values; values per entry
+local first, per = 7, 7  -- ARGV index before the first entry's values; values per entry
 local n = (#ARGV - first) / per
 
 -- checked before anything is written: a script is not rolled back
-if n ~= math.floor(n) or #KEYS ~= 10 + 2 * n then
+if n ~= math.floor(n) or #KEYS ~= 9 + 3 * n then
   return redis.error_reply('settle.lua: KEYS and ARGV do not match')
 end
 
@@ -64,7 +67,7 @@ for level, ids in pairs(ids_by_level) do
 end
 
 -- acks are gathered and written once per call
-local acks, forget, out, told, compacted = {}, {}, {}, 0, false
+local acks, forget, out, told, added = {}, {}, {}, 0, {}
 local function keep(tkey)  -- a finished task's record: kept ttl seconds (see ARGV[4])
   if short and (redis.call('HGET', tkey, 'fingerprint') or '') ~= ''
       and redis.call('TTL', tkey) >= ttl then
@@ -101,8 +104,8 @@ local function b36(n)
   return out
 end
 -- a completed task's hash becomes one field of the done bucket, if it may (see above)
-local function compact(tkey, task_id, started, attempts)
-  if ARGV[5] == '' then return false end
+local function compact(tkey, dkey, task_id, started, attempts)
+  if ARGV[5] == '' or dkey == KEYS[1] then return false end
   local f = redis.call('HMGET', tkey, 'fingerprint', 'depends_on', 'enqueued_at',
                        'started_at', 'due_at', 'queue_name', 'task_type')
   if (f[1] or '') ~= '' or (f[2] or '') ~= '' or not tonumber(f[3]) or not f[6] then
@@ -110,11 +113,11 @@ local function compact(tkey, task_id, started, attempts)
   end
   local enq = tonumber(f[3])
   local due = tonumber(f[5] or '')
-  redis.call('HSET', KEYS[9], packed_id(task_id), table.concat({b36(enq),
+  redis.call('HSET', dkey, packed_id(task_id), table.concat({b36(enq),
     b36((started or tonumber(f[4]) or now) - enq), b36(now - enq), b36(attempts),
     due and b36(due - enq) or '', f[6], f[7] or ''}, '|'))
   redis.call('DEL', tkey)
-  compacted = true
+  added[dkey] = (added[dkey] or 0) + 1
   return true
 end
 local function ack(level, id, attempt)
@@ -127,7 +130,8 @@ for i = 1, n do
   local b = first + (i - 1) * per
   local op, level, id, queue, num, err, attempt = ARGV[b + 1], tonumber(ARGV[b + 2]),
     ARGV[b + 3], ARGV[b + 4], tonumber(ARGV[b + 5]), ARGV[b + 6], tonumber(ARGV[b + 7])
-  local stream, tkey, children = KEYS[3 + level], KEYS[10 + i], KEYS[10 + n + i]
+  local stream, tkey, children = KEYS[3 + level], KEYS[9 + i], KEYS[9 + n + i]
+  local dkey = KEYS[9 + 2 * n + i]
   local is_task = tkey ~= KEYS[1]
   out[i] = 0
   local started = nil
@@ -141,7 +145,7 @@ for i = 1, n do
     out[i] = 1
     if is_task then
       local task_id = string.match(tkey, ':task:(.*)$')
-      if not compact(tkey, task_id, started, attempt) then
+      if not compact(tkey, dkey, task_id, started, attempt) then
         record(tkey, started, attempt, 'completed', 'finished_at', now, 'last_error', '',
                'retry_at', '')
         keep(tkey)
@@ -187,8 +191,18 @@ for level, ids in pairs(acks) do
   each_slice(ids, function(...) redis.call('XACK', KEYS[3 + level], group, ...) end)
 end
 each_slice(forget, function(...) redis.call('HDEL', KEYS[1], ...) end)
-if compacted and redis.call('ZADD', KEYS[10], 'NX', ARGV[5], KEYS[9]) == 1 then
-  redis.call('PEXPIREAT', KEYS[9], ARGV[6])  -- a new bucket
+-- each bucket written: how full (the worker splits a family whose buckets fill up,
+-- ``streams.finished``); a new one gets its expiry and its family a place in the index
+local longest, fresh = 0, false
+for dkey, count in pairs(added) do
+  local len = redis.call('HLEN', dkey)
+  if len == count then
+    redis.call('PEXPIREAT', dkey, ARGV[7])
+    fresh = true
+  end
+  longest = math.max(longest, len)
 end
+if fresh then redis.call('ZADD', KEYS[9], 'NX', ARGV[6], ARGV[5]) end
 out[n + 1] = told
+out[n + 2] = longest
 return out

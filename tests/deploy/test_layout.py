@@ -71,6 +71,7 @@ def test_compose_file_is_valid_and_complete(tmp_path: Path) -> None:
         "--appendonly yes",
         "--appendfsync always",
         "--maxmemory-policy noeviction",
+        "--lazyfree-lazy-expire yes",
     ):
         assert flag in words, flag
     assert "--cluster-replicas 1" in words and "replSet" in words

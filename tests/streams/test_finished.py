@@ -138,7 +138,8 @@ def test_done_buckets_go_after_the_retention_and_status_with_them(
     task_id = qm.enqueue("default", "ok", {})
     make_worker(status_ttl_s=3600).run_until_idle()
     p = _part(task_id)
-    [(bucket, drop_at)] = qm.redis.zrange(keys.done_index(p), 0, -1, withscores=True)
+    [(family, drop_at)] = qm.redis.zrange(keys.done_index(p), 0, -1, withscores=True)
+    bucket = keys.done_part(family.decode(), 0)
     now_ms = int(time.time() * 1000)
     width = finished.width_ms(3600)
     assert now_ms + 3600_000 <= drop_at <= now_ms + 3600_000 + width
@@ -175,10 +176,57 @@ def test_a_uuid_is_kept_as_its_16_bytes_and_only_its_own_spelling_finds_it(
     registry.register("ok", lambda data, db: True)
     task_id = qm.enqueue("default", "ok", {})
     make_worker().run_until_idle()
-    [(bucket, _)] = qm.redis.zrange(keys.done_index(_part(task_id)), 0, -1, withscores=True)
+    [family] = qm.redis.zrange(keys.done_index(_part(task_id)), 0, -1)
+    bucket = keys.done_part(family.decode(), 0)
     assert qm.redis.hkeys(bucket) == [bytes.fromhex(task_id.replace("-", ""))]
     assert finished.packed_id(task_id) == bytes.fromhex(task_id.replace("-", ""))
     assert finished.packed_id("not-a-uuid") == b"not-a-uuid"
     assert finished.packed_id(task_id.upper()) == task_id.upper().encode()
     assert qm.get_task_status(task_id.upper()) is None
     assert qm.get_task_status(task_id) is not None
+
+
+def test_a_family_whose_buckets_fill_up_is_followed_by_one_twice_as_wide(
+    qm: QueueManager,
+    registry: HandlerRegistry,
+    make_worker: MakeWorker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Buckets stay small hashes (listpacks) at any rate: here a family splits once
+    one of its buckets holds 3 fields; every status is still found, then all go."""
+    monkeypatch.setattr(finished, "SPLIT_AT", 3)
+    registry.register("ok", lambda data, db: True)
+    task_ids = [qm.enqueue("default", "ok", {"n": i}) for i in range(150)]
+    worker = make_worker(status_ttl_s=3600, batch=16)
+    worker.run_until_idle()
+    scales: list[int] = []
+    for p in keys.partitions(PARTITIONS):
+        for name in qm.redis.zrange(keys.done_index(p), 0, -1):
+            scale = int(name.rsplit(b":", 1)[1])
+            scales.append(scale)
+            for i in range(scale):
+                # each split when a bucket reached 3: at most a round's share more
+                assert qm.redis.hlen(keys.done_part(name.decode(), i)) <= 3 + 16
+    assert max(scales) >= 4 and len(scales) > PARTITIONS
+    assert all(qm.get_task_status(t)["status"] == "completed" for t in task_ids)  # type: ignore[index]
+    far = int(time.time() * 1000) + 2 * 3600_000
+    assert finished.drop_expired(qm.redis, keys.partitions(PARTITIONS), far) == len(scales)
+    assert not qm.redis.keys("*:done:*")
+    assert all(qm.get_task_status(t) is None for t in task_ids)
+
+
+def test_scales_double_once_per_report_and_start_over_each_span() -> None:
+    scales = finished.Scales()
+    p = keys.partitions(PARTITIONS)[0]
+    assert scales.scale(p, 10) == 1
+    scales.observe(p, 10, 1, finished.SPLIT_AT - 1)
+    assert scales.scale(p, 10) == 1
+    scales.observe(p, 10, 1, finished.SPLIT_AT)
+    assert scales.scale(p, 10) == 2
+    scales.observe(p, 10, 1, finished.SPLIT_AT)  # a late report of the old family
+    assert scales.scale(p, 10) == 2
+    scales.observe(p, 10, 2, finished.SPLIT_AT + 50)
+    assert scales.scale(p, 10) == 4
+    assert scales.scale(p, 11) == 1  # a new span starts small
+    scales.observe(p, 11, finished.MAX_SCALE, finished.SPLIT_AT)
+    assert scales.scale(p, 11) == finished.MAX_SCALE
