@@ -16,7 +16,7 @@ hash, on one private redis-server (ledger on DB 0, Dramatiq's broker on DB 1).
 
 Drain rate: tasks/s from the first completed task until every user's sum equals
 what was enqueued (checked per user). A worker round reads at most
-``WorkerConfig.batch`` (32) entries, so a call gets at most that many whatever
+``WorkerConfig.batch`` (128) entries, so a call gets at most that many whatever
 ``--max-batch`` says; the calls' sizes are counted (``bench:batch:sizes``).
 Prints both rates and their ratio (target >= 10x) with the machine's facts;
 writes bench/results/batch.json.
@@ -28,6 +28,7 @@ import argparse
 import os
 import random
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -57,11 +58,14 @@ def _redis() -> redis.Redis:
 
 
 def hincr_batch(items: list[Mapping[str, Any]], db_manager: BatchDBManager) -> list[bool]:
-    """The peers' HINCRBY for every item, and the call's size, in one round trip."""
+    """The peers' HINCRBY for every item (and a tagged item's done time, as
+    ``bench.peer_handlers.record``), and the call's size, in one round trip."""
     key = os.environ.get("BENCH_SUM_KEY", SUM_KEY)
     pipe = _redis().pipeline(transaction=False)
     for item in items:
         pipe.hincrby(key, str(item["user"]), int(item["amount"]))
+        if item.get("tag") is not None:
+            pipe.hset(f"{key}:done", str(item["tag"]), f"{time.time() * 1000:.3f}")
     pipe.hincrby(SIZES_KEY, str(len(items)), 1)
     pipe.execute()
     return [True] * len(items)
@@ -90,7 +94,10 @@ class BatchSystem(System):
         }
         qm = QueueManager(config=StreamsConfig(redis_url=url, partitions=args.partitions))
         self.send = lambda u, a, tag: qm.enqueue(
-            "default", TASK_TYPE, {"user": u, "amount": a}, priority=Priority.NORMAL
+            "default",
+            TASK_TYPE,
+            {"user": u, "amount": a, **({} if tag is None else {"tag": tag})},
+            priority=Priority.NORMAL,
         )
         self.send_many = lambda work: [
             qm.enqueue_many(
