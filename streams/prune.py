@@ -4,7 +4,7 @@ A task entry is ~100 bytes of stream that nothing reads again once the task
 completed: its record says what happened, and projectors skip tasks. A worker
 remembers the entries it completed and, now and then, deletes (XDEL) those below
 the point every group of their stream is past: each group's oldest pending
-entry, or the one after its last delivered (``retention.trim_point``). Never one
+entry, or the one after its last delivered (``_points``). Never one
 a group has not been given yet: a deleted entry ahead of a group's position
 leaves ``XINFO GROUPS`` unable to tell that group's lag (Redis 7.0 answers nil
 until the group passes it), and the lag is what operators and drains watch.
@@ -23,8 +23,8 @@ from ledger.tasks import Priority
 
 from . import keys
 from .connection import RedisClient, translate
-from .ids import parse_id
-from .retention import trim_point
+from .groups import parse_groups, pending_min
+from .ids import EntryId, parse_id
 
 MAX_REMEMBERED = 200_000
 """Completed entries a process remembers at most (~100 bytes each in Python); beyond
@@ -48,25 +48,37 @@ class Pruner:
             self._count += 1
 
     def prune(self, client: RedisClient) -> int:
-        """Delete what every group is past; keep the rest (and, on an error, what
-        was not looked at) for the next time. Returns how many were deleted."""
+        """Delete what every group is past, in three pipelined round trips for all
+        streams (groups, the pending summaries of groups with pending entries,
+        XDEL); keep the rest (and, on an error, everything) for the next time.
+        Returns how many were deleted."""
         with self._lock:
             taken, self._ids = self._ids, defaultdict(list)
             self._count = 0
+        if not taken:
+            return 0
         left = dict(taken)
         gone = 0
         try:
-            for stream, ids in taken.items():
-                point = trim_point(client, stream, required=())
-                if point is not None:
-                    below = [i for i in ids if parse_id(i) < point]
-                    if below:
-                        with translate():
-                            client.xdel(stream, *below)
-                        gone += len(below)
-                    left[stream] = [i for i in ids if parse_id(i) >= point]
-                if not left[stream]:
-                    del left[stream]
+            points = _points(client, list(taken))
+            below = {
+                stream: [i for i in ids if parse_id(i) < points[stream]]
+                for stream, ids in taken.items()
+                if stream in points
+            }
+            with translate():
+                pipe = client.pipeline(transaction=False)
+                for stream, ids in below.items():
+                    if ids:
+                        pipe.xdel(stream, *ids)
+                pipe.execute()
+            gone = sum(len(ids) for ids in below.values())
+            # a stream with no group (or gone) has nothing to prune: forgotten
+            left = {
+                stream: kept
+                for stream in below
+                if (kept := [i for i in taken[stream] if parse_id(i) >= points[stream]])
+            }
         finally:
             with self._lock:
                 for stream, ids in left.items():
@@ -74,3 +86,40 @@ class Pruner:
                     self._count += len(ids)
                 self.deleted += gone
         return gone
+
+
+def _points(client: RedisClient, streams: list[str]) -> dict[str, EntryId]:
+    """Per stream, the smallest id some group still needs: each group's oldest
+    pending entry, else the one after its last delivered (``groups.acked_below``,
+    for many streams at once). A stream with no group or no longer there is left
+    out. Groups only move forward, so a point read here stays safe."""
+    with translate():
+        pipe = client.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xinfo_groups(stream)
+        infos = pipe.execute(raise_on_error=False)
+        found = {
+            stream: parse_groups(reply)
+            for stream, reply in zip(streams, infos, strict=True)
+            if not isinstance(reply, Exception) and reply
+        }
+        asks = [(s, g) for s, gs in found.items() for g in gs.values() if g.pending > 0]
+        pipe = client.pipeline(transaction=False)
+        for stream, g in asks:
+            pipe.xpending(stream, g.name)
+        summaries = pipe.execute() if asks else []
+    oldest = {
+        (stream, g.name): pending_min(summary)
+        for (stream, g), summary in zip(asks, summaries, strict=True)
+    }
+    points: dict[str, EntryId] = {}
+    for stream, gs in found.items():
+        needed = []
+        for g in gs.values():
+            first = oldest.get((stream, g.name))
+            # none pending any more: all it was given by XINFO's time is acknowledged
+            needed.append(
+                g.after_last_delivered if first is None else min(first, g.after_last_delivered)
+            )
+        points[stream] = min(needed)
+    return points
