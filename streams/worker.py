@@ -97,7 +97,8 @@ class WorkerConfig:
     for this long (``lua/forget.lua``); None: ``forget_after_ms``'s default."""
     status_ttl_s: int = 7 * 24 * 3600
     """How long the status of a finished (completed or failed) task stays answerable
-    (``ledger worker --status-ttl-s``, ``LEDGER_STATUS_TTL_S``). A task enqueued with
+    (``ledger worker --status-ttl-s``, ``LEDGER_STATUS_TTL_S``); a completed task's
+    compact record (``streams.finished``) up to an eighth longer. A task enqueued with
     an Idempotency-Key keeps its record at least ``idempotency_ttl_s`` from its enqueue
     too, so that a repeat still finds it (``lua/settle.lua``)."""
     idempotency_ttl_s: int = 7 * 24 * 3600
