@@ -27,7 +27,8 @@ separate keys). For each system, in turn:
             ``--latency-s`` seconds: enqueue->done p50/p99/max (the handler records
             its done time in the same round trip as HINCRBY); Redis commands per
             task end to end (``INFO commandstats`` deltas, commands run inside Lua
-            scripts included, / tasks) and CPU per task of each kind of process
+            scripts included, / tasks), Redis time per task by command (the
+            same deltas' usec) and CPU per task of each kind of process
 
 The ledger workers run with their defaults (``ledger worker --import
 bench.peer_handlers``: the queues' consumer threads) unless ``--concurrency``.
@@ -85,6 +86,16 @@ def commandstats(client: redis.Redis) -> dict[str, int]:
     """Calls so far per command (``INFO commandstats``; inside scripts included)."""
     return {
         k.removeprefix("cmdstat_"): int(v["calls"])
+        for k, v in client.info("commandstats").items()
+        if isinstance(v, dict)
+    }
+
+
+def command_usec(client: redis.Redis) -> dict[str, int]:
+    """Microseconds of Redis time so far per command (``INFO commandstats``; a
+    script's time includes the commands it calls, which are counted again)."""
+    return {
+        k.removeprefix("cmdstat_"): int(v["usec"])
         for k, v in client.info("commandstats").items()
         if isinstance(v, dict)
     }
@@ -334,7 +345,7 @@ def latency(
         pids = [p.pid for p in procs]
         sent: dict[str, float] = {}
         n = int(rate * secs)
-        cmds0 = commandstats(client)
+        cmds0, usec0 = commandstats(client), command_usec(client)
         cpu0 = (cpu_ms([os.getpid()]), cpu_ms(pids), cpu_ms([redis_pid]))
         t0 = time.time()
         for i in range(n):
@@ -353,7 +364,7 @@ def latency(
         # what the workers do while idle counts too: as long again as the last task took
         time.sleep(max(0.0, min(2.0, time.time() - (t0 + n / rate))))
         cpu1 = (cpu_ms([os.getpid()]), cpu_ms(pids), cpu_ms([redis_pid]))
-        cmds = delta(commandstats(client), cmds0)
+        cmds, usec = delta(commandstats(client), cmds0), delta(command_usec(client), usec0)
         done = {
             (k.decode() if isinstance(k, bytes) else k): float(v)
             for k, v in client.hgetall(done_key).items()
@@ -363,6 +374,7 @@ def latency(
     # the bench's own polling (HLEN, INFO) is not the system's
     for own in ("hlen", "info"):
         cmds.pop(own, None)
+        usec.pop(own, None)
     lat = [round(done[t] - s, 1) for t, s in sent.items() if t in done]
     got = hash_ints(client, sys_.key)
     return {
@@ -375,6 +387,9 @@ def latency(
         "commands_per_task": round(sum(cmds.values()) / n, 2),
         "commands_per_task_by_command": {
             k: round(v / n, 2) for k, v in sorted(cmds.items(), key=lambda kv: -kv[1])
+        },
+        "redis_us_per_task_by_command": {
+            k: round(v / n, 1) for k, v in sorted(usec.items(), key=lambda kv: -kv[1])
         },
         "cpu_ms_per_task_by_kind": {
             kind: round((b - a) / n, 3)
@@ -540,6 +555,11 @@ def main(argv: list[str] | None = None) -> int:
     for n in TRICKLE:
         top = list(results[n]["latency"]["commands_per_task_by_command"].items())[:8]
         print(f"  commands per task, {LABELS[n]}: " + ", ".join(f"{k} {v}" for k, v in top))
+        spent = list(results[n]["latency"]["redis_us_per_task_by_command"].items())[:6]
+        print(
+            f"  redis µs per task, {LABELS[n]} (a script's includes its calls): "
+            + ", ".join(f"{k} {v}" for k, v in spent)
+        )
     checked = {
         LABELS[n]: r["drain"]["totals_ok"] and r.get("latency", {"totals_ok": True})["totals_ok"]
         for n, r in results.items()

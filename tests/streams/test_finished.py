@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -16,6 +16,7 @@ from streams import HandlerRegistry, QueueManager, Scheduler, Worker, finished, 
 from streams.groups import groups
 from streams.handlers import DBManager
 from streams.replies import entries as stream_entries
+from streams.replies import text
 from streams.status import STATUS_FIELDS
 from tests.helpers import eventually
 
@@ -28,6 +29,14 @@ def _part(task_id: str) -> keys.Partition:
     return keys.partition_of(task_id, PARTITIONS)
 
 
+def _families(qm: QueueManager, p: keys.Partition) -> list[tuple[str, int]]:
+    """The partition's families of done buckets and when each may go (ms)."""
+    rows = cast(
+        list[tuple[bytes, float]], qm.redis.zrange(keys.done_index(p), 0, -1, withscores=True)
+    )
+    return [(text(name), int(score)) for name, score in rows]
+
+
 def test_a_completed_task_answers_the_same_status_from_its_compact_record(
     qm: QueueManager, registry: HandlerRegistry, make_worker: MakeWorker
 ) -> None:
@@ -35,7 +44,7 @@ def test_a_completed_task_answers_the_same_status_from_its_compact_record(
 
     def flaky(data: Mapping[str, Any], db_manager: DBManager) -> bool:
         tries[data["k"]] = tries.get(data["k"], 0) + 1
-        return tries[data["k"]] >= data["ok_at"]
+        return bool(tries[data["k"]] >= data["ok_at"])
 
     registry.register("flaky", flaky)
     plain = qm.enqueue("default", "flaky", {"k": "a", "ok_at": 1})
@@ -138,8 +147,8 @@ def test_done_buckets_go_after_the_retention_and_status_with_them(
     task_id = qm.enqueue("default", "ok", {})
     make_worker(status_ttl_s=3600).run_until_idle()
     p = _part(task_id)
-    [(family, drop_at)] = qm.redis.zrange(keys.done_index(p), 0, -1, withscores=True)
-    bucket = keys.done_part(family.decode(), 0)
+    [(family, drop_at)] = _families(qm, p)
+    bucket = keys.done_part(family, 0)
     now_ms = int(time.time() * 1000)
     width = finished.width_ms(3600)
     assert now_ms + 3600_000 <= drop_at <= now_ms + 3600_000 + width
@@ -176,8 +185,8 @@ def test_a_uuid_is_kept_as_its_16_bytes_and_only_its_own_spelling_finds_it(
     registry.register("ok", lambda data, db: True)
     task_id = qm.enqueue("default", "ok", {})
     make_worker().run_until_idle()
-    [family] = qm.redis.zrange(keys.done_index(_part(task_id)), 0, -1)
-    bucket = keys.done_part(family.decode(), 0)
+    [(family, _)] = _families(qm, _part(task_id))
+    bucket = keys.done_part(family, 0)
     assert qm.redis.hkeys(bucket) == [bytes.fromhex(task_id.replace("-", ""))]
     assert finished.packed_id(task_id) == bytes.fromhex(task_id.replace("-", ""))
     assert finished.packed_id("not-a-uuid") == b"not-a-uuid"
@@ -201,12 +210,12 @@ def test_a_family_whose_buckets_fill_up_is_followed_by_one_twice_as_wide(
     worker.run_until_idle()
     scales: list[int] = []
     for p in keys.partitions(PARTITIONS):
-        for name in qm.redis.zrange(keys.done_index(p), 0, -1):
-            scale = int(name.rsplit(b":", 1)[1])
+        for name, _ in _families(qm, p):
+            scale = int(name.rsplit(":", 1)[1])
             scales.append(scale)
             for i in range(scale):
                 # each split when a bucket reached 3: at most a round's share more
-                assert qm.redis.hlen(keys.done_part(name.decode(), i)) <= 3 + 16
+                assert qm.redis.hlen(keys.done_part(name, i)) <= 3 + 16
     assert max(scales) >= 4 and len(scales) > PARTITIONS
     assert all(qm.get_task_status(t)["status"] == "completed" for t in task_ids)  # type: ignore[index]
     far = int(time.time() * 1000) + 2 * 3600_000
