@@ -132,17 +132,16 @@ class Dependencies:
             for tid in task_ids:
                 pipe.exists(keys.task(self._p(tid), tid))
             found = pipe.execute()
-        return [
-            tid
-            for tid, n in zip(task_ids, found, strict=True)
-            if not int(n) and not self._completed(tid)
-        ]
+        missing = [tid for tid, n in zip(task_ids, found, strict=True) if not int(n)]
+        done = self._completed(missing)
+        return [tid for tid in missing if tid not in done]
 
-    def _completed(self, task_id: str) -> bool:
-        """Whether ``task_id`` completed and left its hash for a compact record
-        (``streams.finished``): final, so asking after its hash was missing is safe."""
+    def _completed(self, task_ids: Sequence[str]) -> set[str]:
+        """Those of ``task_ids`` that completed and left their hash for a compact
+        record (``streams.finished``): final, so asking after a hash was missing is safe."""
         now_ms = int(time.time() * 1000)
-        return finished.lookup(self.redis, self._p(task_id), task_id, now_ms) is not None
+        tasks = [(self._p(tid), tid) for tid in task_ids]
+        return set(finished.lookup_many(self.redis, tasks, now_ms))
 
     def enqueue(
         self, task_id: str, args: Sequence[ScriptArg], parents: Sequence[str], wait: Wait | None
@@ -203,8 +202,8 @@ class Dependencies:
         for ps, reply in zip(by_p.values(), replies, strict=True):
             for parent, answer in zip(ps, reply, strict=True):
                 answers[parent] = text(answer)
-                if answers[parent] == "gone" and self._completed(parent):
-                    answers[parent] = "completed"
+        for parent in self._completed([p for p, a in answers.items() if a == "gone"]):
+            answers[parent] = "completed"
         return answers
 
     def cancel(self, task_id: str) -> str:
@@ -226,7 +225,7 @@ class Dependencies:
             )[0]
         if int(told):
             self._releaser().drain([p])
-        if text(status) == "missing" and self._completed(task_id):
+        if text(status) == "missing" and self._completed([task_id]):
             return "completed"
         return text(status)
 

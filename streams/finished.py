@@ -29,6 +29,7 @@ from __future__ import annotations
 import re
 import threading
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,18 +150,32 @@ def packed_id(task_id: str) -> bytes:
 
 def lookup(client: RedisClient, p: keys.Partition, task_id: str, now_ms: int) -> bytes | None:
     """The bucket field of a completed task of partition ``p``, or None."""
+    return lookup_many(client, [(p, task_id)], now_ms).get(task_id)
+
+
+def lookup_many(
+    client: RedisClient, tasks: Sequence[tuple[keys.Partition, str]], now_ms: int
+) -> dict[str, bytes]:
+    """The bucket fields of those of ``tasks`` (partition, task id) that completed
+    and are still kept, by task id: two pipelined round trips however many."""
+    if not tasks:
+        return {}
+    parts = sorted({p for p, _ in tasks})
     with translate():
-        live = client.zrangebyscore(keys.done_index(p), now_ms, "+inf")
-        if not live:
-            return None
         pipe = client.pipeline(transaction=False)
-        for name in live:
-            family_name = text(name)
-            scale = _scale_of(family_name)
-            part = keys.done_part(family_name, part_of(task_id, scale))
-            pipe.hget(part, packed_id(task_id))
-        found = pipe.execute()
-    return next((v for v in found if v is not None), None)
+        for p in parts:
+            pipe.zrangebyscore(keys.done_index(p), now_ms, "+inf")
+        live = dict(zip(parts, pipe.execute(), strict=True))
+        asked: list[str] = []
+        pipe = client.pipeline(transaction=False)
+        for p, task_id in tasks:
+            for name in live[p]:
+                family_name = text(name)
+                part = keys.done_part(family_name, part_of(task_id, _scale_of(family_name)))
+                pipe.hget(part, packed_id(task_id))
+                asked.append(task_id)
+        found = pipe.execute() if asked else []
+    return {task_id: raw for task_id, raw in zip(asked, found, strict=True) if raw is not None}
 
 
 def _scale_of(family_name: str) -> int:

@@ -655,25 +655,23 @@ class Worker:
         """A fresh entry of a task cancelled while queued (or completed already, its
         entry added again by hand) is acknowledged, not run: one pipelined HGET per
         task, what ``begin.lua`` checks for a claimed one."""
-        tasks = [d for d in fresh if self.config.track and isinstance(d.message, TaskMessage)]
+        if not self.config.track:
+            return
+        tasks = [(d, d.message) for d in fresh if isinstance(d.message, TaskMessage)]
         if not tasks:
             return
         with translate():
             pipe = self.redis.pipeline(transaction=False)
-            for d in tasks:
-                pipe.hget(self._task_key(d.partition, d), "status")
+            for d, m in tasks:
+                pipe.hget(keys.task(d.partition, m.task_id), "status")
             replies = pipe.execute()
-        now_ms = int(self.clock() * 1000)
-        for d, status in zip(tasks, replies, strict=True):
-            # no hash: completed (a compact record, ``streams.finished``), or a
-            # record that expired before its task ran (rare: ask)
-            if (
-                status is None
-                and isinstance(d.message, TaskMessage)
-                and finished.lookup(self.redis, d.partition, d.message.task_id, now_ms)
-            ):
-                status = b"completed"
-            if status in (b"completed", b"cancelled"):
+        # no hash: completed (a compact record, ``streams.finished``), or a record
+        # that expired before its task ran (rare: ask for those only)
+        pairs = list(zip(tasks, replies, strict=True))
+        unknown = [(d.partition, m.task_id) for (d, m), status in pairs if status is None]
+        compact = finished.lookup_many(self.redis, unknown, int(self.clock() * 1000))
+        for (d, m), status in pairs:
+            if status in (b"completed", b"cancelled") or (status is None and m.task_id in compact):
                 d.not_run = NotRun.COMPLETED
 
     def _failed(self, d: Delivery, error: str, delay_ms: int | None) -> Outcome:
