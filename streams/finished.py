@@ -52,6 +52,8 @@ class Family:
     """Where the tasks a worker completes now go (settle.lua's ARGV[5..7])."""
 
     name: str
+    span: int
+    """The number of its span of ``width_ms`` since the epoch (``span``)."""
     scale: int
     drop_at_ms: int
     """Its score in the index: after it, lookups ignore it and a sweep drops it."""
@@ -70,13 +72,12 @@ def span(now_ms: int, retention_s: int) -> int:
     return now_ms // width_ms(retention_s)
 
 
-def family(p: keys.Partition, now_ms: int, retention_s: int, scale: int = 1) -> Family:
-    """The family of ``scale`` buckets for tasks completed at ``now_ms``: it may be
-    dropped ``retention_s`` after its span's end."""
+def family(p: keys.Partition, span_no: int, retention_s: int, scale: int = 1) -> Family:
+    """The family of ``scale`` buckets for tasks completed in span ``span_no``: it
+    may be dropped ``retention_s`` after the span's end."""
     width = width_ms(retention_s)
-    n = now_ms // width
-    drop = (n + 1) * width + retention_s * 1000
-    return Family(keys.done(p, width, n, scale), scale, drop, drop + width)
+    drop = (span_no + 1) * width + retention_s * 1000
+    return Family(keys.done(p, width, span_no, scale), span_no, scale, drop, drop + width)
 
 
 def part_of(task_id: str, scale: int) -> int:

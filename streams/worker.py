@@ -33,6 +33,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from redis.typing import KeyT, StreamIdT
@@ -603,22 +604,12 @@ class Worker:
             time.sleep(delay)
             delay = min(2 * delay, 1.0)
 
-    def _task_key(self, p: keys.Partition, d: Delivery) -> str:
-        """The status hash begin/settle keep for a task (the attempts hash: none)."""
+    def _per_task(self, p: keys.Partition, d: Delivery, key: Callable[[str], str]) -> str:
+        """``key(task id)`` for a tracked task's entry: its status hash, children set
+        or done bucket, as begin/settle take them; for any other entry the
+        attempts hash, which those scripts read as "not a task"."""
         if self.config.track and isinstance(d.message, TaskMessage):
-            return keys.task(p, d.message.task_id)
-        return keys.attempts(p)
-
-    def _children_key(self, p: keys.Partition, d: Delivery) -> str:
-        """The set of tasks waiting for a task (settle.lua; the attempts hash: none)."""
-        if self.config.track and isinstance(d.message, TaskMessage):
-            return keys.children(p, d.message.task_id)
-        return keys.attempts(p)
-
-    def _done_key(self, p: keys.Partition, d: Delivery, done: finished.Family) -> str:
-        """The done bucket a completed task goes to (the attempts hash: none)."""
-        if self.config.track and isinstance(d.message, TaskMessage):
-            return done.part_for(d.message.task_id)
+            return key(d.message.task_id)
         return keys.attempts(p)
 
     def _begin(self, by_partition: Mapping[keys.Partition, Sequence[Delivery]]) -> None:
@@ -631,7 +622,7 @@ class Worker:
                         self.scripts.begin,
                         [
                             keys.attempts(p),
-                            *(self._task_key(p, d) for d in ds),
+                            *(self._per_task(p, d, partial(keys.task, p)) for d in ds),
                             *(keys.stream(p, d.level) for d in ds),
                         ],
                         [
@@ -687,7 +678,8 @@ class Worker:
     def _settle(self, by_partition: Mapping[keys.Partition, Sequence[Delivery]]) -> None:
         order = list(by_partition.items())
         calls = []
-        families: list[tuple[int, finished.Family]] = []
+        families: list[finished.Family] = []
+        span = finished.span(int(self.clock() * 1000), self.config.status_ttl_s)
         for p, ds in order:
             entries: list[ScriptArg] = []
             for d in ds:
@@ -701,11 +693,9 @@ class Worker:
                     error,
                     d.attempts,
                 ]
-            now_ms = int(self.clock() * 1000)
-            span = finished.span(now_ms, self.config.status_ttl_s)
             scale = self.housekeeping.scales.scale(p, span)
-            done = finished.family(p, now_ms, self.config.status_ttl_s, scale)
-            families.append((span, done))
+            done = finished.family(p, span, self.config.status_ttl_s, scale)
+            families.append(done)
             calls.append(
                 (
                     self.scripts.settle,
@@ -716,9 +706,9 @@ class Worker:
                         *(keys.stream(p, lv) for lv in keys.LEVELS_DESC),
                         keys.outbox(p),
                         keys.done_index(p),
-                        *(self._task_key(p, d) for d in ds),
-                        *(self._children_key(p, d) for d in ds),
-                        *(self._done_key(p, d, done) for d in ds),
+                        *(self._per_task(p, d, partial(keys.task, p)) for d in ds),
+                        *(self._per_task(p, d, partial(keys.children, p)) for d in ds),
+                        *(self._per_task(p, d, done.part_for) for d in ds),
                     ],
                     [
                         self.config.group,
@@ -737,9 +727,9 @@ class Worker:
         stats = self.housekeeping.stats
         told = []
         with self.housekeeping.lock:
-            for (p, ds), flags, (span, done) in zip(order, replies, families, strict=True):
+            for (p, ds), flags, done in zip(order, replies, families, strict=True):
                 # after one flag per entry: outbox entries written, the fullest bucket
-                self.housekeeping.scales.observe(p, span, done.scale, int(flags[-1]))
+                self.housekeeping.scales.observe(p, done.span, done.scale, int(flags[-1]))
                 for d, settled in zip(ds, flags[:-2], strict=True):
                     if int(settled) and d.outcome is not None:
                         stats.count(p, _queue(d), d.outcome)
