@@ -81,7 +81,14 @@ def acked_below(client: RedisClient, stream: str, group: GroupInfo) -> EntryId |
     if group.pending <= 0:
         return group.after_last_delivered
     oldest = oldest_pending(client, stream, group.name)
-    return None if oldest is None else min(oldest, group.after_last_delivered)
+    return None if oldest is None else needed_from(group, oldest)
+
+
+def needed_from(group: GroupInfo, oldest_pending: EntryId | None) -> EntryId:
+    """The smallest id ``group`` still needs: its oldest pending entry (None: none
+    pending), or the one after the last it was given, whichever is smaller."""
+    after = group.after_last_delivered
+    return after if oldest_pending is None else min(oldest_pending, after)
 
 
 def _int(value: object) -> int:
@@ -94,6 +101,7 @@ __all__ = [
     "GroupInfo",
     "acked_below",
     "groups",
+    "needed_from",
     "oldest_pending",
     "parse_group",
     "parse_groups",

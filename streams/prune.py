@@ -23,7 +23,7 @@ from ledger.tasks import Priority
 
 from . import keys
 from .connection import RedisClient, translate
-from .groups import parse_groups, pending_min
+from .groups import needed_from, parse_groups, pending_min
 from .ids import EntryId, parse_id
 
 MAX_REMEMBERED = 200_000
@@ -112,14 +112,8 @@ def _points(client: RedisClient, streams: list[str]) -> dict[str, EntryId]:
         (stream, g.name): pending_min(summary)
         for (stream, g), summary in zip(asks, summaries, strict=True)
     }
-    points: dict[str, EntryId] = {}
-    for stream, gs in found.items():
-        needed = []
-        for g in gs.values():
-            first = oldest.get((stream, g.name))
-            # none pending any more: all it was given by XINFO's time is acknowledged
-            needed.append(
-                g.after_last_delivered if first is None else min(first, g.after_last_delivered)
-            )
-        points[stream] = min(needed)
-    return points
+    # a group with none pending any more: all it was given by XINFO's time is acked
+    return {
+        stream: min(needed_from(g, oldest.get((stream, g.name))) for g in gs.values())
+        for stream, gs in found.items()
+    }
