@@ -28,7 +28,6 @@ import argparse
 import os
 import random
 import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ import redis
 
 from api.dev.embedded import EmbeddedRedis
 from bench.common import facts, print_facts, write
+from bench.peer_handlers import mark_done
 from bench.peers import System, drain, peer_arguments
 from ledger.tasks import Priority
 from streams import BatchDBManager, QueueManager, StreamsConfig, default_registry
@@ -65,7 +65,7 @@ def hincr_batch(items: list[Mapping[str, Any]], db_manager: BatchDBManager) -> l
     for item in items:
         pipe.hincrby(key, str(item["user"]), int(item["amount"]))
         if item.get("tag") is not None:
-            pipe.hset(f"{key}:done", str(item["tag"]), f"{time.time() * 1000:.3f}")
+            mark_done(pipe, key, str(item["tag"]))
     pipe.hincrby(SIZES_KEY, str(len(items)), 1)
     pipe.execute()
     return [True] * len(items)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 from streams import default_registry
 from streams.handlers import DBManager
@@ -36,8 +37,13 @@ def record(user: str, amount: int, tag: str | None, key: str) -> None:
         return
     pipe = client().pipeline(transaction=False)
     pipe.hincrby(key, user, amount)
-    pipe.hset(f"{key}:done", tag, f"{time.time() * 1000:.3f}")  # ms, to the microsecond
+    mark_done(pipe, key, tag)
     pipe.execute()
+
+
+def mark_done(pipe: Pipeline, key: str, tag: str) -> None:
+    """Record now (ms, to the microsecond) as the done time of ``tag``, in ``pipe``."""
+    pipe.hset(f"{key}:done", tag, f"{time.time() * 1000:.3f}")
 
 
 def hincr(data: Mapping[str, Any], db_manager: DBManager) -> bool:

@@ -82,20 +82,11 @@ LABELS = {
 }
 
 
-def commandstats(client: redis.Redis) -> dict[str, int]:
-    """Calls so far per command (``INFO commandstats``; inside scripts included)."""
+def commandstats(client: redis.Redis, figure: str = "calls") -> dict[str, int]:
+    """Per command, ``figure`` so far from ``INFO commandstats``: "calls" (commands
+    run inside scripts included) or "usec" (a script's time includes its calls')."""
     return {
-        k.removeprefix("cmdstat_"): int(v["calls"])
-        for k, v in client.info("commandstats").items()
-        if isinstance(v, dict)
-    }
-
-
-def command_usec(client: redis.Redis) -> dict[str, int]:
-    """Microseconds of Redis time so far per command (``INFO commandstats``; a
-    script's time includes the commands it calls, which are counted again)."""
-    return {
-        k.removeprefix("cmdstat_"): int(v["usec"])
+        k.removeprefix("cmdstat_"): int(v[figure])
         for k, v in client.info("commandstats").items()
         if isinstance(v, dict)
     }
@@ -345,7 +336,7 @@ def latency(
         pids = [p.pid for p in procs]
         sent: dict[str, float] = {}
         n = int(rate * secs)
-        cmds0, usec0 = commandstats(client), command_usec(client)
+        cmds0, usec0 = commandstats(client), commandstats(client, "usec")
         cpu0 = (cpu_ms([os.getpid()]), cpu_ms(pids), cpu_ms([redis_pid]))
         t0 = time.time()
         for i in range(n):
@@ -364,7 +355,8 @@ def latency(
         # what the workers do while idle counts too: as long again as the last task took
         time.sleep(max(0.0, min(2.0, time.time() - (t0 + n / rate))))
         cpu1 = (cpu_ms([os.getpid()]), cpu_ms(pids), cpu_ms([redis_pid]))
-        cmds, usec = delta(commandstats(client), cmds0), delta(command_usec(client), usec0)
+        cmds = delta(commandstats(client), cmds0)
+        usec = delta(commandstats(client, "usec"), usec0)
         done = {
             (k.decode() if isinstance(k, bytes) else k): float(v)
             for k, v in client.hgetall(done_key).items()
