@@ -715,7 +715,7 @@ class Worker:
                         self.config.status_ttl_s,
                         self.consumer,
                         self.config.idempotency_ttl_s,
-                        done.name if self.config.track else "",
+                        done.name,
                         done.drop_at_ms,
                         done.expire_at_ms,
                         *entries,

@@ -7,11 +7,11 @@ here: the worker adds up what this returns and writes them once per interval
 (``worker.Stats``).
 
 A completed task with no Idempotency-Key and no parents leaves its hash (~460
-bytes) for one field of the partition's current "done" bucket (``streams.finished``:
-"enqueued|started-enqueued|finished-enqueued|attempts|due-enqueued|queue|type",
-numbers in base 36, times in ms), which the status API reads once the hash is gone. A task with a key
-keeps its hash: it is the idempotency record a repeat must find; one with parents
-keeps the parents it names.
+bytes) for one field of the done bucket the worker names for it
+(``streams.finished``: "enqueued|started-enqueued|finished-enqueued|attempts|
+due-enqueued|queue|type", numbers in base 36, times in ms), which the status API
+reads once the hash is gone. A task with a key keeps its hash: it is the
+idempotency record a repeat must find; one with parents keeps the parents it names.
 
 KEYS[1] ledger:{pN}:attempts     KEYS[2] ledger:{pN}:retry:<group>
 KEYS[3] ledger:{pN}:dead         KEYS[4..7] ledger:{pN}:critical|high|normal|low
@@ -27,9 +27,9 @@ ARGV[4] the idempotency window (s): when ARGV[2] is shorter, a task enqueued wit
         an Idempotency-Key (its record has a fingerprint) keeps its record for the
         window set at enqueue, so that a repeat still finds it, and for at least
         ARGV[2] after it finished
-ARGV[5] the buckets' family (its name in the index), "" to keep every completed
-        task's hash   ARGV[6] when the family may be dropped (ms, its score in the
-        index)   ARGV[7] a new bucket's expiry (ms), a safety net
+ARGV[5] the buckets' family (its name in the index)   ARGV[6] when the family may
+        be dropped (ms, its score in the index)   ARGV[7] a new bucket's expiry (ms),
+        a safety net
 then 7 values per entry i:  op ("ok"|"retry"|"dead"|"ack"|"skip"), level (1..4 = KEYS[4..7]),
   entry id, queue name, number (ok: latency ms; retry: delay ms; dead: attempts), error,
   attempt (1: a fresh delivery, for which begin.lua did not run: no attempts field to
@@ -105,7 +105,7 @@ local function b36(n)
 end
 -- a completed task's hash becomes one field of the done bucket, if it may (see above)
 local function compact(tkey, dkey, task_id, started, attempts)
-  if ARGV[5] == '' or dkey == KEYS[1] then return false end
+  if dkey == KEYS[1] then return false end
   local f = redis.call('HMGET', tkey, 'fingerprint', 'depends_on', 'enqueued_at',
                        'started_at', 'due_at', 'queue_name', 'task_type')
   if (f[1] or '') ~= '' or (f[2] or '') ~= '' or not tonumber(f[3]) or not f[6] then
